@@ -1,0 +1,109 @@
+//! Errors of the ACME client. The CA's own words (problem `type` and `detail`, with subproblems)
+//! are kept verbatim and shown to the user; each variant names the URL or identifier involved.
+
+use std::time::Duration;
+
+use super::types::Problem;
+
+/// Everything that can go wrong while talking to an ACME CA.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The CA answered with a problem document.
+    #[error("{url}: {problem}")]
+    Problem {
+        url: String,
+        status: u16,
+        problem: Problem,
+    },
+    /// `urn:ietf:params:acme:error:rateLimited`, or HTTP 429/503 whose Retry-After was too far away.
+    #[error("{url}: rate limited: {problem}{}", retry_after_text(*.retry_after))]
+    RateLimited {
+        url: String,
+        problem: Problem,
+        retry_after: Option<Duration>,
+    },
+    /// The CA kept rejecting our nonces.
+    #[error("{url}: the CA rejected {attempts} nonces in a row: {problem}")]
+    BadNonce {
+        url: String,
+        attempts: u32,
+        problem: Problem,
+    },
+    /// The request never got an HTTP answer (DNS, TCP, TLS, timeout).
+    #[error("{url}: request failed: {message}")]
+    Transport { url: String, message: String },
+    /// An HTTP status the protocol does not allow here, without a problem document.
+    #[error("{url}: unexpected HTTP status {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    /// A response body that is not the JSON object expected.
+    #[error("{url}: malformed response: {message}")]
+    Malformed { url: String, message: String },
+    /// A response body over its size cap.
+    #[error("{url}: response body is larger than {limit} bytes; refusing to read more")]
+    TooLarge { url: String, limit: usize },
+    /// Something took longer than its deadline.
+    #[error("timed out after {after:?} while {what}")]
+    Timeout { what: String, after: Duration },
+    /// A challenge failed validation at the CA.
+    #[error("authorization for {identifier} failed: {problem}")]
+    AuthorizationFailed {
+        identifier: String,
+        problem: Problem,
+    },
+    /// The order became invalid.
+    #[error("order {url} is invalid{}", problem_text(.problem.as_ref()))]
+    OrderInvalid {
+        url: String,
+        problem: Option<Problem>,
+    },
+    /// The challenge solver could not provision or found a problem before validation.
+    #[error("{identifier}: {message}")]
+    Solver { identifier: String, message: String },
+    /// The CA offered no challenge type the solver can fulfil.
+    #[error("{identifier}: no supported challenge (offered: {offered})")]
+    NoSupportedChallenge { identifier: String, offered: String },
+    /// Key parsing, generation or signing.
+    #[error("key: {0}")]
+    Key(String),
+    /// Certificate or CSR parsing.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// TLS configuration for talking to the CA (bad --ca-file, ...).
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// Account state that cannot be used.
+    #[error("account state: {0}")]
+    State(String),
+}
+
+fn retry_after_text(d: Option<Duration>) -> String {
+    d.map(|d| format!(" (retry after {}s)", d.as_secs()))
+        .unwrap_or_default()
+}
+
+fn problem_text(p: Option<&Problem>) -> String {
+    p.map(|p| format!(": {p}")).unwrap_or_default()
+}
+
+impl Error {
+    /// The CA's problem document, when this error carries one.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            Error::Problem { problem, .. }
+            | Error::RateLimited { problem, .. }
+            | Error::BadNonce { problem, .. }
+            | Error::AuthorizationFailed { problem, .. } => Some(problem),
+            Error::OrderInvalid { problem, .. } => problem.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// True when the CA's problem type is `urn:ietf:params:acme:error:NAME`.
+    pub fn is_acme(&self, name: &str) -> bool {
+        self.problem().is_some_and(|p| p.is(name))
+    }
+}

@@ -1,0 +1,307 @@
+//! JSON Web Signatures as ACME uses them (RFC 8555 section 6.2): flattened JSON serialization,
+//! ES256/ES384 account keys, the JWK and its RFC 7638 thumbprint, key authorizations, the dns-01
+//! digest, external account binding (HS256) and the inner JWS of a key rollover.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::error::Error;
+use super::key::KeyPair;
+
+/// base64url without padding (RFC 7515 section 2).
+pub fn b64(data: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(data)
+}
+
+/// How a request identifies its signer: by its public key (newAccount, revocation by certificate
+/// key) or by its account URL (everything else).
+#[derive(Debug, Clone, Copy)]
+pub enum Signer<'a> {
+    /// Embed the JWK in the protected header.
+    Jwk(&'a KeyPair),
+    /// Name the account URL as `kid`.
+    Kid(&'a KeyPair, &'a str),
+}
+
+impl Signer<'_> {
+    fn key(&self) -> &KeyPair {
+        match self {
+            Signer::Jwk(k) | Signer::Kid(k, _) => k,
+        }
+    }
+}
+
+/// The public JWK of an account key, members in the lexicographic order RFC 7638 requires.
+pub fn jwk(key: &KeyPair) -> Value {
+    let (x, y) = key.public_xy();
+    // serde_json's map is sorted by key, which is exactly the RFC 7638 canonical order.
+    json!({ "crv": key.key_type().jwk_crv(), "kty": "EC", "x": b64(x), "y": b64(y) })
+}
+
+/// RFC 7638 thumbprint: base64url(SHA-256(canonical JSON of the required members)).
+pub fn thumbprint_of(jwk: &Value) -> String {
+    let canonical = match jwk.get("kty").and_then(Value::as_str) {
+        Some("RSA") => json!({ "e": jwk["e"], "kty": "RSA", "n": jwk["n"] }),
+        Some("OKP") => json!({ "crv": jwk["crv"], "kty": "OKP", "x": jwk["x"] }),
+        _ => json!({ "crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"], "y": jwk["y"] }),
+    };
+    b64(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// The thumbprint of an account key.
+pub fn thumbprint(key: &KeyPair) -> String {
+    thumbprint_of(&jwk(key))
+}
+
+/// The key authorization for a challenge token (RFC 8555 section 8.1).
+pub fn key_authorization(token: &str, key: &KeyPair) -> String {
+    format!("{token}.{}", thumbprint(key))
+}
+
+/// The TXT record value for dns-01 (RFC 8555 section 8.4).
+pub fn dns01_digest(key_authorization: &str) -> String {
+    b64(Sha256::digest(key_authorization.as_bytes()))
+}
+
+/// True when `token` is base64url with no padding, as RFC 8555 section 8.1 requires, and of a sane
+/// length. Anything else (dots, slashes, `=`) is refused before it can name a file.
+pub fn is_valid_token(token: &str) -> bool {
+    (1..=256).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A flattened JWS (RFC 7515 section 7.2.2).
+#[derive(Debug, Clone, Serialize)]
+pub struct Jws {
+    pub protected: String,
+    pub payload: String,
+    pub signature: String,
+}
+
+/// Signs `payload` (None: POST-as-GET, an empty payload) for `url` with the given nonce.
+pub fn sign<T: Serialize + ?Sized>(
+    signer: Signer<'_>,
+    nonce: Option<&str>,
+    url: &str,
+    payload: Option<&T>,
+) -> Result<Jws, Error> {
+    let key = signer.key();
+    let mut header = json!({ "alg": key.key_type().jws_alg(), "url": url });
+    if let Some(nonce) = nonce {
+        header["nonce"] = Value::String(nonce.to_owned());
+    }
+    match signer {
+        Signer::Jwk(k) => header["jwk"] = jwk(k),
+        Signer::Kid(_, kid) => header["kid"] = Value::String(kid.to_owned()),
+    }
+    let protected = b64(header.to_string());
+    let payload = match payload {
+        Some(p) => b64(serde_json::to_vec(p).map_err(|e| Error::Key(format!("payload: {e}")))?),
+        None => String::new(),
+    };
+    let signature = b64(key.sign_raw(format!("{protected}.{payload}").as_bytes()));
+    Ok(Jws {
+        protected,
+        payload,
+        signature,
+    })
+}
+
+/// External account binding (RFC 8555 section 7.3.4): an HS256 JWS over the account JWK, keyed
+/// with the MAC key the CA issued (given base64url-encoded, as CAs hand it out).
+pub fn external_account_binding(
+    account_key: &KeyPair,
+    eab_kid: &str,
+    eab_hmac_key_b64: &str,
+    new_account_url: &str,
+) -> Result<Value, Error> {
+    let mac_key = decode_b64_lenient(eab_hmac_key_b64)
+        .ok_or_else(|| Error::Key("the EAB HMAC key is not valid base64url (or base64)".into()))?;
+    if mac_key.is_empty() {
+        return Err(Error::Key("the EAB HMAC key is empty".into()));
+    }
+    let protected =
+        b64(json!({ "alg": "HS256", "kid": eab_kid, "url": new_account_url }).to_string());
+    let payload = b64(jwk(account_key).to_string());
+    let mut mac = Hmac::<Sha256>::new_from_slice(&mac_key)
+        .map_err(|e| Error::Key(format!("EAB HMAC key: {e}")))?;
+    mac.update(format!("{protected}.{payload}").as_bytes());
+    let signature = b64(mac.finalize().into_bytes());
+    Ok(json!({ "protected": protected, "payload": payload, "signature": signature }))
+}
+
+/// Decodes base64url or standard base64, with or without padding.
+fn decode_b64_lenient(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
+    let s = s.trim();
+    [&URL_SAFE_NO_PAD, &URL_SAFE, &STANDARD, &STANDARD_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(s).ok())
+}
+
+/// The inner JWS of a key rollover (RFC 8555 section 7.3.5): signed by the new key, carrying its
+/// JWK, no nonce, payload naming the account and its old key.
+pub fn key_change_inner(
+    new_key: &KeyPair,
+    old_key: &KeyPair,
+    account_url: &str,
+    key_change_url: &str,
+) -> Result<Jws, Error> {
+    let payload = super::types::KeyChange {
+        account: account_url,
+        old_key: jwk(old_key),
+    };
+    sign(Signer::Jwk(new_key), None, key_change_url, Some(&payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acme::key::KeyType;
+
+    fn decode(s: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD.decode(s).unwrap()
+    }
+
+    /// RFC 7638 section 3.1: the example RSA key and its thumbprint.
+    #[test]
+    fn rfc7638_thumbprint_example() {
+        let jwk = json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        assert_eq!(
+            thumbprint_of(&jwk),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn jws_signature_verifies_and_header_is_complete() {
+        for kind in [KeyType::P256, KeyType::P384] {
+            let key = KeyPair::generate(kind);
+            let jws = sign(
+                Signer::Kid(&key, "https://ca/acct/1"),
+                Some("nonce-1"),
+                "https://ca/order",
+                Some(&json!({"a": 1})),
+            )
+            .unwrap();
+            let header: Value = serde_json::from_slice(&decode(&jws.protected)).unwrap();
+            assert_eq!(header["alg"], kind.jws_alg());
+            assert_eq!(header["kid"], "https://ca/acct/1");
+            assert_eq!(header["nonce"], "nonce-1");
+            assert_eq!(header["url"], "https://ca/order");
+            assert!(header.get("jwk").is_none());
+            let payload: Value = serde_json::from_slice(&decode(&jws.payload)).unwrap();
+            assert_eq!(payload, json!({"a": 1}));
+            let signed = format!("{}.{}", jws.protected, jws.payload);
+            assert!(key.verify_raw(signed.as_bytes(), &decode(&jws.signature)));
+            assert!(!key.verify_raw(b"tampered", &decode(&jws.signature)));
+        }
+    }
+
+    #[test]
+    fn post_as_get_has_empty_payload_and_jwk_signer_embeds_key() {
+        let key = KeyPair::generate(KeyType::P384);
+        let jws = sign::<Value>(Signer::Jwk(&key), Some("n"), "https://ca/x", None).unwrap();
+        assert_eq!(jws.payload, "");
+        let header: Value = serde_json::from_slice(&decode(&jws.protected)).unwrap();
+        assert_eq!(header["jwk"], jwk(&key));
+        assert!(header.get("kid").is_none());
+        assert_eq!(header["jwk"]["crv"], "P-384");
+        assert_eq!(decode(header["jwk"]["x"].as_str().unwrap()).len(), 48);
+    }
+
+    #[test]
+    fn thumbprint_is_stable_and_key_authorization_has_its_form() {
+        let key = KeyPair::generate(KeyType::P256);
+        let t = thumbprint(&key);
+        assert_eq!(t, thumbprint_of(&jwk(&key)));
+        assert_eq!(decode(&t).len(), 32);
+        assert_eq!(key_authorization("tok", &key), format!("tok.{t}"));
+    }
+
+    /// RFC 8555 section 8.4 gives the digest construction; check it against a hand computation.
+    #[test]
+    fn dns01_digest_is_sha256_of_key_authorization() {
+        let ka = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.nP1qzpXGymHBrUEepNY9HCsQk7K8KhOypzEt62jcerQ";
+        assert_eq!(dns01_digest(ka), b64(Sha256::digest(ka.as_bytes())));
+        assert_eq!(dns01_digest(ka).len(), 43);
+    }
+
+    #[test]
+    fn tokens_must_be_base64url() {
+        assert!(is_valid_token(
+            "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
+        ));
+        for bad in [
+            "",
+            "../../etc/x",
+            "a/b",
+            "a.b",
+            "abc=",
+            "a b",
+            "ä",
+            &"a".repeat(257),
+        ] {
+            assert!(!is_valid_token(bad), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn eab_is_hs256_over_the_account_jwk() {
+        let key = KeyPair::generate(KeyType::P256);
+        let mac_key = b"0123456789abcdef0123456789abcdef";
+        let eab =
+            external_account_binding(&key, "kid-1", &b64(mac_key), "https://ca/new-acct").unwrap();
+        let protected: Value =
+            serde_json::from_slice(&decode(eab["protected"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            protected,
+            json!({"alg": "HS256", "kid": "kid-1", "url": "https://ca/new-acct"})
+        );
+        let payload: Value =
+            serde_json::from_slice(&decode(eab["payload"].as_str().unwrap())).unwrap();
+        assert_eq!(payload, jwk(&key));
+        let mut mac = Hmac::<Sha256>::new_from_slice(mac_key).unwrap();
+        mac.update(
+            format!(
+                "{}.{}",
+                eab["protected"].as_str().unwrap(),
+                eab["payload"].as_str().unwrap()
+            )
+            .as_bytes(),
+        );
+        mac.verify_slice(&decode(eab["signature"].as_str().unwrap()))
+            .unwrap();
+        assert!(external_account_binding(&key, "k", "%%%", "u").is_err());
+    }
+
+    #[test]
+    fn key_change_inner_is_signed_by_the_new_key() {
+        let old = KeyPair::generate(KeyType::P256);
+        let new = KeyPair::generate(KeyType::P384);
+        let jws =
+            key_change_inner(&new, &old, "https://ca/acct/1", "https://ca/key-change").unwrap();
+        let header: Value = serde_json::from_slice(&decode(&jws.protected)).unwrap();
+        assert!(header.get("nonce").is_none());
+        assert_eq!(header["jwk"], jwk(&new));
+        let payload: Value = serde_json::from_slice(&decode(&jws.payload)).unwrap();
+        assert_eq!(payload["oldKey"], jwk(&old));
+        assert_eq!(payload["account"], "https://ca/acct/1");
+        assert!(new.verify_raw(
+            format!("{}.{}", jws.protected, jws.payload).as_bytes(),
+            &decode(&jws.signature)
+        ));
+    }
+}

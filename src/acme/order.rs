@@ -1,0 +1,521 @@
+//! Orders (RFC 8555 section 7.4): create, authorize through a [`ChallengeSolver`], poll, finalize,
+//! download the chain (and its alternates), and `sign`, which drives all of it for a set of names.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::account::Account;
+use super::cert::{pem_certificates, CertInfo};
+use super::client::MAX_CHAIN_BODY;
+use super::error::Error;
+use super::jws;
+use super::solver::{ChallengeSolver, PendingChallenge};
+use super::types::{
+    Authorization, AuthorizationStatus, Challenge, Finalize, Identifier, NewOrder, Order,
+    OrderStatus, Problem,
+};
+
+/// First wait between two polls of an authorization or order. Short, because a CA usually
+/// validates within a second and every poll interval adds to the wall time of an order.
+pub const POLL_FIRST_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest wait between two polls when the CA gives no Retry-After.
+pub const POLL_MAX_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest Retry-After honoured while polling; a longer one is cut to this.
+pub const POLL_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Default time limit for a whole order, from newOrder to the downloaded chain.
+pub const DEFAULT_ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Options for one order.
+#[derive(Debug, Clone)]
+pub struct OrderOptions {
+    /// A certificate profile the CA offers (directory `meta.profiles`).
+    pub profile: Option<String>,
+    /// The ARI CertID of the certificate this order replaces (RFC 9773 section 5).
+    pub replaces: Option<String>,
+    /// Prefer the chain whose topmost certificate was issued by this common name.
+    pub preferred_chain: Option<String>,
+    /// Time limit for the whole order.
+    pub timeout: Duration,
+}
+
+impl Default for OrderOptions {
+    fn default() -> Self {
+        Self {
+            profile: None,
+            replaces: None,
+            preferred_chain: None,
+            timeout: DEFAULT_ORDER_TIMEOUT,
+        }
+    }
+}
+
+/// An issued certificate chain.
+#[derive(Debug, Clone)]
+pub struct CertificateChain {
+    /// The chain as PEM, leaf first.
+    pub pem: String,
+    /// The URL it was downloaded from.
+    pub url: String,
+    /// The order URL.
+    pub order_url: String,
+    /// How many alternate chains the CA offered.
+    pub alternates: usize,
+}
+
+impl CertificateChain {
+    /// The leaf certificate as PEM.
+    pub fn leaf_pem(&self) -> String {
+        split_pem(&self.pem).into_iter().next().unwrap_or_default()
+    }
+
+    /// The intermediates (everything after the leaf) as PEM.
+    pub fn chain_pem(&self) -> String {
+        split_pem(&self.pem).into_iter().skip(1).collect()
+    }
+}
+
+/// Splits a PEM text into its `CERTIFICATE` blocks, each ending in a newline.
+pub fn split_pem(pem: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN ") {
+            current.clear();
+        }
+        current.push_str(line.trim_end());
+        current.push('\n');
+        if line.starts_with("-----END ") {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    out
+}
+
+/// An order at the CA and its last known state.
+#[derive(Debug, Clone)]
+pub struct OrderHandle {
+    account: Account,
+    /// The order URL.
+    pub url: String,
+    /// The order object as last fetched.
+    pub state: Order,
+}
+
+impl Account {
+    /// Places a new order.
+    pub async fn new_order(
+        &self,
+        identifiers: Vec<Identifier>,
+        profile: Option<String>,
+        replaces: Option<String>,
+    ) -> Result<OrderHandle, Error> {
+        let url = self.client.directory().new_order.clone();
+        let body = NewOrder {
+            identifiers,
+            profile,
+            replaces,
+            ..NewOrder::default()
+        };
+        let (state, resp): (Order, _) = self
+            .client
+            .post_json(self.signer(), &url, Some(&body))
+            .await?;
+        Ok(OrderHandle {
+            account: self.clone(),
+            url: resp.location()?,
+            state,
+        })
+    }
+
+    /// Gets a certificate for `names` with the CSR `csr_der`, answering challenges through
+    /// `solver`. Every challenge handed to `solver.fulfill` is handed to `solver.clear` before
+    /// this returns, whether the order succeeded, failed or timed out.
+    pub async fn sign<S: ChallengeSolver>(
+        &self,
+        names: &[String],
+        csr_der: &[u8],
+        solver: &S,
+        opts: &OrderOptions,
+    ) -> Result<CertificateChain, Error> {
+        let deadline = Instant::now() + opts.timeout;
+        let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::from_name(n)).collect();
+        let mut order = match self
+            .new_order(
+                identifiers.clone(),
+                opts.profile.clone(),
+                opts.replaces.clone(),
+            )
+            .await
+        {
+            Err(e) if opts.replaces.is_some() && refusal_of_replaces(&e) => {
+                tracing::warn!("the CA refused `replaces` ({e}); ordering without it");
+                self.new_order(identifiers, opts.profile.clone(), None)
+                    .await?
+            }
+            other => other?,
+        };
+        tracing::debug!(order = %order.url, status = %order.state.status, "order created");
+
+        if order.state.status == OrderStatus::Pending {
+            let mut started = Vec::new();
+            let outcome =
+                tokio::time::timeout_at(deadline, order.authorize(solver, &mut started, deadline))
+                    .await;
+            for ch in &started {
+                if let Err(e) = solver.clear(ch).await {
+                    tracing::warn!(identifier = %ch.identifier, "could not clear challenge: {e}");
+                }
+            }
+            outcome.map_err(|_| Error::Timeout {
+                what: "waiting for authorizations".into(),
+                after: opts.timeout,
+            })??;
+        }
+        order
+            .poll_until(deadline, |s| {
+                !matches!(s, OrderStatus::Pending | OrderStatus::Processing)
+            })
+            .await?;
+        if order.state.status == OrderStatus::Ready {
+            order.finalize(csr_der).await?;
+            order
+                .poll_until(deadline, |s| {
+                    !matches!(s, OrderStatus::Processing | OrderStatus::Ready)
+                })
+                .await?;
+        }
+        if order.state.status != OrderStatus::Valid {
+            return Err(Error::OrderInvalid {
+                url: order.url.clone(),
+                problem: order.state.error.clone(),
+            });
+        }
+        order.download(opts.preferred_chain.as_deref()).await
+    }
+}
+
+/// True when a newOrder error looks like the CA refusing the `replaces` field (RFC 9773 names
+/// `alreadyReplaced`; some CAs answer `malformed` or `conflict`), not a rate limit or an outage.
+fn refusal_of_replaces(e: &Error) -> bool {
+    matches!(e, Error::Problem { status, .. } if (400..500).contains(status))
+}
+
+impl OrderHandle {
+    /// Re-fetches the order; returns the Retry-After the CA sent, if any.
+    pub async fn refresh(&mut self) -> Result<Option<Duration>, Error> {
+        let (state, resp) = self
+            .account
+            .client
+            .post_json::<(), Order>(self.account.signer(), &self.url, None)
+            .await?;
+        self.state = state;
+        Ok(resp.retry_after())
+    }
+
+    /// Fetches every authorization of the order, concurrently.
+    pub async fn authorizations(&self) -> Result<Vec<(String, Authorization)>, Error> {
+        let fetches = self.state.authorizations.iter().map(|url| async move {
+            let (authz, _) = self
+                .account
+                .client
+                .post_json::<(), Authorization>(self.account.signer(), url, None)
+                .await?;
+            Ok::<_, Error>((url.clone(), authz))
+        });
+        join_all(fetches).await.into_iter().collect()
+    }
+
+    /// Fulfils every pending authorization through `solver`, asks the CA to validate, and waits
+    /// for the verdicts. Each challenge is pushed to `started` before `fulfill` is called.
+    async fn authorize<S: ChallengeSolver>(
+        &self,
+        solver: &S,
+        started: &mut Vec<PendingChallenge>,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let thumbprint = jws::thumbprint(&self.account.key);
+        let mut todo = Vec::new();
+        for (url, authz) in self.authorizations().await? {
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                _ => return Err(authorization_failure(&authz)),
+            }
+            let challenge = solver
+                .challenge_types()
+                .iter()
+                .find_map(|kind| authz.challenges.iter().find(|c| &c.kind == kind))
+                .ok_or_else(|| Error::NoSupportedChallenge {
+                    identifier: authz.identifier.value.clone(),
+                    offered: authz
+                        .challenges
+                        .iter()
+                        .map(|c| c.kind.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            let token = challenge.token.clone().unwrap_or_default();
+            if !jws::is_valid_token(&token) {
+                return Err(Error::Malformed {
+                    url: challenge.url.clone(),
+                    message: format!(
+                        "challenge token {token:?} is not base64url (RFC 8555 section 8.1)"
+                    ),
+                });
+            }
+            todo.push((
+                url,
+                PendingChallenge {
+                    identifier: authz.identifier.clone(),
+                    wildcard: authz.wildcard,
+                    kind: challenge.kind.clone(),
+                    key_authorization: format!("{token}.{thumbprint}"),
+                    token,
+                    url: challenge.url.clone(),
+                },
+            ));
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+
+        started.extend(todo.iter().map(|(_, ch)| ch.clone()));
+        let fulfilled = join_all(todo.iter().map(|(_, ch)| solver.fulfill(ch))).await;
+        for (result, (_, ch)) in fulfilled.into_iter().zip(&todo) {
+            result.map_err(|e| Error::Solver {
+                identifier: ch.identifier.value.clone(),
+                message: e.to_string(),
+            })?;
+        }
+
+        let client = &self.account.client;
+        let empty = json!({});
+        let responses = join_all(todo.iter().map(|(_, ch)| {
+            client.post_json::<_, Challenge>(self.account.signer(), &ch.url, Some(&empty))
+        }))
+        .await;
+        for r in responses {
+            r?;
+        }
+
+        let verdicts = join_all(
+            todo.iter()
+                .map(|(url, _)| self.poll_authorization(url, deadline)),
+        )
+        .await;
+        let mut first_failure = None;
+        for verdict in verdicts {
+            let authz = verdict?;
+            if authz.status != AuthorizationStatus::Valid {
+                let err = authorization_failure(&authz);
+                tracing::warn!("{err}");
+                first_failure.get_or_insert(err);
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
+    /// Polls an authorization until it leaves `pending`.
+    async fn poll_authorization(
+        &self,
+        url: &str,
+        deadline: Instant,
+    ) -> Result<Authorization, Error> {
+        let mut interval = POLL_FIRST_INTERVAL;
+        loop {
+            let (authz, resp) = self
+                .account
+                .client
+                .post_json::<(), Authorization>(self.account.signer(), url, None)
+                .await?;
+            if authz.status != AuthorizationStatus::Pending {
+                return Ok(authz);
+            }
+            wait(&mut interval, resp.retry_after(), deadline, url).await?;
+        }
+    }
+
+    /// Polls the order until `done(status)`.
+    pub async fn poll_until(
+        &mut self,
+        deadline: Instant,
+        done: impl Fn(&OrderStatus) -> bool,
+    ) -> Result<(), Error> {
+        let mut interval = POLL_FIRST_INTERVAL;
+        while !done(&self.state.status) {
+            let url = self.url.clone();
+            let retry_after = self.refresh().await?;
+            if done(&self.state.status) {
+                break;
+            }
+            wait(&mut interval, retry_after, deadline, &url).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the CSR to the finalize URL.
+    pub async fn finalize(&mut self, csr_der: &[u8]) -> Result<(), Error> {
+        let body = Finalize {
+            csr: jws::b64(csr_der),
+        };
+        let (state, _) = self
+            .account
+            .client
+            .post_json(self.account.signer(), &self.state.finalize, Some(&body))
+            .await?;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Downloads the certificate chain; with `preferred_issuer`, picks the first chain (default
+    /// or alternate, RFC 8555 section 7.4.2) whose topmost certificate was issued by that name.
+    pub async fn download(
+        &self,
+        preferred_issuer: Option<&str>,
+    ) -> Result<CertificateChain, Error> {
+        let url = self
+            .state
+            .certificate
+            .clone()
+            .ok_or_else(|| Error::Malformed {
+                url: self.url.clone(),
+                message: "order is valid but names no certificate URL".into(),
+            })?;
+        let (pem, alternates) = self.fetch_chain(&url).await?;
+        let chain = |pem: String, url: String| CertificateChain {
+            pem,
+            url,
+            order_url: self.url.clone(),
+            alternates: alternates.len(),
+        };
+        let Some(preferred) = preferred_issuer else {
+            return Ok(chain(pem, url));
+        };
+        if topmost_issuer_is(&pem, preferred) {
+            return Ok(chain(pem, url));
+        }
+        for alt in &alternates {
+            let (alt_pem, _) = self.fetch_chain(alt).await?;
+            if topmost_issuer_is(&alt_pem, preferred) {
+                return Ok(chain(alt_pem, alt.clone()));
+            }
+        }
+        tracing::info!(
+            preferred,
+            "no chain is issued by the preferred issuer; keeping the default chain"
+        );
+        Ok(chain(pem, url))
+    }
+
+    async fn fetch_chain(&self, url: &str) -> Result<(String, Vec<String>), Error> {
+        let resp = self
+            .account
+            .client
+            .post::<()>(self.account.signer(), url, None, MAX_CHAIN_BODY)
+            .await?;
+        let pem = String::from_utf8(resp.body.clone()).map_err(|_| Error::Malformed {
+            url: url.to_owned(),
+            message: "certificate chain is not UTF-8 PEM".into(),
+        })?;
+        pem_certificates(pem.as_bytes()).map_err(|e| Error::Malformed {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok((pem, resp.links("alternate")))
+    }
+}
+
+/// Waits before the next poll: the CA's Retry-After when given (capped), otherwise the backoff
+/// interval, which then grows by half up to its maximum. Errs when the deadline would pass.
+async fn wait(
+    interval: &mut Duration,
+    retry_after: Option<Duration>,
+    deadline: Instant,
+    url: &str,
+) -> Result<(), Error> {
+    let pause = retry_after.map_or(*interval, |r| r.min(POLL_MAX_RETRY_AFTER));
+    *interval = (*interval * 3 / 2).min(POLL_MAX_INTERVAL);
+    let until = Instant::now() + pause;
+    if until > deadline {
+        return Err(Error::Timeout {
+            what: format!("polling {url}"),
+            after: DEFAULT_ORDER_TIMEOUT,
+        });
+    }
+    tokio::time::sleep_until(until).await;
+    Ok(())
+}
+
+/// The error for an authorization that did not become valid, with the CA's own problem.
+fn authorization_failure(authz: &Authorization) -> Error {
+    let problem = authz
+        .challenges
+        .iter()
+        .find_map(|c| c.error.clone())
+        .unwrap_or_else(|| Problem {
+            detail: Some(format!("authorization is {}", authz.status)),
+            ..Problem::default()
+        });
+    Error::AuthorizationFailed {
+        identifier: authz.identifier.value.clone(),
+        problem,
+    }
+}
+
+/// True when the last certificate of `pem` was issued by (or is) `name`.
+fn topmost_issuer_is(pem: &str, name: &str) -> bool {
+    let Ok(certs) = pem_certificates(pem.as_bytes()) else {
+        return false;
+    };
+    let Some(top) = certs.last().and_then(|der| CertInfo::from_der(der).ok()) else {
+        return false;
+    };
+    top.issuer_cn.as_deref() == Some(name) || top.subject_cn.as_deref() == Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_pem_keeps_blocks_in_order() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\r\n\n-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        let blocks = split_pem(pem);
+        assert_eq!(blocks.len(), 2);
+        assert!(blocks[0].contains("AAA") && blocks[1].contains("BBB"));
+        let chain = CertificateChain {
+            pem: pem.into(),
+            url: String::new(),
+            order_url: String::new(),
+            alternates: 0,
+        };
+        assert!(chain.leaf_pem().contains("AAA") && !chain.leaf_pem().contains("BBB"));
+        assert!(chain.chain_pem().contains("BBB") && !chain.chain_pem().contains("AAA"));
+    }
+
+    #[tokio::test]
+    async fn wait_grows_the_interval_and_respects_the_deadline() {
+        let mut interval = Duration::from_millis(10);
+        wait(
+            &mut interval,
+            None,
+            Instant::now() + Duration::from_secs(5),
+            "u",
+        )
+        .await
+        .unwrap();
+        assert_eq!(interval, Duration::from_millis(15));
+        let err = wait(
+            &mut interval,
+            Some(Duration::from_secs(30)),
+            Instant::now() + Duration::from_secs(1),
+            "u",
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    }
+}

@@ -1,0 +1,197 @@
+//! `acme-nginx account register|show|update|deactivate|rollover`: the account behind every order.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{write_state, CliError, CmdResult, Context, EXIT_OK};
+use crate::acme::{self, Account, KeyPair, KeyType, NewAccountOptions};
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Create an account at the CA and save it to a state file.
+    Register(RegisterArgs),
+    /// Show the account the state file holds.
+    Show(StateArg),
+    /// Replace the account's contact addresses.
+    Update(UpdateArgs),
+    /// Deactivate the account for good.
+    Deactivate(StateArg),
+    /// Replace the account key (RFC 8555 key rollover) and save the new one.
+    Rollover(RolloverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StateArg {
+    /// The account state file (JSON, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub state: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// Contact email address (repeatable).
+    #[arg(long = "email", value_name = "EMAIL")]
+    pub emails: Vec<String>,
+    /// Agree to the CA's terms of service.
+    #[arg(long)]
+    pub agree_tos: bool,
+    /// External account binding key id (CAs that require EAB: ZeroSSL, step-ca, ...).
+    #[arg(long, value_name = "KID", requires = "eab_hmac_key")]
+    pub eab_kid: Option<String>,
+    /// External account binding HMAC key, base64url as the CA gave it.
+    #[arg(long, value_name = "B64", requires = "eab_kid")]
+    pub eab_hmac_key: Option<String>,
+    /// Account key type.
+    #[arg(long, default_value = "p384", value_name = "p256|p384")]
+    pub key_type: KeyType,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// Contact email address (repeatable; none clears the contacts).
+    #[arg(long = "email", value_name = "EMAIL")]
+    pub emails: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloverArgs {
+    #[command(flatten)]
+    pub state: StateArg,
+    /// Type of the new account key.
+    #[arg(long, default_value = "p384", value_name = "p256|p384")]
+    pub key_type: KeyType,
+}
+
+/// `mailto:` URLs for plain addresses; refuses what cannot be an address.
+pub fn contact_urls(emails: &[String]) -> Result<Vec<String>, CliError> {
+    emails
+        .iter()
+        .map(|e| {
+            let addr = e.strip_prefix("mailto:").unwrap_or(e).trim();
+            let valid = addr.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && domain.contains('.') && !addr.contains([',', ' ', '<', '>'])
+            });
+            if valid {
+                Ok(format!("mailto:{addr}"))
+            } else {
+                Err(CliError::fatal(format!("{e:?} is not an email address")))
+            }
+        })
+        .collect()
+}
+
+pub async fn run(ctx: &Context, cmd: AccountCommand) -> CmdResult {
+    match cmd {
+        AccountCommand::Register(args) => register(ctx, args).await,
+        AccountCommand::Show(args) => {
+            let account = ctx.load_account(&args.state).await?;
+            let resource = account.fetch().await?;
+            report(ctx, &account, &resource);
+            Ok(EXIT_OK)
+        }
+        AccountCommand::Update(args) => {
+            let mut account = ctx.load_account(&args.state.state).await?;
+            let resource = account.update_contact(contact_urls(&args.emails)?).await?;
+            write_state(&args.state.state, &account.to_state())?;
+            report(ctx, &account, &resource);
+            Ok(EXIT_OK)
+        }
+        AccountCommand::Deactivate(args) => {
+            let account = ctx.load_account(&args.state).await?;
+            let resource = account.deactivate().await?;
+            report(ctx, &account, &resource);
+            Ok(EXIT_OK)
+        }
+        AccountCommand::Rollover(args) => {
+            let mut account = ctx.load_account(&args.state.state).await?;
+            let old = acme::jws::thumbprint(account.key());
+            account.rollover(KeyPair::generate(args.key_type)).await?;
+            write_state(&args.state.state, &account.to_state())?;
+            let new = acme::jws::thumbprint(account.key());
+            if ctx.json {
+                ctx.print_json(&json!({"account": account.url(), "old_thumbprint": old, "new_thumbprint": new}));
+            } else {
+                println!("account {} now uses key {new} (was {old})", account.url());
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+async fn register(ctx: &Context, args: RegisterArgs) -> CmdResult {
+    let path = &args.state.state;
+    if path.exists() {
+        return Err(CliError::fatal(format!(
+            "{} exists already; it is left untouched (use `account show`)",
+            path.display()
+        )));
+    }
+    let contact = contact_urls(&args.emails)?;
+    let client = ctx.client().await?;
+    let meta = client.directory().meta.clone();
+    if let Some(tos) = &meta.terms_of_service {
+        if !args.agree_tos {
+            return Err(CliError::fatal(format!(
+                "the CA's terms of service must be agreed to: read {tos} and pass --agree-tos"
+            )));
+        }
+    }
+    if meta.external_account_required && args.eab_kid.is_none() {
+        return Err(CliError::fatal(
+            "the CA requires external account binding: pass --eab-kid and --eab-hmac-key",
+        ));
+    }
+    let opts = NewAccountOptions {
+        contact,
+        terms_of_service_agreed: args.agree_tos,
+        eab: args.eab_kid.zip(args.eab_hmac_key),
+    };
+    let (account, resource) =
+        Account::create(client, KeyPair::generate(args.key_type), &opts).await?;
+    write_state(path, &account.to_state())?;
+    report(ctx, &account, &resource);
+    Ok(EXIT_OK)
+}
+
+fn report(ctx: &Context, account: &Account, resource: &acme::types::AccountResource) {
+    if ctx.json {
+        ctx.print_json(&json!({
+            "account": account.url(),
+            "directory": account.client().directory_url(),
+            "status": resource.status.as_str(),
+            "contact": resource.contact,
+            "key_type": account.key().key_type().to_string(),
+            "thumbprint": acme::jws::thumbprint(account.key()),
+        }));
+    } else {
+        println!("account:   {}", account.url());
+        println!("directory: {}", account.client().directory_url());
+        println!("status:    {}", resource.status);
+        println!("contact:   {}", resource.contact.join(", "));
+        println!(
+            "key:       {} ({})",
+            account.key().key_type(),
+            acme::jws::thumbprint(account.key())
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_urls_accept_addresses_and_refuse_others() {
+        let ok = contact_urls(&["a@b.example".into(), "mailto:c@d.example".into()]).unwrap();
+        assert_eq!(ok, vec!["mailto:a@b.example", "mailto:c@d.example"]);
+        for bad in ["", "nobody", "a@b", "a b@c.d", "@c.d"] {
+            assert!(contact_urls(&[bad.to_owned()]).is_err(), "{bad:?} accepted");
+        }
+    }
+}
