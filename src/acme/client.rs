@@ -135,14 +135,14 @@ impl Response {
             Some(problem) if problem.is("rateLimited") || self.status == 429 => {
                 Error::RateLimited {
                     url: self.url,
-                    problem,
+                    problem: Box::new(problem),
                     retry_after,
                 }
             }
             Some(problem) => Error::Problem {
                 url: self.url,
                 status: self.status,
-                problem,
+                problem: Box::new(problem),
             },
             None => Error::Status {
                 body: self.body_text(),
@@ -349,7 +349,7 @@ impl Client {
                 return Err(Error::BadNonce {
                     url: url.to_owned(),
                     attempts: bad_nonces,
-                    problem: problem.unwrap_or_default(),
+                    problem: Box::new(problem.unwrap_or_default()),
                 });
             }
             if matches!(resp.status, 429 | 503) && rate_retries < MAX_RATE_RETRIES {

@@ -13,13 +13,13 @@ pub enum Error {
     Problem {
         url: String,
         status: u16,
-        problem: Problem,
+        problem: Box<Problem>,
     },
     /// `urn:ietf:params:acme:error:rateLimited`, or HTTP 429/503 whose Retry-After was too far away.
     #[error("{url}: rate limited: {problem}{}", retry_after_text(*.retry_after))]
     RateLimited {
         url: String,
-        problem: Problem,
+        problem: Box<Problem>,
         retry_after: Option<Duration>,
     },
     /// The CA kept rejecting our nonces.
@@ -27,7 +27,7 @@ pub enum Error {
     BadNonce {
         url: String,
         attempts: u32,
-        problem: Problem,
+        problem: Box<Problem>,
     },
     /// The request never got an HTTP answer (DNS, TCP, TLS, timeout).
     #[error("{url}: request failed: {message}")]
@@ -52,13 +52,13 @@ pub enum Error {
     #[error("authorization for {identifier} failed: {problem}")]
     AuthorizationFailed {
         identifier: String,
-        problem: Problem,
+        problem: Box<Problem>,
     },
     /// The order became invalid.
-    #[error("order {url} is invalid{}", problem_text(.problem.as_ref()))]
+    #[error("order {url} is invalid{}", problem_text(.problem.as_deref()))]
     OrderInvalid {
         url: String,
-        problem: Option<Problem>,
+        problem: Option<Box<Problem>>,
     },
     /// The challenge solver could not provision or found a problem before validation.
     #[error("{identifier}: {message}")]
@@ -97,7 +97,7 @@ impl Error {
             | Error::RateLimited { problem, .. }
             | Error::BadNonce { problem, .. }
             | Error::AuthorizationFailed { problem, .. } => Some(problem),
-            Error::OrderInvalid { problem, .. } => problem.as_ref(),
+            Error::OrderInvalid { problem, .. } => problem.as_deref(),
             _ => None,
         }
     }

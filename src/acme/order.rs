@@ -190,7 +190,7 @@ impl Account {
         if order.state.status != OrderStatus::Valid {
             return Err(Error::OrderInvalid {
                 url: order.url.clone(),
-                problem: order.state.error.clone(),
+                problem: order.state.error.clone().map(Box::new),
             });
         }
         order.download(opts.preferred_chain.as_deref()).await
@@ -461,7 +461,7 @@ fn authorization_failure(authz: &Authorization) -> Error {
         });
     Error::AuthorizationFailed {
         identifier: authz.identifier.value.clone(),
-        problem,
+        problem: Box::new(problem),
     }
 }
 

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian 12 machine, idempotently:
+#  - Debian 12 packages: nginx, openssl, ca-certificates, python3-pip (crossplane), curl;
+#  - pebble 2.10 and pebble-challtestsrv from Debian's sid suite (Debian 12's pebble 2.4 has no
+#    ARI, no profiles and weak EAB), fetched with `apt-get download` through a private sources
+#    list and private lists, unpacked with `dpkg -x` into $ACME_NGINX_TESTBED/root.
+# The system's own apt configuration is never changed. Run as root.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+tb=${ACME_NGINX_TESTBED:-$repo/.testbed}
+mkdir -p "$tb"
+
+log() { printf 'testbed: %s\n' "$*" >&2; }
+
+# --- Debian 12 packages -----------------------------------------------------------------------
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  # Keep the packaged nginx service from starting on port 80: the tests run their own masters.
+  added_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && added_policy=1
+  fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  [ "$added_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+# --- packages from sid, unpacked into the test bed ---------------------------------------------
+sid_uri() {
+  local uri
+  uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$uri" ] || uri=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+sid_fetch() { # sid_fetch PACKAGE...: download and unpack into $tb/root
+  local apt="$tb/apt"
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$tb/debs" "$tb/root"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(sid_uri) sid main" > "$apt/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+              -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "APT::Sandbox::User=root")
+  if [ ! -s "$apt/lists/.updated" ] || [ -n "$(find "$apt/lists/.updated" -mmin +1440)" ]; then
+    log "updating the private sid package lists"
+    apt-get -q "${opts[@]}" update >&2
+    date > "$apt/lists/.updated"
+  fi
+  (cd "$tb/debs" && apt-get -q "${opts[@]}" download "$@" >&2)
+  local p
+  for p in "$@"; do
+    dpkg -x "$(ls -t "$tb/debs/${p}"_*.deb | head -n1)" "$tb/root"
+  done
+}
+
+if [ ! -x "$tb/root/usr/bin/pebble" ] || [ ! -x "$tb/root/usr/bin/pebble-challtestsrv" ]; then
+  log "fetching pebble from sid"
+  sid_fetch pebble
+fi
+"$tb/root/usr/bin/pebble" -version >&2 || true
+log "ready in $tb"

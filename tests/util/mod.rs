@@ -1,0 +1,467 @@
+//! The test bed: real pebble, pebble-challtestsrv and nginx processes on loopback, each in its
+//! own temporary directory, each killed (by its own pid) when its guard drops. Binaries come
+//! from `tests/testbed/setup.sh` ($ACME_NGINX_TESTBED, default `.testbed/` in the repo).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use acme_nginx::acme::{self, KeyPair, KeyType};
+use tempfile::TempDir;
+
+/// How long a child process gets to start listening.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The pebble EAB keys configured when `eab` is on (kid, base64url HMAC key).
+pub const EAB_KEYS: &[(&str, &str)] = &[
+    (
+        "kid-1",
+        "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W",
+    ),
+    (
+        "kid-2",
+        "b10lLJs8l1GPIzsLP0s6pMt8O0XVGnfTaCeROxQM0BIt2XrJMDHJZBM5NuQmQJQH",
+    ),
+];
+
+/// A random positive serial number (rcgen without its crypto feature needs one given).
+pub fn serial() -> rcgen::SerialNumber {
+    use rand_core::RngCore;
+    let mut b = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut b);
+    b[0] &= 0x7f;
+    rcgen::SerialNumber::from_slice(&b)
+}
+
+fn testbed_dir() -> PathBuf {
+    std::env::var_os("ACME_NGINX_TESTBED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".testbed"))
+}
+
+/// Finds a binary: the test bed first, then the usual system places.
+pub fn bin(name: &str) -> PathBuf {
+    let mut places = vec![
+        testbed_dir().join("root/usr/bin"),
+        testbed_dir().join("root/usr/sbin"),
+    ];
+    places.extend(
+        [
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ]
+        .map(PathBuf::from),
+    );
+    for dir in places {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found: run tests/testbed/setup.sh (as root) first");
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+    let start = Instant::now();
+    while start.elapsed() < STARTUP_TIMEOUT {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status}: {}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{what} did not listen on {port}: {}",
+        fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// A child process killed by its own pid when dropped.
+#[derive(Debug)]
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Pebble settings.
+#[derive(Debug, Clone)]
+pub struct PebbleOptions {
+    /// The port pebble's VA connects to for http-01 (point it at nginx).
+    pub http_port: u16,
+    /// Percentage of nonces pebble rejects.
+    pub nonce_reject: u32,
+    /// Require external account binding.
+    pub eab: bool,
+    /// Validity of default-profile certificates.
+    pub validity_secs: u64,
+}
+
+impl PebbleOptions {
+    pub fn http_port(http_port: u16) -> Self {
+        Self {
+            http_port,
+            nonce_reject: 5,
+            eab: false,
+            validity_secs: 90 * 86400,
+        }
+    }
+}
+
+/// A running pebble with its DNS server (pebble-challtestsrv, every name at 127.0.0.1).
+pub struct Pebble {
+    pub directory: String,
+    /// Trust anchor for pebble's own HTTPS (what `--ca-file` takes).
+    pub ca_file: PathBuf,
+    pub management: String,
+    pub dns_management: String,
+    pub dir: TempDir,
+    _pebble: ChildGuard,
+    _dns: ChildGuard,
+}
+
+/// Writes a test CA and a localhost certificate it signs; returns (ca.pem, cert.pem, key.pem).
+pub fn make_tls_cert(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = KeyPair::generate(KeyType::P256);
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.serial_number = Some(serial());
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "acme-nginx test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate(KeyType::P256);
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, names[0]);
+    params.serial_number = Some(serial());
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (ca, crt, k) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    fs::write(&ca, ca_cert.pem()).unwrap();
+    fs::write(&crt, cert.pem()).unwrap();
+    fs::write(&k, key.to_pem()).unwrap();
+    (ca, crt, k)
+}
+
+impl Pebble {
+    pub fn start(opts: PebbleOptions) -> Pebble {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = make_tls_cert(dir.path(), &["localhost", "127.0.0.1"]);
+        let (dns_port, dns_mgmt) = (free_port(), free_port());
+        let dns_log = dir.path().join("challtestsrv.log");
+        let mut dns = Command::new(bin("pebble-challtestsrv"))
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", ""])
+            .stdout(fs::File::create(&dns_log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(dns_mgmt, &mut dns, "pebble-challtestsrv", &dns_log);
+        let dns = ChildGuard(dns);
+
+        let (port, mgmt) = (free_port(), free_port());
+        let mut eab_keys = String::new();
+        for (i, (kid, k)) in EAB_KEYS.iter().enumerate() {
+            let _ = write!(
+                eab_keys,
+                "{}\"{kid}\": \"{k}\"",
+                if i > 0 { ", " } else { "" }
+            );
+        }
+        let config = format!(
+            r#"{{"pebble": {{
+  "listenAddress": "127.0.0.1:{port}",
+  "managementListenAddress": "127.0.0.1:{mgmt}",
+  "certificate": "{cert}", "privateKey": "{key}",
+  "httpPort": {http}, "tlsPort": {tls},
+  "ocspResponderURL": "",
+  "externalAccountBindingRequired": {eab},
+  "externalAccountMACKeys": {{ {eab_keys} }},
+  "domainBlocklist": ["blocked-domain.example"],
+  "certificateValidityPeriod": {validity},
+  "profiles": {{
+    "default": {{"description": "The default profile", "validityPeriod": {validity}}},
+    "shortlived": {{"description": "Six days", "validityPeriod": 518400}}
+  }}
+}}}}"#,
+            cert = cert.display(),
+            key = key.display(),
+            http = opts.http_port,
+            tls = free_port(),
+            eab = opts.eab,
+            validity = opts.validity_secs,
+        );
+        let cfg = dir.path().join("pebble.json");
+        fs::write(&cfg, config).unwrap();
+        let log = dir.path().join("pebble.log");
+        let mut child = Command::new(bin("pebble"))
+            .arg("-config")
+            .arg(&cfg)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", opts.nonce_reject.to_string())
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, &mut child, "pebble", &log);
+        wait_for_port(mgmt, &mut child, "pebble management", &log);
+        Pebble {
+            directory: format!("https://127.0.0.1:{port}/dir"),
+            ca_file: ca,
+            management: format!("https://127.0.0.1:{mgmt}"),
+            dns_management: format!("http://127.0.0.1:{dns_mgmt}"),
+            dir,
+            _pebble: ChildGuard(child),
+            _dns: dns,
+        }
+    }
+
+    /// An HTTP client that trusts pebble's API certificate.
+    pub fn http(&self) -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pem = fs::read(&self.ca_file).unwrap();
+        let tls = acme::client::tls_config(Some(&pem)).unwrap();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap()
+    }
+
+    /// Pebble's issuing root (PEM), for `openssl verify`.
+    pub async fn root_pem(&self) -> String {
+        self.http()
+            .get(format!("{}/roots/0", self.management))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Writes the root next to pebble's files and returns its path.
+    pub async fn root_file(&self) -> PathBuf {
+        let p = self.dir.path().join("issuer-root.pem");
+        fs::write(&p, self.root_pem().await).unwrap();
+        p
+    }
+
+    /// A library client for this pebble.
+    pub async fn client(&self) -> acme::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cfg = acme::ClientConfig::with_ca_file(&self.ca_file).unwrap();
+        acme::Client::new(&self.directory, &cfg).await.unwrap()
+    }
+
+    /// A fresh account on this pebble.
+    pub async fn account(&self) -> acme::Account {
+        let opts = acme::NewAccountOptions {
+            contact: vec!["mailto:test@example.org".into()],
+            terms_of_service_agreed: true,
+            eab: None,
+        };
+        acme::Account::create(self.client().await, KeyPair::generate(KeyType::P384), &opts)
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// The text of pebble's log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
+    }
+
+    /// An `acme-nginx` command with `--directory` and `--ca-file` set for this pebble.
+    pub fn cli(&self) -> Command {
+        let mut c = acme_nginx_cmd();
+        c.env("ACME_NGINX_DIRECTORY", &self.directory)
+            .env("ACME_NGINX_CA_FILE", &self.ca_file);
+        c
+    }
+}
+
+/// The `acme-nginx` binary under test, with no CA settings from the environment.
+pub fn acme_nginx_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_acme-nginx"));
+    c.env_remove("ACME_NGINX_DIRECTORY")
+        .env_remove("ACME_NGINX_CA_FILE");
+    c
+}
+
+/// Runs a command, returning its output (never panics on a failing exit).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+/// Runs a command and asserts it exits 0; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A running nginx master (daemon off, so it is our child) with its own prefix directory.
+pub struct Nginx {
+    pub dir: TempDir,
+    pub port: u16,
+    pub conf: PathBuf,
+    child: ChildGuard,
+}
+
+/// The worker user tests use: `www-data` as root, else no `user` directive.
+pub fn worker_user() -> Option<&'static str> {
+    nix::unistd::getuid().is_root().then_some("www-data")
+}
+
+impl Nginx {
+    /// Starts nginx with `http_body` inside `http { }`; `{port}` in it is replaced by the port
+    /// and `{dir}` by the prefix directory.
+    pub fn start(http_body: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        // Workers must reach the prefix (tempdir is 0700).
+        fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let port = free_port();
+        let body = http_body
+            .replace("{port}", &port.to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        let user = worker_user()
+            .map(|u| format!("user {u};\n"))
+            .unwrap_or_default();
+        let conf = dir.path().join("nginx.conf");
+        fs::write(
+            &conf,
+            format!(
+                "{user}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  \
+                 fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n{body}\n}}\n",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("error.log");
+        let mut child = Command::new(bin("nginx"))
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, &mut child, "nginx", &log);
+        Nginx {
+            dir,
+            port,
+            conf,
+            child: ChildGuard(child),
+        }
+    }
+
+    /// The master's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Plain HTTP GET over loopback with a Host header; returns (status, body).
+    pub fn get(&self, host: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        let status = buf
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+/// `openssl verify` of a chain file against a root; returns (success, output).
+pub fn openssl_verify(root: &Path, chain_pem: &str, dir: &Path) -> (bool, String) {
+    let blocks = acme_nginx::acme::order::split_pem(chain_pem);
+    let leaf = dir.join("verify-leaf.pem");
+    let untrusted = dir.join("verify-untrusted.pem");
+    fs::write(&leaf, &blocks[0]).unwrap();
+    fs::write(&untrusted, blocks[1..].concat()).unwrap();
+    let mut cmd = Command::new("openssl");
+    cmd.arg("verify").arg("-CAfile").arg(root);
+    if blocks.len() > 1 {
+        cmd.arg("-untrusted").arg(&untrusted);
+    }
+    let out = cmd.arg(&leaf).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Names that pebble-challtestsrv resolves to 127.0.0.1 (any name does; these read well).
+pub fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{prefix}{i}.acme-nginx.test"))
+        .collect()
+}
