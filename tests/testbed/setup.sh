@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian 12 machine, idempotently:
 #  - Debian 12 packages: nginx, openssl, ca-certificates, python3-pip (crossplane), curl;
+#  - with --bench, the peers the benchmarks measure: uacme (Debian 12), pebble 2.4 (Debian 12,
+#    unpacked into $ACME_NGINX_TESTBED/pebble24: uacme 1.7 cannot parse pebble 2.10's
+#    dns-account-01 challenges), lego (sid, a static binary);
 #  - pebble 2.10 and pebble-challtestsrv from Debian's sid suite (Debian 12's pebble 2.4 has no
 #    ARI, no profiles and weak EAB), fetched with `apt-get download` through a private sources
 #    list and private lists, unpacked with `dpkg -x` into $ACME_NGINX_TESTBED/root.
@@ -59,6 +62,23 @@ sid_fetch() { # sid_fetch PACKAGE...: download and unpack into $tb/root
     dpkg -x "$(ls -t "$tb/debs/${p}"_*.deb | head -n1)" "$tb/root"
   done
 }
+
+if [ "${1:-}" = --bench ]; then
+  if ! command -v uacme >/dev/null 2>&1; then
+    log "installing uacme"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends uacme
+  fi
+  if [ ! -x "$tb/pebble24/usr/bin/pebble" ]; then
+    log "fetching Debian 12's pebble 2.4"
+    mkdir -p "$tb/debs12"
+    (cd "$tb/debs12" && apt-get -q -o APT::Sandbox::User=root download pebble >&2)
+    dpkg -x "$(ls -t "$tb"/debs12/pebble_*.deb | head -n1)" "$tb/pebble24"
+  fi
+  if [ ! -x "$tb/root/usr/bin/lego" ]; then
+    log "fetching lego from sid"
+    sid_fetch lego
+  fi
+fi
 
 if [ ! -x "$tb/root/usr/bin/pebble" ] || [ ! -x "$tb/root/usr/bin/pebble-challtestsrv" ]; then
   log "fetching pebble from sid"
