@@ -574,3 +574,48 @@ async fn order_timeout_still_clears_every_token() {
     );
     drop(silent);
 }
+
+#[tokio::test]
+async fn alternate_chain_selected_by_issuer_name() {
+    let (nginx, webroot) = nginx_with_webroot();
+    let pebble = Pebble::start(PebbleOptions {
+        alternate_roots: 1,
+        ..PebbleOptions::http_port(nginx.port)
+    });
+    let default = sign_with_webroot(
+        &pebble,
+        &webroot,
+        &names("chain", 1),
+        &OrderOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(default.alternates, 1);
+    let top_issuer = |pem: &str| {
+        let certs = acme::cert::pem_certificates(pem.as_bytes()).unwrap();
+        CertInfo::from_der(certs.last().unwrap())
+            .unwrap()
+            .issuer_cn
+            .unwrap()
+    };
+    let alt_root = pebble.root_pem_n(1).await;
+    let alt_name = CertInfo::from_pem(alt_root.as_bytes())
+        .unwrap()
+        .subject_cn
+        .unwrap();
+    assert_ne!(top_issuer(&default.pem), alt_name);
+
+    let opts = OrderOptions {
+        preferred_chain: Some(alt_name.clone()),
+        ..OrderOptions::default()
+    };
+    let chosen = sign_with_webroot(&pebble, &webroot, &names("chain-alt", 1), &opts)
+        .await
+        .unwrap();
+    assert_eq!(top_issuer(&chosen.pem), alt_name);
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("alt-root.pem");
+    fs::write(&root, alt_root).unwrap();
+    let (ok, text) = openssl_verify(&root, &chosen.pem, work.path());
+    assert!(ok, "{text}");
+}

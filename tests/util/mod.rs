@@ -120,6 +120,8 @@ pub struct PebbleOptions {
     pub eab: bool,
     /// Validity of default-profile certificates.
     pub validity_secs: u64,
+    /// Alternate root chains pebble offers (Link rel="alternate").
+    pub alternate_roots: u32,
 }
 
 impl PebbleOptions {
@@ -129,6 +131,7 @@ impl PebbleOptions {
             nonce_reject: 5,
             eab: false,
             validity_secs: 90 * 86400,
+            alternate_roots: 0,
         }
     }
 }
@@ -240,6 +243,7 @@ impl Pebble {
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", opts.nonce_reject.to_string())
             .env("PEBBLE_AUTHZREUSE", "0")
+            .env("PEBBLE_ALTERNATE_ROOTS", opts.alternate_roots.to_string())
             .stdout(fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
             .spawn()
@@ -270,8 +274,13 @@ impl Pebble {
 
     /// Pebble's issuing root (PEM), for `openssl verify`.
     pub async fn root_pem(&self) -> String {
+        self.root_pem_n(0).await
+    }
+
+    /// Pebble's root number `n` (0 is the default chain's, others are alternates).
+    pub async fn root_pem_n(&self, n: u32) -> String {
         self.http()
-            .get(format!("{}/roots/0", self.management))
+            .get(format!("{}/roots/{n}", self.management))
             .send()
             .await
             .unwrap()

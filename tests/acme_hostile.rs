@@ -1,0 +1,221 @@
+//! A CA is untrusted input. These tests put a deliberately broken HTTP server on loopback in the
+//! CA's place (endless bodies, garbage JSON, path tokens, bare 500s) and check that the client
+//! fails with an error naming the URL, never a panic, never unbounded memory, never a file
+//! written outside the webroot. (Correct behaviour against a real CA is tested against pebble.)
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use acme_nginx::acme::{
+    self, create_csr, Account, ClientConfig, KeyPair, KeyType, NewAccountOptions, OrderOptions,
+};
+use acme_nginx::challenge::WebrootSolver;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the hostile server answers for a path: status, extra headers, body. `None` body means
+/// "send bytes forever".
+type Route = (u16, Vec<(&'static str, String)>, Option<String>);
+
+async fn serve(routes: impl Fn(&str, &str, &str) -> Route + Send + Sync + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let routes = Arc::new(routes);
+    let base2 = base.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let routes = routes.clone();
+            let base = base2.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut n = 0;
+                // Read headers and, if any, a body of Content-Length bytes.
+                loop {
+                    let Ok(k) = sock.read(&mut buf[n..]).await else {
+                        return;
+                    };
+                    if k == 0 {
+                        return;
+                    }
+                    n += k;
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if n >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let mut first = text.split_whitespace();
+                let method = first.next().unwrap_or("").to_owned();
+                let path = first.next().unwrap_or("").to_owned();
+                let (status, headers, body) = routes(&method, &path, &base);
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\nConnection: close\r\nReplay-Nonce: nonce{}\r\n",
+                    rand_suffix()
+                );
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                match body {
+                    Some(b) => {
+                        head.push_str(&format!(
+                            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                            b.len()
+                        ));
+                        let _ = sock.write_all(head.as_bytes()).await;
+                    }
+                    None => {
+                        head.push_str("Content-Type: application/json\r\n\r\n{\"a\":\"");
+                        let _ = sock.write_all(head.as_bytes()).await;
+                        let chunk = vec![b'x'; 64 * 1024];
+                        // Endless, until the client hangs up.
+                        while sock.write_all(&chunk).await.is_ok() {}
+                    }
+                }
+            });
+        }
+    });
+    base
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn directory(base: &str) -> String {
+    format!(
+        r#"{{"newNonce":"{base}/nonce","newAccount":"{base}/acct","newOrder":"{base}/order","revokeCert":"{base}/revoke","keyChange":"{base}/kc"}}"#
+    )
+}
+
+#[tokio::test]
+async fn endless_directory_is_cut_off() {
+    let base = serve(|_, _, _| (200, vec![], None)).await;
+    let err = acme::Client::new(&format!("{base}/dir"), &ClientConfig::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, acme::Error::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("/dir"), "{err}");
+}
+
+#[tokio::test]
+async fn garbage_json_and_bare_500_name_the_url() {
+    let base = serve(|_, path, _| match path {
+        "/dir" => (200, vec![], Some("{\"newNonce\": 12,".into())),
+        _ => (500, vec![], Some("<html>oops</html>".into())),
+    })
+    .await;
+    let err = acme::Client::new(&format!("{base}/dir"), &ClientConfig::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, acme::Error::Malformed { .. })
+            && err.to_string().contains(&format!("{base}/dir")),
+        "{err}"
+    );
+    let err = acme::Client::new(&format!("{base}/other"), &ClientConfig::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, acme::Error::Status { status: 500, .. }) && err.to_string().contains("oops"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_carries_retry_after_and_the_problem() {
+    let base = serve(|method, path, base| match (method, path) {
+        ("GET", "/dir") => (200, vec![], Some(directory(base))),
+        ("HEAD", "/nonce") => (200, vec![], Some(String::new())),
+        _ => (
+            429,
+            vec![("Retry-After", "3600".into())],
+            Some(r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new accounts"}"#.into()),
+        ),
+    })
+    .await;
+    let client = acme::Client::new(&format!("{base}/dir"), &ClientConfig::default())
+        .await
+        .unwrap();
+    let err = Account::create(
+        client,
+        KeyPair::generate(KeyType::P256),
+        &NewAccountOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        acme::Error::RateLimited {
+            retry_after,
+            problem,
+            ..
+        } => {
+            assert_eq!(retry_after.map(|d| d.as_secs()), Some(3600));
+            assert_eq!(problem.detail.as_deref(), Some("too many new accounts"));
+        }
+        other => panic!("expected RateLimited, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn path_token_never_reaches_the_disk() {
+    let base = serve(|method, path, base| match (method, path) {
+        ("GET", "/dir") => (200, vec![], Some(directory(base))),
+        ("HEAD", "/nonce") => (200, vec![], Some(String::new())),
+        ("POST", "/acct") => (201, vec![("Location", format!("{base}/acct/1"))], Some(r#"{"status":"valid"}"#.into())),
+        ("POST", "/order") => (
+            201,
+            vec![("Location", format!("{base}/order/1"))],
+            Some(format!(r#"{{"status":"pending","authorizations":["{base}/authz/1"],"finalize":"{base}/fin"}}"#)),
+        ),
+        ("POST", "/authz/1") => (
+            200,
+            vec![],
+            Some(format!(
+                r#"{{"status":"pending","identifier":{{"type":"dns","value":"a.test"}},"challenges":[{{"type":"http-01","url":"{base}/ch","status":"pending","token":"../../../tmp/escaped"}}]}}"#
+            )),
+        ),
+        _ => (404, vec![], Some("{}".into())),
+    })
+    .await;
+    let client = acme::Client::new(&format!("{base}/dir"), &ClientConfig::default())
+        .await
+        .unwrap();
+    let (account, _) = Account::create(
+        client,
+        KeyPair::generate(KeyType::P256),
+        &NewAccountOptions::default(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let webroot = dir.path().join("a/b/c/webroot");
+    let names = vec!["a.test".to_owned()];
+    let csr = create_csr(&KeyPair::generate(KeyType::P256), &names).unwrap();
+    let err = account
+        .sign(
+            &names,
+            &csr.der,
+            &WebrootSolver::new(&webroot),
+            &OrderOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not base64url"), "{err}");
+    assert!(!webroot.exists(), "the solver was called");
+    assert!(!dir.path().join("a/escaped").exists());
+}
