@@ -9,3 +9,4 @@ pub mod acme;
 pub mod challenge;
 pub mod cli;
 pub mod fsutil;
+pub mod nginx;
