@@ -167,6 +167,23 @@ impl Identifier {
     }
 }
 
+/// True for a DNS name a CA can certify: LDH labels of 1 to 63 bytes (no leading or trailing
+/// hyphen), at most 253 bytes, optionally behind a `*.` wildcard label.
+pub fn is_valid_dns_name(name: &str) -> bool {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 impl fmt::Display for Identifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.value)

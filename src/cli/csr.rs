@@ -78,21 +78,7 @@ pub fn validate_names(names: &[String]) -> Result<Vec<String>, CliError> {
 
 /// A DNS name (LDH labels, optional leading `*.`) or an IP address.
 pub fn is_valid_name(n: &str) -> bool {
-    if n.parse::<std::net::IpAddr>().is_ok() {
-        return true;
-    }
-    let host = n.strip_prefix("*.").unwrap_or(n);
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    n.parse::<std::net::IpAddr>().is_ok() || crate::acme::types::is_valid_dns_name(n)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 mod account;
 mod csr;
 mod revoke;
+pub mod scan;
 mod sign;
 
 use std::fmt;
@@ -69,6 +70,8 @@ pub enum Command {
     Sign(sign::SignArgs),
     /// Revoke a certificate.
     Revoke(revoke::RevokeArgs),
+    /// Show the server blocks of the nginx configuration, their names and challenge directories.
+    Scan(scan::ScanArgs),
 }
 
 /// An error that ends a command, with the exit code it maps to.
@@ -255,6 +258,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::Csr(args) => csr::run(&ctx, args),
             Command::Sign(args) => sign::run(&ctx, args).await,
             Command::Revoke(args) => revoke::run(&ctx, args).await,
+            Command::Scan(args) => scan::run(&ctx, args),
         }
     });
     match result {

@@ -2,7 +2,9 @@
 //! blocks and of the directory each serves the ACME challenge from (nginx's own location
 //! matching), and, for `enroll`, minimal edits and signal-based reloads.
 
+pub mod discovery;
 pub mod lexer;
+pub mod location;
 pub mod parser;
 pub mod source;
 

@@ -1,0 +1,512 @@
+//! Discovery: every `server` block of the `http` context in document order (includes expanded in
+//! place), with its names (and which of them can be enrolled), listeners, certificates and the
+//! directory it serves `/.well-known/acme-challenge/` from; plus the global facts a client needs
+//! (worker user and group, pid file).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::location::{serve, Serving};
+use super::parser::{Config, Directive, FileId};
+
+/// The URI probed for the challenge directory (a token of the usual shape).
+pub const PROBE_TOKEN: &str = "acme-nginx-probe_0123456789-ABCDEFGHIJ";
+
+/// Facts nginx was compiled with (`nginx -V`); Debian's values by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildDefaults {
+    pub prefix: PathBuf,
+    pub pid_path: PathBuf,
+    pub user: String,
+    pub group: String,
+}
+
+impl Default for BuildDefaults {
+    fn default() -> Self {
+        Self {
+            prefix: PathBuf::from("/usr/share/nginx"),
+            pid_path: PathBuf::from("/run/nginx.pid"),
+            user: "nobody".into(),
+            group: "nogroup".into(),
+        }
+    }
+}
+
+impl BuildDefaults {
+    /// Reads `--prefix=`, `--pid-path=`, `--user=`, `--group=` from `nginx -V` output; what is
+    /// absent keeps nginx's own defaults (prefix /usr/local/nginx, pid logs/nginx.pid, nobody).
+    pub fn from_nginx_v(output: &str) -> Self {
+        let arg = |name: &str| {
+            output
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .map(|v| v.trim_matches(['\'', '"']).to_owned())
+        };
+        let prefix = PathBuf::from(arg("--prefix=").unwrap_or_else(|| "/usr/local/nginx".into()));
+        let pid_path = arg("--pid-path=").map_or_else(
+            || prefix.join("logs/nginx.pid"),
+            |p| {
+                let p = PathBuf::from(p);
+                if p.is_absolute() {
+                    p
+                } else {
+                    prefix.join(p)
+                }
+            },
+        );
+        let user = arg("--user=").unwrap_or_else(|| "nobody".into());
+        let group = arg("--group=").unwrap_or_else(|| {
+            if user == "nobody" {
+                "nogroup".into()
+            } else {
+                user.clone()
+            }
+        });
+        Self {
+            prefix,
+            pid_path,
+            user,
+            group,
+        }
+    }
+
+    /// Asks the nginx binary (`nginx -V`); Debian's defaults when it cannot be run.
+    pub fn probe(nginx: &Path) -> Self {
+        match std::process::Command::new(nginx).arg("-V").output() {
+            Ok(out) if out.status.success() => {
+                Self::from_nginx_v(&String::from_utf8_lossy(&out.stderr))
+            }
+            _ => Self::default(),
+        }
+    }
+}
+
+/// One `listen` directive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listen {
+    /// Address as written (`*`, `127.0.0.1`, `[::]`, `unix:/path`).
+    pub address: String,
+    pub port: u16,
+    pub ssl: bool,
+    pub default_server: bool,
+    pub ipv6: bool,
+    /// The directive's arguments as written.
+    pub raw: String,
+    /// True for the `listen *:80` nginx uses when a server has none.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub implicit: bool,
+}
+
+impl Listen {
+    /// Parses `listen` arguments.
+    pub fn parse(args: &[String]) -> Option<Self> {
+        let first = args.first()?;
+        let (address, port) = if first.starts_with("unix:") {
+            (first.clone(), 0)
+        } else if let Some(rest) = first.strip_prefix('[') {
+            let (host, after) = rest.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().ok()?,
+                None if after.is_empty() => 80,
+                None => return None,
+            };
+            (format!("[{host}]"), port)
+        } else if let Ok(port) = first.parse::<u16>() {
+            ("*".to_owned(), port)
+        } else if let Some((host, port)) = first.rsplit_once(':') {
+            (host.to_owned(), port.parse().ok()?)
+        } else {
+            (first.clone(), 80)
+        };
+        let flag = |f: &str| args[1..].iter().any(|a| a == f);
+        Some(Self {
+            ipv6: address.starts_with('['),
+            ssl: flag("ssl") || flag("quic"),
+            default_server: flag("default_server") || flag("default"),
+            raw: args.join(" "),
+            address,
+            port,
+            implicit: false,
+        })
+    }
+}
+
+/// A name that will not be enrolled, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: String,
+}
+
+/// One server block.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerBlock {
+    pub file: PathBuf,
+    pub line: u32,
+    #[serde(skip)]
+    pub file_id: FileId,
+    /// Byte range of the block in its file.
+    #[serde(skip)]
+    pub span: (usize, usize),
+    pub server_names: Vec<String>,
+    pub enrollable: Vec<String>,
+    pub skipped: Vec<Skipped>,
+    pub listen: Vec<Listen>,
+    /// The first `ssl_certificate` in effect (its own or inherited from `http`).
+    pub ssl_certificate: Option<String>,
+    pub ssl_certificate_key: Option<String>,
+    /// Every `ssl_certificate` in effect (several for RSA + ECDSA).
+    pub ssl_certificates: Vec<String>,
+    pub ssl_certificate_keys: Vec<String>,
+    pub acme_challenge_dir: Option<PathBuf>,
+    /// Why there is no challenge directory (null when there is one).
+    pub acme_challenge_reason: Option<String>,
+}
+
+impl ServerBlock {
+    /// `file:line`, for messages.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// The result of a scan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scan {
+    pub nginx_conf: PathBuf,
+    pub user: String,
+    pub group: String,
+    pub pid_file: PathBuf,
+    pub servers: Vec<ServerBlock>,
+    pub warnings: Vec<String>,
+}
+
+/// Sorts the names of a server block into those that can be enrolled (exact host names and IP
+/// addresses, lowercase, deduplicated, in order) and those that cannot, with the reason.
+pub fn classify_names(names: &[String]) -> (Vec<String>, Vec<Skipped>) {
+    let mut ok: Vec<String> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut skip = |name: &str, reason: &str| {
+        skipped.push(Skipped {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    for raw in names {
+        let name = raw.to_ascii_lowercase();
+        let name = name.trim_end_matches('.');
+        let candidate = if raw.is_empty() {
+            skip(raw, "empty name (requests without a Host header)");
+            continue;
+        } else if raw == "_" {
+            skip(raw, "catch-all placeholder \"_\"");
+            continue;
+        } else if raw.starts_with('~') {
+            skip(raw, "regular expression");
+            continue;
+        } else if raw.starts_with('$') {
+            skip(raw, "variable name");
+            continue;
+        } else if let Some(base) = name.strip_prefix('.') {
+            skip(
+                &format!("*.{base}"),
+                "wildcard part of a \".name\" (needs dns-01)",
+            );
+            base.to_owned()
+        } else if name.starts_with("*.") {
+            skip(raw, "wildcard (needs dns-01)");
+            continue;
+        } else if name.contains('*') {
+            skip(raw, "wildcard that no certificate can name");
+            continue;
+        } else {
+            name.to_owned()
+        };
+        if candidate.parse::<std::net::IpAddr>().is_ok() {
+            if !ok.contains(&candidate) {
+                ok.push(candidate);
+            }
+            continue;
+        }
+        if candidate == "localhost" || candidate.ends_with(".localhost") {
+            skip(raw, "localhost");
+        } else if !candidate.contains('.') {
+            skip(raw, "not a fully qualified domain name");
+        } else if !crate::acme::types::is_valid_dns_name(&candidate) {
+            skip(raw, "not a valid DNS name");
+        } else if !ok.contains(&candidate) {
+            ok.push(candidate);
+        }
+    }
+    (ok, skipped)
+}
+
+/// Scans a parsed configuration.
+pub fn scan(cfg: &Config, defaults: &BuildDefaults) -> Scan {
+    let mut warnings = Vec::new();
+    let main = cfg.expanded(cfg.root());
+    let mut user = defaults.user.clone();
+    let mut group = defaults.group.clone();
+    let mut pid_file = defaults.pid_path.clone();
+    for d in &main {
+        match d.name.as_str() {
+            "user" => {
+                if let Some(u) = d.args.first() {
+                    user = u.clone();
+                    group = d.args.get(1).cloned().unwrap_or_else(|| u.clone());
+                }
+            }
+            "pid" => {
+                if let Some(p) = d.args.first() {
+                    let p = PathBuf::from(p);
+                    pid_file = if p.is_absolute() {
+                        p
+                    } else {
+                        defaults.prefix.join(p)
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut servers = Vec::new();
+    let https: Vec<&Directive> = main
+        .iter()
+        .copied()
+        .filter(|d| d.name == "http" && d.block.is_some())
+        .collect();
+    if https.len() > 1 {
+        warnings.push(
+            "more than one http block: nginx refuses that (\"http\" directive is duplicate)".into(),
+        );
+    }
+    if https.is_empty() {
+        warnings.push("no http block: nothing to enroll".into());
+    }
+    for http in https {
+        let http_children = cfg.expanded(http.children());
+        let http_certs = directive_args(&http_children, "ssl_certificate");
+        let http_keys = directive_args(&http_children, "ssl_certificate_key");
+        for server in http_children
+            .iter()
+            .copied()
+            .filter(|d| d.name == "server" && d.block.is_some())
+        {
+            servers.push(server_block(
+                cfg,
+                http,
+                server,
+                &http_certs,
+                &http_keys,
+                defaults,
+            ));
+        }
+    }
+    Scan {
+        nginx_conf: cfg.files[cfg.main].path.clone(),
+        user,
+        group,
+        pid_file,
+        servers,
+        warnings,
+    }
+}
+
+fn directive_args(list: &[&Directive], name: &str) -> Vec<String> {
+    list.iter()
+        .filter(|d| d.name == name)
+        .filter_map(|d| d.args.first().cloned())
+        .collect()
+}
+
+fn server_block(
+    cfg: &Config,
+    http: &Directive,
+    server: &Directive,
+    http_certs: &[String],
+    http_keys: &[String],
+    defaults: &BuildDefaults,
+) -> ServerBlock {
+    let children = cfg.expanded(server.children());
+    let server_names: Vec<String> = children
+        .iter()
+        .filter(|d| d.name == "server_name")
+        .flat_map(|d| d.args.iter().cloned())
+        .collect();
+    let mut listen: Vec<Listen> = children
+        .iter()
+        .filter(|d| d.name == "listen")
+        .filter_map(|d| Listen::parse(&d.args))
+        .collect();
+    if !children.iter().any(|d| d.name == "listen") {
+        listen.push(Listen {
+            address: "*".into(),
+            port: 80,
+            ssl: false,
+            default_server: false,
+            ipv6: false,
+            raw: "*:80".into(),
+            implicit: true,
+        });
+    }
+    let (enrollable, skipped) = classify_names(if server_names.is_empty() {
+        &[]
+    } else {
+        &server_names
+    });
+    let mut certs = directive_args(&children, "ssl_certificate");
+    let mut keys = directive_args(&children, "ssl_certificate_key");
+    if certs.is_empty() {
+        certs = http_certs.to_vec();
+    }
+    if keys.is_empty() {
+        keys = http_keys.to_vec();
+    }
+    let uri = format!("/.well-known/acme-challenge/{PROBE_TOKEN}");
+    let (dir, reason) = match serve(cfg, &[http, server], &uri, &defaults.prefix) {
+        Serving::File(p) => (p.parent().map(Path::to_path_buf), None),
+        Serving::NoFile(reason) => (None, Some(reason)),
+    };
+    ServerBlock {
+        file: cfg.files[server.file].path.clone(),
+        line: server.line,
+        file_id: server.file,
+        span: (server.start, server.end),
+        server_names,
+        enrollable,
+        skipped,
+        listen,
+        ssl_certificate: certs.first().cloned(),
+        ssl_certificate_key: keys.first().cloned(),
+        ssl_certificates: certs,
+        ssl_certificate_keys: keys,
+        acme_challenge_dir: dir,
+        acme_challenge_reason: reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn names_are_classified() {
+        let (ok, skipped) = classify_names(&s(&[
+            "Example.ORG",
+            "www.example.org",
+            "example.org",
+            "",
+            "_",
+            "~^(?<x>.+)\\.test$",
+            "*.example.org",
+            ".example.net",
+            "www.example.*",
+            "localhost",
+            "intranet",
+            "192.0.2.1",
+            "::1",
+            "$hostname",
+            "bad_name.example",
+        ]));
+        assert_eq!(
+            ok,
+            s(&[
+                "example.org",
+                "www.example.org",
+                "example.net",
+                "192.0.2.1",
+                "::1"
+            ])
+        );
+        let reasons: Vec<(&str, &str)> = skipped
+            .iter()
+            .map(|k| (k.name.as_str(), k.reason.as_str()))
+            .collect();
+        assert!(reasons.contains(&("", "empty name (requests without a Host header)")));
+        assert!(reasons.contains(&("_", "catch-all placeholder \"_\"")));
+        assert!(reasons
+            .iter()
+            .any(|(n, r)| n.starts_with('~') && *r == "regular expression"));
+        assert!(reasons.contains(&("*.example.org", "wildcard (needs dns-01)")));
+        assert!(reasons.contains(&(
+            "*.example.net",
+            "wildcard part of a \".name\" (needs dns-01)"
+        )));
+        assert!(reasons.contains(&("localhost", "localhost")));
+        assert!(reasons.contains(&("intranet", "not a fully qualified domain name")));
+        assert!(reasons.contains(&("www.example.*", "wildcard that no certificate can name")));
+        assert!(reasons.contains(&("bad_name.example", "not a valid DNS name")));
+    }
+
+    #[test]
+    fn listen_forms() {
+        let l = |a: &str| Listen::parse(&s(&a.split(' ').collect::<Vec<_>>())).unwrap();
+        assert_eq!((l("80").address, l("80").port), ("*".into(), 80));
+        let x = l("127.0.0.1:8443 ssl default_server");
+        assert_eq!(
+            (x.address.as_str(), x.port, x.ssl, x.default_server, x.ipv6),
+            ("127.0.0.1", 8443, true, true, false)
+        );
+        let x = l("[::]:443 ssl ipv6only=on");
+        assert_eq!(
+            (x.address.as_str(), x.port, x.ssl, x.ipv6),
+            ("[::]", 443, true, true)
+        );
+        assert_eq!(l("[::1]").port, 80);
+        assert_eq!(l("localhost").address, "localhost");
+        assert_eq!(l("unix:/run/x.sock").port, 0);
+        assert!(Listen::parse(&s(&["a:b"])).is_none());
+    }
+
+    #[test]
+    fn build_defaults_from_nginx_v() {
+        let v = "nginx version: nginx/1.22.1\nbuilt with OpenSSL\nconfigure arguments: --with-cc-opt='-g' --prefix=/usr/share/nginx --conf-path=/etc/nginx/nginx.conf --pid-path=/run/nginx.pid --with-http_ssl_module";
+        let d = BuildDefaults::from_nginx_v(v);
+        assert_eq!(d.prefix, PathBuf::from("/usr/share/nginx"));
+        assert_eq!(d.pid_path, PathBuf::from("/run/nginx.pid"));
+        assert_eq!((d.user.as_str(), d.group.as_str()), ("nobody", "nogroup"));
+        let d = BuildDefaults::from_nginx_v("configure arguments: --user=nginx");
+        assert_eq!(d.pid_path, PathBuf::from("/usr/local/nginx/logs/nginx.pid"));
+        assert_eq!((d.user.as_str(), d.group.as_str()), ("nginx", "nginx"));
+    }
+
+    #[test]
+    fn scan_finds_servers_with_inherited_certificates_and_globals() {
+        let src = "user www-data adm; pid /run/x.pid;\nhttp {\n ssl_certificate /c/http.pem; ssl_certificate_key /c/http.key;\n \
+                   server { listen 80; listen [::]:443 ssl; server_name a.example.org _; root /srv/a; }\n \
+                   server { server_name b.example.org; ssl_certificate /c/b.pem; location / { proxy_pass http://x; } }\n}\n\
+                   stream { server { listen 12345; } }";
+        let cfg = Config::parse_str(Path::new("/etc/nginx/nginx.conf"), src.as_bytes()).unwrap();
+        let scan = scan(&cfg, &BuildDefaults::default());
+        assert_eq!(
+            (scan.user.as_str(), scan.group.as_str()),
+            ("www-data", "adm")
+        );
+        assert_eq!(scan.pid_file, PathBuf::from("/run/x.pid"));
+        assert_eq!(scan.servers.len(), 2, "stream servers are not http servers");
+        let a = &scan.servers[0];
+        assert_eq!(a.line, 4);
+        assert_eq!(a.enrollable, s(&["a.example.org"]));
+        assert_eq!(a.ssl_certificate.as_deref(), Some("/c/http.pem"));
+        assert_eq!(
+            a.acme_challenge_dir,
+            Some(PathBuf::from("/srv/a/.well-known/acme-challenge"))
+        );
+        assert!(a.listen[1].ipv6 && a.listen[1].ssl);
+        let b = &scan.servers[1];
+        assert_eq!(b.ssl_certificate.as_deref(), Some("/c/b.pem"));
+        assert_eq!(b.ssl_certificate_key.as_deref(), Some("/c/http.key"));
+        assert!(b.listen[0].implicit);
+        assert!(b.acme_challenge_dir.is_none());
+        assert!(b
+            .acme_challenge_reason
+            .as_deref()
+            .unwrap()
+            .contains("proxy_pass"));
+    }
+}

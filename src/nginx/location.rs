@@ -1,0 +1,574 @@
+//! nginx's location selection (`ngx_http_core_find_location`) and what the selected location does
+//! with a request: which file it serves for a URI, or why it serves none.
+//!
+//! Selection at each level: an exact `=` match wins at once; otherwise the longest prefix is
+//! remembered and its nested locations are searched; unless that prefix is `^~`, the regex
+//! locations of the level are tried in order and the first match wins (and its nested locations
+//! are searched); otherwise the remembered prefix stands.
+
+use std::path::{Path, PathBuf};
+
+use super::parser::{Config, Directive};
+
+/// The kind of a `location`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Modifier {
+    /// `location = /x`
+    Exact,
+    /// `location /x`
+    Prefix,
+    /// `location ^~ /x`
+    PrefixNoRegex,
+    /// `location ~ re` / `location ~* re`
+    Regex { caseless: bool },
+    /// `location @name`
+    Named,
+}
+
+/// A parsed `location` directive.
+#[derive(Debug, Clone)]
+pub struct Location<'a> {
+    pub modifier: Modifier,
+    pub pattern: String,
+    pub directive: &'a Directive,
+}
+
+impl<'a> Location<'a> {
+    /// Reads a `location` directive's arguments the way nginx does (modifier separate or attached).
+    pub fn parse(d: &'a Directive) -> Option<Self> {
+        if d.name != "location" || d.block.is_none() {
+            return None;
+        }
+        let (modifier, pattern) = match d.args.as_slice() {
+            [m, p] => (
+                match m.as_str() {
+                    "=" => Modifier::Exact,
+                    "^~" => Modifier::PrefixNoRegex,
+                    "~" => Modifier::Regex { caseless: false },
+                    "~*" => Modifier::Regex { caseless: true },
+                    _ => return None,
+                },
+                p.clone(),
+            ),
+            [p] => {
+                if let Some(rest) = p.strip_prefix('@') {
+                    (Modifier::Named, rest.to_owned())
+                } else if let Some(rest) = p.strip_prefix("^~") {
+                    (Modifier::PrefixNoRegex, rest.to_owned())
+                } else if let Some(rest) = p.strip_prefix("~*") {
+                    (Modifier::Regex { caseless: true }, rest.to_owned())
+                } else if let Some(rest) = p.strip_prefix('~') {
+                    (Modifier::Regex { caseless: false }, rest.to_owned())
+                } else if let Some(rest) = p.strip_prefix('=') {
+                    (Modifier::Exact, rest.to_owned())
+                } else {
+                    (Modifier::Prefix, p.clone())
+                }
+            }
+            _ => return None,
+        };
+        Some(Self {
+            modifier,
+            pattern,
+            directive: d,
+        })
+    }
+
+    fn regex(&self) -> Result<regex::Regex, String> {
+        let caseless = matches!(self.modifier, Modifier::Regex { caseless: true });
+        regex::RegexBuilder::new(&self.pattern)
+            .case_insensitive(caseless)
+            .build()
+            .map_err(|e| {
+                format!(
+                    "regex location {:?} is beyond this matcher: {e}",
+                    self.pattern
+                )
+            })
+    }
+}
+
+/// The outcome of selection: the chain of locations from the outermost to the selected one.
+#[derive(Debug, Clone, Default)]
+pub struct Selection<'a> {
+    pub chain: Vec<Location<'a>>,
+}
+
+impl<'a> Selection<'a> {
+    /// The selected location, if any (none: the server's own configuration applies).
+    pub fn selected(&self) -> Option<&Location<'a>> {
+        self.chain.last()
+    }
+}
+
+enum Found<'a> {
+    /// An exact match or a regex match: final.
+    Final(Vec<Location<'a>>),
+    /// A prefix match (possibly refined by nested prefixes): regexes may still win.
+    Prefix(Vec<Location<'a>>),
+    None,
+}
+
+/// Selects the location for `uri` among a server's (or location's) children.
+pub fn select<'a>(
+    cfg: &'a Config,
+    children: &'a [Directive],
+    uri: &str,
+) -> Result<Selection<'a>, String> {
+    Ok(match find(cfg, children, uri, 0)? {
+        Found::Final(chain) | Found::Prefix(chain) => Selection { chain },
+        Found::None => Selection::default(),
+    })
+}
+
+fn find<'a>(
+    cfg: &'a Config,
+    children: &'a [Directive],
+    uri: &str,
+    depth: usize,
+) -> Result<Found<'a>, String> {
+    if depth > super::parser::MAX_DEPTH {
+        return Ok(Found::None);
+    }
+    let locations: Vec<Location<'a>> = cfg
+        .expanded(children)
+        .into_iter()
+        .filter_map(Location::parse)
+        .collect();
+    if let Some(exact) = locations
+        .iter()
+        .find(|l| l.modifier == Modifier::Exact && l.pattern == uri)
+    {
+        return Ok(Found::Final(vec![exact.clone()]));
+    }
+    let best = locations
+        .iter()
+        .filter(|l| {
+            matches!(l.modifier, Modifier::Prefix | Modifier::PrefixNoRegex)
+                && uri.starts_with(&l.pattern)
+        })
+        .max_by_key(|l| l.pattern.len());
+    let mut candidate = None;
+    let mut noregex = false;
+    if let Some(best) = best {
+        noregex = best.modifier == Modifier::PrefixNoRegex;
+        match find(cfg, best.directive.children(), uri, depth + 1)? {
+            Found::Final(mut nested) => {
+                nested.insert(0, best.clone());
+                return Ok(Found::Final(nested));
+            }
+            Found::Prefix(mut nested) => {
+                nested.insert(0, best.clone());
+                candidate = Some(nested);
+            }
+            Found::None => candidate = Some(vec![best.clone()]),
+        }
+    }
+    if !noregex {
+        for l in locations
+            .iter()
+            .filter(|l| matches!(l.modifier, Modifier::Regex { .. }))
+        {
+            if l.regex()?.is_match(uri) {
+                let mut chain = vec![l.clone()];
+                match find(cfg, l.directive.children(), uri, depth + 1)? {
+                    Found::Final(nested) | Found::Prefix(nested) => chain.extend(nested),
+                    Found::None => {}
+                }
+                return Ok(Found::Final(chain));
+            }
+        }
+    }
+    Ok(candidate.map_or(Found::None, Found::Prefix))
+}
+
+/// Why a request gets no file from disk, or the file it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serving {
+    /// The file nginx serves for the URI.
+    File(PathBuf),
+    /// No file: the reason, in words.
+    NoFile(String),
+}
+
+/// Directives that hand the request to something other than the static file module.
+const HANDLERS: &[&str] = &[
+    "proxy_pass",
+    "fastcgi_pass",
+    "uwsgi_pass",
+    "scgi_pass",
+    "grpc_pass",
+    "memcached_pass",
+    "content_by_lua_block",
+    "content_by_lua",
+    "content_by_lua_file",
+    "stub_status",
+    "empty_gif",
+    "js_content",
+    "perl",
+];
+
+/// Works out what nginx does with `uri` in a server block: follows server-level rewrite-phase
+/// directives, selects the location, and applies root/alias inheritance.
+/// `levels` are the enclosing contexts outermost first (http, server); `prefix` is nginx's
+/// prefix for relative paths.
+pub fn serve(cfg: &Config, levels: &[&Directive], uri: &str, prefix: &Path) -> Serving {
+    let Some(server) = levels.last() else {
+        return Serving::NoFile("no server block".into());
+    };
+    let server_children = cfg.expanded(server.children());
+    for d in &server_children {
+        if d.name == "return" {
+            return Serving::NoFile(format!(
+                "server-level \"return {}\" at line {} answers every request",
+                d.args.join(" "),
+                d.line
+            ));
+        }
+        if d.name == "rewrite" {
+            if let Some(reason) = rewrite_hits(d, uri) {
+                return Serving::NoFile(format!("server-level {reason}"));
+            }
+        }
+    }
+    let selection = match select(cfg, server.children(), uri) {
+        Ok(s) => s,
+        Err(e) => return Serving::NoFile(e),
+    };
+    // The contexts whose settings apply, outermost first: http, server, each location in the chain.
+    let mut scopes: Vec<&Directive> = levels.to_vec();
+    scopes.extend(selection.chain.iter().map(|l| l.directive));
+    let selected = selection.selected();
+    let loc_children = selected
+        .map(|l| cfg.expanded(l.directive.children()))
+        .unwrap_or_default();
+    let at = |d: &Directive| format!("line {}", d.line);
+    if let Some(l) = selected {
+        let here = format!(
+            "location {} {} ({})",
+            modifier_text(&l.modifier),
+            l.pattern,
+            at(l.directive)
+        );
+        for d in &loc_children {
+            if HANDLERS.contains(&d.name.as_str()) {
+                return Serving::NoFile(format!("{here} hands requests to {}", d.name));
+            }
+            if d.name == "return" {
+                return Serving::NoFile(format!(
+                    "{here} answers with \"return {}\"",
+                    d.args.join(" ")
+                ));
+            }
+            if d.name == "internal" {
+                return Serving::NoFile(format!("{here} is internal"));
+            }
+            if d.name == "rewrite" {
+                if let Some(reason) = rewrite_hits(d, uri) {
+                    return Serving::NoFile(format!("{here}: {reason}"));
+                }
+            }
+        }
+    }
+    // Inherited settings: the innermost scope that sets them.
+    let innermost = |names: &[&str]| -> Option<&Directive> {
+        scopes.iter().rev().find_map(|s| {
+            cfg.expanded(s.children())
+                .into_iter()
+                .rev()
+                .find(|d| names.contains(&d.name.as_str()))
+        })
+    };
+    if let Some(tf) = innermost(&["try_files"]) {
+        let files = &tf.args[..tf.args.len().saturating_sub(1)];
+        if !files.iter().any(|a| a.starts_with("$uri")) {
+            return Serving::NoFile(format!("try_files at line {} does not try $uri", tf.line));
+        }
+    }
+    if let Some(reason) = access_denied(cfg, &scopes) {
+        return Serving::NoFile(reason);
+    }
+    if let Some(ab) = innermost(&["auth_basic"]) {
+        if ab.args.first().is_some_and(|a| a != "off") {
+            return Serving::NoFile(format!(
+                "auth_basic at line {} asks for a password",
+                ab.line
+            ));
+        }
+    }
+    // root and alias are one setting in nginx (alias is a flag on it): the innermost scope that
+    // sets either wins, and an inherited alias maps the URI past the *selected* location's name.
+    let path_setting = innermost(&["root", "alias"]);
+    if let (Some(alias), Some(l)) = (path_setting.filter(|d| d.name == "alias"), selected) {
+        let Some(path) = alias.args.first() else {
+            return Serving::NoFile("alias without a path".into());
+        };
+        if matches!(l.modifier, Modifier::Regex { .. }) {
+            return Serving::NoFile(if path.contains('$') {
+                format!(
+                    "regex location at line {} maps the URI with captures in alias {path}",
+                    l.directive.line
+                )
+            } else {
+                format!(
+                    "regex location at line {} serves one file for every token (alias {path})",
+                    l.directive.line
+                )
+            });
+        }
+        if path.contains('$') {
+            return Serving::NoFile(format!(
+                "alias {path} at line {} uses variables",
+                alias.line
+            ));
+        }
+        let rest = &uri[l.pattern.len().min(uri.len())..];
+        return Serving::File(full_path(prefix, &format!("{path}{rest}")));
+    }
+    let root = path_setting
+        .filter(|d| d.name == "root")
+        .and_then(|d| d.args.first().cloned())
+        .unwrap_or_else(|| "html".to_owned());
+    if root.contains('$') {
+        return Serving::NoFile(format!("root {root} uses variables"));
+    }
+    Serving::File(full_path(
+        prefix,
+        &format!("{}{uri}", root.trim_end_matches('/')),
+    ))
+}
+
+fn modifier_text(m: &Modifier) -> &'static str {
+    match m {
+        Modifier::Exact => "=",
+        Modifier::Prefix => "",
+        Modifier::PrefixNoRegex => "^~",
+        Modifier::Regex { caseless: false } => "~",
+        Modifier::Regex { caseless: true } => "~*",
+        Modifier::Named => "@",
+    }
+}
+
+/// A relative path resolves against nginx's prefix, as `ngx_conf_full_name` does.
+fn full_path(prefix: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        prefix.join(p)
+    }
+}
+
+/// When a `rewrite` applies to `uri`, says what it does.
+fn rewrite_hits(d: &Directive, uri: &str) -> Option<String> {
+    let (re, target) = (d.args.first()?, d.args.get(1)?);
+    let hit = regex::Regex::new(re)
+        .map(|r| r.is_match(uri))
+        .unwrap_or(true);
+    if !hit {
+        return None;
+    }
+    let flag = d.args.get(2).map(String::as_str).unwrap_or("");
+    let redirect = matches!(flag, "redirect" | "permanent")
+        || target.starts_with("http://")
+        || target.starts_with("https://")
+        || target.starts_with("$scheme");
+    Some(if redirect {
+        format!(
+            "\"rewrite {re} {target}\" at line {} redirects the challenge",
+            d.line
+        )
+    } else {
+        format!(
+            "\"rewrite {re} {target}\" at line {} rewrites the challenge URI",
+            d.line
+        )
+    })
+}
+
+/// Evaluates allow/deny (the innermost scope that has any) for a client at an unknown public
+/// address, as the CA's validation servers are.
+fn access_denied(cfg: &Config, scopes: &[&Directive]) -> Option<String> {
+    for s in scopes.iter().rev() {
+        let rules: Vec<&Directive> = cfg
+            .expanded(s.children())
+            .into_iter()
+            .filter(|d| d.name == "allow" || d.name == "deny")
+            .collect();
+        if rules.is_empty() {
+            continue;
+        }
+        for r in rules {
+            if r.args.first().map(String::as_str) == Some("all") {
+                return (r.name == "deny")
+                    .then(|| format!("\"deny all\" at line {} refuses the CA", r.line));
+            }
+        }
+        // Only specific addresses are listed: nginx allows the rest.
+        return None;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URI: &str = "/.well-known/acme-challenge/TOKEN";
+
+    fn serve_str(server_body: &str) -> Serving {
+        let src = format!("http {{ server {{ {server_body} }} }}");
+        let cfg = Config::parse_str(Path::new("t.conf"), src.as_bytes()).unwrap();
+        let http = &cfg.root()[0];
+        let server = &http.children()[0];
+        serve(&cfg, &[http, server], URI, Path::new("/usr/share/nginx"))
+    }
+
+    fn file(p: &str) -> Serving {
+        Serving::File(PathBuf::from(p))
+    }
+
+    #[test]
+    fn prefix_alias_and_root() {
+        assert_eq!(
+            serve_str("location /.well-known/acme-challenge/ { alias /www/acme/; }"),
+            file("/www/acme/TOKEN")
+        );
+        assert_eq!(
+            serve_str("location /.well-known/ { alias /www/wk/; }"),
+            file("/www/wk/acme-challenge/TOKEN")
+        );
+        assert_eq!(
+            serve_str("root /srv/a; location / { }"),
+            file("/srv/a/.well-known/acme-challenge/TOKEN")
+        );
+        assert_eq!(
+            serve_str("location / { root /srv/b/; }"),
+            file("/srv/b/.well-known/acme-challenge/TOKEN")
+        );
+        assert_eq!(
+            serve_str(""),
+            file("/usr/share/nginx/html/.well-known/acme-challenge/TOKEN")
+        );
+        assert_eq!(
+            serve_str("root www;"),
+            file("/usr/share/nginx/www/.well-known/acme-challenge/TOKEN")
+        );
+    }
+
+    #[test]
+    fn longest_prefix_then_regex_then_noregex() {
+        // A regex beats a plain prefix...
+        let body = "location /.well-known/acme-challenge/ { alias /a/; } location ~ /\\.well-known { root /r; }";
+        assert_eq!(serve_str(body), file("/r/.well-known/acme-challenge/TOKEN"));
+        // ...but not a ^~ prefix.
+        let body = "location ^~ /.well-known/acme-challenge/ { alias /a/; } location ~ /\\.well-known { root /r; }";
+        assert_eq!(serve_str(body), file("/a/TOKEN"));
+        // The longest prefix wins whatever the order.
+        let body =
+            "location /.well-known/acme-challenge/ { alias /long/; } location / { root /short; }";
+        assert_eq!(serve_str(body), file("/long/TOKEN"));
+        // An exact match wins over everything.
+        let body = format!("location = {URI} {{ alias /exact/x; }} location ~ . {{ root /r; }}");
+        assert_eq!(serve_str(&body), file("/exact/x"));
+        // Regexes are tried in order; caseless works.
+        let body = "location ~* /\\.WELL-KNOWN/ { root /first; } location ~ /\\.well-known/ { root /second; }";
+        assert_eq!(
+            serve_str(body),
+            file("/first/.well-known/acme-challenge/TOKEN")
+        );
+        // A regex that hides dotfiles wins over the prefix.
+        let body =
+            "location /.well-known/acme-challenge/ { alias /a/; } location ~ /\\. { deny all; }";
+        assert!(matches!(serve_str(body), Serving::NoFile(r) if r.contains("deny all")));
+    }
+
+    #[test]
+    fn nested_locations() {
+        let body = "location / { root /outer; location /.well-known/ { root /nested; } }";
+        assert_eq!(
+            serve_str(body),
+            file("/nested/.well-known/acme-challenge/TOKEN")
+        );
+        // A nested regex inside the longest prefix wins over the level's own regexes.
+        let body = "location / { location ~ acme { root /in; } } location ~ well { root /out; }";
+        assert_eq!(
+            serve_str(body),
+            file("/in/.well-known/acme-challenge/TOKEN")
+        );
+        // alias is inherited too, and maps the URI past the nested location's own name.
+        let body = "location / { alias /al/; location /.well-known/ { } }";
+        assert_eq!(serve_str(body), file("/al/acme-challenge/TOKEN"));
+        // A nested root overrides an outer alias.
+        let body = "location / { alias /al/; location /.well-known/ { root /r; } }";
+        assert_eq!(serve_str(body), file("/r/.well-known/acme-challenge/TOKEN"));
+    }
+
+    #[test]
+    fn locations_that_serve_no_file() {
+        let cases = [
+            (
+                "location / { proxy_pass http://127.0.0.1:1; }",
+                "proxy_pass",
+            ),
+            ("location / { return 404; }", "return 404"),
+            ("return 301 https://$host$request_uri;", "server-level"),
+            (
+                "rewrite ^ https://$host$request_uri permanent;",
+                "redirects",
+            ),
+            (
+                "location ~ ^/\\.well-known/acme-challenge/(.*)$ { alias /x/$1; }",
+                "captures",
+            ),
+            (
+                "location / { try_files /index.html @app; } location @app { proxy_pass http://a; }",
+                "try_files",
+            ),
+            ("location /.well-known/ { internal; }", "internal"),
+            ("auth_basic \"x\"; location / { }", "auth_basic"),
+            ("root /srv/$host;", "variables"),
+            (
+                "location ~ \\.well-known(?=/) { root /r; }",
+                "beyond this matcher",
+            ),
+        ];
+        for (body, want) in cases {
+            match serve_str(body) {
+                Serving::NoFile(reason) => assert!(reason.contains(want), "{body}: {reason}"),
+                other => panic!("{body}: expected no file, got {other:?}"),
+            }
+        }
+        // try_files with $uri still serves the file; allow for specific addresses does not block.
+        assert_eq!(
+            serve_str("root /s; try_files $uri $uri/ =404; allow 10.0.0.0/8;"),
+            file("/s/.well-known/acme-challenge/TOKEN")
+        );
+        assert_eq!(
+            serve_str("root /s; auth_basic off; location / { allow all; deny 1.2.3.4; }"),
+            file("/s/.well-known/acme-challenge/TOKEN")
+        );
+    }
+
+    #[test]
+    fn location_argument_forms() {
+        let cfg = Config::parse_str(
+            Path::new("t"),
+            b"location =/a {} location ^~/b {} location ~*c {} location @d {} location e f g {}",
+        )
+        .unwrap();
+        let mods: Vec<_> = cfg
+            .root()
+            .iter()
+            .map(|d| Location::parse(d).map(|l| (l.modifier, l.pattern)))
+            .collect();
+        assert_eq!(mods[0], Some((Modifier::Exact, "/a".into())));
+        assert_eq!(mods[1], Some((Modifier::PrefixNoRegex, "/b".into())));
+        assert_eq!(
+            mods[2],
+            Some((Modifier::Regex { caseless: true }, "c".into()))
+        );
+        assert_eq!(mods[3], Some((Modifier::Named, "d".into())));
+        assert_eq!(mods[4], None);
+    }
+}
