@@ -286,8 +286,8 @@ pub fn scan(cfg: &Config, defaults: &BuildDefaults) -> Scan {
     }
     for http in https {
         let http_children = cfg.expanded(http.children());
-        let http_certs = directive_args(&http_children, "ssl_certificate");
-        let http_keys = directive_args(&http_children, "ssl_certificate_key");
+        let http_certs = conf_paths(cfg, &http_children, "ssl_certificate");
+        let http_keys = conf_paths(cfg, &http_children, "ssl_certificate_key");
         for server in http_children
             .iter()
             .copied()
@@ -317,6 +317,25 @@ fn directive_args(list: &[&Directive], name: &str) -> Vec<String> {
     list.iter()
         .filter(|d| d.name == name)
         .filter_map(|d| d.args.first().cloned())
+        .collect()
+}
+
+/// Certificate paths as nginx opens them: relative ones against the conf prefix; `data:` and
+/// variables stay as written.
+fn conf_paths(cfg: &Config, list: &[&Directive], name: &str) -> Vec<String> {
+    directive_args(list, name)
+        .into_iter()
+        .map(|p| {
+            if p.starts_with('/')
+                || p.starts_with("data:")
+                || p.contains('$')
+                || cfg.conf_prefix.as_os_str().is_empty()
+            {
+                p
+            } else {
+                cfg.conf_prefix.join(p).to_string_lossy().into_owned()
+            }
+        })
         .collect()
 }
 
@@ -355,8 +374,8 @@ fn server_block(
     } else {
         &server_names
     });
-    let mut certs = directive_args(&children, "ssl_certificate");
-    let mut keys = directive_args(&children, "ssl_certificate_key");
+    let mut certs = conf_paths(cfg, &children, "ssl_certificate");
+    let mut keys = conf_paths(cfg, &children, "ssl_certificate_key");
     if certs.is_empty() {
         certs = http_certs.to_vec();
     }
@@ -365,7 +384,14 @@ fn server_block(
     }
     let uri = format!("/.well-known/acme-challenge/{PROBE_TOKEN}");
     let (dir, reason) = match serve(cfg, &[http, server], &uri, &defaults.prefix) {
-        Serving::File(p) => (p.parent().map(Path::to_path_buf), None),
+        // A directory only when the token names the file (an alias to one fixed file does not).
+        Serving::File(p) if p.file_name().is_some_and(|n| n == PROBE_TOKEN) => {
+            (p.parent().map(Path::to_path_buf), None)
+        }
+        Serving::File(p) => (
+            None,
+            Some(format!("every token maps to the one file {}", p.display())),
+        ),
         Serving::NoFile(reason) => (None, Some(reason)),
     };
     ServerBlock {

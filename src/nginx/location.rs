@@ -288,7 +288,11 @@ pub fn serve(cfg: &Config, levels: &[&Directive], uri: &str, prefix: &Path) -> S
     if let Some(reason) = access_denied(cfg, &scopes) {
         return Serving::NoFile(reason);
     }
-    if let Some(ab) = innermost(&["auth_basic"]) {
+    // auth_basic only acts with a user file in effect (ngx_http_auth_basic_handler declines otherwise).
+    if let (Some(ab), Some(_)) = (
+        innermost(&["auth_basic"]),
+        innermost(&["auth_basic_user_file"]),
+    ) {
         if ab.args.first().is_some_and(|a| a != "off") {
             return Serving::NoFile(format!(
                 "auth_basic at line {} asks for a password",
@@ -297,9 +301,24 @@ pub fn serve(cfg: &Config, levels: &[&Directive], uri: &str, prefix: &Path) -> S
         }
     }
     // root and alias are one setting in nginx (alias is a flag on it): the innermost scope that
-    // sets either wins, and an inherited alias maps the URI past the *selected* location's name.
+    // sets either wins. An inherited alias keeps the offset of the location that declared it:
+    // the URI is mapped past *that* location's name.
     let path_setting = innermost(&["root", "alias"]);
-    if let (Some(alias), Some(l)) = (path_setting.filter(|d| d.name == "alias"), selected) {
+    let alias_owner = path_setting
+        .filter(|d| d.name == "alias")
+        .and_then(|alias| {
+            selection
+                .chain
+                .iter()
+                .rev()
+                .find(|l| {
+                    cfg.expanded(l.directive.children())
+                        .iter()
+                        .any(|c| std::ptr::eq(*c, alias))
+                })
+                .map(|l| (alias, l))
+        });
+    if let Some((alias, l)) = alias_owner {
         let Some(path) = alias.args.first() else {
             return Serving::NoFile("alias without a path".into());
         };
@@ -496,9 +515,12 @@ mod tests {
             serve_str(body),
             file("/in/.well-known/acme-challenge/TOKEN")
         );
-        // alias is inherited too, and maps the URI past the nested location's own name.
+        // alias is inherited too, and maps the URI past the name of the location that declared it.
         let body = "location / { alias /al/; location /.well-known/ { } }";
-        assert_eq!(serve_str(body), file("/al/acme-challenge/TOKEN"));
+        assert_eq!(
+            serve_str(body),
+            file("/al/.well-known/acme-challenge/TOKEN")
+        );
         // A nested root overrides an outer alias.
         let body = "location / { alias /al/; location /.well-known/ { root /r; } }";
         assert_eq!(serve_str(body), file("/r/.well-known/acme-challenge/TOKEN"));
@@ -526,7 +548,10 @@ mod tests {
                 "try_files",
             ),
             ("location /.well-known/ { internal; }", "internal"),
-            ("auth_basic \"x\"; location / { }", "auth_basic"),
+            (
+                "auth_basic \"x\"; auth_basic_user_file /h; location / { }",
+                "auth_basic",
+            ),
             ("root /srv/$host;", "variables"),
             (
                 "location ~ \\.well-known(?=/) { root /r; }",
@@ -546,6 +571,11 @@ mod tests {
         );
         assert_eq!(
             serve_str("root /s; auth_basic off; location / { allow all; deny 1.2.3.4; }"),
+            file("/s/.well-known/acme-challenge/TOKEN")
+        );
+        // auth_basic without a user file does nothing in nginx.
+        assert_eq!(
+            serve_str("root /s; auth_basic x;"),
             file("/s/.well-known/acme-challenge/TOKEN")
         );
     }
