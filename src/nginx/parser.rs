@@ -106,6 +106,8 @@ fn has_glob(s: &str) -> bool {
 
 struct Loader<'s> {
     source: &'s dyn Source,
+    /// False for a lone text: `include` directives stay unexpanded.
+    follow_includes: bool,
     conf_prefix: PathBuf,
     files: Vec<SourceFile>,
     by_path: HashMap<PathBuf, FileId>,
@@ -118,6 +120,7 @@ impl Config {
         let conf_prefix = main.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut loader = Loader {
             source,
+            follow_includes: true,
             conf_prefix: conf_prefix.clone(),
             files: Vec::new(),
             by_path: HashMap::new(),
@@ -137,11 +140,12 @@ impl Config {
         })
     }
 
-    /// Parses a single text with no includes followed (for tests, fuzzing and snippets).
+    /// Parses a single text; `include` directives are kept but not followed.
     pub fn parse_str(path: &Path, text: &[u8]) -> Result<Config, ParseError> {
         let source = super::source::NoIncludes;
         let mut loader = Loader {
             source: &source,
+            follow_includes: false,
             conf_prefix: PathBuf::new(),
             files: Vec::new(),
             by_path: HashMap::new(),
@@ -341,7 +345,7 @@ impl Loader<'_> {
                         return Err(err(tok.line, tok.col, "unexpected \";\"".into()));
                     }
                     let mut d = directive(std::mem::take(&mut words), file, tok.end);
-                    if d.name == "include" {
+                    if d.name == "include" && self.follow_includes {
                         self.resolve_include(&mut d, path)?;
                     }
                     out.push(d);

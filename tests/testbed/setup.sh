@@ -63,6 +63,37 @@ sid_fetch() { # sid_fetch PACKAGE...: download and unpack into $tb/root
   done
 }
 
+# --- crossplane (the reference parser of the differential test) --------------------------------
+if ! python3 -c 'import crossplane' >/dev/null 2>&1; then
+  log "installing crossplane from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check crossplane 2>&1 | grep -v 'as the .root. user' >&2 || true
+fi
+
+# --- the differential corpus: nginx configs shipped by Debian 12 packages -------------------------
+corpus="$tb/corpus"
+if [ ! -s "$corpus/.done" ]; then
+  log "building the nginx config corpus from Debian packages"
+  rm -rf "$corpus" && mkdir -p "$corpus" "$tb/corpus-debs"
+  pkgs=$(grep -v '^#' "$here/corpus.txt" | awk 'NF {print $1}' | sort -u)
+  # shellcheck disable=SC2086
+  (cd "$tb/corpus-debs" && apt-get -q -o APT::Sandbox::User=root download $pkgs >&2) || true
+  while read -r pkg pattern; do
+    case "$pkg" in ''|'#'*) continue ;; esac
+    deb=$(ls -t "$tb/corpus-debs/${pkg}"_*.deb 2>/dev/null | head -n1) || true
+    [ -n "$deb" ] || { log "corpus: $pkg not downloadable, skipped"; continue; }
+    mkdir -p "$tb/corpus-x/$pkg"
+    dpkg -x "$deb" "$tb/corpus-x/$pkg"
+    (cd "$tb/corpus-x/$pkg" && for f in $pattern; do
+      [ -f "$f" ] || continue
+      out="$corpus/$pkg/${f#./}"
+      mkdir -p "$(dirname "$out")"
+      case "$f" in *.gz) gzip -dc "$f" > "${out%.gz}" ;; *) cp "$f" "$out" ;; esac
+    done)
+  done < "$here/corpus.txt"
+  find "$corpus" -type f | wc -l > "$corpus/.done"
+fi
+log "corpus: $(cat "$corpus/.done") files"
+
 if [ "${1:-}" = --bench ]; then
   if ! command -v uacme >/dev/null 2>&1; then
     log "installing uacme"
