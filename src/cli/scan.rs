@@ -81,10 +81,17 @@ pub fn load(args: &NginxArgs) -> Result<(Config, Scan), CliError> {
 }
 
 pub fn run(ctx: &Context, args: ScanArgs) -> CmdResult {
-    let (_, scan) = load(&args.nginx)?;
+    let (config, scan) = load(&args.nginx)?;
+    // The tree is large and the process ends here: leave it to the OS instead of freeing
+    // a hundred thousand nodes one by one.
+    std::mem::forget(config);
     if ctx.json {
-        let value = serde_json::to_value(&scan).map_err(|e| CliError::fatal(e.to_string()))?;
-        ctx.print_json(&value);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &scan)
+            .map_err(std::io::Error::from)
+            .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
+            .and_then(|()| std::io::Write::flush(&mut out))
+            .map_err(|e| CliError::fatal(format!("cannot write the scan: {e}")))?;
     } else {
         print_table(&scan);
     }

@@ -286,6 +286,11 @@ pub fn scan(cfg: &Config, defaults: &BuildDefaults) -> Scan {
     }
     for http in https {
         let http_children = cfg.expanded(http.children());
+        let http_settings: Vec<&Directive> = http_children
+            .iter()
+            .copied()
+            .filter(|d| d.name != "server")
+            .collect();
         let http_certs = conf_paths(cfg, &http_children, "ssl_certificate");
         let http_keys = conf_paths(cfg, &http_children, "ssl_certificate_key");
         for server in http_children
@@ -295,7 +300,7 @@ pub fn scan(cfg: &Config, defaults: &BuildDefaults) -> Scan {
         {
             servers.push(server_block(
                 cfg,
-                http,
+                &http_settings,
                 server,
                 &http_certs,
                 &http_keys,
@@ -341,7 +346,7 @@ fn conf_paths(cfg: &Config, list: &[&Directive], name: &str) -> Vec<String> {
 
 fn server_block(
     cfg: &Config,
-    http: &Directive,
+    http_settings: &[&Directive],
     server: &Directive,
     http_certs: &[String],
     http_keys: &[String],
@@ -383,7 +388,7 @@ fn server_block(
         keys = http_keys.to_vec();
     }
     let uri = format!("/.well-known/acme-challenge/{PROBE_TOKEN}");
-    let (dir, reason) = match serve(cfg, &[http, server], &uri, &defaults.prefix) {
+    let (dir, reason) = match serve(cfg, http_settings, server, &uri, &defaults.prefix) {
         // A directory only when the token names the file (an alias to one fixed file does not).
         Serving::File(p) if p.file_name().is_some_and(|n| n == PROBE_TOKEN) => {
             (p.parent().map(Path::to_path_buf), None)

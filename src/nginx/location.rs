@@ -74,17 +74,24 @@ impl<'a> Location<'a> {
         })
     }
 
-    fn regex(&self) -> Result<regex::Regex, String> {
+    /// Whether the regex location matches `uri`. Compiled regexes are cached: the same
+    /// `location ~ \.php$` in ten thousand server blocks is compiled once.
+    fn regex_matches(&self, uri: &str) -> Result<bool, String> {
+        type Cache = std::collections::HashMap<(String, bool), Result<regex::Regex, String>>;
+        thread_local! {
+            static CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::new());
+        }
         let caseless = matches!(self.modifier, Modifier::Regex { caseless: true });
-        regex::RegexBuilder::new(&self.pattern)
-            .case_insensitive(caseless)
-            .build()
-            .map_err(|e| {
-                format!(
-                    "regex location {:?} is beyond this matcher: {e}",
-                    self.pattern
-                )
-            })
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let re = cache.entry((self.pattern.clone(), caseless)).or_insert_with(|| {
+                regex::RegexBuilder::new(&self.pattern)
+                    .case_insensitive(caseless)
+                    .build()
+                    .map_err(|e| format!("regex location {:?} is beyond this matcher: {e}", self.pattern))
+            });
+            re.as_ref().map(|r| r.is_match(uri)).map_err(Clone::clone)
+        })
     }
 }
 
@@ -169,7 +176,7 @@ fn find<'a>(
             .iter()
             .filter(|l| matches!(l.modifier, Modifier::Regex { .. }))
         {
-            if l.regex()?.is_match(uri) {
+            if l.regex_matches(uri)? {
                 let mut chain = vec![l.clone()];
                 match find(cfg, l.directive.children(), uri, depth + 1)? {
                     Found::Final(nested) | Found::Prefix(nested) => chain.extend(nested),
@@ -209,13 +216,10 @@ const HANDLERS: &[&str] = &[
 ];
 
 /// Works out what nginx does with `uri` in a server block: follows server-level rewrite-phase
-/// directives, selects the location, and applies root/alias inheritance.
-/// `levels` are the enclosing contexts outermost first (http, server); `prefix` is nginx's
-/// prefix for relative paths.
-pub fn serve(cfg: &Config, levels: &[&Directive], uri: &str, prefix: &Path) -> Serving {
-    let Some(server) = levels.last() else {
-        return Serving::NoFile("no server block".into());
-    };
+/// directives, selects the location, and applies root/alias inheritance. `http_settings` are
+/// the http block's own directives (includes expanded, server blocks left out); `prefix` is
+/// nginx's prefix for relative paths.
+pub fn serve(cfg: &Config, http_settings: &[&Directive], server: &Directive, uri: &str, prefix: &Path) -> Serving {
     let server_children = cfg.expanded(server.children());
     for d in &server_children {
         if d.name == "return" {
@@ -236,12 +240,16 @@ pub fn serve(cfg: &Config, levels: &[&Directive], uri: &str, prefix: &Path) -> S
         Err(e) => return Serving::NoFile(e),
     };
     // The contexts whose settings apply, outermost first: http, server, each location in the chain.
-    let mut scopes: Vec<&Directive> = levels.to_vec();
-    scopes.extend(selection.chain.iter().map(|l| l.directive));
-    let selected = selection.selected();
-    let loc_children = selected
+    let loc_lists: Vec<Vec<&Directive>> = selection
+        .chain
+        .iter()
         .map(|l| cfg.expanded(l.directive.children()))
-        .unwrap_or_default();
+        .collect();
+    let mut scopes: Vec<&[&Directive]> = vec![http_settings, &server_children];
+    scopes.extend(loc_lists.iter().map(Vec::as_slice));
+    let selected = selection.selected();
+    let empty = Vec::new();
+    let loc_children = loc_lists.last().unwrap_or(&empty);
     let at = |d: &Directive| format!("line {}", d.line);
     if let Some(l) = selected {
         let here = format!(
@@ -250,7 +258,7 @@ pub fn serve(cfg: &Config, levels: &[&Directive], uri: &str, prefix: &Path) -> S
             l.pattern,
             at(l.directive)
         );
-        for d in &loc_children {
+        for d in loc_children {
             if HANDLERS.contains(&d.name.as_str()) {
                 return Serving::NoFile(format!("{here} hands requests to {}", d.name));
             }
@@ -272,12 +280,10 @@ pub fn serve(cfg: &Config, levels: &[&Directive], uri: &str, prefix: &Path) -> S
     }
     // Inherited settings: the innermost scope that sets them.
     let innermost = |names: &[&str]| -> Option<&Directive> {
-        scopes.iter().rev().find_map(|s| {
-            cfg.expanded(s.children())
-                .into_iter()
-                .rev()
-                .find(|d| names.contains(&d.name.as_str()))
-        })
+        scopes
+            .iter()
+            .rev()
+            .find_map(|list| list.iter().rev().find(|d| names.contains(&d.name.as_str())).copied())
     };
     if let Some(tf) = innermost(&["try_files"]) {
         let files = &tf.args[..tf.args.len().saturating_sub(1)];
@@ -285,7 +291,7 @@ pub fn serve(cfg: &Config, levels: &[&Directive], uri: &str, prefix: &Path) -> S
             return Serving::NoFile(format!("try_files at line {} does not try $uri", tf.line));
         }
     }
-    if let Some(reason) = access_denied(cfg, &scopes) {
+    if let Some(reason) = access_denied(&scopes) {
         return Serving::NoFile(reason);
     }
     // auth_basic only acts with a user file in effect (ngx_http_auth_basic_handler declines otherwise).
@@ -407,11 +413,11 @@ fn rewrite_hits(d: &Directive, uri: &str) -> Option<String> {
 
 /// Evaluates allow/deny (the innermost scope that has any) for a client at an unknown public
 /// address, as the CA's validation servers are.
-fn access_denied(cfg: &Config, scopes: &[&Directive]) -> Option<String> {
+fn access_denied(scopes: &[&[&Directive]]) -> Option<String> {
     for s in scopes.iter().rev() {
-        let rules: Vec<&Directive> = cfg
-            .expanded(s.children())
-            .into_iter()
+        let rules: Vec<&Directive> = s
+            .iter()
+            .copied()
             .filter(|d| d.name == "allow" || d.name == "deny")
             .collect();
         if rules.is_empty() {
@@ -440,7 +446,8 @@ mod tests {
         let cfg = Config::parse_str(Path::new("t.conf"), src.as_bytes()).unwrap();
         let http = &cfg.root()[0];
         let server = &http.children()[0];
-        serve(&cfg, &[http, server], URI, Path::new("/usr/share/nginx"))
+        let settings: Vec<&Directive> = http.children().iter().filter(|d| d.name != "server").collect();
+        serve(&cfg, &settings, server, URI, Path::new("/usr/share/nginx"))
     }
 
     fn file(p: &str) -> Serving {

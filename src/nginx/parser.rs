@@ -66,9 +66,9 @@ pub struct Directive {
     pub end: usize,
     pub line: u32,
     pub col: u32,
-    pub block: Option<Block>,
+    pub block: Option<Box<Block>>,
     /// For `include`: the files it expanded to, in order.
-    pub includes: Vec<FileId>,
+    pub includes: Box<[FileId]>,
 }
 
 impl Directive {
@@ -344,7 +344,7 @@ impl Loader<'_> {
                     if words.is_empty() {
                         return Err(err(tok.line, tok.col, "unexpected \";\"".into()));
                     }
-                    let mut d = directive(std::mem::take(&mut words), file, tok.end);
+                    let mut d = directive(&mut words, file, tok.end);
                     if d.name == "include" && self.follow_includes {
                         self.resolve_include(&mut d, path)?;
                     }
@@ -382,11 +382,12 @@ impl Loader<'_> {
                             raw: None,
                         }
                     };
-                    let mut d = directive(std::mem::take(&mut words), file, lx.offset());
-                    d.block = Some(block);
+                    let mut d = directive(&mut words, file, lx.offset());
+                    d.block = Some(Box::new(block));
                     out.push(d);
                 }
                 TokenKind::BlockEnd => {
+                    out.shrink_to_fit();
                     if !words.is_empty() {
                         return Err(err(
                             tok.line,
@@ -458,7 +459,7 @@ impl Loader<'_> {
                 .map_err(|e| err(format!("cannot open included file {}: {e}", p.display())))?;
             ids.push(self.parse_file(p, text).map_err(Failure::Parse)?);
         }
-        d.includes = ids;
+        d.includes = ids.into_boxed_slice();
         Ok(())
     }
 }
@@ -472,19 +473,22 @@ enum Failure {
     Parse(ParseError),
 }
 
-fn directive(words: Vec<Token>, file: FileId, end: usize) -> Directive {
-    let mut it = words.into_iter();
+fn directive(words: &mut Vec<Token>, file: FileId, end: usize) -> Directive {
+    // Exact-size args: collecting in place from the token vector would keep its (larger) buffer.
+    let mut args = Vec::with_capacity(words.len().saturating_sub(1));
+    let mut it = words.drain(..);
     let first = it.next().expect("callers pass at least one word");
+    args.extend(it.map(|t| t.value));
     Directive {
         name: first.value,
-        args: it.map(|t| t.value).collect(),
+        args,
         file,
         start: first.start,
         end,
         line: first.line,
         col: first.col,
         block: None,
-        includes: Vec::new(),
+        includes: Box::default(),
     }
 }
 
