@@ -48,13 +48,18 @@ fn flatten(
     servers: &mut Vec<Vec<String>>,
 ) {
     for d in list {
-        out.push((depth, d.name.clone(), d.args.clone(), d.line));
+        out.push((
+            depth,
+            d.name.to_string(),
+            d.args.iter().map(|a| a.to_string()).collect(),
+            d.line,
+        ));
         if d.name == "server" && d.block.is_some() {
             servers.push(
                 d.children()
                     .iter()
                     .filter(|c| c.name == "server_name")
-                    .flat_map(|c| c.args.clone())
+                    .flat_map(|c| c.args.iter().map(|a| a.to_string()))
                     .collect(),
             );
         }
@@ -124,7 +129,12 @@ fn agrees_with_crossplane_on_the_debian_corpus() {
             serde_json::from_value(theirs["servers"].clone()).unwrap();
         let their_servers: Vec<Vec<String>> = their_servers
             .iter()
-            .map(|names| names.iter().map(|n| unescape(n.as_bytes())).collect())
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| unescape(n.as_bytes()).to_string())
+                    .collect()
+            })
             .collect();
         if our_servers != their_servers {
             problems.push(format!(
@@ -148,7 +158,7 @@ fn agrees_with_crossplane_on_the_debian_corpus() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|a| unescape(a.as_str().unwrap().as_bytes()))
+                .map(|a| unescape(a.as_str().unwrap().as_bytes()).to_string())
                 .collect();
             let same_shape = t[0] == *depth && t[1] == name.as_str() && t[3] == *line;
             let same_args =

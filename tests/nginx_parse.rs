@@ -142,3 +142,57 @@ fn every_file_round_trips_byte_for_byte() {
     }
     assert!(checked >= 7, "only {checked} files checked");
 }
+
+/// Globs of many files are parsed on several threads; order, sharing and cycle detection must
+/// not change.
+#[test]
+fn large_globs_keep_order_sharing_and_cycle_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let sites = dir.path().join("sites");
+    std::fs::create_dir(&sites).unwrap();
+    std::fs::write(
+        dir.path().join("nginx.conf"),
+        "http { include sites/*.conf; }\n",
+    )
+    .unwrap();
+    for i in 0..40 {
+        let extra = if i == 3 {
+            "include sites/s07.conf;"
+        } else {
+            ""
+        };
+        std::fs::write(
+            sites.join(format!("s{i:02}.conf")),
+            format!("server {{ server_name s{i}.example.org; }} {extra}\n"),
+        )
+        .unwrap();
+    }
+    let cfg = Config::load(&dir.path().join("nginx.conf"), &DiskSource).unwrap();
+    let mut names = Vec::new();
+    cfg.walk(|d, _| {
+        if d.name == "server_name" {
+            names.push(d.args[0].to_string());
+        }
+    });
+    let mut want: Vec<String> = (0..40).map(|i| format!("s{i}.example.org")).collect();
+    want.insert(4, "s7.example.org".into());
+    assert_eq!(names, want);
+    // s07 is parsed once and shared.
+    assert_eq!(
+        cfg.files
+            .iter()
+            .filter(|f| f.path.ends_with("s07.conf"))
+            .count(),
+        1
+    );
+
+    // A cycle between two files of the same glob is still found.
+    std::fs::write(sites.join("s10.conf"), "include sites/s11.conf;\n").unwrap();
+    std::fs::write(sites.join("s11.conf"), "include sites/s10.conf;\n").unwrap();
+    let err = Config::load(&dir.path().join("nginx.conf"), &DiskSource).unwrap_err();
+    assert!(err.message.contains("include cycle"), "{err}");
+    // A syntax error in one file of the batch names that file.
+    std::fs::write(sites.join("s11.conf"), "server {\n").unwrap();
+    let err = Config::load(&dir.path().join("nginx.conf"), &DiskSource).unwrap_err();
+    assert!(err.file.ends_with("s11.conf") && err.line == 2, "{err}");
+}

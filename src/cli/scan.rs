@@ -87,7 +87,7 @@ pub fn run(ctx: &Context, args: ScanArgs) -> CmdResult {
     std::mem::forget(config);
     if ctx.json {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        serde_json::to_writer_pretty(&mut out, &scan)
+        serde_json::to_writer(&mut out, &scan)
             .map_err(std::io::Error::from)
             .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
             .and_then(|()| std::io::Write::flush(&mut out))

@@ -100,10 +100,11 @@ pub struct Listen {
 
 impl Listen {
     /// Parses `listen` arguments.
-    pub fn parse(args: &[String]) -> Option<Self> {
-        let first = args.first()?;
+    pub fn parse<S: AsRef<str>>(args: &[S]) -> Option<Self> {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let first = *args.first()?;
         let (address, port) = if first.starts_with("unix:") {
-            (first.clone(), 0)
+            (first.to_owned(), 0)
         } else if let Some(rest) = first.strip_prefix('[') {
             let (host, after) = rest.split_once(']')?;
             let port = match after.strip_prefix(':') {
@@ -117,9 +118,9 @@ impl Listen {
         } else if let Some((host, port)) = first.rsplit_once(':') {
             (host.to_owned(), port.parse().ok()?)
         } else {
-            (first.clone(), 80)
+            (first.to_owned(), 80)
         };
-        let flag = |f: &str| args[1..].iter().any(|a| a == f);
+        let flag = |f: &str| args[1..].contains(&f);
         Some(Self {
             ipv6: address.starts_with('['),
             ssl: flag("ssl") || flag("quic"),
@@ -253,8 +254,8 @@ pub fn scan(cfg: &Config, defaults: &BuildDefaults) -> Scan {
         match d.name.as_str() {
             "user" => {
                 if let Some(u) = d.args.first() {
-                    user = u.clone();
-                    group = d.args.get(1).cloned().unwrap_or_else(|| u.clone());
+                    user = u.to_string();
+                    group = d.args.get(1).unwrap_or(u).to_string();
                 }
             }
             "pid" => {
@@ -321,7 +322,7 @@ pub fn scan(cfg: &Config, defaults: &BuildDefaults) -> Scan {
 fn directive_args(list: &[&Directive], name: &str) -> Vec<String> {
     list.iter()
         .filter(|d| d.name == name)
-        .filter_map(|d| d.args.first().cloned())
+        .filter_map(|d| d.args.first().map(|a| a.to_string()))
         .collect()
 }
 
@@ -356,7 +357,7 @@ fn server_block(
     let server_names: Vec<String> = children
         .iter()
         .filter(|d| d.name == "server_name")
-        .flat_map(|d| d.args.iter().cloned())
+        .flat_map(|d| d.args.iter().map(|a| a.to_string()))
         .collect();
     let mut listen: Vec<Listen> = children
         .iter()

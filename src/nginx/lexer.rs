@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use compact_str::CompactString;
+
 /// What a token is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
@@ -23,7 +25,7 @@ pub enum TokenKind {
 pub struct Token {
     pub kind: TokenKind,
     /// Unescaped value (words only).
-    pub value: String,
+    pub value: CompactString,
     /// True when the word was quoted.
     pub quoted: bool,
     /// Byte range in the source.
@@ -139,7 +141,7 @@ impl<'a> Lexer<'a> {
         let col = (start - line_start) as u32 + 1;
         let simple = |kind| Token {
             kind,
-            value: String::new(),
+            value: CompactString::default(),
             quoted: false,
             start,
             end: start + 1,
@@ -340,9 +342,12 @@ impl<'a> Lexer<'a> {
 
 /// nginx's unescaping of a token: `\"`, `\'`, `\\` lose the backslash; `\t`, `\r`, `\n` become
 /// control characters; any other `\x` stays as it is.
-pub fn unescape(raw: &[u8]) -> String {
+pub fn unescape(raw: &[u8]) -> CompactString {
     if !raw.contains(&b'\\') {
-        return String::from_utf8_lossy(raw).into_owned();
+        return match std::str::from_utf8(raw) {
+            Ok(s) => CompactString::new(s),
+            Err(_) => CompactString::new(String::from_utf8_lossy(raw)),
+        };
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -375,7 +380,7 @@ pub fn unescape(raw: &[u8]) -> String {
         out.push(raw[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    CompactString::new(String::from_utf8_lossy(&out))
 }
 
 #[cfg(test)]
@@ -386,7 +391,7 @@ mod tests {
         let mut lx = Lexer::new(src.as_bytes());
         let mut out = Vec::new();
         while let Some(t) = lx.next_token().unwrap() {
-            out.push((t.kind, t.value));
+            out.push((t.kind, t.value.to_string()));
         }
         out
     }

@@ -48,7 +48,7 @@ impl<'a> Location<'a> {
                     "~*" => Modifier::Regex { caseless: true },
                     _ => return None,
                 },
-                p.clone(),
+                p.to_string(),
             ),
             [p] => {
                 if let Some(rest) = p.strip_prefix('@') {
@@ -62,7 +62,7 @@ impl<'a> Location<'a> {
                 } else if let Some(rest) = p.strip_prefix('=') {
                     (Modifier::Exact, rest.to_owned())
                 } else {
-                    (Modifier::Prefix, p.clone())
+                    (Modifier::Prefix, p.to_string())
                 }
             }
             _ => return None,
@@ -84,12 +84,19 @@ impl<'a> Location<'a> {
         let caseless = matches!(self.modifier, Modifier::Regex { caseless: true });
         CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
-            let re = cache.entry((self.pattern.clone(), caseless)).or_insert_with(|| {
-                regex::RegexBuilder::new(&self.pattern)
-                    .case_insensitive(caseless)
-                    .build()
-                    .map_err(|e| format!("regex location {:?} is beyond this matcher: {e}", self.pattern))
-            });
+            let re = cache
+                .entry((self.pattern.clone(), caseless))
+                .or_insert_with(|| {
+                    regex::RegexBuilder::new(&self.pattern)
+                        .case_insensitive(caseless)
+                        .build()
+                        .map_err(|e| {
+                            format!(
+                                "regex location {:?} is beyond this matcher: {e}",
+                                self.pattern
+                            )
+                        })
+                });
             re.as_ref().map(|r| r.is_match(uri)).map_err(Clone::clone)
         })
     }
@@ -219,7 +226,13 @@ const HANDLERS: &[&str] = &[
 /// directives, selects the location, and applies root/alias inheritance. `http_settings` are
 /// the http block's own directives (includes expanded, server blocks left out); `prefix` is
 /// nginx's prefix for relative paths.
-pub fn serve(cfg: &Config, http_settings: &[&Directive], server: &Directive, uri: &str, prefix: &Path) -> Serving {
+pub fn serve(
+    cfg: &Config,
+    http_settings: &[&Directive],
+    server: &Directive,
+    uri: &str,
+    prefix: &Path,
+) -> Serving {
     let server_children = cfg.expanded(server.children());
     for d in &server_children {
         if d.name == "return" {
@@ -280,10 +293,12 @@ pub fn serve(cfg: &Config, http_settings: &[&Directive], server: &Directive, uri
     }
     // Inherited settings: the innermost scope that sets them.
     let innermost = |names: &[&str]| -> Option<&Directive> {
-        scopes
-            .iter()
-            .rev()
-            .find_map(|list| list.iter().rev().find(|d| names.contains(&d.name.as_str())).copied())
+        scopes.iter().rev().find_map(|list| {
+            list.iter()
+                .rev()
+                .find(|d| names.contains(&d.name.as_str()))
+                .copied()
+        })
     };
     if let Some(tf) = innermost(&["try_files"]) {
         let files = &tf.args[..tf.args.len().saturating_sub(1)];
@@ -353,7 +368,7 @@ pub fn serve(cfg: &Config, http_settings: &[&Directive], server: &Directive, uri
     let root = path_setting
         .filter(|d| d.name == "root")
         .and_then(|d| d.args.first().cloned())
-        .unwrap_or_else(|| "html".to_owned());
+        .unwrap_or_else(|| "html".into());
     if root.contains('$') {
         return Serving::NoFile(format!("root {root} uses variables"));
     }
@@ -393,7 +408,7 @@ fn rewrite_hits(d: &Directive, uri: &str) -> Option<String> {
     if !hit {
         return None;
     }
-    let flag = d.args.get(2).map(String::as_str).unwrap_or("");
+    let flag = d.args.get(2).map(|a| a.as_str()).unwrap_or("");
     let redirect = matches!(flag, "redirect" | "permanent")
         || target.starts_with("http://")
         || target.starts_with("https://")
@@ -424,7 +439,7 @@ fn access_denied(scopes: &[&[&Directive]]) -> Option<String> {
             continue;
         }
         for r in rules {
-            if r.args.first().map(String::as_str) == Some("all") {
+            if r.args.first().map(|a| a.as_str()) == Some("all") {
                 return (r.name == "deny")
                     .then(|| format!("\"deny all\" at line {} refuses the CA", r.line));
             }
@@ -446,7 +461,11 @@ mod tests {
         let cfg = Config::parse_str(Path::new("t.conf"), src.as_bytes()).unwrap();
         let http = &cfg.root()[0];
         let server = &http.children()[0];
-        let settings: Vec<&Directive> = http.children().iter().filter(|d| d.name != "server").collect();
+        let settings: Vec<&Directive> = http
+            .children()
+            .iter()
+            .filter(|d| d.name != "server")
+            .collect();
         serve(&cfg, &settings, server, URI, Path::new("/usr/share/nginx"))
     }
 

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use compact_str::CompactString;
+
 use super::lexer::{LexError, Lexer, Token, TokenKind};
 use super::source::Source;
 
@@ -58,8 +60,9 @@ pub struct Block {
 /// One directive, with its block if it has one.
 #[derive(Debug, Clone)]
 pub struct Directive {
-    pub name: String,
-    pub args: Vec<String>,
+    /// Short strings (almost every name and argument) are stored inline, without an allocation.
+    pub name: CompactString,
+    pub args: Vec<CompactString>,
     pub file: FileId,
     /// Byte range from the name to just past the `;` or `}`.
     pub start: usize,
@@ -272,146 +275,226 @@ fn render_list(
     Ok(())
 }
 
+/// Parses one file's text; `include` directives are left unexpanded (the loader links them).
+pub fn parse_text(path: &Path, text: &[u8], file: FileId) -> Result<Vec<Directive>, ParseError> {
+    let mut lexer = Lexer::new(text);
+    parse_block(&mut lexer, file, path, 0, None).map_err(|e| match e {
+        Failure::Lex(e) => ParseError {
+            file: path.to_path_buf(),
+            line: e.line,
+            col: e.col,
+            message: e.message,
+        },
+        Failure::Parse(e) => e,
+    })
+}
+
+/// Parses directives until `}` (when `open` is Some) or the end of the file.
+fn parse_block(
+    lx: &mut Lexer<'_>,
+    file: FileId,
+    path: &Path,
+    depth: usize,
+    open: Option<&Token>,
+) -> Result<Vec<Directive>, Failure> {
+    let err = |line: u32, col: u32, message: String| {
+        Failure::Parse(ParseError {
+            file: path.to_path_buf(),
+            line,
+            col,
+            message,
+        })
+    };
+    let mut out = Vec::new();
+    let mut words: Vec<Token> = Vec::new();
+    loop {
+        let Some(tok) = lx.next_token().map_err(Failure::Lex)? else {
+            let (line, col) = lx.here();
+            if !words.is_empty() {
+                return Err(err(
+                    line,
+                    col,
+                    "unexpected end of file, expecting \";\" or \"}\"".into(),
+                ));
+            }
+            if let Some(open) = open {
+                return Err(err(
+                    line,
+                    col,
+                    format!(
+                        "unexpected end of file, expecting \"}}\" to close the block opened at {}:{}",
+                        open.line, open.col
+                    ),
+                ));
+            }
+            return Ok(out);
+        };
+        match tok.kind {
+            TokenKind::Word => words.push(tok),
+            TokenKind::Semicolon => {
+                if words.is_empty() {
+                    return Err(err(tok.line, tok.col, "unexpected \";\"".into()));
+                }
+                out.push(directive(&mut words, file, tok.end));
+            }
+            TokenKind::BlockStart => {
+                if words.is_empty() {
+                    return Err(err(tok.line, tok.col, "unexpected \"{\"".into()));
+                }
+                if depth + 1 >= MAX_DEPTH {
+                    return Err(err(
+                        tok.line,
+                        tok.col,
+                        format!("blocks nested deeper than {MAX_DEPTH}"),
+                    ));
+                }
+                let block = if is_lua_block(&words[0].value) {
+                    let close = lx.lua_block().map_err(Failure::Lex)?;
+                    Block {
+                        children: Vec::new(),
+                        open: tok.start,
+                        close,
+                        raw: Some(
+                            String::from_utf8_lossy(&lx_text(lx, tok.start + 1, close))
+                                .into_owned(),
+                        ),
+                    }
+                } else {
+                    let children = parse_block(lx, file, path, depth + 1, Some(&tok))?;
+                    Block {
+                        children,
+                        open: tok.start,
+                        close: lx.offset() - 1,
+                        raw: None,
+                    }
+                };
+                let mut d = directive(&mut words, file, lx.offset());
+                d.block = Some(Box::new(block));
+                out.push(d);
+            }
+            TokenKind::BlockEnd => {
+                out.shrink_to_fit();
+                if !words.is_empty() {
+                    return Err(err(
+                        tok.line,
+                        tok.col,
+                        "unexpected \"}\", expecting \";\"".into(),
+                    ));
+                }
+                if open.is_none() {
+                    return Err(err(tok.line, tok.col, "unexpected \"}\"".into()));
+                }
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn set_file_id(list: &mut [Directive], file: FileId) {
+    for d in list {
+        d.file = file;
+        if let Some(b) = d.block.as_mut() {
+            set_file_id(&mut b.children, file);
+        }
+    }
+}
+
+/// Below this many new files a glob is parsed on the calling thread.
+const PARALLEL_PARSE_MIN_FILES: usize = 16;
+
+/// Why a file of an include could not be loaded.
+enum LoadFailure {
+    /// Reading failed: reported at the include directive.
+    Read(String),
+    /// The file itself has a syntax error: reported where it is.
+    Parse(ParseError),
+}
+
+type Loaded = Result<(Vec<u8>, Vec<Directive>), LoadFailure>;
+
+/// Reads and parses files (no includes followed) on all cores, keeping their order.
+fn read_and_parse_all(source: &dyn Source, paths: &[PathBuf]) -> Vec<Loaded> {
+    let one = |p: &PathBuf| -> Loaded {
+        let text = source.read(p).map_err(|e| {
+            LoadFailure::Read(format!("cannot open included file {}: {e}", p.display()))
+        })?;
+        let directives = parse_text(p, &text, FileId::MAX).map_err(LoadFailure::Parse)?;
+        Ok((text, directives))
+    };
+    if paths.len() < PARALLEL_PARSE_MIN_FILES {
+        return paths.iter().map(one).collect();
+    }
+    // available_parallelism reads cgroup files: ask once.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads =
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads < 2 {
+        return paths.iter().map(one).collect();
+    }
+    let chunk = paths.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
 impl Loader<'_> {
     fn parse_file(&mut self, path: PathBuf, text: Vec<u8>) -> Result<FileId, ParseError> {
         let id = self.files.len();
+        let directives = parse_text(&path, &text, id)?;
+        self.attach(path, text, directives)
+    }
+
+    /// Adds a parsed file and links its includes (depth first, with cycle detection).
+    fn attach(
+        &mut self,
+        path: PathBuf,
+        text: Vec<u8>,
+        mut directives: Vec<Directive>,
+    ) -> Result<FileId, ParseError> {
+        let id = self.files.len();
+        set_file_id(&mut directives, id);
         self.files.push(SourceFile {
             path: path.clone(),
             text: Vec::new(),
             directives: Vec::new(),
         });
         self.by_path.insert(path.clone(), id);
-        self.stack.push(path.clone());
-        let mut lexer = Lexer::new(&text);
-        let lex_err = |e: LexError| ParseError {
-            file: path.clone(),
-            line: e.line,
-            col: e.col,
-            message: e.message,
-        };
-        let result = self.parse_block(&mut lexer, id, &path, 0, None);
-        self.stack.pop();
-        let directives = result.map_err(|e| match e {
-            Failure::Lex(e) => lex_err(e),
-            Failure::Parse(e) => e,
-        })?;
+        if self.follow_includes {
+            self.stack.push(path.clone());
+            let linked = self.link(&mut directives, &path);
+            self.stack.pop();
+            linked?;
+        }
         self.files[id].text = text;
         self.files[id].directives = directives;
         Ok(id)
     }
 
-    /// Parses directives until `}` (when `open` is Some) or the end of the file.
-    fn parse_block(
-        &mut self,
-        lx: &mut Lexer<'_>,
-        file: FileId,
-        path: &Path,
-        depth: usize,
-        open: Option<&Token>,
-    ) -> Result<Vec<Directive>, Failure> {
-        let err = |line: u32, col: u32, message: String| {
-            Failure::Parse(ParseError {
-                file: path.to_path_buf(),
-                line,
-                col,
-                message,
-            })
-        };
-        let mut out = Vec::new();
-        let mut words: Vec<Token> = Vec::new();
-        loop {
-            let Some(tok) = lx.next_token().map_err(Failure::Lex)? else {
-                let (line, col) = lx.here();
-                if !words.is_empty() {
-                    return Err(err(
-                        line,
-                        col,
-                        "unexpected end of file, expecting \";\" or \"}\"".into(),
-                    ));
-                }
-                if let Some(open) = open {
-                    return Err(err(
-                        line,
-                        col,
-                        format!("unexpected end of file, expecting \"}}\" to close the block opened at {}:{}", open.line, open.col),
-                    ));
-                }
-                return Ok(out);
-            };
-            match tok.kind {
-                TokenKind::Word => words.push(tok),
-                TokenKind::Semicolon => {
-                    if words.is_empty() {
-                        return Err(err(tok.line, tok.col, "unexpected \";\"".into()));
-                    }
-                    let mut d = directive(&mut words, file, tok.end);
-                    if d.name == "include" && self.follow_includes {
-                        self.resolve_include(&mut d, path)?;
-                    }
-                    out.push(d);
-                }
-                TokenKind::BlockStart => {
-                    if words.is_empty() {
-                        return Err(err(tok.line, tok.col, "unexpected \"{\"".into()));
-                    }
-                    if depth + 1 >= MAX_DEPTH {
-                        return Err(err(
-                            tok.line,
-                            tok.col,
-                            format!("blocks nested deeper than {MAX_DEPTH}"),
-                        ));
-                    }
-                    let name = words[0].value.clone();
-                    let block = if is_lua_block(&name) {
-                        let close = lx.lua_block().map_err(Failure::Lex)?;
-                        Block {
-                            children: Vec::new(),
-                            open: tok.start,
-                            close,
-                            raw: Some(
-                                String::from_utf8_lossy(&lx_text(lx, tok.start + 1, close))
-                                    .into_owned(),
-                            ),
-                        }
-                    } else {
-                        let children = self.parse_block(lx, file, path, depth + 1, Some(&tok))?;
-                        Block {
-                            children,
-                            open: tok.start,
-                            close: lx.offset() - 1,
-                            raw: None,
-                        }
-                    };
-                    let mut d = directive(&mut words, file, lx.offset());
-                    d.block = Some(Box::new(block));
-                    out.push(d);
-                }
-                TokenKind::BlockEnd => {
-                    out.shrink_to_fit();
-                    if !words.is_empty() {
-                        return Err(err(
-                            tok.line,
-                            tok.col,
-                            "unexpected \"}\", expecting \";\"".into(),
-                        ));
-                    }
-                    if open.is_none() {
-                        return Err(err(tok.line, tok.col, "unexpected \"}\"".into()));
-                    }
-                    return Ok(out);
-                }
+    fn link(&mut self, list: &mut [Directive], path: &Path) -> Result<(), ParseError> {
+        for d in list {
+            if d.name == "include" {
+                self.resolve_include(d, path)?;
+            }
+            if let Some(b) = d.block.as_mut() {
+                self.link(&mut b.children, path)?;
             }
         }
+        Ok(())
     }
 
-    fn resolve_include(&mut self, d: &mut Directive, path: &Path) -> Result<(), Failure> {
-        let err = |message: String| {
-            Failure::Parse(ParseError {
-                file: path.to_path_buf(),
-                line: d.line,
-                col: d.col,
-                message,
-            })
+    fn resolve_include(&mut self, d: &mut Directive, path: &Path) -> Result<(), ParseError> {
+        let err = |message: String| ParseError {
+            file: path.to_path_buf(),
+            line: d.line,
+            col: d.col,
+            message,
         };
         if d.args.len() != 1 {
             return Err(err(format!(
@@ -419,7 +502,7 @@ impl Loader<'_> {
                 d.args.len()
             )));
         }
-        let arg = &d.args[0];
+        let arg = d.args[0].as_str();
         let full = if Path::new(arg).is_absolute() {
             PathBuf::from(arg)
         } else {
@@ -437,27 +520,47 @@ impl Loader<'_> {
                 "includes nested deeper than {MAX_INCLUDE_DEPTH}"
             )));
         }
+        if let Some(p) = paths.iter().find(|p| self.stack.contains(p)) {
+            let chain: Vec<String> = self
+                .stack
+                .iter()
+                .skip_while(|s| *s != p)
+                .chain(std::iter::once(p))
+                .map(|s| s.display().to_string())
+                .collect();
+            return Err(err(format!("include cycle: {}", chain.join(" -> "))));
+        }
+        let mut fresh: Vec<PathBuf> = paths
+            .iter()
+            .filter(|p| !self.by_path.contains_key(*p))
+            .cloned()
+            .collect();
+        fresh.dedup();
+        let mut parsed: HashMap<PathBuf, Loaded> = fresh
+            .iter()
+            .cloned()
+            .zip(read_and_parse_all(self.source, &fresh))
+            .collect();
         let mut ids = Vec::with_capacity(paths.len());
         for p in paths {
-            if self.stack.contains(&p) {
-                let chain: Vec<String> = self
-                    .stack
-                    .iter()
-                    .skip_while(|s| **s != p)
-                    .chain(std::iter::once(&p))
-                    .map(|s| s.display().to_string())
-                    .collect();
-                return Err(err(format!("include cycle: {}", chain.join(" -> "))));
-            }
+            // A file may have been attached meanwhile (included by an earlier one of the batch).
             if let Some(&id) = self.by_path.get(&p) {
+                if self.stack.contains(&p) {
+                    return Err(err(format!(
+                        "include cycle: {} includes itself",
+                        p.display()
+                    )));
+                }
                 ids.push(id);
                 continue;
             }
-            let text = self
-                .source
-                .read(&p)
-                .map_err(|e| err(format!("cannot open included file {}: {e}", p.display())))?;
-            ids.push(self.parse_file(p, text).map_err(Failure::Parse)?);
+            let (text, directives) = match parsed.remove(&p) {
+                Some(Ok(v)) => v,
+                Some(Err(LoadFailure::Read(message))) => return Err(err(message)),
+                Some(Err(LoadFailure::Parse(e))) => return Err(e),
+                None => return Err(err(format!("{} vanished while loading", p.display()))),
+            };
+            ids.push(self.attach(p, text, directives)?);
         }
         d.includes = ids.into_boxed_slice();
         Ok(())

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Reads files and expands globs.
-pub trait Source {
+pub trait Source: Sync {
     /// The bytes of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// The paths matching a glob pattern, sorted (as glob(3) sorts them for nginx).
