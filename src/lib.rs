@@ -9,4 +9,6 @@ pub mod acme;
 pub mod challenge;
 pub mod cli;
 pub mod fsutil;
+pub mod hooks;
 pub mod nginx;
+pub mod store;
