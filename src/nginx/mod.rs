@@ -3,9 +3,11 @@
 //! matching), and, for `enroll`, minimal edits and signal-based reloads.
 
 pub mod discovery;
+pub mod edit;
 pub mod lexer;
 pub mod location;
 pub mod parser;
+pub mod reload;
 pub mod source;
 
 pub use parser::{Config, Directive, FileId, ParseError};

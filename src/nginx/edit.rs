@@ -1,0 +1,490 @@
+//! Minimal edits of server blocks: only inserted or replaced lines, every other byte of the file
+//! unchanged. Edits are computed from the parse tree's spans, applied atomically (symlinked
+//! files are edited where they point, keeping mode and owner), backed up, and restorable byte
+//! for byte when `nginx -t` refuses the result.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::discovery::{Listen, ServerBlock};
+use super::parser::{Config, Directive, FileId};
+use crate::fsutil;
+
+/// Marks every line acme-nginx writes.
+pub const MARK: &str = "# managed by acme-nginx";
+
+/// One replacement of `start..end` (an insertion when equal) in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub file: FileId,
+    pub start: usize,
+    pub end: usize,
+    pub text: String,
+}
+
+/// What to put into a server block.
+#[derive(Debug, Clone, Default)]
+pub struct InstallSpec {
+    pub fullchain: PathBuf,
+    pub key: PathBuf,
+    pub https_port: u16,
+    pub redirect: bool,
+}
+
+/// Why a block cannot be edited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditRefused(pub String);
+
+impl std::fmt::Display for EditRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn text_of<'a>(cfg: &'a Config, d: &Directive) -> &'a [u8] {
+    &cfg.files[d.file].text
+}
+
+fn find_server<'a>(cfg: &'a Config, block: &ServerBlock) -> Option<&'a Directive> {
+    let mut found = None;
+    cfg.walk(|d, _| {
+        if found.is_none()
+            && d.name == "server"
+            && d.file == block.file_id
+            && d.start == block.span.0
+        {
+            found = Some(d);
+        }
+    });
+    found
+}
+
+/// The indentation of a block's children (from its first child on its own line), or the
+/// block's own indentation plus four spaces.
+fn child_indent(text: &[u8], server: &Directive) -> String {
+    let line_indent = |offset: usize| -> Option<String> {
+        let line_start = text[..offset]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let prefix = &text[line_start..offset];
+        prefix
+            .iter()
+            .all(|b| *b == b' ' || *b == b'\t')
+            .then(|| String::from_utf8_lossy(prefix).into_owned())
+    };
+    if let Some(first) = server.children().iter().find(|c| c.file == server.file) {
+        if let Some(indent) = line_indent(first.start) {
+            return indent;
+        }
+    }
+    format!("{}    ", line_indent(server.start).unwrap_or_default())
+}
+
+/// Where new lines go: after the block's last own `listen` (or `server_name`), else after `{`.
+fn insertion_point(server: &Directive) -> usize {
+    let own = server.children().iter().filter(|c| c.file == server.file);
+    own.clone()
+        .filter(|c| c.name == "listen")
+        .last()
+        .or_else(|| own.filter(|c| c.name == "server_name").last())
+        .map_or_else(
+            || server.block.as_ref().map_or(server.end, |b| b.open + 1),
+            |d| d.end,
+        )
+}
+
+fn lines_at(indent: &str, lines: &[String]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("\n{indent}{l} {MARK}"))
+        .collect()
+}
+
+/// Our lines end in a comment: when the original line goes on after `at` (a one-line block),
+/// break the line so the comment cannot swallow what follows.
+fn end_line(mut text: String, file_text: &[u8], at: usize, indent: &str) -> String {
+    let rest = &file_text[at.min(file_text.len())..];
+    let line_rest = rest.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    if line_rest.iter().any(|b| !b.is_ascii_whitespace()) {
+        text.push('\n');
+        text.push_str(indent);
+    }
+    text
+}
+
+/// The HTTPS `listen` directives a block needs: one per plain-HTTP address it listens on.
+pub fn https_listens(listen: &[Listen], https_port: u16) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in listen
+        .iter()
+        .filter(|l| !l.ssl && !l.address.starts_with("unix:"))
+    {
+        let has = listen.iter().any(|o| {
+            o.ssl
+                && o.port == https_port
+                && (o.address == l.address || (o.address == "*" && l.address == "0.0.0.0"))
+        });
+        if has {
+            continue;
+        }
+        let addr = match l.address.as_str() {
+            "*" | "0.0.0.0" => https_port.to_string(),
+            a => format!("{a}:{https_port}"),
+        };
+        let line = format!("listen {addr} ssl;");
+        if !out.contains(&line) {
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// Edits that make a server block serve the certificate at `spec`'s paths: HTTPS listeners,
+/// `ssl_certificate` and `ssl_certificate_key` (replacing the block's own ones), and with
+/// `redirect` a redirect of plain HTTP except the ACME challenge. No edits when the block already
+/// points at these paths.
+pub fn install_edits(
+    cfg: &Config,
+    block: &ServerBlock,
+    spec: &InstallSpec,
+) -> Result<Vec<Edit>, EditRefused> {
+    let server = find_server(cfg, block)
+        .ok_or_else(|| EditRefused(format!("{}: server block not found", block.location())))?;
+    let fullchain = spec.fullchain.display().to_string();
+    let key = spec.key.display().to_string();
+    if block.ssl_certificate.as_deref() == Some(fullchain.as_str())
+        && block.ssl_certificate_key.as_deref() == Some(key.as_str())
+    {
+        return Ok(Vec::new());
+    }
+    // Certificates that come from a file included inside the block cannot be replaced without
+    // touching every other block that includes it.
+    let own: Vec<&Directive> = server.children().iter().collect();
+    let expanded = cfg.expanded(server.children());
+    if let Some(foreign) = expanded.iter().find(|d| {
+        (d.name == "ssl_certificate" || d.name == "ssl_certificate_key")
+            && !own.iter().any(|o| std::ptr::eq(*o, **d))
+    }) {
+        return Err(EditRefused(format!(
+            "{}: {} comes from the included file {}; point it at {} by hand",
+            block.location(),
+            foreign.name,
+            cfg.files[foreign.file].path.display(),
+            fullchain
+        )));
+    }
+    let text = &cfg.files[server.file].text;
+    let indent = child_indent(text, server);
+    let mut edits = Vec::new();
+    let mut new_lines = https_listens(&block.listen, spec.https_port);
+    let cert_line = format!("ssl_certificate {fullchain};");
+    let key_line = format!("ssl_certificate_key {key};");
+    let mut replaced_cert = false;
+    let mut replaced_key = false;
+    for d in own
+        .iter()
+        .filter(|d| d.name == "ssl_certificate" || d.name == "ssl_certificate_key")
+    {
+        let (line, done) = if d.name == "ssl_certificate" {
+            (&cert_line, &mut replaced_cert)
+        } else {
+            (&key_line, &mut replaced_key)
+        };
+        let text = if *done {
+            // A second certificate (RSA beside ECDSA): keep it visible but off.
+            format!("# {} {}; {MARK}", d.name, d.args.join(" "))
+        } else {
+            format!("{line} {MARK}")
+        };
+        *done = true;
+        edits.push(Edit {
+            file: server.file,
+            start: d.start,
+            end: d.end,
+            text: end_line(text, text_of(cfg, server), d.end, &indent),
+        });
+    }
+    if !replaced_cert {
+        new_lines.push(cert_line);
+    }
+    if !replaced_key {
+        new_lines.push(key_line);
+    }
+    if spec.redirect
+        && !expanded
+            .iter()
+            .any(|d| d.name == "set" && d.args.first().is_some_and(|a| a == "$acme_nginx_redirect"))
+    {
+        new_lines.push("set $acme_nginx_redirect 0;".into());
+        new_lines.push("if ($scheme = http) { set $acme_nginx_redirect 1; }".into());
+        new_lines.push("if ($request_uri ~ \"^/\\.well-known/acme-challenge/\") { set $acme_nginx_redirect 0; }".into());
+        new_lines
+            .push("if ($acme_nginx_redirect) { return 301 https://$host$request_uri; }".into());
+    }
+    if !new_lines.is_empty() {
+        let at = insertion_point(server);
+        edits.push(Edit {
+            file: server.file,
+            start: at,
+            end: at,
+            text: end_line(lines_at(&indent, &new_lines), text, at, &indent),
+        });
+    }
+    Ok(edits)
+}
+
+/// The edit that includes the challenge snippet in a block.
+pub fn include_edit(
+    cfg: &Config,
+    block: &ServerBlock,
+    snippet: &Path,
+) -> Result<Edit, EditRefused> {
+    let server = find_server(cfg, block)
+        .ok_or_else(|| EditRefused(format!("{}: server block not found", block.location())))?;
+    let text = &cfg.files[server.file].text;
+    let at = insertion_point(server);
+    let indent = child_indent(text, server);
+    Ok(Edit {
+        file: server.file,
+        start: at,
+        end: at,
+        text: end_line(
+            lines_at(&indent, &[format!("include {};", snippet.display())]),
+            text,
+            at,
+            &indent,
+        ),
+    })
+}
+
+/// Applies edits to the texts in memory: path → (old text, new text).
+pub fn render_edits(cfg: &Config, edits: &[Edit]) -> BTreeMap<PathBuf, (Vec<u8>, Vec<u8>)> {
+    let mut by_file: BTreeMap<FileId, Vec<&Edit>> = BTreeMap::new();
+    for e in edits {
+        by_file.entry(e.file).or_default().push(e);
+    }
+    let mut out = BTreeMap::new();
+    for (file, mut list) in by_file {
+        list.sort_by(|a, b| b.start.cmp(&a.start).then(b.end.cmp(&a.end)));
+        let old = cfg.files[file].text.clone();
+        let mut new = old.clone();
+        for e in list {
+            new.splice(e.start..e.end, e.text.bytes());
+        }
+        out.insert(cfg.files[file].path.clone(), (old, new));
+    }
+    out
+}
+
+/// Files as they were before an [`apply`], to put back.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Real path (symlinks resolved) → original bytes.
+    pub originals: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl Applied {
+    /// Puts every edited file back byte for byte.
+    pub fn restore(&self) -> io::Result<()> {
+        let mut first_err = None;
+        for (path, old) in &self.originals {
+            if let Err(e) = write_like(path, old) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// True when nothing was changed.
+    pub fn is_empty(&self) -> bool {
+        self.originals.is_empty()
+    }
+}
+
+/// Writes `data` over the file at `path` atomically, keeping its mode and owner.
+fn write_like(path: &Path, data: &[u8]) -> io::Result<()> {
+    let meta = fs::metadata(path)?;
+    fsutil::write_atomic(path, data, meta.mode() & 0o7777)?;
+    let _ = nix::unistd::chown(path, Some(meta.uid().into()), Some(meta.gid().into()));
+    Ok(())
+}
+
+/// Writes the edited files (the targets of symlinks, not the links), after copying each original
+/// into `backup_dir`. A file that changed on disk since it was parsed is refused.
+pub fn apply(cfg: &Config, edits: &[Edit], backup_dir: &Path) -> io::Result<Applied> {
+    let mut applied = Applied::default();
+    for (path, (old, new)) in render_edits(cfg, edits) {
+        let real = fs::canonicalize(&path)?;
+        let current = fs::read(&real)?;
+        if current != old {
+            let _ = applied.restore();
+            return Err(io::Error::other(format!(
+                "{} changed on disk since it was read; not editing it",
+                path.display()
+            )));
+        }
+        let backup = backup_dir.join(real.strip_prefix("/").unwrap_or(&real));
+        if let Some(parent) = backup.parent() {
+            fsutil::create_dir_all_mode(parent, 0o700)?;
+        }
+        fsutil::write_atomic(&backup, &old, 0o600)?;
+        write_like(&real, &new)?;
+        applied.originals.push((real, old));
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nginx::discovery::{scan, BuildDefaults};
+
+    fn setup(src: &str) -> (Config, Vec<ServerBlock>) {
+        let cfg = Config::parse_str(Path::new("/etc/nginx/nginx.conf"), src.as_bytes()).unwrap();
+        let s = scan(&cfg, &BuildDefaults::default());
+        (cfg, s.servers)
+    }
+
+    fn spec(redirect: bool) -> InstallSpec {
+        InstallSpec {
+            fullchain: "/var/lib/acme-nginx/certs/a.test/live/fullchain.pem".into(),
+            key: "/var/lib/acme-nginx/certs/a.test/live/privkey.pem".into(),
+            https_port: 443,
+            redirect,
+        }
+    }
+
+    fn edited(src: &str, redirect: bool) -> String {
+        let (cfg, servers) = setup(src);
+        let edits = install_edits(&cfg, &servers[0], &spec(redirect)).unwrap();
+        let out = render_edits(&cfg, &edits);
+        String::from_utf8(
+            out.into_values()
+                .next()
+                .map(|(_, n)| n)
+                .unwrap_or_else(|| src.as_bytes().to_vec()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn inserts_listeners_and_certificate_after_the_last_listen() {
+        let src = "http {\n    server {\n        listen 80;\n        listen [::]:80;\n        server_name a.test;\n    }\n}\n";
+        let out = edited(src, false);
+        let want = "http {\n    server {\n        listen 80;\n        listen [::]:80;\
+            \n        listen 443 ssl; # managed by acme-nginx\
+            \n        listen [::]:443 ssl; # managed by acme-nginx\
+            \n        ssl_certificate /var/lib/acme-nginx/certs/a.test/live/fullchain.pem; # managed by acme-nginx\
+            \n        ssl_certificate_key /var/lib/acme-nginx/certs/a.test/live/privkey.pem; # managed by acme-nginx\
+            \n        server_name a.test;\n    }\n}\n";
+        assert_eq!(out, want);
+        // Only inserted lines: removing them gives the original back.
+        let stripped: String = out
+            .lines()
+            .filter(|l| !l.contains(MARK))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(stripped, src);
+    }
+
+    #[test]
+    fn replaces_own_certificates_and_keeps_existing_https_listeners() {
+        let src = "http { server { listen 127.0.0.1:80; listen 127.0.0.1:443 ssl; server_name a.test;\n ssl_certificate /old/a.pem; ssl_certificate /old/rsa.pem; ssl_certificate_key /old/a.key; } }";
+        let out = edited(src, false);
+        assert!(
+            out.contains(
+                "ssl_certificate /var/lib/acme-nginx/certs/a.test/live/fullchain.pem; # managed"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("# ssl_certificate /old/rsa.pem; # managed"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("listen 127.0.0.1:443 ssl; # managed"),
+            "{out}"
+        );
+        assert_eq!(out.matches("ssl_certificate_key ").count(), 1, "{out}");
+        // Parses, and a second round is a no-op.
+        let (cfg, servers) = setup(&out);
+        assert!(install_edits(&cfg, &servers[0], &spec(false))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn redirect_spares_the_challenge() {
+        let out = edited("http { server { listen 80; server_name a.test; } }", true);
+        assert!(out.contains("if ($request_uri ~ \"^/\\.well-known/acme-challenge/\") { set $acme_nginx_redirect 0; }"), "{out}");
+        let (cfg, servers) = setup(&out);
+        // The challenge location is still served: discovery ignores `if` blocks, as nginx's
+        // rewrite sets the flag to 0 for challenge URIs.
+        assert!(servers[0].acme_challenge_dir.is_some());
+        assert!(install_edits(&cfg, &servers[0], &spec(true))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn certificate_from_an_included_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("snake.conf"),
+            "ssl_certificate /s.pem; ssl_certificate_key /s.key;\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            "http { server { listen 80; server_name a.test; include snake.conf; } }",
+        )
+        .unwrap();
+        let cfg = Config::load(&dir.path().join("nginx.conf"), &crate::nginx::DiskSource).unwrap();
+        let s = scan(&cfg, &BuildDefaults::default());
+        let err = install_edits(&cfg, &s.servers[0], &spec(false)).unwrap_err();
+        assert!(err.0.contains("snake.conf"), "{err}");
+    }
+
+    #[test]
+    fn apply_follows_symlinks_backs_up_and_restores() {
+        let dir = tempfile::tempdir().unwrap();
+        let avail = dir.path().join("sites-available");
+        let enabled = dir.path().join("sites-enabled");
+        std::fs::create_dir_all(&avail).unwrap();
+        std::fs::create_dir_all(&enabled).unwrap();
+        let original = "server {\n\tlisten 80;\n\tserver_name a.test;\n}\n";
+        std::fs::write(avail.join("a"), original).unwrap();
+        std::os::unix::fs::symlink("../sites-available/a", enabled.join("a")).unwrap();
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            "http { include sites-enabled/*; }",
+        )
+        .unwrap();
+        let cfg = Config::load(&dir.path().join("nginx.conf"), &crate::nginx::DiskSource).unwrap();
+        let s = scan(&cfg, &BuildDefaults::default());
+        let edits = install_edits(&cfg, &s.servers[0], &spec(false)).unwrap();
+        let applied = apply(&cfg, &edits, &dir.path().join("backup")).unwrap();
+        assert!(std::fs::symlink_metadata(enabled.join("a"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let now = std::fs::read_to_string(avail.join("a")).unwrap();
+        assert!(
+            now.contains("\tlisten 443 ssl; # managed by acme-nginx\n"),
+            "{now}"
+        );
+        let backup = dir.path().join("backup").join(
+            std::fs::canonicalize(avail.join("a"))
+                .unwrap()
+                .strip_prefix("/")
+                .unwrap(),
+        );
+        assert_eq!(std::fs::read_to_string(backup).unwrap(), original);
+        applied.restore().unwrap();
+        assert_eq!(std::fs::read_to_string(avail.join("a")).unwrap(), original);
+    }
+}
