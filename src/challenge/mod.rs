@@ -3,6 +3,7 @@
 //! solver, which writes token files into the directory nginx serves
 //! `/.well-known/acme-challenge/` from.
 
+pub mod preflight;
 pub mod webroot;
 
 pub use crate::acme::solver::{ChallengeSolver, PendingChallenge, SolverError};

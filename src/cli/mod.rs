@@ -6,7 +6,9 @@
 //! 2 nothing could run (bad arguments, unreadable files, CA unreachable, ...).
 
 mod account;
+pub mod config;
 mod csr;
+pub mod enroll;
 mod revoke;
 pub mod scan;
 mod sign;
@@ -72,6 +74,8 @@ pub enum Command {
     Revoke(revoke::RevokeArgs),
     /// Show the server blocks of the nginx configuration, their names and challenge directories.
     Scan(scan::ScanArgs),
+    /// Get, install and verify certificates for nginx's server blocks.
+    Enroll(Box<enroll::EnrollArgs>),
 }
 
 /// An error that ends a command, with the exit code it maps to.
@@ -259,6 +263,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::Sign(args) => sign::run(&ctx, args).await,
             Command::Revoke(args) => revoke::run(&ctx, args).await,
             Command::Scan(args) => scan::run(&ctx, args),
+            Command::Enroll(args) => enroll::run(&ctx, *args).await,
         }
     });
     match result {

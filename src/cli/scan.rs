@@ -9,28 +9,47 @@ use crate::nginx::discovery::{self, BuildDefaults, Scan};
 use crate::nginx::{Config, DiskSource, DumpSource};
 
 /// Where the nginx configuration comes from (shared by scan, enroll, renew, watch).
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct NginxArgs {
-    /// The main nginx configuration file.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/etc/nginx/nginx.conf",
-        env = "ACME_NGINX_CONF"
-    )]
-    pub nginx_conf: PathBuf,
-    /// The nginx binary (for `nginx -V`, `-t`, `-T`).
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "nginx",
-        env = "ACME_NGINX_BIN"
-    )]
-    pub nginx_bin: PathBuf,
+    /// The main nginx configuration file [default: /etc/nginx/nginx.conf].
+    #[arg(long, value_name = "PATH", env = "ACME_NGINX_CONF")]
+    pub nginx_conf: Option<PathBuf>,
+    /// The nginx binary, for `nginx -V` and `nginx -t` [default: nginx on PATH].
+    #[arg(long, value_name = "PATH", env = "ACME_NGINX_BIN")]
+    pub nginx_bin: Option<PathBuf>,
+    /// nginx's prefix (`nginx -p`), when the running nginx was started with one.
+    #[arg(long, value_name = "DIR")]
+    pub nginx_prefix: Option<PathBuf>,
     /// Read the configuration from `nginx -T` output in FILE ("-" for stdin) instead of from
     /// disk, to check against exactly what a running nginx loaded.
     #[arg(long, value_name = "FILE")]
     pub nginx_dump: Option<PathBuf>,
+}
+
+impl NginxArgs {
+    /// The main configuration file.
+    pub fn conf(&self) -> PathBuf {
+        self.nginx_conf
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/nginx/nginx.conf"))
+    }
+
+    /// The nginx binary as given (a name is looked up on PATH when run).
+    pub fn bin(&self) -> PathBuf {
+        self.nginx_bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("nginx"))
+    }
+
+    /// Fills what is unset from another source (a config file): self wins.
+    pub fn or(self, other: NginxArgs) -> NginxArgs {
+        NginxArgs {
+            nginx_conf: self.nginx_conf.or(other.nginx_conf),
+            nginx_bin: self.nginx_bin.or(other.nginx_bin),
+            nginx_prefix: self.nginx_prefix.or(other.nginx_prefix),
+            nginx_dump: self.nginx_dump.or(other.nginx_dump),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -51,11 +70,28 @@ pub fn nginx_binary(bin: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Parses the configuration and scans it.
-pub fn load(args: &NginxArgs) -> Result<(Config, Scan), CliError> {
-    let defaults = nginx_binary(&args.nginx_bin)
+/// nginx's build defaults (`nginx -V`), with the prefix overridden by `--nginx-prefix`.
+pub fn build_defaults(args: &NginxArgs) -> BuildDefaults {
+    let mut defaults = nginx_binary(&args.bin())
         .map(|b| BuildDefaults::probe(&b))
         .unwrap_or_default();
+    if let Some(prefix) = &args.nginx_prefix {
+        let pid_rel = defaults
+            .pid_path
+            .strip_prefix(&defaults.prefix)
+            .map(Path::to_path_buf)
+            .ok();
+        defaults.prefix = prefix.clone();
+        if let Some(rel) = pid_rel {
+            defaults.pid_path = prefix.join(rel);
+        }
+    }
+    defaults
+}
+
+/// Parses the configuration and scans it.
+pub fn load(args: &NginxArgs) -> Result<(Config, Scan), CliError> {
+    let defaults = build_defaults(args);
     let config = match &args.nginx_dump {
         Some(dump) => {
             let bytes = if dump.as_os_str() == "-" {
@@ -73,7 +109,7 @@ pub fn load(args: &NginxArgs) -> Result<(Config, Scan), CliError> {
             })?;
             Config::load(&main, &source)
         }
-        None => Config::load(&args.nginx_conf, &DiskSource),
+        None => Config::load(&args.conf(), &DiskSource),
     }
     .map_err(CliError::fatal)?;
     let scan = discovery::scan(&config, &defaults);

@@ -86,11 +86,10 @@ fn child_indent(text: &[u8], server: &Directive) -> String {
 
 /// Where new lines go: after the block's last own `listen` (or `server_name`), else after `{`.
 fn insertion_point(server: &Directive) -> usize {
-    let own = server.children().iter().filter(|c| c.file == server.file);
-    own.clone()
-        .filter(|c| c.name == "listen")
-        .last()
-        .or_else(|| own.filter(|c| c.name == "server_name").last())
+    let own = || server.children().iter().filter(|c| c.file == server.file);
+    own()
+        .rfind(|c| c.name == "listen")
+        .or_else(|| own().rfind(|c| c.name == "server_name"))
         .map_or_else(
             || server.block.as_ref().map_or(server.end, |b| b.open + 1),
             |d| d.end,

@@ -1,0 +1,161 @@
+//! The http-01 solver `enroll` uses: tokens written into each name's challenge directory (as
+//! nginx's worker user, journaled so a killed run is cleaned up), then fetched back from nginx
+//! itself over loopback with the name's Host header before the CA is asked to validate. A
+//! mismatch stops that order with a message naming the server block, without spending a failed
+//! validation at the CA.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Uid};
+
+use super::webroot::WebrootSolver;
+use crate::acme::{ChallengeSolver, ChallengeType, PendingChallenge, SolverError};
+use crate::nginx::reload::http_get;
+use crate::store::Store;
+
+/// Where nginx serves one name's challenges.
+#[derive(Debug, Clone)]
+pub struct ChallengeRoute {
+    pub dir: PathBuf,
+    /// A plain-HTTP listener of the server block, reached over loopback.
+    pub listener: SocketAddr,
+    /// `file:line` of the server block, for messages.
+    pub block: String,
+}
+
+/// Webroot solver plus a loopback check through nginx.
+#[derive(Debug)]
+pub struct PreflightSolver {
+    webroot: WebrootSolver,
+    routes: HashMap<String, ChallengeRoute>,
+    store: Option<Store>,
+}
+
+const HTTP01: &[ChallengeType] = &[ChallengeType::Http01];
+
+impl PreflightSolver {
+    /// Tokens owned by `owner` (nginx's worker user and group), journaled in `store`.
+    pub fn new(
+        routes: HashMap<String, ChallengeRoute>,
+        owner: Option<(Uid, Gid)>,
+        store: Option<Store>,
+    ) -> Self {
+        let mut webroot = WebrootSolver::per_name();
+        for (name, r) in &routes {
+            webroot = webroot.with_dir_for(name, &r.dir);
+        }
+        if let Some((u, g)) = owner {
+            webroot = webroot.with_owner(u, g);
+        }
+        Self {
+            webroot,
+            routes,
+            store,
+        }
+    }
+
+    fn route(&self, ch: &PendingChallenge) -> Result<&ChallengeRoute, SolverError> {
+        self.routes
+            .get(&ch.identifier.value.to_ascii_lowercase())
+            .ok_or_else(|| format!("no server block serves {}", ch.identifier.value).into())
+    }
+}
+
+impl ChallengeSolver for PreflightSolver {
+    fn challenge_types(&self) -> &[ChallengeType] {
+        HTTP01
+    }
+
+    async fn fulfill(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
+        let route = self.route(ch)?;
+        if let Some(store) = &self.store {
+            store.journal_token(&route.dir.join(&ch.token))?;
+        }
+        self.webroot.write_token(ch)?;
+        let path = ch.http_path();
+        let answer = http_get(route.listener, &ch.identifier.value, &path).await.map_err(|e| {
+            format!("preflight of http://{}{path} through nginx at {} failed: {e} (server block {})", ch.identifier.value, route.listener, route.block)
+        })?;
+        if answer.status != 200 || answer.body.trim_ascii() != ch.key_authorization.as_bytes() {
+            let body = String::from_utf8_lossy(&answer.body);
+            let body: String = body.chars().take(80).collect();
+            return Err(format!(
+                "nginx does not serve the challenge: http://{}{path} via {} answered {} {:?} instead of the token written to {}; check the server block at {}",
+                ch.identifier.value,
+                route.listener,
+                answer.status,
+                body.trim(),
+                route.dir.display(),
+                route.block
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    async fn clear(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
+        self.webroot.remove_token(ch)
+    }
+}
+
+/// Checks that `user` (uid and groups) can reach files in `dir`: every ancestor must grant it
+/// search permission. Names the first one that does not. Directories that do not exist yet are
+/// created later with mode 0755 and are fine.
+pub fn check_reachable(dir: &Path, uid: Uid, gids: &[Gid]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if uid.is_root() {
+        return Ok(());
+    }
+    let mut p = PathBuf::new();
+    for comp in dir.components() {
+        p.push(comp);
+        let Ok(meta) = std::fs::metadata(&p) else {
+            break;
+        };
+        let mode = meta.mode();
+        let bit = if meta.uid() == uid.as_raw() {
+            mode & 0o100
+        } else if gids.iter().any(|g| g.as_raw() == meta.gid()) {
+            mode & 0o010
+        } else {
+            mode & 0o001
+        };
+        if bit == 0 {
+            return Err(format!(
+                "nginx's worker user (uid {uid}) cannot enter {} (mode {:o}, owner {}:{}), so it cannot serve challenge files from {}",
+                p.display(),
+                mode & 0o7777,
+                meta.uid(),
+                meta.gid(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn unreachable_ancestor_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let closed = dir.path().join("closed");
+        let inner = closed.join("acme");
+        std::fs::create_dir_all(&inner).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A user that owns nothing here and is in no group of these directories.
+        let (uid, gid) = (Uid::from_raw(65534), Gid::from_raw(65534));
+        let err = check_reachable(&inner, uid, &[gid]).unwrap_err();
+        assert!(err.contains(&closed.display().to_string()), "{err}");
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+        check_reachable(&inner, uid, &[gid]).unwrap();
+        // Not yet created below an open directory: fine.
+        check_reachable(&inner.join("new/deeper"), uid, &[gid]).unwrap();
+    }
+}

@@ -1,0 +1,1241 @@
+//! `acme-nginx enroll`: from an nginx configuration to live, verified HTTPS. Finds the server
+//! blocks, orders one certificate per primary name through the challenge directory nginx
+//! serves, installs it (versioned lineage, minimal block edit), tests and reloads nginx with a
+//! signal, and proves by a TLS handshake that nginx serves it. Anything that fails is rolled
+//! back: the old certificate stays live.
+//!
+//! The deploy half ([`deploy`]) is shared with `renew`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::config::{FileConfig, DEFAULT_HOOKS_DIR, DEFAULT_SNIPPET, DEFAULT_STATE_DIR};
+use super::scan::{build_defaults, load, nginx_binary, NginxArgs};
+use super::{CliError, CmdResult, Context, EXIT_OK, EXIT_PARTIAL};
+use crate::acme::{self, Account, CertInfo, KeyPair, KeyType, NewAccountOptions, OrderOptions};
+use crate::challenge::preflight::{check_reachable, ChallengeRoute, PreflightSolver};
+use crate::fsutil;
+use crate::hooks::{DeployInfo, Hooks, Stage};
+use crate::nginx::discovery::Scan;
+use crate::nginx::edit::{self, InstallSpec};
+use crate::nginx::reload::{error_log_path, loopback_for, served_certificate, NginxCtl};
+use crate::nginx::Config;
+use crate::store::{self, Issued, Lineage, Store};
+
+/// Orders in flight at once.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+#[derive(Debug, Clone, Args)]
+pub struct EnrollArgs {
+    /// Names to enroll (the server blocks holding them); none: every enrollable name.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub nginx: NginxArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Show the plan and ask before changing anything (the default on a terminal) — never ask.
+    #[arg(long)]
+    pub non_interactive: bool,
+    /// Get and store certificates but do not edit nginx's configuration or reload it.
+    #[arg(long)]
+    pub no_install: bool,
+    /// Redirect plain HTTP to HTTPS (the ACME challenge excepted).
+    #[arg(long)]
+    pub redirect: bool,
+    /// The HTTPS port to add listeners for [default: 443].
+    #[arg(long, value_name = "PORT")]
+    pub https_port: Option<u16>,
+    /// Use the CA's staging directory and change nothing on disk.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Settings shared by enroll, renew and watch.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// State directory (accounts, certificates, backups) [default: /var/lib/acme-nginx].
+    #[arg(long, value_name = "DIR", env = "ACME_NGINX_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Configuration file [default: /etc/acme-nginx/config.toml].
+    #[arg(long, value_name = "FILE", env = "ACME_NGINX_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Contact email for a new account.
+    #[arg(long, value_name = "EMAIL")]
+    pub email: Option<String>,
+    /// Agree to the CA's terms of service when an account has to be created.
+    #[arg(long)]
+    pub agree_tos: bool,
+    /// Certificate key type [default: p256].
+    #[arg(long, value_name = "p256|p384")]
+    pub key_type: Option<KeyType>,
+    /// Certificate profile offered by the CA.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Command run once before the first order.
+    #[arg(long, value_name = "CMD")]
+    pub pre_hook: Option<String>,
+    /// Command run once at the end, also after failures.
+    #[arg(long, value_name = "CMD")]
+    pub post_hook: Option<String>,
+    /// Command run for each installed certificate after the verified reload.
+    #[arg(long, value_name = "CMD")]
+    pub deploy_hook: Option<String>,
+    /// Directory holding pre.d/, post.d/, deploy.d/ [default: /etc/acme-nginx/hooks].
+    #[arg(long, value_name = "DIR")]
+    pub hooks_dir: Option<PathBuf>,
+    /// The challenge snippet included into blocks that serve no challenge directory
+    /// [default: /etc/nginx/snippets/acme-challenge.conf].
+    #[arg(long, value_name = "FILE")]
+    pub challenge_snippet: Option<PathBuf>,
+    /// The directory that snippet serves [default: STATE/challenge].
+    #[arg(long, value_name = "DIR")]
+    pub challenge_dir: Option<PathBuf>,
+    /// External account binding key id (for a new account).
+    #[arg(long, value_name = "KID", requires = "eab_hmac_key")]
+    pub eab_kid: Option<String>,
+    /// External account binding HMAC key.
+    #[arg(long, value_name = "B64", requires = "eab_kid")]
+    pub eab_hmac_key: Option<String>,
+}
+
+/// Settings after flags, config file and defaults are merged (flags win).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub directory: String,
+    pub client_config: acme::ClientConfig,
+    pub state_dir: PathBuf,
+    pub nginx: NginxArgs,
+    pub email: Option<String>,
+    pub agree_tos: bool,
+    pub eab: Option<(String, String)>,
+    pub key_type: KeyType,
+    pub profile: Option<String>,
+    pub preferred_chain: Option<String>,
+    pub https_port: u16,
+    pub redirect: bool,
+    pub hooks: Hooks,
+    pub snippet: PathBuf,
+    pub challenge_dir: PathBuf,
+    pub concurrency: usize,
+    pub reuse_key: bool,
+}
+
+impl Settings {
+    /// Merges flags over the config file over defaults.
+    pub fn new(
+        ctx: &Context,
+        common: &CommonArgs,
+        nginx: &NginxArgs,
+        https_port: Option<u16>,
+        redirect: bool,
+    ) -> Result<Self, CliError> {
+        let file = FileConfig::load(common.config_file.as_deref())?;
+        let directory = ctx
+            .explicit_directory
+            .clone()
+            .or(file.directory.clone())
+            .unwrap_or_else(|| ctx.directory_url.clone());
+        let client_config = match (&ctx.client_config.extra_roots_pem, &file.ca_file) {
+            (None, Some(path)) => acme::ClientConfig::with_ca_file(path)?,
+            _ => ctx.client_config.clone(),
+        };
+        let state_dir = common
+            .state_dir
+            .clone()
+            .or(file.state_dir.clone())
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let key_type = match (common.key_type, &file.key_type) {
+            (Some(k), _) => k,
+            (None, Some(k)) => k
+                .parse()
+                .map_err(|e: String| CliError::fatal(format!("config file key_type: {e}")))?,
+            (None, None) => KeyType::P256,
+        };
+        let eab = common
+            .eab_kid
+            .clone()
+            .zip(common.eab_hmac_key.clone())
+            .or(file.eab_kid.clone().zip(file.eab_hmac_key.clone()));
+        Ok(Self {
+            directory,
+            client_config,
+            nginx: nginx.clone().or(NginxArgs {
+                nginx_conf: file.nginx_conf.clone(),
+                nginx_bin: file.nginx_bin.clone(),
+                nginx_prefix: file.nginx_prefix.clone(),
+                nginx_dump: None,
+            }),
+            email: common.email.clone().or(file.email.clone()),
+            agree_tos: common.agree_tos || file.agree_tos.unwrap_or(false),
+            eab,
+            key_type,
+            profile: common.profile.clone().or(file.profile.clone()),
+            preferred_chain: file.preferred_chain.clone(),
+            https_port: https_port.or(file.https_port).unwrap_or(443),
+            redirect: redirect || file.redirect.unwrap_or(false),
+            hooks: Hooks {
+                pre: common.pre_hook.clone().or(file.pre_hook.clone()),
+                post: common.post_hook.clone().or(file.post_hook.clone()),
+                deploy: common.deploy_hook.clone().or(file.deploy_hook.clone()),
+                dir: Some(
+                    common
+                        .hooks_dir
+                        .clone()
+                        .or(file.hooks_dir.clone())
+                        .unwrap_or_else(|| DEFAULT_HOOKS_DIR.into()),
+                ),
+                timeout: None,
+            },
+            snippet: common
+                .challenge_snippet
+                .clone()
+                .or(file.challenge_snippet.clone())
+                .unwrap_or_else(|| DEFAULT_SNIPPET.into()),
+            challenge_dir: common
+                .challenge_dir
+                .clone()
+                .or(file.challenge_dir.clone())
+                .unwrap_or_else(|| state_dir.join("challenge")),
+            state_dir,
+            concurrency: file.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
+            reuse_key: file.reuse_key.unwrap_or(false),
+        })
+    }
+}
+
+/// What happened to one certificate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub name: String,
+    pub names: Vec<String>,
+    /// issued | renewed | installed | up-to-date | failed | dry-run | skipped
+    pub status: String,
+    pub not_after: Option<String>,
+    pub fullchain: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub server_blocks: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    fn failed(&self) -> bool {
+        self.status == "failed"
+    }
+}
+
+/// One certificate to get: its names and the server blocks involved.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub primary: String,
+    pub names: Vec<String>,
+    /// Indices into the scan's servers.
+    pub blocks: Vec<usize>,
+    /// The block whose plain-HTTP listener answers the challenge.
+    pub challenge_block: Option<usize>,
+    /// The blocks that get the certificate.
+    pub install_blocks: Vec<usize>,
+    pub error: Option<String>,
+}
+
+/// Groups server blocks into plans: one certificate per primary name. With `wanted` names,
+/// only the blocks holding one of them; a wanted name in no block is an error.
+pub fn plans(scan: &Scan, wanted: &[String]) -> Result<Vec<Plan>, CliError> {
+    let wanted: Vec<String> = wanted
+        .iter()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    for w in &wanted {
+        if !scan.servers.iter().any(|s| s.enrollable.contains(w)) {
+            let why = scan
+                .servers
+                .iter()
+                .flat_map(|s| s.skipped.iter().map(move |k| (s, k)))
+                .find(|(_, k)| k.name.eq_ignore_ascii_case(w))
+                .map(|(s, k)| format!(" ({} skips it: {})", s.location(), k.reason))
+                .unwrap_or_default();
+            return Err(CliError::fatal(format!(
+                "{w} is in no server block that can be enrolled{why}"
+            )));
+        }
+    }
+    let mut by_primary: BTreeMap<String, Plan> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for (i, s) in scan.servers.iter().enumerate() {
+        if s.enrollable.is_empty()
+            || (!wanted.is_empty() && !s.enrollable.iter().any(|n| wanted.contains(n)))
+        {
+            continue;
+        }
+        let primary = s.enrollable[0].clone();
+        let plan = by_primary.entry(primary.clone()).or_insert_with(|| {
+            order.push(primary.clone());
+            Plan {
+                primary: primary.clone(),
+                names: Vec::new(),
+                blocks: Vec::new(),
+                challenge_block: None,
+                install_blocks: Vec::new(),
+                error: None,
+            }
+        });
+        for n in &s.enrollable {
+            if !plan.names.contains(n) {
+                plan.names.push(n.clone());
+            }
+        }
+        plan.blocks.push(i);
+    }
+    let mut out = Vec::new();
+    for primary in order {
+        let mut plan = by_primary.remove(&primary).expect("inserted above");
+        let plain = |i: &usize| {
+            scan.servers[*i]
+                .listen
+                .iter()
+                .any(|l| !l.ssl && loopback_for(l).is_some())
+        };
+        let ssl = |i: &usize| scan.servers[*i].listen.iter().any(|l| l.ssl);
+        plan.challenge_block = plan.blocks.iter().copied().find(|i| plain(i));
+        let with_ssl: Vec<usize> = plan.blocks.iter().copied().filter(|i| ssl(i)).collect();
+        plan.install_blocks = if with_ssl.is_empty() {
+            plan.challenge_block.into_iter().collect()
+        } else {
+            with_ssl
+        };
+        if plan.challenge_block.is_none() {
+            plan.error = Some(format!(
+                "no server block for {} listens on plain HTTP, so nginx cannot answer http-01",
+                plan.primary
+            ));
+        }
+        out.push(plan);
+    }
+    Ok(out)
+}
+
+fn lineage_files(l: &Lineage) -> (PathBuf, PathBuf) {
+    (l.live_file(store::FULLCHAIN), l.live_file(store::PRIVKEY))
+}
+
+/// True when the lineage holds a certificate for exactly these names with more than a third of
+/// its lifetime left.
+pub fn still_good(l: &Lineage, names: &[String]) -> Option<CertInfo> {
+    let pem = l.live_fullchain()?;
+    let info = CertInfo::from_pem(&pem).ok()?;
+    let mut have = info.names.clone();
+    let mut want = names.to_vec();
+    have.sort();
+    want.sort();
+    if have != want {
+        return None;
+    }
+    let left = info.not_after - OffsetDateTime::now_utc();
+    (left > info.lifetime() / 3).then_some(info)
+}
+
+fn nginx_ctl(settings: &Settings, cfg: &Config, scan: &Scan) -> Result<NginxCtl, CliError> {
+    let bin = nginx_binary(&settings.nginx.bin()).ok_or_else(|| {
+        CliError::fatal(format!(
+            "nginx binary {} not found",
+            settings.nginx.bin().display()
+        ))
+    })?;
+    let defaults = build_defaults(&settings.nginx);
+    Ok(NginxCtl {
+        bin,
+        conf: settings.nginx.conf(),
+        prefix: settings.nginx.nginx_prefix.clone(),
+        pid_file: scan.pid_file.clone(),
+        error_log: error_log_path(cfg, &defaults.prefix),
+    })
+}
+
+/// The nginx worker user's uid, primary gid and groups.
+pub fn worker_identity(
+    scan: &Scan,
+) -> Option<(nix::unistd::Uid, nix::unistd::Gid, Vec<nix::unistd::Gid>)> {
+    let user = nix::unistd::User::from_name(&scan.user).ok().flatten()?;
+    let gid = nix::unistd::Group::from_name(&scan.group)
+        .ok()
+        .flatten()
+        .map_or(user.gid, |g| g.gid);
+    let cname = std::ffi::CString::new(scan.user.clone()).ok()?;
+    let mut groups = nix::unistd::getgrouplist(&cname, gid).unwrap_or_default();
+    groups.push(gid);
+    Some((user.uid, gid, groups))
+}
+
+/// Loads the account for the settings' CA, creating it when allowed.
+pub async fn account(
+    settings: &Settings,
+    store: Option<&Store>,
+    client: acme::Client,
+) -> Result<Account, CliError> {
+    if let Some(store) = store {
+        let path = store.account_path(&settings.directory);
+        if path.exists() {
+            let state = super::read_state(&path)?;
+            return Account::from_state(client, &state)
+                .map_err(|e| CliError::fatal(format!("{}: {e}", path.display())));
+        }
+    }
+    let meta = client.directory().meta.clone();
+    if !settings.agree_tos {
+        let tos = meta
+            .terms_of_service
+            .unwrap_or_else(|| "(the CA publishes none)".into());
+        return Err(CliError::fatal(format!(
+            "no account yet at {}: read the terms of service at {tos} and pass --agree-tos (or set agree_tos = true in the config file)",
+            settings.directory
+        )));
+    }
+    if meta.external_account_required && settings.eab.is_none() {
+        return Err(CliError::fatal(
+            "the CA requires external account binding: pass --eab-kid and --eab-hmac-key",
+        ));
+    }
+    let contact =
+        super::account::contact_urls(&settings.email.clone().into_iter().collect::<Vec<_>>())?;
+    let opts = NewAccountOptions {
+        contact,
+        terms_of_service_agreed: true,
+        eab: settings.eab.clone(),
+    };
+    let (account, _) = Account::create(client, KeyPair::generate(KeyType::P384), &opts).await?;
+    if let Some(store) = store {
+        let path = store.account_path(&settings.directory);
+        fsutil::create_dir_all_mode(path.parent().unwrap_or(Path::new("/")), 0o700)
+            .map_err(|e| CliError::fatal(format!("cannot create {}: {e}", path.display())))?;
+        super::write_state(&path, &account.to_state())?;
+    }
+    Ok(account)
+}
+
+/// The snippet `enroll` includes: the ACME challenge location served from `challenge_dir`.
+pub fn snippet_text(challenge_dir: &Path) -> String {
+    format!(
+        "# The ACME http-01 challenge location, included by acme-nginx into server blocks that\n\
+         # serve no challenge directory of their own.\n\
+         location ^~ /.well-known/acme-challenge/ {{\n    alias {}/;\n    default_type text/plain;\n    try_files $uri =404;\n}}\n",
+        challenge_dir.display().to_string().trim_end_matches('/')
+    )
+}
+
+fn now_unix() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub async fn run(ctx: &Context, args: EnrollArgs) -> CmdResult {
+    let mut settings = Settings::new(
+        ctx,
+        &args.common,
+        &args.nginx,
+        args.https_port,
+        args.redirect,
+    )?;
+    if args.dry_run && settings.directory == acme::LETSENCRYPT_PRODUCTION {
+        settings.directory = acme::LETSENCRYPT_STAGING.to_owned();
+    }
+    let store = if args.dry_run {
+        None
+    } else {
+        Some(Store::open(&settings.state_dir).map_err(|e| {
+            CliError::fatal(format!(
+                "cannot open the state directory {}: {e}",
+                settings.state_dir.display()
+            ))
+        })?)
+    };
+    let _lock = match &store {
+        Some(s) => Some(s.lock(store::LOCK_WAIT).map_err(CliError::fatal)?),
+        None => None,
+    };
+    if let Some(s) = &store {
+        match s.sweep_tokens() {
+            Ok(removed) if !removed.is_empty() => tracing::info!(
+                "removed {} challenge tokens left by an earlier run",
+                removed.len()
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot sweep old challenge tokens: {e}"),
+        }
+    }
+    let (cfg, scan) = load(&settings.nginx)?;
+    let plans = plans(&scan, &args.names)?;
+    if plans.is_empty() {
+        let msg = "no server block has a name that can be enrolled (see `acme-nginx scan`)";
+        if ctx.json {
+            ctx.print_json(&serde_json::json!({"certificates": [], "message": msg}));
+        } else {
+            println!("{msg}");
+        }
+        return Ok(EXIT_OK);
+    }
+    let interactive = !args.non_interactive && !ctx.json && std::io::stdin().is_terminal();
+    if interactive && !confirm(&plans, &scan)? {
+        return Err(CliError::fatal("cancelled"));
+    }
+    let job = Job {
+        settings,
+        store,
+        dry_run: args.dry_run,
+        no_install: args.no_install,
+    };
+    let outcomes = job.enroll(cfg, scan, plans).await?;
+    report(ctx, &outcomes, args.dry_run);
+    Ok(if outcomes.iter().any(Outcome::failed) {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+fn confirm(plans: &[Plan], scan: &Scan) -> Result<bool, CliError> {
+    println!("acme-nginx will get these certificates:");
+    for p in plans {
+        let blocks: Vec<String> = p
+            .blocks
+            .iter()
+            .map(|i| scan.servers[*i].location())
+            .collect();
+        println!(
+            "  {}  ({})  from {}",
+            p.primary,
+            p.names.join(", "),
+            blocks.join(", ")
+        );
+    }
+    print!("Proceed? [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError::fatal(e.to_string()))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+fn report(ctx: &Context, outcomes: &[Outcome], dry_run: bool) {
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({ "dry_run": dry_run, "certificates": outcomes }));
+        return;
+    }
+    let rows: Vec<[String; 4]> = outcomes
+        .iter()
+        .map(|o| {
+            [
+                o.name.clone(),
+                o.status.clone(),
+                o.not_after.clone().unwrap_or_else(|| "-".into()),
+                o.fullchain
+                    .as_ref()
+                    .map_or("-".into(), |p| p.display().to_string()),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "STATUS", "VALID UNTIL", "FILE"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(&header.map(String::from));
+    for r in &rows {
+        line(r);
+    }
+    for o in outcomes.iter().filter(|o| o.error.is_some()) {
+        eprintln!(
+            "error: {}: {}",
+            o.name,
+            o.error.as_deref().unwrap_or_default()
+        );
+    }
+}
+
+/// A prepared certificate: what `deploy` installs.
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    pub plan: Plan,
+    pub key_pem: String,
+    pub chain: acme::CertificateChain,
+    /// "issued" or "renewed".
+    pub status: &'static str,
+}
+
+/// A certificate waiting for the reload: its plan, the live version before it (for a
+/// rollback), its status word and its leaf (DER) to compare with what nginx serves.
+type Staged = (Plan, Option<u32>, &'static str, Option<Vec<u8>>);
+
+/// One run of enroll or renew.
+#[derive(Debug)]
+pub struct Job {
+    pub settings: Settings,
+    pub store: Option<Store>,
+    pub dry_run: bool,
+    pub no_install: bool,
+}
+
+impl Job {
+    fn outcome(&self, plan: &Plan, scan: &Scan, status: &str, error: Option<String>) -> Outcome {
+        let lineage = self.store.as_ref().map(|s| s.lineage(&plan.primary));
+        let info = lineage
+            .as_ref()
+            .and_then(|l| l.live_fullchain())
+            .and_then(|p| CertInfo::from_pem(&p).ok());
+        let (fullchain, key) = lineage.as_ref().map(lineage_files).unzip();
+        Outcome {
+            name: plan.primary.clone(),
+            names: plan.names.clone(),
+            status: status.to_owned(),
+            not_after: info.map(|i| rfc3339(i.not_after)),
+            fullchain: fullchain.filter(|p| p.exists()),
+            key: key.filter(|p| p.exists()),
+            server_blocks: plan
+                .blocks
+                .iter()
+                .map(|i| scan.servers[*i].location())
+                .collect(),
+            error,
+        }
+    }
+
+    async fn enroll(
+        &self,
+        mut cfg: Config,
+        mut scan: Scan,
+        plans: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, CliError> {
+        let mut outcomes = Vec::new();
+        let mut to_order = Vec::new();
+        let mut install_only = Vec::new();
+        for plan in plans {
+            if let Some(e) = &plan.error {
+                outcomes.push(self.outcome(&plan, &scan, "failed", Some(e.clone())));
+                continue;
+            }
+            let good = self
+                .store
+                .as_ref()
+                .and_then(|s| still_good(&s.lineage(&plan.primary), &plan.names));
+            match good {
+                Some(_) if self.no_install || self.points_at_live(&plan, &scan) => {
+                    outcomes.push(self.outcome(&plan, &scan, "up-to-date", None));
+                }
+                Some(_) => install_only.push(plan),
+                None => to_order.push(plan),
+            }
+        }
+        if to_order.is_empty() && install_only.is_empty() {
+            return Ok(outcomes);
+        }
+        let hooks = &self.settings.hooks;
+        if !to_order.is_empty() {
+            let failures = hooks.run(Stage::Pre, None).await;
+            if let Some(f) = failures.first() {
+                let _ = hooks.run(Stage::Post, None).await;
+                return Err(CliError::fatal(format!(
+                    "the pre-hook failed, nothing was ordered: {f}"
+                )));
+            }
+        }
+        let result = self
+            .order_and_deploy(&mut cfg, &mut scan, to_order, install_only)
+            .await;
+        let _ = hooks.run(Stage::Post, None).await;
+        outcomes.extend(result?);
+        Ok(outcomes)
+    }
+
+    fn points_at_live(&self, plan: &Plan, scan: &Scan) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let (fullchain, key) = lineage_files(&store.lineage(&plan.primary));
+        plan.install_blocks.iter().all(|i| {
+            let s = &scan.servers[*i];
+            s.ssl_certificate.as_deref() == Some(&*fullchain.to_string_lossy())
+                && s.ssl_certificate_key.as_deref() == Some(&*key.to_string_lossy())
+        })
+    }
+
+    async fn order_and_deploy(
+        &self,
+        cfg: &mut Config,
+        scan: &mut Scan,
+        to_order: Vec<Plan>,
+        install_only: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, CliError> {
+        let mut outcomes = Vec::new();
+        let mut to_order = to_order;
+        if !to_order.is_empty() {
+            let needs_snippet: Vec<usize> = to_order
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| {
+                    p.challenge_block
+                        .is_some_and(|b| scan.servers[b].acme_challenge_dir.is_none())
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if !needs_snippet.is_empty() {
+                let failed = self
+                    .add_snippet(cfg, scan, &to_order, &needs_snippet)
+                    .await?;
+                for (i, e) in failed.into_iter().rev() {
+                    let plan = to_order.remove(i);
+                    outcomes.push(self.outcome(&plan, scan, "failed", Some(e)));
+                }
+            }
+        }
+        let fresh = if to_order.is_empty() {
+            Vec::new()
+        } else {
+            self.obtain(scan, to_order, &mut outcomes).await?
+        };
+        if self.dry_run {
+            for f in &fresh {
+                let mut o = self.outcome(&f.plan, scan, "dry-run", None);
+                o.not_after = CertInfo::from_pem(f.chain.pem.as_bytes())
+                    .ok()
+                    .map(|i| rfc3339(i.not_after));
+                outcomes.push(o);
+            }
+            return Ok(outcomes);
+        }
+        outcomes.extend(self.deploy(cfg, scan, fresh, install_only).await?);
+        Ok(outcomes)
+    }
+
+    /// Includes the challenge snippet into blocks that serve no challenge directory, tests,
+    /// reloads and re-scans. Returns the plans (by index) that still cannot answer.
+    async fn add_snippet(
+        &self,
+        cfg: &mut Config,
+        scan: &mut Scan,
+        plans: &[Plan],
+        which: &[usize],
+    ) -> Result<Vec<(usize, String)>, CliError> {
+        let mut failed = Vec::new();
+        let mut edits = Vec::new();
+        let mut editing = Vec::new();
+        for &i in which {
+            let block = &scan.servers[plans[i].challenge_block.expect("filtered")];
+            let reason = block.acme_challenge_reason.clone().unwrap_or_default();
+            if reason.starts_with("server-level") {
+                failed.push((
+                    i,
+                    format!(
+                        "{}: {reason}; a location cannot override it",
+                        block.location()
+                    ),
+                ));
+                continue;
+            }
+            if self.dry_run || self.no_install {
+                failed.push((i, format!("{}: serves no challenge directory ({reason}) and this run may not edit nginx", block.location())));
+                continue;
+            }
+            match edit::include_edit(cfg, block, &self.settings.snippet) {
+                Ok(e) => {
+                    edits.push(e);
+                    editing.push(i);
+                }
+                Err(e) => failed.push((i, e.0)),
+            }
+        }
+        if edits.is_empty() {
+            return Ok(failed);
+        }
+        if !self.settings.snippet.exists() {
+            let parent = self.settings.snippet.parent().unwrap_or(Path::new("/"));
+            fsutil::create_dir_all_mode(parent, 0o755)
+                .map_err(|e| CliError::fatal(format!("cannot create {}: {e}", parent.display())))?;
+            super::write_output(
+                &self.settings.snippet,
+                snippet_text(&self.settings.challenge_dir).as_bytes(),
+                fsutil::PUBLIC_MODE,
+                "challenge snippet",
+            )?;
+        }
+        fsutil::create_dir_all_mode(&self.settings.challenge_dir, 0o755).map_err(|e| {
+            CliError::fatal(format!(
+                "cannot create {}: {e}",
+                self.settings.challenge_dir.display()
+            ))
+        })?;
+        let ctl = nginx_ctl(&self.settings, cfg, scan)?;
+        let applied = edit::apply(cfg, &edits, &self.backup_dir())
+            .map_err(|e| CliError::fatal(format!("cannot edit nginx's configuration: {e}")))?;
+        if let Err(msg) = ctl.test_config().await {
+            applied.restore().map_err(|e| {
+                CliError::fatal(format!(
+                    "nginx -t failed and restoring the configuration failed too: {e}"
+                ))
+            })?;
+            failed.extend(editing.iter().map(|&i| {
+                (
+                    i,
+                    format!(
+                        "including {} was refused by nginx -t: {msg}",
+                        self.settings.snippet.display()
+                    ),
+                )
+            }));
+            return Ok(failed);
+        }
+        if let Err(msg) = ctl.reload().await {
+            let _ = applied.restore();
+            return Err(CliError::fatal(msg));
+        }
+        let (new_cfg, new_scan) = load(&self.settings.nginx)?;
+        *cfg = new_cfg;
+        *scan = new_scan;
+        for &i in &editing {
+            let block = plans[i].challenge_block.and_then(|b| scan.servers.get(b));
+            if block.is_none_or(|b| b.acme_challenge_dir.is_none()) {
+                failed.push((i, "the challenge snippet was included but the block still serves no challenge directory".into()));
+            }
+        }
+        failed.sort();
+        Ok(failed)
+    }
+
+    /// Orders the plans' certificates concurrently.
+    async fn obtain(
+        &self,
+        scan: &Scan,
+        plans: Vec<Plan>,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<Vec<Fresh>, CliError> {
+        let client = acme::Client::new(&self.settings.directory, &self.settings.client_config)
+            .await
+            .map_err(|e| CliError::fatal(format!("cannot reach the CA: {e}")))?;
+        let account = account(&self.settings, self.store.as_ref(), client).await?;
+        let identity = worker_identity(scan);
+        let owner = identity.as_ref().map(|(u, g, _)| (*u, *g));
+        let results: Vec<(Plan, Result<Fresh, String>)> = stream::iter(plans)
+            .map(|plan| {
+                let account = &account;
+                let identity = identity.as_ref();
+                async move {
+                    let r = self.obtain_one(account, scan, &plan, owner, identity).await;
+                    (plan, r)
+                }
+            })
+            .buffer_unordered(self.settings.concurrency)
+            .collect()
+            .await;
+        let mut fresh = Vec::new();
+        for (plan, r) in results {
+            match r {
+                Ok(f) => fresh.push(f),
+                Err(e) => {
+                    self.record_failure(&plan, &e);
+                    outcomes.push(self.outcome(&plan, scan, "failed", Some(e)));
+                }
+            }
+        }
+        fresh.sort_by(|a, b| a.plan.primary.cmp(&b.plan.primary));
+        Ok(fresh)
+    }
+
+    fn record_failure(&self, plan: &Plan, error: &str) {
+        if let Some(store) = &self.store {
+            let l = store.lineage(&plan.primary);
+            let mut meta = l.meta();
+            if meta.names.is_empty() {
+                // No lineage yet: nothing to remember a failure on.
+                return;
+            }
+            meta.last_error = Some(error.to_owned());
+            meta.last_error_at = Some(now_unix());
+            meta.failures += 1;
+            let _ = l.save_meta(&meta);
+        }
+    }
+
+    async fn obtain_one(
+        &self,
+        account: &Account,
+        scan: &Scan,
+        plan: &Plan,
+        owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+        identity: Option<&(nix::unistd::Uid, nix::unistd::Gid, Vec<nix::unistd::Gid>)>,
+    ) -> Result<Fresh, String> {
+        let block = &scan.servers[plan.challenge_block.ok_or("no challenge block")?];
+        let dir = block.acme_challenge_dir.clone().ok_or_else(|| {
+            format!(
+                "{}: {}",
+                block.location(),
+                block.acme_challenge_reason.clone().unwrap_or_default()
+            )
+        })?;
+        if let Some((uid, _, groups)) = identity {
+            check_reachable(&dir, *uid, groups)
+                .map_err(|e| format!("{}: {e}", block.location()))?;
+        }
+        let listener = block
+            .listen
+            .iter()
+            .filter(|l| !l.ssl)
+            .find_map(loopback_for)
+            .ok_or_else(|| {
+                format!(
+                    "{}: no plain-HTTP listener reachable over loopback",
+                    block.location()
+                )
+            })?;
+        let routes: HashMap<String, ChallengeRoute> = plan
+            .names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    ChallengeRoute {
+                        dir: dir.clone(),
+                        listener,
+                        block: block.location(),
+                    },
+                )
+            })
+            .collect();
+        let solver = PreflightSolver::new(routes, owner, self.store.clone());
+        let key = self.certificate_key(plan);
+        let csr = acme::create_csr(&key, &plan.names).map_err(|e| e.to_string())?;
+        let replaces = self.replaces(plan);
+        let opts = OrderOptions {
+            profile: self.settings.profile.clone(),
+            replaces: replaces.clone(),
+            preferred_chain: self.settings.preferred_chain.clone(),
+            ..OrderOptions::default()
+        };
+        let chain = account
+            .sign(&plan.names, &csr.der, &solver, &opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Fresh {
+            plan: plan.clone(),
+            key_pem: key.to_pem(),
+            chain,
+            status: if replaces.is_some() {
+                "renewed"
+            } else {
+                "issued"
+            },
+        })
+    }
+
+    /// A new key per certificate, or the live one when `reuse_key` is set.
+    fn certificate_key(&self, plan: &Plan) -> KeyPair {
+        if self.settings.reuse_key {
+            if let Some(k) = self
+                .store
+                .as_ref()
+                .and_then(|s| s.lineage(&plan.primary).live_key())
+                .and_then(|p| KeyPair::from_pem(&p).ok())
+            {
+                return k;
+            }
+        }
+        KeyPair::generate(self.settings.key_type)
+    }
+
+    /// The ARI CertID of the live certificate this order replaces, if any.
+    fn replaces(&self, plan: &Plan) -> Option<String> {
+        let pem = self
+            .store
+            .as_ref()?
+            .lineage(&plan.primary)
+            .live_fullchain()?;
+        CertInfo::from_pem(&pem).ok()?.ari_cert_id
+    }
+
+    fn backup_dir(&self) -> PathBuf {
+        self.settings
+            .state_dir
+            .join("backups")
+            .join(now_unix().to_string())
+    }
+
+    /// Installs fresh certificates and points blocks at lineages, then `nginx -t`, one reload,
+    /// a TLS check of every HTTPS listener, and deploy hooks. Rolls back what nginx refuses.
+    pub async fn deploy(
+        &self,
+        cfg: &Config,
+        scan: &Scan,
+        fresh: Vec<Fresh>,
+        install_only: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, CliError> {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| CliError::fatal("no state directory"))?;
+        let mut outcomes = Vec::new();
+        // 1. New versions in the store (nginx does not see them until a reload, or sees the new
+        //    pair at once when its block already points at the live link).
+        let mut staged: Vec<Staged> = Vec::new();
+        for f in fresh {
+            let lineage = store.lineage(&f.plan.primary);
+            let previous = lineage.live_version();
+            let issued = Issued {
+                key_pem: &f.key_pem,
+                cert_pem: &f.chain.leaf_pem(),
+                chain_pem: &f.chain.chain_pem(),
+            };
+            if let Err(e) = lineage.install(&issued) {
+                outcomes.push(self.outcome(
+                    &f.plan,
+                    scan,
+                    "failed",
+                    Some(format!("cannot store the certificate: {e}")),
+                ));
+                continue;
+            }
+            let leaf = acme::cert::pem_certificates(f.chain.pem.as_bytes())
+                .ok()
+                .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)));
+            let mut meta = lineage.meta();
+            meta.names = f.plan.names.clone();
+            meta.directory = self.settings.directory.clone();
+            meta.key_type = self.settings.key_type.to_string();
+            meta.server_blocks = f
+                .plan
+                .blocks
+                .iter()
+                .map(|i| scan.servers[*i].location())
+                .collect();
+            meta.issued_at = Some(now_unix());
+            meta.last_error = None;
+            meta.last_error_at = None;
+            meta.failures = 0;
+            meta.ari_next_check = None;
+            meta.ari_window = None;
+            meta.renew_at = None;
+            let _ = lineage.save_meta(&meta);
+            staged.push((f.plan, previous, f.status, leaf));
+        }
+        for plan in install_only {
+            let leaf = store
+                .lineage(&plan.primary)
+                .live_fullchain()
+                .and_then(|p| acme::cert::pem_certificates(&p).ok())
+                .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)));
+            let live = store.lineage(&plan.primary).live_version();
+            staged.push((plan, live, "installed", leaf));
+        }
+        if staged.is_empty() {
+            return Ok(outcomes);
+        }
+        if self.no_install {
+            for (plan, _, status, _) in &staged {
+                self.run_deploy_hooks(store, plan).await;
+                outcomes.push(self.outcome(plan, scan, status, None));
+            }
+            return Ok(outcomes);
+        }
+        // 2. Edits for blocks that do not point at their lineage yet.
+        let mut edits = Vec::new();
+        let mut refused: Vec<usize> = Vec::new();
+        for (k, (plan, _, _, _)) in staged.iter().enumerate() {
+            let (fullchain, key) = lineage_files(&store.lineage(&plan.primary));
+            let spec = InstallSpec {
+                fullchain,
+                key,
+                https_port: self.settings.https_port,
+                redirect: self.settings.redirect,
+            };
+            for &b in &plan.install_blocks {
+                match edit::install_edits(cfg, &scan.servers[b], &spec) {
+                    Ok(e) => edits.extend(e),
+                    Err(e) => {
+                        refused.push(k);
+                        outcomes.push(self.outcome(plan, scan, "failed", Some(e.0)));
+                        break;
+                    }
+                }
+            }
+        }
+        for k in refused.iter().rev() {
+            let (plan, previous, _, _) = staged.remove(*k);
+            self.roll_back(store, &plan, previous);
+        }
+        if staged.is_empty() {
+            return Ok(outcomes);
+        }
+        let ctl = nginx_ctl(&self.settings, cfg, scan)?;
+        let applied = edit::apply(cfg, &edits, &self.backup_dir())
+            .map_err(|e| CliError::fatal(format!("cannot edit nginx's configuration: {e}")))?;
+        // 3. nginx -t: on failure everything goes back as it was.
+        if let Err(msg) = ctl.test_config().await {
+            let restored = applied.restore();
+            for (plan, previous, _, _) in &staged {
+                self.roll_back(store, plan, *previous);
+                let mut error = format!(
+                    "nginx -t refused the new configuration (restored byte for byte): {msg}"
+                );
+                if let Err(e) = &restored {
+                    error.push_str(&format!("; restoring failed: {e}"));
+                }
+                outcomes.push(self.outcome(plan, scan, "failed", Some(error)));
+            }
+            return Ok(outcomes);
+        }
+        // 4. One reload for everything.
+        if let Err(msg) = ctl.reload().await {
+            let _ = applied.restore();
+            for (plan, previous, _, _) in &staged {
+                self.roll_back(store, plan, *previous);
+                outcomes.push(self.outcome(plan, scan, "failed", Some(msg.clone())));
+            }
+            return Ok(outcomes);
+        }
+        // 5. Verify what nginx serves, then deploy hooks.
+        let (_, new_scan) = load(&self.settings.nginx)?;
+        for (plan, _, status, leaf) in &staged {
+            match self.verify(&new_scan, plan, leaf.as_deref()).await {
+                Ok(()) => {
+                    self.run_deploy_hooks(store, plan).await;
+                    outcomes.push(self.outcome(plan, &new_scan, status, None));
+                }
+                Err(e) => outcomes.push(self.outcome(plan, &new_scan, "failed", Some(e))),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn roll_back(&self, store: &Store, plan: &Plan, previous: Option<u32>) {
+        let lineage = store.lineage(&plan.primary);
+        let result = match previous {
+            Some(v) => lineage.point_live_at(v),
+            None => std::fs::remove_file(lineage.live()),
+        };
+        if let Err(e) = result {
+            tracing::warn!("cannot roll back {}: {e}", plan.primary);
+        }
+    }
+
+    /// Every HTTPS listener of the plan's blocks must serve the expected leaf for its name.
+    async fn verify(&self, scan: &Scan, plan: &Plan, leaf: Option<&[u8]>) -> Result<(), String> {
+        let leaf = leaf.ok_or("no certificate to verify")?;
+        let mut checked = 0;
+        for server in scan
+            .servers
+            .iter()
+            .filter(|s| s.enrollable.first() == Some(&plan.primary))
+        {
+            for l in server.listen.iter().filter(|l| l.ssl) {
+                let Some(addr) = loopback_for(l) else {
+                    continue;
+                };
+                let served = served_certificate(addr, &plan.primary).await?;
+                if served != leaf {
+                    return Err(format!(
+                        "nginx at {addr} still serves another certificate for {} (server block {})",
+                        plan.primary,
+                        server.location()
+                    ));
+                }
+                checked += 1;
+            }
+        }
+        if checked == 0 {
+            return Err(format!(
+                "no HTTPS listener serves {} after the reload",
+                plan.primary
+            ));
+        }
+        Ok(())
+    }
+
+    async fn run_deploy_hooks(&self, store: &Store, plan: &Plan) {
+        let l = store.lineage(&plan.primary);
+        let info = DeployInfo {
+            name: plan.primary.clone(),
+            domains: plan.names.clone(),
+            lineage: l.live(),
+            cert: l.live_file(store::CERT),
+            key: l.live_file(store::PRIVKEY),
+            chain: l.live_file(store::CHAIN),
+            fullchain: l.live_file(store::FULLCHAIN),
+        };
+        for f in self.settings.hooks.run(Stage::Deploy, Some(&info)).await {
+            eprintln!("warning: deploy hook for {}: {f}", plan.primary);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nginx::discovery::{scan, BuildDefaults};
+
+    fn scan_of(src: &str) -> Scan {
+        let cfg = Config::parse_str(Path::new("/etc/nginx/nginx.conf"), src.as_bytes()).unwrap();
+        scan(&cfg, &BuildDefaults::default())
+    }
+
+    #[test]
+    fn blocks_are_grouped_by_primary_name() {
+        let s = scan_of(
+            "http {\n server { listen 80; server_name a.example.org www.a.example.org; return 301 https://$host$request_uri; }\n \
+             server { listen 443 ssl; server_name a.example.org www.a.example.org; }\n \
+             server { listen 80; server_name b.example.org; }\n \
+             server { listen 443 ssl; server_name c.example.org; }\n \
+             server { listen 80; server_name _; }\n}",
+        );
+        let p = plans(&s, &[]).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0].primary, "a.example.org");
+        assert_eq!(p[0].names, vec!["a.example.org", "www.a.example.org"]);
+        assert_eq!(
+            (p[0].challenge_block, p[0].install_blocks.clone()),
+            (Some(0), vec![1])
+        );
+        assert_eq!(
+            (p[1].challenge_block, p[1].install_blocks.clone()),
+            (Some(2), vec![2])
+        );
+        assert!(p[2].error.as_deref().unwrap().contains("plain HTTP"));
+        let only_b = plans(&s, &["B.example.org".into()]).unwrap();
+        assert_eq!(only_b.len(), 1);
+        let err = plans(&s, &["_".into()]).unwrap_err();
+        assert!(err.message.contains("skips it"), "{err}");
+        assert!(plans(&s, &["nope.example.org".into()]).is_err());
+    }
+
+    #[test]
+    fn snippet_serves_the_challenge_dir() {
+        let text = snippet_text(Path::new("/var/lib/acme-nginx/challenge/"));
+        let cfg = Config::parse_str(
+            Path::new("s.conf"),
+            format!("http {{ server {{ listen 80; server_name a.test; {text} }} }}").as_bytes(),
+        )
+        .unwrap();
+        let s = scan(&cfg, &BuildDefaults::default());
+        assert_eq!(
+            s.servers[0].acme_challenge_dir.as_deref(),
+            Some(Path::new("/var/lib/acme-nginx/challenge"))
+        );
+    }
+}

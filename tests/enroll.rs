@@ -1,0 +1,622 @@
+//! `enroll` end to end: a real nginx master (our child, workers as www-data when root) and a real
+//! pebble whose http-01 port is nginx's, with pebble-challtestsrv resolving every name to
+//! loopback.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use acme_nginx::acme::CertInfo;
+use acme_nginx::nginx::edit::MARK;
+use serde_json::Value;
+use util::{names, openssl_verify, run, Nginx, Pebble, PebbleOptions};
+
+struct Bed {
+    nginx: Nginx,
+    pebble: Pebble,
+    https_port: u16,
+    state: tempfile::TempDir,
+}
+
+impl Bed {
+    /// nginx with the given server blocks (`{port}` plain HTTP, `{https}` the HTTPS port,
+    /// `{dir}` nginx's prefix) and a pebble pointed at it.
+    fn start(servers: &str) -> Bed {
+        let https_port = util::free_port();
+        let nginx = Nginx::start(&servers.replace("{https}", &https_port.to_string()));
+        let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
+        Bed {
+            nginx,
+            pebble,
+            https_port,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn enroll(&self, extra: &[&str]) -> Output {
+        let dir = self.nginx.dir.path();
+        let mut cmd = self.pebble.cli();
+        cmd.arg("--json")
+            .arg("enroll")
+            .arg("--non-interactive")
+            .arg("--agree-tos")
+            .arg("--nginx-conf")
+            .arg(&self.nginx.conf)
+            .arg("--nginx-prefix")
+            .arg(dir)
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--config-file")
+            .arg(self.config_file())
+            .arg("--challenge-snippet")
+            .arg(dir.join("snippets/acme-challenge.conf"))
+            .arg("--hooks-dir")
+            .arg(dir.join("hooks"))
+            .args(["--https-port", &self.https_port.to_string()])
+            .args(extra);
+        run(&mut cmd)
+    }
+
+    fn config_file(&self) -> PathBuf {
+        let p = self.state.path().join("config.toml");
+        if !p.exists() {
+            fs::write(&p, "# empty: every setting comes from flags\n").unwrap();
+        }
+        p
+    }
+
+    fn lineage(&self, name: &str) -> PathBuf {
+        self.state.path().join("certs").join(name)
+    }
+
+    fn served(&self, name: &str) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", self.https_port).parse().unwrap();
+        rt.block_on(acme_nginx::nginx::reload::served_certificate(addr, name))
+            .unwrap()
+    }
+
+    fn root(&self) -> PathBuf {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(self.pebble.root_file())
+    }
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        !out.stdout.is_empty(),
+        "no output; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn statuses(v: &Value) -> Vec<(String, String)> {
+    v["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn without_our_lines(text: &str) -> String {
+    text.split_inclusive('\n')
+        .filter(|l| !l.contains(MARK))
+        .collect()
+}
+
+fn dir_empty(p: &Path) -> bool {
+    fs::read_dir(p)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+}
+
+fn leaf(path: &Path) -> Vec<u8> {
+    acme_nginx::acme::cert::pem_certificates(&fs::read(path).unwrap())
+        .unwrap()
+        .remove(0)
+}
+
+const TWO_BLOCKS: &str = "server {\n    listen 127.0.0.1:{port};\n    server_name a.enroll.test;\n    \
+    location /.well-known/acme-challenge/ { alias {dir}/acme-a/; }\n}\n\
+    server {\n    listen 127.0.0.1:{port};\n    server_name b.enroll.test www.b.enroll.test;\n    root {dir}/www;\n    \
+    location / { try_files $uri =404; }\n    location ~ /\\. { deny all; }\n}\n";
+
+#[test]
+fn enroll_two_blocks_then_nothing_to_do() {
+    let bed = Bed::start(TWO_BLOCKS);
+    fs::create_dir_all(bed.nginx.dir.path().join("acme-a")).unwrap();
+    let original = fs::read_to_string(&bed.nginx.conf).unwrap();
+    let master = bed.nginx.pid();
+
+    let out = bed.enroll(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    assert_eq!(
+        statuses(&report),
+        vec![
+            ("a.enroll.test".into(), "issued".into()),
+            ("b.enroll.test".into(), "issued".into())
+        ]
+    );
+
+    // Both names answer over TLS with the installed certificate; the chain verifies.
+    let root = bed.root();
+    for name in ["a.enroll.test", "b.enroll.test"] {
+        let live = bed.lineage(name).join("live");
+        assert_eq!(
+            bed.served(name),
+            leaf(&live.join("fullchain.pem")),
+            "{name}"
+        );
+        let chain = fs::read_to_string(live.join("fullchain.pem")).unwrap();
+        let (ok, text) = openssl_verify(&root, &chain, bed.state.path());
+        assert!(ok, "{name}: {text}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(live.join("privkey.pem"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let b = CertInfo::from_pem(
+        &fs::read(bed.lineage("b.enroll.test").join("live/fullchain.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(b.names.len(), 2);
+
+    // The master is the same process (a reload, not a restart); the challenge dirs are empty.
+    assert_eq!(bed.nginx.pid(), master);
+    assert!(dir_empty(&bed.nginx.dir.path().join("acme-a")));
+    let snippet_dir = bed.state.path().join("challenge");
+    assert!(
+        dir_empty(&snippet_dir),
+        "tokens left in {}",
+        snippet_dir.display()
+    );
+
+    // The edited file differs from the original only by inserted lines.
+    let edited = fs::read_to_string(&bed.nginx.conf).unwrap();
+    assert_ne!(edited, original);
+    assert_eq!(without_our_lines(&edited), original);
+    assert!(
+        edited.contains("include "),
+        "the block without a challenge location got the snippet"
+    );
+
+    // Second run: nothing to do, no edit, no reload.
+    let before = fs::read(&bed.nginx.conf).unwrap();
+    let out = bed.enroll(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    assert_eq!(
+        statuses(&report),
+        vec![
+            ("a.enroll.test".into(), "up-to-date".into()),
+            ("b.enroll.test".into(), "up-to-date".into())
+        ]
+    );
+    assert!(report["certificates"][0]["not_after"].as_str().is_some());
+    assert_eq!(fs::read(&bed.nginx.conf).unwrap(), before);
+    let versions = fs::read_dir(bed.lineage("a.enroll.test").join("versions"))
+        .unwrap()
+        .count();
+    assert_eq!(versions, 1, "no new order");
+}
+
+#[test]
+fn nginx_t_rejection_is_rolled_back_byte_for_byte() {
+    // A plain default server on the HTTPS port: adding `listen ... ssl` there makes nginx -t fail
+    // ("no ssl_certificate is defined for the listen ... ssl directive").
+    let bed = Bed::start(
+        "server { listen 127.0.0.1:{https} default_server; server_name other.test; return 204; }\n\
+         server {\n  listen 127.0.0.1:{port};\n  server_name roll.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n  location / { return 200 \"plain\"; }\n}\n",
+    );
+    let original = fs::read(&bed.nginx.conf).unwrap();
+    let out = bed.enroll(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    let cert = report["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "roll.enroll.test")
+        .unwrap();
+    assert_eq!(cert["status"], "failed");
+    assert!(
+        cert["error"].as_str().unwrap().contains("nginx -t"),
+        "{cert}"
+    );
+    assert_eq!(
+        fs::read(&bed.nginx.conf).unwrap(),
+        original,
+        "not restored byte for byte"
+    );
+    // nginx still serves as before.
+    assert_eq!(
+        bed.nginx.get("roll.enroll.test", "/"),
+        (200, "plain".into())
+    );
+    // No live certificate is left pointing at the refused version.
+    assert!(!bed.lineage("roll.enroll.test").join("live").exists());
+}
+
+#[test]
+fn preflight_failure_fails_that_name_only() {
+    // bad.enroll.test answers the challenge with 404 from an `if` that no static analysis
+    // follows: only the loopback preflight can notice. perm.enroll.test serves from a directory
+    // nginx's workers cannot enter (checked when the workers are www-data).
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  server_name good.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n\
+         server {\n  listen 127.0.0.1:{port};\n  server_name bad.enroll.test;\n  \
+         if ($host = bad.enroll.test) { return 404; }\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme-bad/; }\n}\n\
+         server {\n  listen 127.0.0.1:{port};\n  server_name perm.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/closed/acme/; }\n}\n",
+    );
+    let closed = bed.nginx.dir.path().join("closed");
+    fs::create_dir_all(closed.join("acme")).unwrap();
+    let root = util::worker_user().is_some();
+    if root {
+        fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    let out = bed.enroll(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    let find = |name: &str| {
+        report["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find("good.enroll.test")["status"], "issued");
+    let bad = find("bad.enroll.test");
+    assert_eq!(bad["status"], "failed");
+    let err = bad["error"].as_str().unwrap();
+    assert!(
+        err.contains("answered 404")
+            && err.contains("check the server block at")
+            && err.contains("nginx.conf:"),
+        "the error names the answer and the block: {err}"
+    );
+    assert!(
+        dir_empty(&bed.nginx.dir.path().join("acme-bad")),
+        "preflight token left behind"
+    );
+    if root {
+        let perm = find("perm.enroll.test");
+        let err = perm["error"].as_str().unwrap();
+        assert!(
+            err.contains(&format!("cannot enter {}", closed.display())),
+            "{err}"
+        );
+    }
+    let served = bed.served("good.enroll.test");
+    assert_eq!(
+        served,
+        leaf(&bed.lineage("good.enroll.test").join("live/fullchain.pem"))
+    );
+}
+
+#[test]
+fn hooks_run_in_order_with_variables() {
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  server_name hook.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+    );
+    let log = bed.state.path().join("hooks.log");
+    let hooks = bed.nginx.dir.path().join("hooks");
+    fs::create_dir_all(hooks.join("deploy.d")).unwrap();
+    let script = hooks.join("deploy.d/10-log");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"dir $RENEWED_LINEAGE $RENEWED_DOMAINS\" >> {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let leftover = hooks.join("deploy.d/10-log.dpkg-old");
+    fs::write(
+        &leftover,
+        format!("#!/bin/sh\necho leftover >> {}\n", log.display()),
+    )
+    .unwrap();
+    fs::set_permissions(
+        &leftover,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let l = log.display();
+    let out = bed.enroll(&[
+        "--pre-hook",
+        &format!("echo pre >> {l}"),
+        "--post-hook",
+        &format!("echo post >> {l}"),
+        "--deploy-hook",
+        &format!("echo \"deploy $ACME_NGINX_NAME $ACME_NGINX_DOMAINS $(test -s $ACME_NGINX_FULLCHAIN && echo ok)\" >> {l}"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lineage = bed.lineage("hook.enroll.test").join("live");
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        format!(
+            "pre\ndeploy hook.enroll.test hook.enroll.test ok\ndir {} hook.enroll.test\npost\n",
+            lineage.display()
+        )
+    );
+}
+
+#[test]
+fn tokens_belong_to_the_worker_user() {
+    // A deploy hook cannot see tokens; a pre-order look is possible through the preflight: the
+    // token must be readable by nginx's workers, which the successful preflight proves, and
+    // the journal of tokens is empty afterwards. With root, check the owner directly by
+    // keeping a copy of the token's metadata from a hook-free observer: nginx's own access.
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  server_name own.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+    );
+    let acme_dir = bed.nginx.dir.path().join("acme");
+    fs::create_dir_all(&acme_dir).unwrap();
+    // Watch the directory while enroll runs and record the owner and mode of every token.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watcher = {
+        let (stop, seen, dir) = (stop.clone(), seen.clone(), acme_dir.clone());
+        std::thread::spawn(move || {
+            use std::os::unix::fs::MetadataExt;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if let Ok(m) = e.metadata() {
+                        seen.lock()
+                            .unwrap()
+                            .push((m.uid(), m.gid(), m.mode() & 0o777));
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    let out = bed.enroll(&[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty(), "no token observed");
+    let (uid, gid) = match util::worker_user() {
+        Some(u) => {
+            let user = nix::unistd::User::from_name(u).unwrap().unwrap();
+            let group = nix::unistd::Group::from_name(u)
+                .unwrap()
+                .map_or(user.gid, |g| g.gid);
+            (user.uid.as_raw(), group.as_raw())
+        }
+        None => (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        ),
+    };
+    for (u, g, mode) in seen.iter() {
+        assert_eq!((*u, *g, *mode), (uid, gid, 0o644));
+    }
+    assert!(dir_empty(&acme_dir));
+}
+
+#[test]
+fn killed_run_is_completed_by_the_next_one() {
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  server_name kill.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+    );
+    let acme_dir = bed.nginx.dir.path().join("acme");
+    fs::create_dir_all(&acme_dir).unwrap();
+    // A pre-hook that stalls: the run has journaled nothing yet... so stall inside the order
+    // instead: the deploy can't be reached. Kill the process as soon as a token appears.
+    let dir = bed.nginx.dir.path();
+    let mut cmd: Command = bed.pebble.cli();
+    cmd.arg("enroll")
+        .arg("--non-interactive")
+        .arg("--agree-tos")
+        .arg("--nginx-conf")
+        .arg(&bed.nginx.conf)
+        .arg("--nginx-prefix")
+        .arg(dir)
+        .arg("--state-dir")
+        .arg(bed.state.path())
+        .arg("--config-file")
+        .arg(bed.config_file())
+        .arg("--hooks-dir")
+        .arg(dir.join("hooks"))
+        .args(["--https-port", &bed.https_port.to_string()]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut killed_with_token = false;
+    while start.elapsed() < std::time::Duration::from_secs(20) {
+        if !dir_empty(&acme_dir) {
+            child.kill().unwrap();
+            killed_with_token = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let _ = child.wait();
+    // Whether or not the kill landed mid-order, the next run must finish cleanly.
+    let out = bed.enroll(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        dir_empty(&acme_dir),
+        "stray tokens after the second run (killed with a token: {killed_with_token})"
+    );
+    let live = bed.lineage("kill.enroll.test").join("live");
+    // Key and certificate match (no mix): openssl compares the public keys.
+    let pubkey =
+        |args: &[&str], input: &Path| util::run_ok(Command::new("openssl").args(args).arg(input));
+    assert_eq!(
+        pubkey(&["pkey", "-pubout", "-in"], &live.join("privkey.pem")),
+        pubkey(
+            &["x509", "-noout", "-pubkey", "-in"],
+            &live.join("cert.pem")
+        )
+    );
+    assert_eq!(
+        bed.served("kill.enroll.test"),
+        leaf(&live.join("fullchain.pem"))
+    );
+}
+
+#[test]
+fn concurrent_runs_wait_or_name_the_holder() {
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  server_name lock.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+    );
+    // Hold the state lock with a pre-hook that sleeps past the lock wait of the second run.
+    let dir = bed.nginx.dir.path().to_path_buf();
+    let first = {
+        let mut cmd: Command = bed.pebble.cli();
+        cmd.arg("enroll")
+            .arg("--non-interactive")
+            .arg("--agree-tos")
+            .arg("--nginx-conf")
+            .arg(&bed.nginx.conf)
+            .arg("--nginx-prefix")
+            .arg(&dir)
+            .arg("--state-dir")
+            .arg(bed.state.path())
+            .arg("--config-file")
+            .arg(bed.config_file())
+            .arg("--hooks-dir")
+            .arg(dir.join("hooks"))
+            .args(["--https-port", &bed.https_port.to_string()])
+            .args(["--pre-hook", "sleep 7"]);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let second = bed.enroll(&[]);
+    assert_eq!(second.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    let status = {
+        let mut f = first;
+        f.wait().unwrap()
+    };
+    assert!(status.success());
+}
+
+#[test]
+fn names_select_blocks_and_unknown_names_exit_2() {
+    let bed = Bed::start(TWO_BLOCKS);
+    fs::create_dir_all(bed.nginx.dir.path().join("acme-a")).unwrap();
+    let out = bed.enroll(&["nope.enroll.test"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.enroll.test"));
+    let out = bed.enroll(&["www.b.enroll.test"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        statuses(&json(&out)),
+        vec![("b.enroll.test".into(), "issued".into())]
+    );
+    let _ = names("x", 1);
+}
+
+#[test]
+fn without_agree_tos_exit_2_with_the_terms_url() {
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  server_name tos.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+    );
+    let dir = bed.nginx.dir.path();
+    let out = run(bed
+        .pebble
+        .cli()
+        .arg("enroll")
+        .arg("--non-interactive")
+        .arg("--nginx-conf")
+        .arg(&bed.nginx.conf)
+        .arg("--nginx-prefix")
+        .arg(dir)
+        .arg("--state-dir")
+        .arg(bed.state.path())
+        .arg("--config-file")
+        .arg(bed.config_file())
+        .arg("--hooks-dir")
+        .arg(dir.join("hooks")));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--agree-tos") && err.contains("terms of service"),
+        "{err}"
+    );
+}
