@@ -620,3 +620,118 @@ fn without_agree_tos_exit_2_with_the_terms_url() {
         "{err}"
     );
 }
+
+#[test]
+fn redirect_spares_the_challenge_and_dry_run_changes_nothing() {
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  server_name redir.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n  location / { return 200 \"page\"; }\n}\n",
+    );
+    let original = fs::read(&bed.nginx.conf).unwrap();
+
+    // --dry-run: an order against the CA, but nothing on disk changes.
+    let dry_state = bed.state.path().join("dry");
+    let out = run(bed
+        .pebble
+        .cli()
+        .args([
+            "--json",
+            "enroll",
+            "--non-interactive",
+            "--agree-tos",
+            "--dry-run",
+            "--nginx-conf",
+        ])
+        .arg(&bed.nginx.conf)
+        .arg("--nginx-prefix")
+        .arg(bed.nginx.dir.path())
+        .arg("--state-dir")
+        .arg(&dry_state)
+        .arg("--config-file")
+        .arg(bed.config_file()));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        statuses(&json(&out)),
+        vec![("redir.enroll.test".into(), "dry-run".into())]
+    );
+    assert!(!dry_state.exists(), "dry run created the state directory");
+    assert_eq!(fs::read(&bed.nginx.conf).unwrap(), original);
+
+    let out = bed.enroll(&["--redirect"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = bed.nginx.get("redir.enroll.test", "/page");
+    assert_eq!(
+        status,
+        301,
+        "plain HTTP is redirected: {}",
+        fs::read_to_string(&bed.nginx.conf).unwrap()
+    );
+    let (status, _) = bed
+        .nginx
+        .get("redir.enroll.test", "/.well-known/acme-challenge/missing");
+    assert_eq!(status, 404, "the challenge is not redirected");
+    // A renewal still validates through the redirected block: force a new order by removing
+    // the lineage's names (a different set of names means a new certificate).
+    let out = bed.enroll(&["--redirect"]);
+    assert_eq!(
+        statuses(&json(&out)),
+        vec![("redir.enroll.test".into(), "up-to-date".into())]
+    );
+}
+
+#[test]
+fn config_file_settings_apply_and_flags_win() {
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  server_name conf.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+    );
+    let config = bed.state.path().join("config.toml");
+    fs::write(&config, format!("agree_tos = true\nemail = \"ops@example.org\"\nkey_type = \"p384\"\nhttps_port = 1\nstate_dir = \"{}\"\n", bed.state.path().display())).unwrap();
+    // No --agree-tos and no --state-dir on the command line: both come from the file; the
+    // file's https_port (1) is overridden by the flag.
+    let dir = bed.nginx.dir.path();
+    let out = run(bed
+        .pebble
+        .cli()
+        .args(["--json", "enroll", "--non-interactive", "--nginx-conf"])
+        .arg(&bed.nginx.conf)
+        .arg("--nginx-prefix")
+        .arg(dir)
+        .arg("--config-file")
+        .arg(&config)
+        .arg("--hooks-dir")
+        .arg(dir.join("hooks"))
+        .args(["--https-port", &bed.https_port.to_string()]));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = fs::read_to_string(bed.lineage("conf.enroll.test").join("live/privkey.pem")).unwrap();
+    assert_eq!(
+        acme_nginx::acme::KeyPair::from_pem(&key)
+            .unwrap()
+            .key_type(),
+        acme_nginx::acme::KeyType::P384
+    );
+    // A broken config file is an error naming it.
+    fs::write(&config, "agree_tos = maybe\n").unwrap();
+    let out = run(bed
+        .pebble
+        .cli()
+        .args(["enroll", "--non-interactive", "--config-file"])
+        .arg(&config));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config.toml"));
+}

@@ -157,6 +157,14 @@ fn children(parent: Pid) -> HashSet<i32> {
     out
 }
 
+/// An old worker that closed its listeners (nginx renames it when it starts shutting down).
+fn is_retiring(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| {
+        let c = String::from_utf8_lossy(&c);
+        c.contains("shutting down") || !c.starts_with("nginx: worker process")
+    })
+}
+
 fn is_worker(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| c.starts_with(b"nginx: worker process"))
