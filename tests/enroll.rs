@@ -669,7 +669,7 @@ fn redirect_spares_the_challenge_and_dry_run_changes_nothing() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (status, body) = bed.nginx.get("redir.enroll.test", "/page");
+    let (status, _) = bed.nginx.get("redir.enroll.test", "/page");
     assert_eq!(
         status,
         301,

@@ -86,7 +86,9 @@ impl NginxCtl {
         Ok(Pid::from_raw(pid))
     }
 
-    /// Sends SIGHUP and waits for workers the master started after it.
+    /// Sends SIGHUP and waits until the reload has taken effect: the master has started new
+    /// workers, and every old worker has exited or is shutting down (until then an old worker
+    /// may still accept connections with the old configuration).
     pub async fn reload(&self) -> Result<(), String> {
         let master = self.master_pid()?;
         let before = children(master);
@@ -95,17 +97,19 @@ impl NginxCtl {
         let deadline = tokio::time::Instant::now() + RELOAD_TIMEOUT;
         loop {
             let now = children(master);
-            if now.iter().any(|p| !before.contains(p) && is_worker(*p)) {
+            let new_worker = now.iter().any(|p| !before.contains(p) && is_worker(*p));
+            let old_retired = before.iter().all(|p| !now.contains(p) || is_retiring(*p));
+            if new_worker && old_retired {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!(
-                    "nginx did not start new workers within {}s after SIGHUP; the reload did not take effect{}",
+                    "nginx did not switch to new workers within {}s after SIGHUP; the reload did not take effect{}",
                     RELOAD_TIMEOUT.as_secs(),
                     self.error_log_tail()
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
