@@ -1225,6 +1225,15 @@ mod tests {
     }
 
     #[test]
+    fn shipped_snippet_is_the_one_enroll_writes() {
+        let shipped = include_str!("../../nginx/acme-challenge.conf");
+        assert_eq!(
+            shipped,
+            snippet_text(&Path::new(DEFAULT_STATE_DIR).join("challenge"))
+        );
+    }
+
+    #[test]
     fn snippet_serves_the_challenge_dir() {
         let text = snippet_text(Path::new("/var/lib/acme-nginx/challenge/"));
         let cfg = Config::parse_str(

@@ -37,8 +37,8 @@ openssl x509 -req -in "$work/pebble.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key
 http_port=$(free_port); https_port=$(free_port); acme_port=$(free_port); mgmt_port=$(free_port)
 dns_port=$(free_port); dns_mgmt=$(free_port)
 
-# nginx: one plain-HTTP server block that serves the challenge directory.
-mkdir -p "$work/nginx/acme" "$work/nginx/www"
+# nginx: one plain-HTTP server block with no challenge location: enroll includes its snippet.
+mkdir -p "$work/nginx/www" "$work/nginx/tmp"
 echo "hello from the demo" > "$work/nginx/www/index.html"
 user_line=""; [ "$(id -u)" = 0 ] && user_line="user www-data;"
 cat > "$work/nginx/nginx.conf" <<CONF
@@ -48,16 +48,16 @@ pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log info;
 events { worker_connections 64; }
 http {
-  access_log off;
-  client_body_temp_path $work/nginx/tmp;
-  server {
-    listen 127.0.0.1:$http_port;
-    server_name demo.acme-nginx.test;
-    root $work/nginx/www;
-    location /.well-known/acme-challenge/ { alias $work/nginx/acme/; default_type text/plain; }
-  }
+    access_log off;
+    client_body_temp_path $work/nginx/tmp;
+    server {
+        listen 127.0.0.1:$http_port;
+        server_name demo.acme-nginx.test www.demo.acme-nginx.test;
+        root $work/nginx/www;
+    }
 }
 CONF
+cp "$work/nginx/nginx.conf" "$work/nginx.conf.orig"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" -g 'daemon off;' &
 pids+=($!)
 
@@ -74,13 +74,23 @@ pids+=($!)
 wait_port "$http_port"; wait_port "$acme_port"; wait_port "$mgmt_port"
 
 export ACME_NGINX_DIRECTORY="https://127.0.0.1:$acme_port/dir" ACME_NGINX_CA_FILE="$work/ca.pem"
-echo "== local pebble at $ACME_NGINX_DIRECTORY, nginx on 127.0.0.1:$http_port"
-set -x
-"$bin" account register --agree-tos --email demo@example.org --state "$work/acme.json"
-"$bin" csr --domain demo.acme-nginx.test --key-out "$work/demo.key" --out "$work/demo.csr"
-time "$bin" sign --state "$work/acme.json" --csr "$work/demo.csr" --out "$work/demo.pem" --webroot "$work/nginx/acme"
-set +x
+enroll=("$bin" enroll --non-interactive --agree-tos --email demo@example.org
+        --nginx-conf "$work/nginx/nginx.conf" --nginx-prefix "$work/nginx" --state-dir "$work/state"
+        --config-file /dev/null --challenge-snippet "$work/nginx/snippets/acme-challenge.conf"
+        --hooks-dir "$work/hooks" --https-port "$https_port" --redirect)
+echo "== local pebble at $ACME_NGINX_DIRECTORY, nginx master $(cat "$work/nginx/nginx.pid") on 127.0.0.1:$http_port"
+echo "== acme-nginx scan"
+"$bin" scan --nginx-conf "$work/nginx/nginx.conf" --nginx-prefix "$work/nginx"
+echo "== acme-nginx enroll"
+time "${enroll[@]}"
+echo "== what enroll changed in nginx.conf"
+diff -u "$work/nginx.conf.orig" "$work/nginx/nginx.conf" || true
+echo "== what nginx serves now on https://127.0.0.1:$https_port (SNI demo.acme-nginx.test)"
 curl -sk "https://127.0.0.1:$mgmt_port/roots/0" > "$work/root.pem"
-openssl verify -CAfile "$work/root.pem" -untrusted <(sed -n '/END/,$p' "$work/demo.pem" | sed 1d) "$work/demo.pem"
-openssl x509 -in "$work/demo.pem" -noout -subject -issuer -enddate -ext subjectAltName
-echo "== demo done: challenge directory now holds $(ls -A "$work/nginx/acme" | wc -l) files"
+echo | openssl s_client -connect "127.0.0.1:$https_port" -servername demo.acme-nginx.test -CAfile "$work/root.pem" 2>/dev/null \
+  | grep -E "^(subject|issuer)=|Verify return code"
+echo "== plain HTTP now redirects:"
+curl -s -o /dev/null -w "%{http_code} -> %{redirect_url}\n" -H "Host: demo.acme-nginx.test" "http://127.0.0.1:$http_port/"
+echo "== a second enroll has nothing to do"
+"${enroll[@]}"
+echo "== demo done; nginx master is still $(cat "$work/nginx/nginx.pid")"
