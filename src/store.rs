@@ -64,6 +64,9 @@ pub struct LineageMeta {
     /// The instant picked inside the window for renewal.
     #[serde(default)]
     pub renew_at: Option<i64>,
+    /// The CertID the CA recorded the last order as replacing.
+    #[serde(default)]
+    pub last_replaces: Option<String>,
 }
 
 /// One certificate lineage.

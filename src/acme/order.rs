@@ -63,6 +63,8 @@ pub struct CertificateChain {
     pub order_url: String,
     /// How many alternate chains the CA offered.
     pub alternates: usize,
+    /// The ARI CertID the CA recorded this order as replacing (RFC 9773), if it accepted one.
+    pub replaces: Option<String>,
 }
 
 impl CertificateChain {
@@ -390,6 +392,7 @@ impl OrderHandle {
             url,
             order_url: self.url.clone(),
             alternates: alternates.len(),
+            replaces: self.state.replaces.clone(),
         };
         let Some(preferred) = preferred_issuer else {
             return Ok(chain(pem, url));
@@ -491,6 +494,7 @@ mod tests {
             url: String::new(),
             order_url: String::new(),
             alternates: 0,
+            replaces: None,
         };
         assert!(chain.leaf_pem().contains("AAA") && !chain.leaf_pem().contains("BBB"));
         assert!(chain.chain_pem().contains("BBB") && !chain.chain_pem().contains("AAA"));

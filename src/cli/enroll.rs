@@ -222,6 +222,14 @@ pub struct Outcome {
     pub key: Option<PathBuf>,
     pub server_blocks: Vec<String>,
     pub error: Option<String>,
+    /// For a renewal: the ARI CertID the CA recorded as replaced (RFC 9773).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    /// For renew and status: when the next renewal is due, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_renewal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Outcome {
@@ -617,13 +625,18 @@ impl Job {
                 .map(|i| scan.servers[*i].location())
                 .collect(),
             error,
+            replaces: (status == "renewed")
+                .then(|| lineage.as_ref().and_then(|l| l.meta().last_replaces))
+                .flatten(),
+            next_renewal: None,
+            reason: None,
         }
     }
 
     async fn enroll(
         &self,
-        mut cfg: Config,
-        mut scan: Scan,
+        cfg: Config,
+        scan: Scan,
         plans: Vec<Plan>,
     ) -> Result<Vec<Outcome>, CliError> {
         let mut outcomes = Vec::new();
@@ -649,6 +662,19 @@ impl Job {
         if to_order.is_empty() && install_only.is_empty() {
             return Ok(outcomes);
         }
+        outcomes.extend(self.execute(cfg, scan, to_order, install_only).await?);
+        Ok(outcomes)
+    }
+
+    /// Orders, installs and deploys, between the pre-hook (only when something is ordered) and
+    /// the post-hook (always). The one path shared by `enroll` and `renew`.
+    pub async fn execute(
+        &self,
+        mut cfg: Config,
+        mut scan: Scan,
+        to_order: Vec<Plan>,
+        install_only: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, CliError> {
         let hooks = &self.settings.hooks;
         if !to_order.is_empty() {
             let failures = hooks.run(Stage::Pre, None).await;
@@ -663,8 +689,12 @@ impl Job {
             .order_and_deploy(&mut cfg, &mut scan, to_order, install_only)
             .await;
         let _ = hooks.run(Stage::Post, None).await;
-        outcomes.extend(result?);
-        Ok(outcomes)
+        if let Ok(outcomes) = &result {
+            for o in outcomes.iter().filter(|o| o.failed()) {
+                self.record_failure(&o.name, o.error.as_deref().unwrap_or("failed"));
+            }
+        }
+        result
     }
 
     fn points_at_live(&self, plan: &Plan, scan: &Scan) -> bool {
@@ -850,19 +880,16 @@ impl Job {
         for (plan, r) in results {
             match r {
                 Ok(f) => fresh.push(f),
-                Err(e) => {
-                    self.record_failure(&plan, &e);
-                    outcomes.push(self.outcome(&plan, scan, "failed", Some(e)));
-                }
+                Err(e) => outcomes.push(self.outcome(&plan, scan, "failed", Some(e))),
             }
         }
         fresh.sort_by(|a, b| a.plan.primary.cmp(&b.plan.primary));
         Ok(fresh)
     }
 
-    fn record_failure(&self, plan: &Plan, error: &str) {
+    fn record_failure(&self, name: &str, error: &str) {
         if let Some(store) = &self.store {
-            let l = store.lineage(&plan.primary);
+            let l = store.lineage(name);
             let mut meta = l.meta();
             if meta.names.is_empty() {
                 // No lineage yet: nothing to remember a failure on.
@@ -923,10 +950,9 @@ impl Job {
         let solver = PreflightSolver::new(routes, owner, self.store.clone());
         let key = self.certificate_key(plan);
         let csr = acme::create_csr(&key, &plan.names).map_err(|e| e.to_string())?;
-        let replaces = self.replaces(plan);
         let opts = OrderOptions {
             profile: self.settings.profile.clone(),
-            replaces: replaces.clone(),
+            replaces: self.replaces(plan),
             preferred_chain: self.settings.preferred_chain.clone(),
             ..OrderOptions::default()
         };
@@ -938,7 +964,12 @@ impl Job {
             plan: plan.clone(),
             key_pem: key.to_pem(),
             chain,
-            status: if replaces.is_some() {
+            status: if self
+                .store
+                .as_ref()
+                .and_then(|s| s.lineage(&plan.primary).live_fullchain())
+                .is_some()
+            {
                 "renewed"
             } else {
                 "issued"
@@ -1026,6 +1057,7 @@ impl Job {
                 .map(|i| scan.servers[*i].location())
                 .collect();
             meta.issued_at = Some(now_unix());
+            meta.last_replaces = f.chain.replaces.clone();
             meta.last_error = None;
             meta.last_error_at = None;
             meta.failures = 0;

@@ -9,6 +9,7 @@ mod account;
 pub mod config;
 mod csr;
 pub mod enroll;
+pub mod renew;
 mod revoke;
 pub mod scan;
 mod sign;
@@ -76,6 +77,10 @@ pub enum Command {
     Scan(scan::ScanArgs),
     /// Get, install and verify certificates for nginx's server blocks.
     Enroll(Box<enroll::EnrollArgs>),
+    /// Renew the certificates that are due (ARI window, else a third of the lifetime left).
+    Renew(Box<renew::RenewArgs>),
+    /// Show every certificate, when it renews next and why.
+    Status(Box<renew::StatusArgs>),
 }
 
 /// An error that ends a command, with the exit code it maps to.
@@ -264,6 +269,8 @@ pub fn run(cli: Cli) -> u8 {
             Command::Revoke(args) => revoke::run(&ctx, args).await,
             Command::Scan(args) => scan::run(&ctx, args),
             Command::Enroll(args) => enroll::run(&ctx, *args).await,
+            Command::Renew(args) => renew::run(&ctx, *args).await,
+            Command::Status(args) => renew::status(&ctx, *args),
         }
     });
     match result {
