@@ -210,6 +210,57 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// A dry run against Let's Encrypt production goes to its staging directory instead.
+    pub fn use_staging_for_dry_run(&mut self) {
+        if self.directory == acme::LETSENCRYPT_PRODUCTION {
+            self.directory = acme::LETSENCRYPT_STAGING.to_owned();
+        }
+    }
+}
+
+/// Opens the state directory, takes its lock and removes challenge tokens an earlier, killed
+/// run left behind. A dry run opens nothing (it changes nothing on disk).
+pub fn open_state(
+    settings: &Settings,
+    dry_run: bool,
+) -> Result<(Option<Store>, Option<store::StateLock>), CliError> {
+    if dry_run {
+        return Ok((None, None));
+    }
+    let store = Store::open(&settings.state_dir).map_err(|e| {
+        CliError::fatal(format!(
+            "cannot open the state directory {}: {e}",
+            settings.state_dir.display()
+        ))
+    })?;
+    let lock = store.lock(store::LOCK_WAIT).map_err(CliError::fatal)?;
+    match store.sweep_tokens() {
+        Ok(removed) if !removed.is_empty() => tracing::info!(
+            "removed {} challenge tokens left by an earlier run",
+            removed.len()
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot sweep old challenge tokens: {e}"),
+    }
+    Ok((Some(store), Some(lock)))
+}
+
+/// Enrolls every server block that has no current certificate yet (what `watch` runs when the
+/// configuration changes).
+pub async fn enroll_pass(settings: &Settings) -> Result<Vec<Outcome>, CliError> {
+    let (store, _lock) = open_state(settings, false)?;
+    let (cfg, scan) = load(&settings.nginx)?;
+    let plans = plans(&scan, &[])?;
+    let job = Job {
+        settings: settings.clone(),
+        store,
+        dry_run: false,
+        no_install: false,
+    };
+    job.enroll(cfg, scan, plans).await
+}
+
 /// What happened to one certificate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
@@ -453,33 +504,10 @@ pub async fn run(ctx: &Context, args: EnrollArgs) -> CmdResult {
         args.https_port,
         args.redirect,
     )?;
-    if args.dry_run && settings.directory == acme::LETSENCRYPT_PRODUCTION {
-        settings.directory = acme::LETSENCRYPT_STAGING.to_owned();
+    if args.dry_run {
+        settings.use_staging_for_dry_run();
     }
-    let store = if args.dry_run {
-        None
-    } else {
-        Some(Store::open(&settings.state_dir).map_err(|e| {
-            CliError::fatal(format!(
-                "cannot open the state directory {}: {e}",
-                settings.state_dir.display()
-            ))
-        })?)
-    };
-    let _lock = match &store {
-        Some(s) => Some(s.lock(store::LOCK_WAIT).map_err(CliError::fatal)?),
-        None => None,
-    };
-    if let Some(s) = &store {
-        match s.sweep_tokens() {
-            Ok(removed) if !removed.is_empty() => tracing::info!(
-                "removed {} challenge tokens left by an earlier run",
-                removed.len()
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot sweep old challenge tokens: {e}"),
-        }
-    }
+    let (store, _lock) = open_state(&settings, args.dry_run)?;
     let (cfg, scan) = load(&settings.nginx)?;
     let plans = plans(&scan, &args.names)?;
     if plans.is_empty() {

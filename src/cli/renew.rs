@@ -12,7 +12,7 @@ use clap::Args;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use super::enroll::{plans, CommonArgs, Job, Outcome, Settings};
+use super::enroll::{open_state, plans, CommonArgs, Job, Outcome, Settings};
 use super::scan::{load, NginxArgs};
 use super::{CliError, CmdResult, Context, EXIT_OK, EXIT_PARTIAL};
 use crate::acme::{self, CertInfo};
@@ -180,26 +180,45 @@ fn users(scan: &Scan, l: &Lineage) -> Vec<String> {
 
 pub async fn run(ctx: &Context, args: RenewArgs) -> CmdResult {
     let mut settings = Settings::new(ctx, &args.common, &args.nginx, args.https_port, false)?;
-    if args.dry_run && settings.directory == acme::LETSENCRYPT_PRODUCTION {
-        settings.directory = acme::LETSENCRYPT_STAGING.to_owned();
+    if args.dry_run {
+        settings.use_staging_for_dry_run();
     }
-    let store = Store::open(&settings.state_dir).map_err(|e| {
-        CliError::fatal(format!(
-            "cannot open the state directory {}: {e}",
-            settings.state_dir.display()
-        ))
-    })?;
-    let _lock = if args.dry_run {
-        None
+    let outcomes = renew_pass(&settings, &args.names, args.force, args.dry_run).await?;
+    if let Some(path) = &args.metrics_file {
+        let store = Store::open(&settings.state_dir).map_err(|e| {
+            CliError::fatal(format!(
+                "cannot open the state directory {}: {e}",
+                settings.state_dir.display()
+            ))
+        })?;
+        write_metrics(&store, path, &outcomes)?;
+    }
+    print(ctx, &outcomes);
+    Ok(if outcomes.iter().any(|o| o.status == "failed") {
+        EXIT_PARTIAL
     } else {
-        Some(store.lock(store::LOCK_WAIT).map_err(CliError::fatal)?)
+        EXIT_OK
+    })
+}
+
+/// Renews what is due (everything with `force`) among the lineages named, or all of them.
+pub async fn renew_pass(
+    settings: &Settings,
+    names: &[String],
+    force: bool,
+    dry_run: bool,
+) -> Result<Vec<Outcome>, CliError> {
+    // A dry run reads the lineages but takes no lock and writes nothing.
+    let (locked, _lock) = open_state(settings, dry_run)?;
+    let store = locked.unwrap_or_else(|| Store {
+        root: settings.state_dir.clone(),
+    });
+    let args = RenewPass {
+        names,
+        force,
+        dry_run,
     };
-    if !args.dry_run {
-        if let Err(e) = store.sweep_tokens() {
-            tracing::warn!("cannot sweep old challenge tokens: {e}");
-        }
-    }
-    let lineages = selected(&store, &args.names)?;
+    let lineages = selected(&store, args.names)?;
     let (cfg, scan) = load(&settings.nginx)?;
     let client = acme::Client::new(&settings.directory, &settings.client_config)
         .await
@@ -313,7 +332,7 @@ pub async fn run(ctx: &Context, args: RenewArgs) -> CmdResult {
         }
     }
     let job = Job {
-        settings,
+        settings: settings.clone(),
         store: if args.dry_run {
             None
         } else {
@@ -326,15 +345,14 @@ pub async fn run(ctx: &Context, args: RenewArgs) -> CmdResult {
         outcomes.extend(job.execute(cfg, scan, to_order, Vec::new()).await?);
     }
     outcomes.sort_by(|a, b| a.name.cmp(&b.name));
-    if let Some(path) = &args.metrics_file {
-        write_metrics(&store, path, &outcomes)?;
-    }
-    print(ctx, &outcomes);
-    Ok(if outcomes.iter().any(|o| o.status == "failed") {
-        EXIT_PARTIAL
-    } else {
-        EXIT_OK
-    })
+    Ok(outcomes)
+}
+
+/// The options of one renew pass.
+struct RenewPass<'a> {
+    names: &'a [String],
+    force: bool,
+    dry_run: bool,
 }
 
 fn print(ctx: &Context, outcomes: &[Outcome]) {
