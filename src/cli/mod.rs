@@ -13,6 +13,7 @@ pub mod renew;
 mod revoke;
 pub mod scan;
 mod sign;
+pub mod watch;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,8 @@ pub enum Command {
     Renew(Box<renew::RenewArgs>),
     /// Show every certificate, when it renews next and why.
     Status(Box<renew::StatusArgs>),
+    /// Run as a service: enroll new server blocks as they appear, renew on time.
+    Watch(Box<watch::WatchArgs>),
 }
 
 /// An error that ends a command, with the exit code it maps to.
@@ -239,11 +242,16 @@ fn init_tracing(g: &GlobalArgs) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ACME_NGINX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("acme_nginx={level}")));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    // Under systemd the journal adds its own timestamps and reads no colours.
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -271,6 +279,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::Enroll(args) => enroll::run(&ctx, *args).await,
             Command::Renew(args) => renew::run(&ctx, *args).await,
             Command::Status(args) => renew::status(&ctx, *args),
+            Command::Watch(args) => watch::run(&ctx, *args).await,
         }
     });
     match result {

@@ -373,6 +373,11 @@ impl Nginx {
     /// Starts nginx with `http_body` inside `http { }`; `{port}` in it is replaced by the port
     /// and `{dir}` by the prefix directory.
     pub fn start(http_body: &str) -> Nginx {
+        Self::start_on(free_port(), http_body)
+    }
+
+    /// Like [`Nginx::start`], on a given port.
+    pub fn start_on(port: u16, http_body: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         // Workers must reach the prefix (tempdir is 0700).
         fs::set_permissions(
@@ -380,7 +385,6 @@ impl Nginx {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let port = free_port();
         let body = http_body
             .replace("{port}", &port.to_string())
             .replace("{dir}", &dir.path().display().to_string());
