@@ -181,12 +181,7 @@ pub async fn run(ctx: &Context, args: WatchArgs) -> CmdResult {
         tokio::select! {
             Some(()) = rx.recv() => {
                 // Debounce: wait until the files have been quiet for a moment.
-                loop {
-                    match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
                 config_changed = true;
             }
             _ = tokio::time::sleep(sleep) => renew_due = true,
