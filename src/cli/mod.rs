@@ -6,6 +6,7 @@
 //! 2 nothing could run (bad arguments, unreadable files, CA unreachable, ...).
 
 mod account;
+mod assets;
 pub mod config;
 mod csr;
 pub mod enroll;
@@ -84,6 +85,9 @@ pub enum Command {
     Status(Box<renew::StatusArgs>),
     /// Run as a service: enroll new server blocks as they appear, renew on time.
     Watch(Box<watch::WatchArgs>),
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Assets(assets::AssetsArgs),
 }
 
 /// An error that ends a command, with the exit code it maps to.
@@ -280,6 +284,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::Renew(args) => renew::run(&ctx, *args).await,
             Command::Status(args) => renew::status(&ctx, *args),
             Command::Watch(args) => watch::run(&ctx, *args).await,
+            Command::Assets(args) => assets::run(args),
         }
     });
     match result {

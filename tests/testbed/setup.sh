@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian 12 machine, idempotently:
-#  - Debian 12 packages: nginx, openssl, ca-certificates, python3-pip (crossplane), curl;
+#  - Debian 12 packages: nginx, openssl, ca-certificates, curl, lintian, rpm, systemd;
+#  - cargo-deb and cargo-generate-rpm (cargo install), crossplane (pip);
+#  - the parser's differential corpus: nginx configs from Debian packages (apt-get download);
 #  - with --bench, the peers the benchmarks measure: uacme (Debian 12), pebble 2.4 (Debian 12,
 #    unpacked into $ACME_NGINX_TESTBED/pebble24: uacme 1.7 cannot parse pebble 2.10's
 #    dns-account-01 challenges), lego (sid, a static binary);
@@ -24,6 +26,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v rpm >/dev/null 2>&1 || missing+=(rpm)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -62,6 +68,14 @@ sid_fetch() { # sid_fetch PACKAGE...: download and unpack into $tb/root
     dpkg -x "$(ls -t "$tb/debs/${p}"_*.deb | head -n1)" "$tb/root"
   done
 }
+
+# --- the packaging tools the package tests use ----------------------------------------------------
+for tool in cargo-deb cargo-generate-rpm; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    log "installing $tool"
+    cargo install --locked --quiet "$tool"
+  fi
+done
 
 # --- crossplane (the reference parser of the differential test) --------------------------------
 if ! python3 -c 'import crossplane' >/dev/null 2>&1; then

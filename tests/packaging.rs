@@ -1,0 +1,229 @@
+//! The packages: both built by `packaging/build.sh`; the .deb checked by lintian and installed
+//! into a temporary root with dpkg (maintainer scripts run with DPKG_ROOT), then purged, which
+//! must leave nothing behind; the .rpm's files and scripts listed with `rpm -qp` and installed
+//! into a temporary root; the systemd units checked by `systemd-analyze verify`.
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds both packages once per test run; returns (deb, rpm).
+fn packages() -> &'static (PathBuf, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        util::run_ok(Command::new(repo().join("packaging/build.sh")));
+        let find = |dir: &str, ext: &str| {
+            std::fs::read_dir(repo().join(dir))
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == ext))
+                .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+                .unwrap()
+        };
+        (
+            find("target/debian", "deb"),
+            find("target/generate-rpm", "rpm"),
+        )
+    })
+}
+
+fn out(cmd: &mut Command) -> String {
+    util::run_ok(cmd)
+}
+
+#[test]
+fn deb_contents_conffiles_and_lintian() {
+    let (deb, _) = packages();
+    let contents = out(Command::new("dpkg-deb").arg("-c").arg(deb));
+    for path in [
+        "./usr/bin/acme-nginx",
+        "./etc/acme-nginx/config.toml",
+        "./etc/nginx/snippets/acme-challenge.conf",
+        "./lib/systemd/system/acme-nginx-renew.timer",
+        "./lib/systemd/system/acme-nginx-watch.service",
+        "./lib/systemd/system/nginx.service.d/acme-nginx.conf",
+        "./usr/share/man/man1/acme-nginx.1.gz",
+        "./usr/share/man/man1/acme-nginx-enroll.1.gz",
+        "./usr/share/bash-completion/completions/acme-nginx",
+        "./usr/share/doc/acme-nginx/hooks/README.md",
+    ] {
+        assert!(
+            contents.contains(path),
+            "{path} missing from the .deb:\n{contents}"
+        );
+    }
+    let conffiles = out(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Package"));
+    assert_eq!(conffiles.trim(), "acme-nginx");
+    let dir = tempfile::tempdir().unwrap();
+    out(Command::new("dpkg-deb").arg("-e").arg(deb).arg(dir.path()));
+    let conf = std::fs::read_to_string(dir.path().join("conffiles")).unwrap();
+    assert!(
+        conf.contains("/etc/acme-nginx/config.toml")
+            && conf.contains("/etc/nginx/snippets/acme-challenge.conf"),
+        "{conf}"
+    );
+    for script in ["postinst", "prerm", "postrm"] {
+        assert!(dir.path().join(script).exists(), "{script} missing");
+    }
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error", "--suppress-tags", "no-manual-page"])
+        .arg(deb)
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "lintian:\n{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+}
+
+#[test]
+fn deb_installs_into_a_root_and_purge_leaves_nothing() {
+    let (deb, _) = packages();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+    ] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(r.join("var/lib/dpkg/available"), "").unwrap();
+    let before = tree(r);
+    let dpkg = |args: &[&str]| {
+        let mut c = Command::new("dpkg");
+        c.arg(format!("--root={}", r.display()))
+            .args([
+                "--force-script-chrootless",
+                "--force-depends",
+                "--force-not-root",
+            ])
+            .args(args);
+        c
+    };
+    let installed =
+        out(dpkg(&["-i", deb.to_str().unwrap()]).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"));
+    assert!(
+        installed.contains("Setting up acme-nginx") || r.join("usr/bin/acme-nginx").exists(),
+        "{installed}"
+    );
+    assert!(r.join("usr/bin/acme-nginx").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(r.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("var/lib/acme-nginx"), 0o700, "state directory mode");
+    assert_eq!(mode("etc/acme-nginx/hooks/deploy.d"), 0o755);
+    assert_eq!(mode("usr/bin/acme-nginx"), 0o755);
+    // The installed binary runs.
+    let v = out(Command::new(r.join("usr/bin/acme-nginx")).arg("--version"));
+    assert!(v.starts_with("acme-nginx "), "{v}");
+    out(&mut dpkg(&["--purge", "acme-nginx"]));
+    let after = tree(r);
+    let left: Vec<&String> = after
+        .iter()
+        .filter(|p| !before.contains(p) && !p.starts_with("var/lib/dpkg"))
+        .collect();
+    assert!(left.is_empty(), "purge left {left:?}");
+}
+
+/// Every path below `root`, relative, sorted.
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn rpm_files_scripts_and_install_into_a_root() {
+    let (_, rpm) = packages();
+    let files = out(Command::new("rpm").arg("-qpl").arg(rpm));
+    for path in [
+        "/usr/bin/acme-nginx",
+        "/etc/acme-nginx/config.toml",
+        "/etc/nginx/snippets/acme-challenge.conf",
+        "/usr/lib/systemd/system/acme-nginx-renew.timer",
+        "/usr/share/man/man1/acme-nginx.1.gz",
+    ] {
+        assert!(
+            files.contains(path),
+            "{path} missing from the .rpm:\n{files}"
+        );
+    }
+    let config = out(Command::new("rpm").arg("-qpc").arg(rpm));
+    assert!(config.contains("/etc/acme-nginx/config.toml"), "{config}");
+    let scripts = out(Command::new("rpm").args(["-qp", "--scripts"]).arg(rpm));
+    assert!(
+        scripts.contains("postinstall scriptlet") && scripts.contains("acme-nginx-renew.timer"),
+        "{scripts}"
+    );
+    assert!(scripts.contains("preuninstall scriptlet"), "{scripts}");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    out(Command::new("rpm").args(["--root", r, "--initdb"]));
+    out(Command::new("rpm")
+        .args(["--root", r, "-i", "--nodeps", "--noscripts"])
+        .arg(rpm));
+    assert!(root.path().join("usr/bin/acme-nginx").exists());
+    out(Command::new("rpm").args(["--root", r, "-e", "--noscripts", "acme-nginx"]));
+    assert!(!root.path().join("usr/bin/acme-nginx").exists());
+}
+
+#[test]
+fn systemd_units_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_acme-nginx"));
+    let units = repo().join("packaging/systemd");
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&units).unwrap().flatten() {
+        let p = e.path();
+        if p.is_file() {
+            let text = std::fs::read_to_string(&p)
+                .unwrap()
+                .replace("/usr/bin/acme-nginx", bin.to_str().unwrap());
+            std::fs::write(dir.path().join(p.file_name().unwrap()), text).unwrap();
+            names.push(dir.path().join(p.file_name().unwrap()));
+        }
+    }
+    assert!(names.len() >= 5, "{names:?}");
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&names)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    // Units that name nginx.service or network-online.target may warn on a machine without
+    // them; anything about our own units is an error.
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("acme-nginx"))
+        .collect();
+    assert!(
+        verify.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
+    let timer = std::fs::read_to_string(units.join("acme-nginx-renew.timer")).unwrap();
+    assert!(
+        timer.contains("Persistent=true") && timer.contains("RandomizedDelaySec="),
+        "{timer}"
+    );
+}
