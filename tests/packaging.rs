@@ -18,7 +18,7 @@ fn repo() -> &'static Path {
 fn packages() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BUILT.get_or_init(|| {
-        util::run_ok(Command::new(repo().join("packaging/build.sh")));
+        util::run_ok(&mut Command::new(repo().join("packaging/build.sh")));
         let find = |dir: &str, ext: &str| {
             std::fs::read_dir(repo().join(dir))
                 .unwrap()
