@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use super::config::{FileConfig, DEFAULT_HOOKS_DIR, DEFAULT_SNIPPET, DEFAULT_STATE_DIR};
 use super::scan::{build_defaults, load, nginx_binary, NginxArgs};
-use super::{CliError, CmdResult, Context, EXIT_OK, EXIT_PARTIAL};
+use super::{rfc3339, CliError, CmdResult, Context, EXIT_OK, EXIT_PARTIAL};
 use crate::acme::{self, Account, CertInfo, KeyPair, KeyType, NewAccountOptions, OrderOptions};
 use crate::challenge::preflight::{check_reachable, ChallengeRoute, PreflightSolver};
 use crate::fsutil;
@@ -491,11 +491,6 @@ fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 pub async fn run(ctx: &Context, args: EnrollArgs) -> CmdResult {
     let mut settings = Settings::new(
         ctx,
@@ -582,24 +577,7 @@ fn report(ctx: &Context, outcomes: &[Outcome], dry_run: bool) {
         })
         .collect();
     let header = ["NAME", "STATUS", "VALID UNTIL", "FILE"];
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |cells: &[String]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", parts.join("  ").trim_end());
-    };
-    line(&header.map(String::from));
-    for r in &rows {
-        line(r);
-    }
+    super::print_table(header, &rows, 200);
     for o in outcomes.iter().filter(|o| o.error.is_some()) {
         eprintln!(
             "error: {}: {}",

@@ -213,6 +213,34 @@ pub fn read_input(path: &Path, what: &str) -> Result<Vec<u8>, CliError> {
         .map_err(|e| CliError::fatal(format!("cannot read {what} {}: {e}", path.display())))
 }
 
+/// Prints rows under a header as aligned columns (each at most `max_width` wide for alignment).
+pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]], max_width: usize) {
+    let mut widths = header.map(str::len);
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count()).min(max_width);
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(&header.map(String::from));
+    for r in rows {
+        line(r);
+    }
+}
+
+/// A time as RFC 3339.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Reads an account state file (only reads: it is never opened for writing here).
 pub fn read_state(path: &Path) -> Result<acme::AccountState, CliError> {
     let data = read_input(path, "account state")?;

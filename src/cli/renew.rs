@@ -14,7 +14,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::enroll::{open_state, plans, CommonArgs, Job, Outcome, Settings};
 use super::scan::{load, NginxArgs};
-use super::{CliError, CmdResult, Context, EXIT_OK, EXIT_PARTIAL};
+use super::{rfc3339, CliError, CmdResult, Context, EXIT_OK, EXIT_PARTIAL};
 use crate::acme::{self, CertInfo};
 use crate::fsutil;
 use crate::nginx::discovery::Scan;
@@ -99,8 +99,8 @@ pub fn ari_schedule(meta: &LineageMeta) -> Option<Schedule> {
         at: OffsetDateTime::from_unix_timestamp(at).ok()?,
         reason: format!(
             "ARI window {} to {}",
-            fmt_time(OffsetDateTime::from_unix_timestamp(start).ok()?),
-            fmt_time(OffsetDateTime::from_unix_timestamp(end).ok()?)
+            rfc3339(OffsetDateTime::from_unix_timestamp(start).ok()?),
+            rfc3339(OffsetDateTime::from_unix_timestamp(end).ok()?)
         ),
     })
 }
@@ -120,11 +120,6 @@ pub fn backoff_until(meta: &LineageMeta) -> Option<OffsetDateTime> {
     let at = OffsetDateTime::from_unix_timestamp(meta.last_error_at?).ok()?;
     let factor = 1i32 << (meta.failures.saturating_sub(1).min(16));
     Some(at + (BACKOFF_FIRST * factor).min(BACKOFF_MAX))
-}
-
-fn fmt_time(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn matches(l: &Lineage, meta: &LineageMeta, wanted: &[String]) -> bool {
@@ -244,7 +239,7 @@ pub async fn renew_pass(
         if let Some(until) = backoff_until(&meta).filter(|u| *u > now && !named) {
             outcomes.push(Outcome {
                 status: "backoff".into(),
-                next_renewal: Some(fmt_time(until)),
+                next_renewal: Some(rfc3339(until)),
                 reason: Some(format!("{} failures in a row", meta.failures)),
                 ..base
             });
@@ -300,8 +295,8 @@ pub async fn renew_pass(
         } else {
             outcomes.push(Outcome {
                 status: "not-due".into(),
-                not_after: Some(fmt_time(info.not_after)),
-                next_renewal: Some(fmt_time(schedule.at)),
+                not_after: Some(rfc3339(info.not_after)),
+                next_renewal: Some(rfc3339(schedule.at)),
                 reason: Some(schedule.reason),
                 ..base
             });
@@ -417,8 +412,8 @@ pub fn status(ctx: &Context, args: StatusArgs) -> CmdResult {
                 name: l.name.clone(),
                 names: meta.names.clone(),
                 serial: info.as_ref().map(|i| i.serial_hex.clone()),
-                not_after: info.as_ref().map(|i| fmt_time(i.not_after)),
-                next_renewal: schedule.as_ref().map(|s| fmt_time(s.at)),
+                not_after: info.as_ref().map(|i| rfc3339(i.not_after)),
+                next_renewal: schedule.as_ref().map(|s| rfc3339(s.at)),
                 reason: schedule.map(|s| s.reason),
                 server_blocks: scan.as_ref().map(|s| users(s, l)).unwrap_or_default(),
                 last_error: meta.last_error.clone(),

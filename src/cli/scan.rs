@@ -180,24 +180,7 @@ fn print_table(scan: &Scan) {
         "CHALLENGE DIR",
         "CERTIFICATE",
     ];
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count()).min(60);
-        }
-    }
-    let line = |cells: &[String]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", parts.join("  ").trim_end());
-    };
-    line(&header.map(String::from));
-    for r in &rows {
-        line(r);
-    }
+    super::print_table(header, &rows, 60);
     for s in &scan.servers {
         for k in &s.skipped {
             println!(

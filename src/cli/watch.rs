@@ -159,19 +159,7 @@ pub async fn run(ctx: &Context, args: WatchArgs) -> CmdResult {
         if renew_due {
             renew_due = false;
             match renew_pass(&settings, &[], false, false).await {
-                Ok(outcomes) => {
-                    for o in outcomes.iter().filter(|o| o.status != "not-due") {
-                        tracing::info!(
-                            "renew {}: {}{}",
-                            o.name,
-                            o.status,
-                            o.error
-                                .as_ref()
-                                .map(|e| format!(": {e}"))
-                                .unwrap_or_default()
-                        );
-                    }
-                }
+                Ok(outcomes) => log_outcomes("renew", &outcomes, "not-due"),
                 Err(e) => tracing::warn!("renewal pass failed: {e}"),
             }
         }
@@ -221,19 +209,19 @@ async fn enroll_if_valid(settings: &Settings) {
         return;
     }
     match enroll_pass(settings).await {
-        Ok(outcomes) => {
-            for o in outcomes.iter().filter(|o| o.status != "up-to-date") {
-                tracing::info!(
-                    "enroll {}: {}{}",
-                    o.name,
-                    o.status,
-                    o.error
-                        .as_ref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                );
-            }
-        }
+        Ok(outcomes) => log_outcomes("enroll", &outcomes, "up-to-date"),
         Err(e) => tracing::warn!("enroll pass failed: {e}"),
+    }
+}
+
+/// Logs what a pass did, leaving out the lineages in the quiet `idle` state.
+fn log_outcomes(pass: &str, outcomes: &[super::enroll::Outcome], idle: &str) {
+    for o in outcomes.iter().filter(|o| o.status != idle) {
+        let error = o
+            .error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        tracing::info!("{pass} {}: {}{error}", o.name, o.status);
     }
 }
