@@ -6,99 +6,13 @@
 mod util;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use acme_nginx::acme::CertInfo;
 use acme_nginx::nginx::edit::MARK;
 use serde_json::Value;
-use util::{names, openssl_verify, run, Nginx, Pebble, PebbleOptions};
-
-struct Bed {
-    nginx: Nginx,
-    pebble: Pebble,
-    https_port: u16,
-    state: tempfile::TempDir,
-}
-
-impl Bed {
-    /// nginx with the given server blocks (`{port}` plain HTTP, `{https}` the HTTPS port,
-    /// `{dir}` nginx's prefix) and a pebble pointed at it.
-    fn start(servers: &str) -> Bed {
-        let https_port = util::free_port();
-        let nginx = Nginx::start(&servers.replace("{https}", &https_port.to_string()));
-        let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
-        Bed {
-            nginx,
-            pebble,
-            https_port,
-            state: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn enroll(&self, extra: &[&str]) -> Output {
-        let dir = self.nginx.dir.path();
-        let mut cmd = self.pebble.cli();
-        cmd.arg("--json")
-            .arg("enroll")
-            .arg("--non-interactive")
-            .arg("--agree-tos")
-            .arg("--nginx-conf")
-            .arg(&self.nginx.conf)
-            .arg("--nginx-prefix")
-            .arg(dir)
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .arg("--config-file")
-            .arg(self.config_file())
-            .arg("--challenge-snippet")
-            .arg(dir.join("snippets/acme-challenge.conf"))
-            .arg("--hooks-dir")
-            .arg(dir.join("hooks"))
-            .args(["--https-port", &self.https_port.to_string()])
-            .args(extra);
-        run(&mut cmd)
-    }
-
-    fn config_file(&self) -> PathBuf {
-        let p = self.state.path().join("config.toml");
-        if !p.exists() {
-            fs::write(&p, "# empty: every setting comes from flags\n").unwrap();
-        }
-        p
-    }
-
-    fn lineage(&self, name: &str) -> PathBuf {
-        self.state.path().join("certs").join(name)
-    }
-
-    fn served(&self, name: &str) -> Vec<u8> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let addr = format!("127.0.0.1:{}", self.https_port).parse().unwrap();
-        rt.block_on(acme_nginx::nginx::reload::served_certificate(addr, name))
-            .unwrap()
-    }
-
-    fn root(&self) -> PathBuf {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(self.pebble.root_file())
-    }
-}
-
-fn json(out: &Output) -> Value {
-    assert!(
-        !out.stdout.is_empty(),
-        "no output; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use util::{assert_exit, json, leaf, openssl_verify, run, Bed};
 
 fn statuses(v: &Value) -> Vec<(String, String)> {
     v["certificates"]
@@ -126,12 +40,6 @@ fn dir_empty(p: &Path) -> bool {
         .unwrap_or(true)
 }
 
-fn leaf(path: &Path) -> Vec<u8> {
-    acme_nginx::acme::cert::pem_certificates(&fs::read(path).unwrap())
-        .unwrap()
-        .remove(0)
-}
-
 const TWO_BLOCKS: &str = "server {\n    listen 127.0.0.1:{port};\n    server_name a.enroll.test;\n    \
     location /.well-known/acme-challenge/ { alias {dir}/acme-a/; }\n}\n\
     server {\n    listen 127.0.0.1:{port};\n    server_name b.enroll.test www.b.enroll.test;\n    root {dir}/www;\n    \
@@ -144,13 +52,8 @@ fn enroll_two_blocks_then_nothing_to_do() {
     let original = fs::read_to_string(&bed.nginx.conf).unwrap();
     let master = bed.nginx.pid();
 
-    let out = bed.enroll(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
     let report = json(&out);
     assert_eq!(
         statuses(&report),
@@ -206,13 +109,8 @@ fn enroll_two_blocks_then_nothing_to_do() {
 
     // Second run: nothing to do, no edit, no reload.
     let before = fs::read(&bed.nginx.conf).unwrap();
-    let out = bed.enroll(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
     let report = json(&out);
     assert_eq!(
         statuses(&report),
@@ -239,13 +137,8 @@ fn nginx_t_rejection_is_rolled_back_byte_for_byte() {
          location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n  location / { return 200 \"plain\"; }\n}\n",
     );
     let original = fs::read(&bed.nginx.conf).unwrap();
-    let out = bed.enroll(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 1);
     let report = json(&out);
     let cert = report["certificates"]
         .as_array()
@@ -292,13 +185,8 @@ fn preflight_failure_fails_that_name_only() {
     if root {
         fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     }
-    let out = bed.enroll(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 1);
     let report = json(&out);
     let find = |name: &str| {
         report["certificates"]
@@ -369,7 +257,7 @@ fn hooks_run_in_order_with_variables() {
     )
     .unwrap();
     let l = log.display();
-    let out = bed.enroll(&[
+    let out = bed.cmd("enroll", &[
         "--pre-hook",
         &format!("echo pre >> {l}"),
         "--post-hook",
@@ -377,12 +265,7 @@ fn hooks_run_in_order_with_variables() {
         "--deploy-hook",
         &format!("echo \"deploy $ACME_NGINX_NAME $ACME_NGINX_DOMAINS $(test -s $ACME_NGINX_FULLCHAIN && echo ok)\" >> {l}"),
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let lineage = bed.lineage("hook.enroll.test").join("live");
     assert_eq!(
         fs::read_to_string(&log).unwrap(),
@@ -424,15 +307,10 @@ fn tokens_belong_to_the_worker_user() {
             }
         })
     };
-    let out = bed.enroll(&[]);
+    let out = bed.cmd("enroll", &[]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     watcher.join().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let seen = seen.lock().unwrap();
     assert!(!seen.is_empty(), "no token observed");
     let (uid, gid) = match util::worker_user() {
@@ -500,13 +378,8 @@ fn killed_run_is_completed_by_the_next_one() {
     }
     let _ = child.wait();
     // Whether or not the kill landed mid-order, the next run must finish cleanly.
-    let out = bed.enroll(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
     assert!(
         dir_empty(&acme_dir),
         "stray tokens after the second run (killed with a token: {killed_with_token})"
@@ -559,7 +432,7 @@ fn concurrent_runs_wait_or_name_the_holder() {
             .unwrap()
     };
     std::thread::sleep(std::time::Duration::from_millis(800));
-    let second = bed.enroll(&[]);
+    let second = bed.cmd("enroll", &[]);
     assert_eq!(second.status.code(), Some(2));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains(&format!("pid {}", first.id())), "{err}");
@@ -574,21 +447,15 @@ fn concurrent_runs_wait_or_name_the_holder() {
 fn names_select_blocks_and_unknown_names_exit_2() {
     let bed = Bed::start(TWO_BLOCKS);
     fs::create_dir_all(bed.nginx.dir.path().join("acme-a")).unwrap();
-    let out = bed.enroll(&["nope.enroll.test"]);
+    let out = bed.cmd("enroll", &["nope.enroll.test"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.enroll.test"));
-    let out = bed.enroll(&["www.b.enroll.test"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bed.cmd("enroll", &["www.b.enroll.test"]);
+    assert_exit(&out, 0);
     assert_eq!(
         statuses(&json(&out)),
         vec![("b.enroll.test".into(), "issued".into())]
     );
-    let _ = names("x", 1);
 }
 
 #[test]
@@ -649,12 +516,7 @@ fn redirect_spares_the_challenge_and_dry_run_changes_nothing() {
         .arg(&dry_state)
         .arg("--config-file")
         .arg(bed.config_file()));
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         statuses(&json(&out)),
         vec![("redir.enroll.test".into(), "dry-run".into())]
@@ -662,13 +524,8 @@ fn redirect_spares_the_challenge_and_dry_run_changes_nothing() {
     assert!(!dry_state.exists(), "dry run created the state directory");
     assert_eq!(fs::read(&bed.nginx.conf).unwrap(), original);
 
-    let out = bed.enroll(&["--redirect"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bed.cmd("enroll", &["--redirect"]);
+    assert_exit(&out, 0);
     let (status, _) = bed.nginx.get("redir.enroll.test", "/page");
     assert_eq!(
         status,
@@ -682,7 +539,7 @@ fn redirect_spares_the_challenge_and_dry_run_changes_nothing() {
     assert_eq!(status, 404, "the challenge is not redirected");
     // A renewal still validates through the redirected block: force a new order by removing
     // the lineage's names (a different set of names means a new certificate).
-    let out = bed.enroll(&["--redirect"]);
+    let out = bed.cmd("enroll", &["--redirect"]);
     assert_eq!(
         statuses(&json(&out)),
         vec![("redir.enroll.test".into(), "up-to-date".into())]
@@ -712,12 +569,7 @@ fn config_file_settings_apply_and_flags_win() {
         .arg("--hooks-dir")
         .arg(dir.join("hooks"))
         .args(["--https-port", &bed.https_port.to_string()]));
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let key = fs::read_to_string(bed.lineage("conf.enroll.test").join("live/privkey.pem")).unwrap();
     assert_eq!(
         acme_nginx::acme::KeyPair::from_pem(&key)

@@ -4,122 +4,29 @@
 mod util;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use acme_nginx::acme::CertInfo;
-use serde_json::Value;
-use util::{run, Nginx, Pebble, PebbleOptions};
-
-struct Bed {
-    nginx: Nginx,
-    pebble: Pebble,
-    https_port: u16,
-    state: tempfile::TempDir,
-}
+use util::{assert_exit, by_name, json, leaf, run, Bed};
 
 const BLOCKS: &str = "server {\n  listen 127.0.0.1:{port};\n  server_name a.renew.test;\n  \
     location /.well-known/acme-challenge/ { alias {dir}/acme-a/; }\n}\n\
     server {\n  listen 127.0.0.1:{port};\n  server_name b.renew.test;\n  \
     location /.well-known/acme-challenge/ { alias {dir}/acme-b/; }\n}\n";
 
-impl Bed {
-    fn start() -> Bed {
-        let nginx = Nginx::start(BLOCKS);
-        let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
-        let state = tempfile::tempdir().unwrap();
-        fs::write(state.path().join("config.toml"), "").unwrap();
-        Bed {
-            https_port: util::free_port(),
-            nginx,
-            pebble,
-            state,
-        }
-    }
-
-    fn cmd(&self, sub: &str, extra: &[&str]) -> Output {
-        let dir = self.nginx.dir.path();
-        let mut cmd = self.pebble.cli();
-        cmd.args(["--json", sub])
-            .arg("--nginx-conf")
-            .arg(&self.nginx.conf)
-            .arg("--nginx-prefix")
-            .arg(dir)
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .arg("--config-file")
-            .arg(self.state.path().join("config.toml"))
-            .arg("--hooks-dir")
-            .arg(dir.join("hooks"));
-        if sub != "status" {
-            cmd.args(["--https-port", &self.https_port.to_string()]);
-        }
-        if sub == "enroll" {
-            cmd.args(["--non-interactive", "--agree-tos"]);
-        }
-        run(cmd.args(extra))
-    }
-
-    fn live(&self, name: &str) -> PathBuf {
-        self.state.path().join("certs").join(name).join("live")
-    }
-
-    fn served(&self, name: &str) -> Vec<u8> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let addr = format!("127.0.0.1:{}", self.https_port).parse().unwrap();
-        rt.block_on(acme_nginx::nginx::reload::served_certificate(addr, name))
-            .unwrap()
-    }
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
-}
-
-fn by_name(v: &Value, name: &str) -> Value {
-    v["certificates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-fn leaf(dir: &Path) -> Vec<u8> {
-    acme_nginx::acme::cert::pem_certificates(&fs::read(dir.join("fullchain.pem")).unwrap())
-        .unwrap()
-        .remove(0)
-}
-
 #[test]
 fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
-    let bed = Bed::start();
+    let bed = Bed::start(BLOCKS);
     for d in ["acme-a", "acme-b"] {
         fs::create_dir_all(bed.nginx.dir.path().join(d)).unwrap();
     }
     let out = bed.cmd("enroll", &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let first_a = leaf(&bed.live("a.renew.test"));
+    assert_exit(&out, 0);
+    let first_a = leaf(&bed.live("a.renew.test").join("fullchain.pem"));
     let first_id = CertInfo::from_der(&first_a).unwrap().ari_cert_id.unwrap();
 
     // Fresh certificates: the ARI window has not begun, nothing renews.
     let out = bed.cmd("renew", &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let report = json(&out);
     for name in ["a.renew.test", "b.renew.test"] {
         let c = by_name(&report, name);
@@ -129,7 +36,10 @@ fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
             "{c}"
         );
     }
-    assert_eq!(leaf(&bed.live("a.renew.test")), first_a);
+    assert_eq!(
+        leaf(&bed.live("a.renew.test").join("fullchain.pem")),
+        first_a
+    );
 
     // --force renews both, with `replaces` accepted by pebble, after one reload.
     let master = bed.nginx.pid();
@@ -138,12 +48,7 @@ fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
         "renew",
         &["--force", "--metrics-file", metrics.to_str().unwrap()],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let report = json(&out);
     let a = by_name(&report, "a.renew.test");
     assert_eq!(a["status"], "renewed", "{a}");
@@ -152,10 +57,13 @@ fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
         first_id.as_str(),
         "pebble recorded the order as replacing the old certificate"
     );
-    let new_a = leaf(&bed.live("a.renew.test"));
+    let new_a = leaf(&bed.live("a.renew.test").join("fullchain.pem"));
     assert_ne!(new_a, first_a);
     assert_eq!(bed.served("a.renew.test"), new_a);
-    assert_eq!(bed.served("b.renew.test"), leaf(&bed.live("b.renew.test")));
+    assert_eq!(
+        bed.served("b.renew.test"),
+        leaf(&bed.live("b.renew.test").join("fullchain.pem"))
+    );
     assert_eq!(bed.nginx.pid(), master);
     let text = fs::read_to_string(&metrics).unwrap();
     for metric in [
@@ -175,12 +83,7 @@ fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
         "renew",
         &["--force", "--metrics-file", metrics.to_str().unwrap()],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 1);
     let report = json(&out);
     assert_eq!(by_name(&report, "a.renew.test")["status"], "failed");
     assert_eq!(by_name(&report, "b.renew.test")["status"], "renewed");
@@ -195,12 +98,7 @@ fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
 
     // The broken name backs off; the other still renews.
     let out = bed.cmd("renew", &["--force"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let report = json(&out);
     let a = by_name(&report, "a.renew.test");
     assert_eq!(a["status"], "backoff", "{a}");
@@ -209,12 +107,7 @@ fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
 
     // status reports all of it.
     let out = bed.cmd("status", &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let report = json(&out);
     let a = by_name(&report, "a.renew.test");
     assert_eq!(a["failures"], 1);
@@ -233,18 +126,13 @@ fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
 
 #[test]
 fn revoked_certificate_is_renewed_at_once_by_ari() {
-    let bed = Bed::start();
+    let bed = Bed::start(BLOCKS);
     for d in ["acme-a", "acme-b"] {
         fs::create_dir_all(bed.nginx.dir.path().join(d)).unwrap();
     }
     let out = bed.cmd("enroll", &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let old_b = leaf(&bed.live("b.renew.test"));
+    assert_exit(&out, 0);
+    let old_b = leaf(&bed.live("b.renew.test").join("fullchain.pem"));
     // Revoke b with the account enroll created.
     let account = fs::read_dir(bed.state.path().join("accounts"))
         .unwrap()
@@ -267,12 +155,7 @@ fn revoked_certificate_is_renewed_at_once_by_ari() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = bed.cmd("renew", &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let report = json(&out);
     assert_eq!(by_name(&report, "a.renew.test")["status"], "not-due");
     assert_eq!(
@@ -280,5 +163,5 @@ fn revoked_certificate_is_renewed_at_once_by_ari() {
         "renewed",
         "{report}"
     );
-    assert_ne!(leaf(&bed.live("b.renew.test")), old_b);
+    assert_ne!(leaf(&bed.live("b.renew.test").join("fullchain.pem")), old_b);
 }

@@ -478,3 +478,127 @@ pub fn names(prefix: &str, n: usize) -> Vec<String> {
         .map(|i| format!("{prefix}{i}.acme-nginx.test"))
         .collect()
 }
+
+/// Asserts a command's exit code, showing its stderr when it differs.
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A command's stdout as JSON.
+#[track_caller]
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}; stderr: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The entry of a report's `certificates` array for a name (Null when absent).
+pub fn by_name(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["certificates"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The leaf certificate (DER) of a PEM chain file.
+pub fn leaf(fullchain: &Path) -> Vec<u8> {
+    acme::cert::pem_certificates(&fs::read(fullchain).unwrap())
+        .unwrap()
+        .remove(0)
+}
+
+/// What the enroll, renew and watch tests share: a real nginx master with the given server
+/// blocks (`{port}` plain HTTP, `{https}` the HTTPS port acme-nginx adds, `{dir}` nginx's
+/// prefix), a pebble validating through it, and a state directory.
+pub struct Bed {
+    pub nginx: Nginx,
+    pub pebble: Pebble,
+    pub https_port: u16,
+    pub state: TempDir,
+}
+
+impl Bed {
+    pub fn start(servers: &str) -> Bed {
+        let https_port = free_port();
+        let nginx = Nginx::start(&servers.replace("{https}", &https_port.to_string()));
+        let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
+        let state = tempfile::tempdir().unwrap();
+        fs::write(
+            state.path().join("config.toml"),
+            "# every setting comes from flags\n",
+        )
+        .unwrap();
+        Bed {
+            nginx,
+            pebble,
+            https_port,
+            state,
+        }
+    }
+
+    /// `acme-nginx --json SUB` with the bed's nginx, state, config file and hook directory
+    /// (enroll also gets --non-interactive --agree-tos).
+    pub fn cmd(&self, sub: &str, extra: &[&str]) -> Output {
+        let dir = self.nginx.dir.path();
+        let mut cmd = self.pebble.cli();
+        cmd.args(["--json", sub])
+            .arg("--nginx-conf")
+            .arg(&self.nginx.conf)
+            .arg("--nginx-prefix")
+            .arg(dir)
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--config-file")
+            .arg(self.config_file())
+            .arg("--hooks-dir")
+            .arg(dir.join("hooks"));
+        if sub == "enroll" {
+            cmd.args(["--non-interactive", "--agree-tos"])
+                .arg("--challenge-snippet")
+                .arg(dir.join("snippets/acme-challenge.conf"));
+        }
+        if sub != "status" {
+            cmd.args(["--https-port", &self.https_port.to_string()]);
+        }
+        run(cmd.args(extra))
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.state.path().join("config.toml")
+    }
+
+    /// A lineage directory.
+    pub fn lineage(&self, name: &str) -> PathBuf {
+        self.state.path().join("certs").join(name)
+    }
+
+    /// A lineage's `live` link.
+    pub fn live(&self, name: &str) -> PathBuf {
+        self.lineage(name).join("live")
+    }
+
+    /// The leaf nginx serves over TLS for SNI `name` on the HTTPS port.
+    pub fn served(&self, name: &str) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", self.https_port).parse().unwrap();
+        rt.block_on(acme_nginx::nginx::reload::served_certificate(addr, name))
+            .unwrap()
+    }
+
+    /// Pebble's root, as a file.
+    pub fn root(&self) -> PathBuf {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(self.pebble.root_file())
+    }
+}
