@@ -587,3 +587,69 @@ fn config_file_settings_apply_and_flags_win() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.toml"));
 }
+
+#[test]
+fn ipv6_listeners_get_https_too() {
+    // The block listens on IPv4 and IPv6 loopback; enroll adds `listen ... ssl` for both and
+    // verifies the handshake on both.
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  listen [::1]:{port};\n  server_name six.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+    );
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
+    assert!(
+        conf.contains(&format!("listen [::1]:{} ssl; {MARK}", bed.https_port)),
+        "{conf}"
+    );
+    assert!(
+        conf.contains(&format!("listen 127.0.0.1:{} ssl; {MARK}", bed.https_port)),
+        "{conf}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let v6 = rt
+        .block_on(acme_nginx::nginx::reload::served_certificate(
+            format!("[::1]:{}", bed.https_port).parse().unwrap(),
+            "six.enroll.test",
+        ))
+        .unwrap();
+    assert_eq!(v6, leaf(&bed.live("six.enroll.test").join("fullchain.pem")));
+}
+
+#[test]
+fn no_install_stores_the_certificate_and_leaves_nginx_alone() {
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  server_name store.enroll.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+    );
+    let original = fs::read(&bed.nginx.conf).unwrap();
+    let out = bed.cmd("enroll", &["--no-install"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        statuses(&json(&out)),
+        vec![("store.enroll.test".into(), "issued".into())]
+    );
+    assert_eq!(fs::read(&bed.nginx.conf).unwrap(), original);
+    assert!(bed.live("store.enroll.test").join("privkey.pem").exists());
+    // Later, without --no-install, the stored certificate is installed without a new order.
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        statuses(&json(&out)),
+        vec![("store.enroll.test".into(), "installed".into())]
+    );
+    assert_eq!(
+        fs::read_dir(bed.lineage("store.enroll.test").join("versions"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert_eq!(
+        bed.served("store.enroll.test"),
+        leaf(&bed.live("store.enroll.test").join("fullchain.pem"))
+    );
+}
