@@ -91,6 +91,11 @@ pub fn build_defaults(args: &NginxArgs) -> BuildDefaults {
 
 /// Parses the configuration and scans it.
 pub fn load(args: &NginxArgs) -> Result<(Config, Scan), CliError> {
+    load_with(args, true)
+}
+
+/// Like [`load`]; without `keep_text` the tree cannot be rendered or edited (read-only scans).
+pub fn load_with(args: &NginxArgs, keep_text: bool) -> Result<(Config, Scan), CliError> {
     let defaults = build_defaults(args);
     let config = match &args.nginx_dump {
         Some(dump) => {
@@ -107,9 +112,9 @@ pub fn load(args: &NginxArgs) -> Result<(Config, Scan), CliError> {
             let main = source.main.clone().ok_or_else(|| {
                 CliError::fatal("no \"# configuration file PATH:\" line in the nginx -T output")
             })?;
-            Config::load(&main, &source)
+            Config::load_with(&main, &source, keep_text)
         }
-        None => Config::load(&args.conf(), &DiskSource),
+        None => Config::load_with(&args.conf(), &DiskSource, keep_text),
     }
     .map_err(CliError::fatal)?;
     let scan = discovery::scan(&config, &defaults);
@@ -117,7 +122,7 @@ pub fn load(args: &NginxArgs) -> Result<(Config, Scan), CliError> {
 }
 
 pub fn run(ctx: &Context, args: ScanArgs) -> CmdResult {
-    let (config, scan) = load(&args.nginx)?;
+    let (config, scan) = load_with(&args.nginx, false)?;
     // The tree is large and the process ends here: leave it to the OS instead of freeing
     // a hundred thousand nodes one by one.
     std::mem::forget(config);

@@ -111,6 +111,8 @@ struct Loader<'s> {
     source: &'s dyn Source,
     /// False for a lone text: `include` directives stay unexpanded.
     follow_includes: bool,
+    /// False when only the tree is wanted (no render, no edits): texts are dropped as parsed.
+    keep_text: bool,
     conf_prefix: PathBuf,
     files: Vec<SourceFile>,
     by_path: HashMap<PathBuf, FileId>,
@@ -120,10 +122,21 @@ struct Loader<'s> {
 impl Config {
     /// Parses `main` and everything it includes, reading through `source`.
     pub fn load(main: &Path, source: &dyn Source) -> Result<Config, ParseError> {
+        Self::load_with(main, source, true)
+    }
+
+    /// Like [`Config::load`]; with `keep_text` false the files' texts are dropped as soon as
+    /// they are parsed (for a read-only scan: less memory, no render or edits possible).
+    pub fn load_with(
+        main: &Path,
+        source: &dyn Source,
+        keep_text: bool,
+    ) -> Result<Config, ParseError> {
         let conf_prefix = main.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut loader = Loader {
             source,
             follow_includes: true,
+            keep_text,
             conf_prefix: conf_prefix.clone(),
             files: Vec::new(),
             by_path: HashMap::new(),
@@ -149,6 +162,7 @@ impl Config {
         let mut loader = Loader {
             source: &source,
             follow_includes: false,
+            keep_text: true,
             conf_prefix: PathBuf::new(),
             files: Vec::new(),
             by_path: HashMap::new(),
@@ -413,13 +427,13 @@ enum LoadFailure {
 type Loaded = Result<(Vec<u8>, Vec<Directive>), LoadFailure>;
 
 /// Reads and parses files (no includes followed) on all cores, keeping their order.
-fn read_and_parse_all(source: &dyn Source, paths: &[PathBuf]) -> Vec<Loaded> {
+fn read_and_parse_all(source: &dyn Source, paths: &[PathBuf], keep_text: bool) -> Vec<Loaded> {
     let one = |p: &PathBuf| -> Loaded {
         let text = source.read(p).map_err(|e| {
             LoadFailure::Read(format!("cannot open included file {}: {e}", p.display()))
         })?;
         let directives = parse_text(p, &text, FileId::MAX).map_err(LoadFailure::Parse)?;
-        Ok((text, directives))
+        Ok((if keep_text { text } else { Vec::new() }, directives))
     };
     if paths.len() < PARALLEL_PARSE_MIN_FILES {
         return paths.iter().map(one).collect();
@@ -472,7 +486,9 @@ impl Loader<'_> {
             self.stack.pop();
             linked?;
         }
-        self.files[id].text = text;
+        if self.keep_text {
+            self.files[id].text = text;
+        }
         self.files[id].directives = directives;
         Ok(id)
     }
@@ -539,7 +555,7 @@ impl Loader<'_> {
         let mut parsed: HashMap<PathBuf, Loaded> = fresh
             .iter()
             .cloned()
-            .zip(read_and_parse_all(self.source, &fresh))
+            .zip(read_and_parse_all(self.source, &fresh, self.keep_text))
             .collect();
         let mut ids = Vec::with_capacity(paths.len());
         for p in paths {
