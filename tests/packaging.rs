@@ -227,3 +227,94 @@ fn systemd_units_verify() {
         "{timer}"
     );
 }
+
+/// Runs a maintainer script of the built .deb as on a real system, inside a private mount
+/// namespace: /etc, /var/lib and /run are private copies, `systemctl` and `acme-nginx` are
+/// recorders on PATH. Returns (exit code, stdout, the recorded calls).
+fn run_script_isolated(script: &str, arg: &str, config: &str) -> (i32, String, String) {
+    let (deb, _) = packages();
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("control");
+    out(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&ctl));
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let calls = dir.path().join("calls");
+    for (name, code) in [("systemctl", 0), ("acme-nginx", 1)] {
+        let p = bin.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho \"{name} $*\" >> {}\nexit {code}\n",
+                calls.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let config_file = dir.path().join("config.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let inner = format!(
+        "set -e; mkdir -p {d}/etc; cp -a /etc/. {d}/etc/; mount --bind {d}/etc /etc; \
+         mkdir -p /etc/acme-nginx; cp {cfg} /etc/acme-nginx/config.toml; \
+         mount -t tmpfs none /var/lib; mount -t tmpfs none /run; mkdir -p /run/systemd/system; \
+         PATH={bin}:$PATH {ctl}/{script} {arg}; echo \"exit=$?\"; ls -ld /var/lib/acme-nginx 2>&1 | cut -c1-10",
+        d = dir.path().display(),
+        cfg = config_file.display(),
+        bin = bin.display(),
+        ctl = ctl.display(),
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "sh", "-c", &inner])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let calls = std::fs::read_to_string(&calls).unwrap_or_default();
+    (
+        o.status.code().unwrap_or(-1),
+        format!("{stdout}{}", String::from_utf8_lossy(&o.stderr)),
+        calls,
+    )
+}
+
+#[test]
+fn postinst_enables_the_timer_and_enrolls_only_when_configured() {
+    assert!(
+        nix::unistd::getuid().is_root(),
+        "the maintainer-script test needs root (unshare, mount)"
+    );
+    // Configured: the timer is enabled and a first enroll runs; its failure does not fail the install.
+    let (code, output, calls) = run_script_isolated(
+        "postinst",
+        "configure",
+        "agree_tos = true\nemail = \"ops@example.org\"\n",
+    );
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("exit=0") && output.contains("drwx------"),
+        "{output}"
+    );
+    assert!(
+        calls.contains("systemctl enable --now acme-nginx-renew.timer"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("acme-nginx enroll --non-interactive"),
+        "{calls}"
+    );
+    assert!(output.contains("the first enrollment failed"), "{output}");
+    // Not configured: no enroll, the one command to run is printed.
+    let (code, output, calls) = run_script_isolated("postinst", "configure", "#agree_tos = true\n");
+    assert_eq!(code, 0, "{output}");
+    assert!(!calls.contains("acme-nginx enroll"), "{calls}");
+    assert!(
+        output.contains("acme-nginx enroll --agree-tos --email"),
+        "{output}"
+    );
+    // Removal stops the units.
+    let (code, output, calls) = run_script_isolated("prerm", "remove", "");
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        calls.contains("systemctl disable --now acme-nginx-renew.timer acme-nginx-watch.service"),
+        "{calls}"
+    );
+}
