@@ -26,6 +26,59 @@ fn nginx_with_webroot() -> (Nginx, std::path::PathBuf) {
     (nginx, webroot)
 }
 
+/// The seed's first two steps from the command line (account register, csr) in a work
+/// directory; `sign` is the third.
+struct SeedFlow<'a> {
+    pebble: &'a Pebble,
+    _work: tempfile::TempDir,
+    state: std::path::PathBuf,
+    csr: std::path::PathBuf,
+    cert: std::path::PathBuf,
+}
+
+impl<'a> SeedFlow<'a> {
+    fn new(pebble: &'a Pebble, name: &str) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let (state, key) = (work.path().join("acme.json"), work.path().join("k.pem"));
+        let (csr, cert) = (work.path().join("c.csr"), work.path().join("c.pem"));
+        run_ok(
+            pebble
+                .cli()
+                .args(["account", "register", "--agree-tos", "--state"])
+                .arg(&state),
+        );
+        run_ok(
+            pebble
+                .cli()
+                .args(["csr", "-d", name, "--key-out"])
+                .arg(&key)
+                .arg("--out")
+                .arg(&csr),
+        );
+        SeedFlow {
+            pebble,
+            _work: work,
+            state,
+            csr,
+            cert,
+        }
+    }
+
+    fn sign(&self, webroot: &std::path::Path) -> std::process::Command {
+        let mut c = self.pebble.cli();
+        c.arg("sign")
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--csr")
+            .arg(&self.csr)
+            .arg("--out")
+            .arg(&self.cert)
+            .arg("--webroot")
+            .arg(webroot);
+        c
+    }
+}
+
 fn dir_is_empty(p: &std::path::Path) -> bool {
     fs::read_dir(p)
         .map(|mut d| d.next().is_none())
@@ -334,58 +387,23 @@ async fn eab_required_pebble() {
 async fn revocation_by_account_key() {
     let (nginx, webroot) = nginx_with_webroot();
     let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
-    let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("acme.json");
-    run_ok(
-        pebble
-            .cli()
-            .args(["account", "register", "--agree-tos", "--state"])
-            .arg(&state),
-    );
-    let (key, csr, cert) = (
-        work.path().join("k.pem"),
-        work.path().join("c.csr"),
-        work.path().join("c.pem"),
-    );
-    run_ok(
-        pebble
-            .cli()
-            .args(["csr", "-d", "revoke.acme-nginx.test", "--key-out"])
-            .arg(&key)
-            .arg("--out")
-            .arg(&csr),
-    );
-    run_ok(
-        pebble
-            .cli()
-            .arg("sign")
+    let flow = SeedFlow::new(&pebble, "revoke.acme-nginx.test");
+    run_ok(&mut flow.sign(&webroot));
+    let revoke = |reason: Option<&str>| {
+        let mut c = pebble.cli();
+        c.arg("revoke")
             .arg("--state")
-            .arg(&state)
-            .arg("--csr")
-            .arg(&csr)
-            .arg("--out")
-            .arg(&cert)
-            .arg("--webroot")
-            .arg(&webroot),
-    );
-    run_ok(
-        pebble
-            .cli()
-            .arg("revoke")
-            .arg("--state")
-            .arg(&state)
+            .arg(&flow.state)
             .arg("--cert")
-            .arg(&cert)
-            .args(["--reason", "4"]),
-    );
+            .arg(&flow.cert);
+        if let Some(r) = reason {
+            c.args(["--reason", r]);
+        }
+        run(&mut c)
+    };
+    assert_eq!(revoke(Some("4")).status.code(), Some(0));
     // Revoking again: the CA's alreadyRevoked problem, type and detail, exit 2.
-    let out = run(pebble
-        .cli()
-        .arg("revoke")
-        .arg("--state")
-        .arg(&state)
-        .arg("--cert")
-        .arg(&cert));
+    let out = revoke(None);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -393,15 +411,7 @@ async fn revocation_by_account_key() {
         "{err}"
     );
     // Reason 7 does not exist in RFC 5280.
-    let out = run(pebble
-        .cli()
-        .arg("revoke")
-        .arg("--state")
-        .arg(&state)
-        .arg("--cert")
-        .arg(&cert)
-        .args(["--reason", "7"]));
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(revoke(Some("7")).status.code(), Some(2));
 }
 
 #[tokio::test]
@@ -489,38 +499,8 @@ async fn validation_failure_reports_the_ca_problem_and_leaves_no_token() {
     let nginx = Nginx::start("server {\n listen 127.0.0.1:{port};\n location /.well-known/acme-challenge/ { alias {dir}/elsewhere/; }\n}\n");
     let webroot = nginx.dir.path().join("acme");
     let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
-    let work = tempfile::tempdir().unwrap();
-    let state = work.path().join("acme.json");
-    run_ok(
-        pebble
-            .cli()
-            .args(["account", "register", "--agree-tos", "--state"])
-            .arg(&state),
-    );
-    let (key, csr, cert) = (
-        work.path().join("k.pem"),
-        work.path().join("c.csr"),
-        work.path().join("c.pem"),
-    );
-    run_ok(
-        pebble
-            .cli()
-            .args(["csr", "-d", "fail.acme-nginx.test", "--key-out"])
-            .arg(&key)
-            .arg("--out")
-            .arg(&csr),
-    );
-    let out = run(pebble
-        .cli()
-        .arg("sign")
-        .arg("--state")
-        .arg(&state)
-        .arg("--csr")
-        .arg(&csr)
-        .arg("--out")
-        .arg(&cert)
-        .arg("--webroot")
-        .arg(&webroot));
+    let flow = SeedFlow::new(&pebble, "fail.acme-nginx.test");
+    let out = run(&mut flow.sign(&webroot));
     assert_eq!(out.status.code(), Some(1), "a failed name exits 1");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -533,7 +513,7 @@ async fn validation_failure_reports_the_ca_problem_and_leaves_no_token() {
         dir_is_empty(&webroot),
         "token left behind after a failed validation"
     );
-    assert!(!cert.exists());
+    assert!(!flow.cert.exists());
 }
 
 #[tokio::test]
