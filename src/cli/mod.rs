@@ -10,6 +10,7 @@ mod assets;
 pub mod config;
 mod csr;
 pub mod enroll;
+pub mod pipeline;
 pub mod renew;
 mod revoke;
 pub mod scan;

@@ -12,7 +12,8 @@ use clap::Args;
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
-use super::enroll::{open_state, plans, CommonArgs, Job, Outcome, Settings};
+use super::enroll::{open_state, plans, CommonArgs, Outcome, Settings};
+use super::pipeline::Job;
 use super::scan::{load, NginxArgs};
 use super::{rfc3339, CliError, CmdResult, Context, EXIT_OK, EXIT_PARTIAL};
 use crate::acme::{self, CertInfo};
