@@ -10,6 +10,32 @@ use serde::Serialize;
 use super::location::{serve, Serving};
 use super::parser::{Config, Directive, FileId};
 
+/// Below this many server blocks discovery runs on the calling thread.
+const PARALLEL_MIN_SERVERS: usize = 256;
+
+/// Maps `items` with `f` on every core (server blocks are independent), keeping their order.
+/// A panic in a worker is carried over to the caller.
+fn in_order_on_all_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() < PARALLEL_MIN_SERVERS || threads < 2 {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(items.len().div_ceil(threads))
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
 /// The URI probed for the challenge directory (a token of the usual shape).
 pub const PROBE_TOKEN: &str = "acme-nginx-probe_0123456789-ABCDEFGHIJ";
 
@@ -294,20 +320,22 @@ pub fn scan(cfg: &Config, defaults: &BuildDefaults) -> Scan {
             .collect();
         let http_certs = conf_paths(cfg, &http_children, "ssl_certificate");
         let http_keys = conf_paths(cfg, &http_children, "ssl_certificate_key");
-        for server in http_children
+        let blocks: Vec<&Directive> = http_children
             .iter()
             .copied()
             .filter(|d| d.name == "server" && d.block.is_some())
-        {
-            servers.push(server_block(
+            .collect();
+        let one = |server: &&Directive| {
+            server_block(
                 cfg,
                 &http_settings,
                 server,
                 &http_certs,
                 &http_keys,
                 defaults,
-            ));
-        }
+            )
+        };
+        servers.extend(in_order_on_all_cores(&blocks, one));
     }
     Scan {
         nginx_conf: cfg.files[cfg.main].path.clone(),
@@ -424,6 +452,17 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn parallel_map_keeps_order() {
+        let items: Vec<usize> = (0..1000).collect();
+        assert_eq!(
+            in_order_on_all_cores(&items, |i| i * 2),
+            items.iter().map(|i| i * 2).collect::<Vec<_>>()
+        );
+        let few = [1, 2, 3];
+        assert_eq!(in_order_on_all_cores(&few, |i| i + 1), vec![2, 3, 4]);
     }
 
     #[test]
