@@ -278,10 +278,8 @@ fn hooks_run_in_order_with_variables() {
 
 #[test]
 fn tokens_belong_to_the_worker_user() {
-    // A deploy hook cannot see tokens; a pre-order look is possible through the preflight: the
-    // token must be readable by nginx's workers, which the successful preflight proves, and
-    // the journal of tokens is empty afterwards. With root, check the owner directly by
-    // keeping a copy of the token's metadata from a hook-free observer: nginx's own access.
+    // Tokens live only while the order runs: a thread watches the challenge directory and
+    // records the owner and mode of every token it sees.
     let bed = Bed::start(
         "server {\n  listen 127.0.0.1:{port};\n  server_name own.enroll.test;\n  \
          location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
@@ -340,25 +338,9 @@ fn killed_run_is_completed_by_the_next_one() {
     );
     let acme_dir = bed.nginx.dir.path().join("acme");
     fs::create_dir_all(&acme_dir).unwrap();
-    // A pre-hook that stalls: the run has journaled nothing yet... so stall inside the order
-    // instead: the deploy can't be reached. Kill the process as soon as a token appears.
-    let dir = bed.nginx.dir.path();
-    let mut cmd: Command = bed.pebble.cli();
-    cmd.arg("enroll")
-        .arg("--non-interactive")
-        .arg("--agree-tos")
-        .arg("--nginx-conf")
-        .arg(&bed.nginx.conf)
-        .arg("--nginx-prefix")
-        .arg(dir)
-        .arg("--state-dir")
-        .arg(bed.state.path())
-        .arg("--config-file")
-        .arg(bed.config_file())
-        .arg("--hooks-dir")
-        .arg(dir.join("hooks"))
-        .args(["--https-port", &bed.https_port.to_string()]);
-    let mut child = cmd
+    // Kill the run with SIGKILL as soon as a token appears, that is in the middle of the order.
+    let mut child = bed
+        .command("enroll", &[])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -408,25 +390,9 @@ fn concurrent_runs_wait_or_name_the_holder() {
          location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
     );
     // Hold the state lock with a pre-hook that sleeps past the lock wait of the second run.
-    let dir = bed.nginx.dir.path().to_path_buf();
     let first = {
-        let mut cmd: Command = bed.pebble.cli();
-        cmd.arg("enroll")
-            .arg("--non-interactive")
-            .arg("--agree-tos")
-            .arg("--nginx-conf")
-            .arg(&bed.nginx.conf)
-            .arg("--nginx-prefix")
-            .arg(&dir)
-            .arg("--state-dir")
-            .arg(bed.state.path())
-            .arg("--config-file")
-            .arg(bed.config_file())
-            .arg("--hooks-dir")
-            .arg(dir.join("hooks"))
-            .args(["--https-port", &bed.https_port.to_string()])
-            .args(["--pre-hook", "sleep 7"]);
-        cmd.stdout(std::process::Stdio::null())
+        bed.command("enroll", &["--pre-hook", "sleep 7"])
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()

@@ -541,9 +541,14 @@ impl Bed {
         }
     }
 
-    /// `acme-nginx --json SUB` with the bed's nginx, state, config file and hook directory
-    /// (enroll also gets --non-interactive --agree-tos).
+    /// Runs `acme-nginx --json SUB` with the bed's settings (see [`Bed::command`]).
     pub fn cmd(&self, sub: &str, extra: &[&str]) -> Output {
+        run(&mut self.command(sub, extra))
+    }
+
+    /// `acme-nginx --json SUB` with the bed's nginx, state, config file and hook directory
+    /// (enroll also gets --non-interactive --agree-tos), not yet started.
+    pub fn command(&self, sub: &str, extra: &[&str]) -> Command {
         let dir = self.nginx.dir.path();
         let mut cmd = self.pebble.cli();
         cmd.args(["--json", sub])
@@ -565,7 +570,8 @@ impl Bed {
         if sub != "status" {
             cmd.args(["--https-port", &self.https_port.to_string()]);
         }
-        run(cmd.args(extra))
+        cmd.args(extra);
+        cmd
     }
 
     pub fn config_file(&self) -> PathBuf {
