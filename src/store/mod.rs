@@ -1,0 +1,100 @@
+//! The state directory: accounts (one per CA directory URL), certificate lineages, the lock that
+//! keeps two runs apart, and the journal of challenge tokens written (so a run killed mid-order
+//! is cleaned up by the next one). Everything here is files on disk; what the files mean (the
+//! renewal policy, plans) belongs to [`crate::lifecycle`].
+
+mod error;
+mod journal;
+mod lineage;
+mod lock;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use error::Error;
+pub use lineage::{
+    lineage_dir_name, Issued, Lineage, CERT, CHAIN, FULLCHAIN, KEEP_VERSIONS, PRIVKEY,
+};
+pub use lock::{StateLock, LOCK_WAIT};
+
+use crate::fsutil;
+
+/// Mode of the state directory itself: root only (accounts and keys live below it).
+pub const STATE_DIR_MODE: u32 = 0o700;
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating) a state directory with mode 0700.
+    pub fn open(root: &Path) -> Result<Self, Error> {
+        let mk =
+            |p: &Path, mode| fsutil::create_dir_all_mode(p, mode).map_err(Error::io("create", p));
+        mk(root, STATE_DIR_MODE)?;
+        mk(&root.join("certs"), 0o755)?;
+        mk(&root.join("accounts"), 0o700)?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing state directory without creating anything (for read-only commands).
+    pub fn existing(root: &Path) -> Result<Self, Error> {
+        match fs::metadata(root) {
+            Ok(m) if m.is_dir() => Ok(Self {
+                root: root.to_path_buf(),
+            }),
+            Ok(_) => Err(Error::Io {
+                action: "open",
+                path: root.to_path_buf(),
+                source: io::Error::other("not a directory"),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(Error::Missing(root.to_path_buf()))
+            }
+            Err(e) => Err(Error::io("open", root)(e)),
+        }
+    }
+
+    /// Where the account for a CA directory URL lives.
+    pub fn account_path(&self, directory_url: &str) -> PathBuf {
+        let digest = Sha256::digest(directory_url.as_bytes());
+        let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        self.root.join("accounts").join(id).join("account.json")
+    }
+
+    /// The lineage for a primary name (not created).
+    pub fn lineage(&self, name: &str) -> Lineage {
+        Lineage {
+            name: name.to_owned(),
+            dir: self.root.join("certs").join(lineage_dir_name(name)),
+        }
+    }
+
+    /// Every lineage on disk (a directory holding `lineage.json`), by name.
+    pub fn lineages(&self) -> Vec<Lineage> {
+        let mut out: Vec<Lineage> = fs::read_dir(self.root.join("certs"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join(lineage::META_FILE).is_file())
+            .map(|e| Lineage {
+                name: e.file_name().to_string_lossy().into_owned(),
+                dir: e.path(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Where backups of edited nginx files go.
+    pub fn backups_dir(&self) -> PathBuf {
+        self.root.join("backups")
+    }
+}
