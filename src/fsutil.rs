@@ -36,6 +36,18 @@ fn getrandom(buf: &mut [u8]) {
 /// Writes `data` to `path` atomically with `mode`. The target is replaced by rename, so a
 /// symlink at `path` is replaced, never followed.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_owned(path, data, mode, None)
+}
+
+/// Like [`write_atomic`], with the owner set on the temporary file's descriptor before the
+/// rename: nothing is ever chowned or chmodded by path, so a link swapped in by the
+/// directory's owner cannot redirect it.
+pub fn write_atomic_owned(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let tmp = temp_path(path)?;
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -44,7 +56,10 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)?;
-        // The umask may have narrowed the mode; set it exactly.
+        if let Some((uid, gid)) = owner {
+            nix::unistd::fchown(&f, Some(uid.into()), Some(gid.into()))?;
+        }
+        // The umask may have narrowed the mode (and fchown clears set-id bits); set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
         f.sync_all()?;

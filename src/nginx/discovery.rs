@@ -189,6 +189,9 @@ pub struct ServerBlock {
     pub acme_challenge_dir: Option<PathBuf>,
     /// Why there is no challenge directory (null when there is one).
     pub acme_challenge_reason: Option<String>,
+    /// True when a server-level `return`/`rewrite` answers the challenge URI before any
+    /// location is chosen (an included challenge location could not win).
+    pub challenge_answered_at_server_level: bool,
 }
 
 impl ServerBlock {
@@ -417,6 +420,7 @@ fn server_block(
         keys = http_keys.to_vec();
     }
     let uri = format!("/.well-known/acme-challenge/{PROBE_TOKEN}");
+    let mut server_level = false;
     let (dir, reason) = match serve(cfg, http_settings, server, &uri, &defaults.prefix) {
         // A directory only when the token names the file (an alias to one fixed file does not).
         Serving::File(p) if p.file_name().is_some_and(|n| n == PROBE_TOKEN) => {
@@ -427,6 +431,10 @@ fn server_block(
             Some(format!("every token maps to the one file {}", p.display())),
         ),
         Serving::NoFile(reason) => (None, Some(reason)),
+        Serving::ServerLevel(reason) => {
+            server_level = true;
+            (None, Some(reason))
+        }
     };
     ServerBlock {
         file: cfg.files[server.file].path.clone(),
@@ -443,6 +451,7 @@ fn server_block(
         ssl_certificate_keys: keys,
         acme_challenge_dir: dir,
         acme_challenge_reason: reason,
+        challenge_answered_at_server_level: server_level,
     }
 }
 

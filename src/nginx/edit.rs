@@ -284,15 +284,33 @@ pub fn render_edits(cfg: &Config, edits: &[Edit]) -> BTreeMap<PathBuf, (Vec<u8>,
 pub struct Applied {
     /// Real path (symlinks resolved) → original bytes.
     pub originals: Vec<(PathBuf, Vec<u8>)>,
+    /// Files the change created (removed again by [`Applied::restore`]).
+    pub created: Vec<PathBuf>,
 }
 
 impl Applied {
-    /// Puts every edited file back byte for byte.
+    /// Puts every edited file back byte for byte and removes every created file; tries all of
+    /// them and reports the first failure.
     pub fn restore(&self) -> io::Result<()> {
         let mut first_err = None;
         for (path, old) in &self.originals {
             if let Err(e) = write_like(path, old) {
-                first_err.get_or_insert(e);
+                first_err.get_or_insert(io::Error::new(
+                    e.kind(),
+                    format!("cannot restore {}: {e}", path.display()),
+                ));
+            }
+        }
+        for path in &self.created {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first_err.get_or_insert(io::Error::new(
+                        e.kind(),
+                        format!("cannot remove {}: {e}", path.display()),
+                    ));
+                }
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -300,41 +318,63 @@ impl Applied {
 
     /// True when nothing was changed.
     pub fn is_empty(&self) -> bool {
-        self.originals.is_empty()
+        self.originals.is_empty() && self.created.is_empty()
     }
 }
 
-/// Writes `data` over the file at `path` atomically, keeping its mode and owner.
+/// Writes `data` over the file at `path` atomically, keeping its mode and owner (set on the new
+/// file's descriptor before the rename, never by path).
 fn write_like(path: &Path, data: &[u8]) -> io::Result<()> {
-    let meta = fs::metadata(path)?;
-    fsutil::write_atomic(path, data, meta.mode() & 0o7777)?;
-    let _ = nix::unistd::chown(path, Some(meta.uid().into()), Some(meta.gid().into()));
-    Ok(())
+    let meta = fs::symlink_metadata(path)?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::other(format!(
+            "{} is no longer a regular file",
+            path.display()
+        )));
+    }
+    fsutil::write_atomic_owned(
+        path,
+        data,
+        meta.mode() & 0o7777,
+        Some((meta.uid(), meta.gid())),
+    )
 }
 
 /// Writes the edited files (the targets of symlinks, not the links), after copying each original
-/// into `backup_dir`. A file that changed on disk since it was parsed is refused.
+/// into `backup_dir`. A file that changed on disk since it was parsed is refused. When any write
+/// fails, the files already written are put back before the error is returned.
 pub fn apply(cfg: &Config, edits: &[Edit], backup_dir: &Path) -> io::Result<Applied> {
     let mut applied = Applied::default();
-    for (path, (old, new)) in render_edits(cfg, edits) {
-        let real = fs::canonicalize(&path)?;
-        let current = fs::read(&real)?;
-        if current != old {
-            let _ = applied.restore();
-            return Err(io::Error::other(format!(
-                "{} changed on disk since it was read; not editing it",
-                path.display()
-            )));
+    let result = (|| {
+        for (path, (old, new)) in render_edits(cfg, edits) {
+            let real = fs::canonicalize(&path)?;
+            let current = fs::read(&real)?;
+            if current != old {
+                return Err(io::Error::other(format!(
+                    "{} changed on disk since it was read; not editing it",
+                    path.display()
+                )));
+            }
+            let backup = backup_dir.join(real.strip_prefix("/").unwrap_or(&real));
+            if let Some(parent) = backup.parent() {
+                fsutil::create_dir_all_mode(parent, 0o700)?;
+            }
+            fsutil::write_atomic(&backup, &old, 0o600)?;
+            write_like(&real, &new)?;
+            applied.originals.push((real, old));
         }
-        let backup = backup_dir.join(real.strip_prefix("/").unwrap_or(&real));
-        if let Some(parent) = backup.parent() {
-            fsutil::create_dir_all_mode(parent, 0o700)?;
-        }
-        fsutil::write_atomic(&backup, &old, 0o600)?;
-        write_like(&real, &new)?;
-        applied.originals.push((real, old));
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(applied),
+        Err(e) => match applied.restore() {
+            Ok(()) => Err(e),
+            Err(r) => Err(io::Error::new(
+                e.kind(),
+                format!("{e}; putting back the files already written failed too: {r}"),
+            )),
+        },
     }
-    Ok(applied)
 }
 
 #[cfg(test)]

@@ -203,6 +203,9 @@ pub enum Serving {
     File(PathBuf),
     /// No file: the reason, in words.
     NoFile(String),
+    /// No file because a server-level rewrite-phase directive (`return`, `rewrite`) answers
+    /// first: no location, not even an inserted one, can serve it.
+    ServerLevel(String),
 }
 
 /// Directives that hand the request to something other than the static file module.
@@ -236,7 +239,7 @@ pub fn serve(
     let server_children = cfg.expanded(server.children());
     for d in &server_children {
         if d.name == "return" {
-            return Serving::NoFile(format!(
+            return Serving::ServerLevel(format!(
                 "server-level \"return {}\" at line {} answers every request",
                 d.args.join(" "),
                 d.line
@@ -244,7 +247,7 @@ pub fn serve(
         }
         if d.name == "rewrite" {
             if let Some(reason) = rewrite_hits(d, uri) {
-                return Serving::NoFile(format!("server-level {reason}"));
+                return Serving::ServerLevel(format!("server-level {reason}"));
             }
         }
     }
@@ -586,7 +589,9 @@ mod tests {
         ];
         for (body, want) in cases {
             match serve_str(body) {
-                Serving::NoFile(reason) => assert!(reason.contains(want), "{body}: {reason}"),
+                Serving::NoFile(reason) | Serving::ServerLevel(reason) => {
+                    assert!(reason.contains(want), "{body}: {reason}")
+                }
                 other => panic!("{body}: expected no file, got {other:?}"),
             }
         }

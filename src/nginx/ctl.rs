@@ -1,0 +1,309 @@
+//! Controlling the running nginx: `nginx -t` on the configuration as it is on disk, SIGHUP to
+//! the master whose pid the pid file names (after checking that the process runs the very nginx
+//! binary `nginx -t` ran and belongs to root or to us), and waiting until the new workers run and
+//! the old ones have retired.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::Config;
+
+/// How long a reload may take before it is reported as not taken effect.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `nginx -t` may take.
+pub const CONFIG_TEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the worker processes are looked at while a reload is under way.
+const RELOAD_POLL: Duration = Duration::from_millis(10);
+
+/// Why nginx could not be tested or reloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot run {}", bin.display())]
+    Spawn {
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nginx -t did not finish within {}s", CONFIG_TEST_TIMEOUT.as_secs())]
+    TestTimeout,
+    /// `nginx -t` failed; nginx's own words.
+    #[error("nginx -t failed: {0}")]
+    Rejected(String),
+    #[error("cannot read the nginx pid file {} (is nginx running?)", path.display())]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} does not hold a pid", path.display())]
+    BadPid { path: PathBuf },
+    #[error("no process {pid} (stale {})", path.display())]
+    NoProcess { pid: i32, path: PathBuf },
+    /// The pid file names a process that is not the nginx master we manage.
+    #[error("process {pid} named by {} is not an nginx master of {}: {why}", path.display(), bin.display())]
+    NotMaster {
+        pid: i32,
+        path: PathBuf,
+        bin: PathBuf,
+        why: String,
+    },
+    #[error("cannot signal nginx master {pid}")]
+    Signal {
+        pid: i32,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("nginx did not switch to new workers within {}s after SIGHUP; the reload did not take effect{log}", RELOAD_TIMEOUT.as_secs())]
+    ReloadTimeout { log: String },
+}
+
+/// How to run the nginx binary for this configuration.
+#[derive(Debug, Clone)]
+pub struct NginxCtl {
+    pub bin: PathBuf,
+    pub conf: PathBuf,
+    /// `-p PREFIX`, when the running nginx was started with one.
+    pub prefix: Option<PathBuf>,
+    pub pid_file: PathBuf,
+    pub error_log: Option<PathBuf>,
+}
+
+impl NginxCtl {
+    fn command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.bin);
+        if let Some(p) = &self.prefix {
+            c.arg("-p").arg(p);
+        }
+        c.arg("-c").arg(&self.conf);
+        c
+    }
+
+    /// Runs `nginx -t`; a refusal carries nginx's own message.
+    pub async fn test_config(&self) -> Result<(), CtlError> {
+        let mut cmd = self.command();
+        cmd.arg("-t").arg("-q").kill_on_drop(true);
+        let out = tokio::time::timeout(CONFIG_TEST_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| CtlError::TestTimeout)?
+            .map_err(|source| CtlError::Spawn {
+                bin: self.bin.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(CtlError::Rejected(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ))
+        }
+    }
+
+    /// The master's pid, checked to be an nginx master running our nginx binary, owned by root
+    /// (or by the user running acme-nginx, for unprivileged test beds).
+    pub fn master_pid(&self) -> Result<Pid, CtlError> {
+        let path = self.pid_file.clone();
+        let text = std::fs::read_to_string(&path).map_err(|source| CtlError::PidFile {
+            path: path.clone(),
+            source,
+        })?;
+        let pid: i32 = text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| *p > 1)
+            .ok_or_else(|| CtlError::BadPid { path: path.clone() })?;
+        let not_master = |why: String| CtlError::NotMaster {
+            pid,
+            path: path.clone(),
+            bin: self.bin.clone(),
+            why,
+        };
+        let cmdline =
+            std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|_| CtlError::NoProcess {
+                pid,
+                path: path.clone(),
+            })?;
+        if !cmdline.starts_with(b"nginx: master process") {
+            let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            return Err(not_master(format!(
+                "its command line is {:?}",
+                shown.trim()
+            )));
+        }
+        check_owner_and_exe(pid, &self.bin).map_err(not_master)?;
+        Ok(Pid::from_raw(pid))
+    }
+
+    /// Sends SIGHUP and waits until the reload has taken effect: the master has started new
+    /// workers, and every old worker has exited or is shutting down (until then an old worker
+    /// may still accept connections with the old configuration).
+    pub async fn reload(&self) -> Result<(), CtlError> {
+        let master = self.master_pid()?;
+        let before = children(master);
+        kill(master, Signal::SIGHUP).map_err(|source| CtlError::Signal {
+            pid: master.as_raw(),
+            source,
+        })?;
+        let deadline = tokio::time::Instant::now() + RELOAD_TIMEOUT;
+        loop {
+            let now = children(master);
+            let new_worker = now.iter().any(|p| !before.contains(p) && is_worker(*p));
+            let old_retired = before.iter().all(|p| !now.contains(p) || is_retiring(*p));
+            if new_worker && old_retired {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CtlError::ReloadTimeout {
+                    log: self.error_log_tail(),
+                });
+            }
+            tokio::time::sleep(RELOAD_POLL).await;
+        }
+    }
+
+    /// The last lines of nginx's error log, for messages.
+    pub fn error_log_tail(&self) -> String {
+        let Some(path) = &self.error_log else {
+            return String::new();
+        };
+        let Ok(text) = std::fs::read(path) else {
+            return String::new();
+        };
+        let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
+        let mut lines: Vec<&str> = text.lines().rev().take(5).collect();
+        if lines.is_empty() {
+            return String::new();
+        }
+        lines.reverse();
+        format!("; {} says:\n  {}", path.display(), lines.join("\n  "))
+    }
+}
+
+/// The process must belong to root or to us, and run the same binary as `bin` (a process of
+/// another user that names itself "nginx: master process" is not signalled).
+fn check_owner_and_exe(pid: i32, bin: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let proc_dir = format!("/proc/{pid}");
+    let owner = std::fs::metadata(&proc_dir)
+        .map_err(|e| format!("cannot inspect {proc_dir}: {e}"))?
+        .uid();
+    let me = nix::unistd::geteuid().as_raw();
+    if owner != 0 && owner != me {
+        return Err(format!("it belongs to uid {owner}, not to root"));
+    }
+    let exe = std::fs::read_link(format!("{proc_dir}/exe"))
+        .map_err(|e| format!("cannot read its executable: {e}"))?;
+    // After a package upgrade the running binary shows as "PATH (deleted)".
+    let exe_text = exe.to_string_lossy();
+    let exe = PathBuf::from(exe_text.strip_suffix(" (deleted)").unwrap_or(&exe_text));
+    let want = std::fs::canonicalize(bin).unwrap_or_else(|_| bin.to_path_buf());
+    let have = std::fs::canonicalize(&exe).unwrap_or(exe);
+    if have != want {
+        return Err(format!("it runs {}", have.display()));
+    }
+    Ok(())
+}
+
+/// The child processes of a pid.
+fn children(parent: Pid) -> HashSet<i32> {
+    let mut out = HashSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces and parentheses).
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        if rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok())
+            == Some(parent.as_raw())
+        {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
+/// An old worker that closed its listeners (nginx renames it when it starts shutting down).
+fn is_retiring(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| {
+        let c = String::from_utf8_lossy(&c);
+        c.contains("shutting down") || !c.starts_with("nginx: worker process")
+    })
+}
+
+fn is_worker(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.starts_with(b"nginx: worker process"))
+}
+
+/// The error log nginx writes to, from the main context's `error_log` (else the prefix default).
+pub fn error_log_path(cfg: &Config, prefix: &Path) -> Option<PathBuf> {
+    let main = cfg.expanded(cfg.root());
+    let arg = main
+        .iter()
+        .rev()
+        .find(|d| d.name == "error_log")
+        .and_then(|d| d.args.first().map(|a| a.to_string()));
+    match arg {
+        Some(a) if a == "stderr" || a.starts_with("syslog:") || a.starts_with("memory:") => None,
+        Some(a) if a.starts_with('/') => Some(PathBuf::from(a)),
+        Some(a) => Some(prefix.join(a)),
+        None => Some(prefix.join("logs/error.log")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctl(pid: &Path, bin: &str) -> NginxCtl {
+        NginxCtl {
+            bin: bin.into(),
+            conf: "/x".into(),
+            prefix: None,
+            pid_file: pid.to_path_buf(),
+            error_log: None,
+        }
+    }
+
+    #[test]
+    fn pid_file_must_name_an_nginx_master() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("pid");
+        std::fs::write(&pid, format!("{}\n", std::process::id())).unwrap();
+        let err = ctl(&pid, "nginx").master_pid().unwrap_err();
+        assert!(matches!(err, CtlError::NotMaster { .. }), "{err}");
+        std::fs::write(&pid, "garbage").unwrap();
+        let err = ctl(&pid, "nginx").master_pid().unwrap_err();
+        assert!(matches!(err, CtlError::BadPid { .. }), "{err}");
+        std::fs::write(&pid, "1").unwrap();
+        assert!(matches!(
+            ctl(&pid, "nginx").master_pid().unwrap_err(),
+            CtlError::BadPid { .. }
+        ));
+    }
+
+    #[test]
+    fn a_process_running_another_binary_is_not_our_master() {
+        // This test process runs the test binary, not /usr/sbin/nginx.
+        let err = check_owner_and_exe(std::process::id() as i32, Path::new("/usr/sbin/nginx"))
+            .unwrap_err();
+        assert!(err.contains("it runs"), "{err}");
+        let me = std::env::current_exe().unwrap();
+        check_owner_and_exe(std::process::id() as i32, &me).unwrap();
+    }
+}

@@ -1,0 +1,233 @@
+//! Asking nginx itself, over loopback, what it serves: a challenge file over plain HTTP with a
+//! name's Host header, and the certificate it presents over TLS for a name's SNI.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::discovery::Listen;
+
+/// Time limit for one loopback probe (HTTP GET or TLS handshake).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest HTTP answer read by a probe.
+const PROBE_MAX_BYTES: usize = 64 * 1024;
+
+/// Why a probe got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading from {addr} failed")]
+    Io {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr} did not answer with HTTP")]
+    NotHttp { addr: SocketAddr },
+    #[error("no answer from {addr} within {}s", PROBE_TIMEOUT.as_secs())]
+    Timeout { addr: SocketAddr },
+    #[error("TLS handshake with {addr} for {name} failed: {message}")]
+    Tls {
+        addr: SocketAddr,
+        name: String,
+        message: String,
+    },
+    #[error("{addr} sent no certificate")]
+    NoCertificate { addr: SocketAddr },
+}
+
+/// The Host header value for a name: IPv6 literals in brackets (RFC 9110 section 7.2).
+pub fn host_header(name: &str) -> String {
+    if name.parse::<Ipv6Addr>().is_ok() {
+        format!("[{name}]")
+    } else {
+        name.to_owned()
+    }
+}
+
+/// The loopback address to reach a listener on.
+pub fn loopback_for(listen: &Listen) -> Option<SocketAddr> {
+    if listen.address.starts_with("unix:") {
+        return None;
+    }
+    let host = listen.address.trim_start_matches('[').trim_end_matches(']');
+    let ip = match host {
+        "*" | "0.0.0.0" | "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        "::" => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other.parse().ok()?,
+    };
+    // Only ever loopback or this host's own addresses: a listener on a specific address is
+    // reached at that address.
+    Some(SocketAddr::new(ip, listen.port))
+}
+
+/// An HTTP answer from a probe.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// `GET path` with `Host: host` (bracketed when an IPv6 literal) over plain HTTP to `addr`.
+pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<HttpAnswer, ProbeError> {
+    let probe = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ProbeError::Connect { addr, source })?;
+        let req = format!(
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: {}\r\nConnection: close\r\n\r\n",
+            host_header(host),
+            crate::acme::client::USER_AGENT
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|source| ProbeError::Io { addr, source })?;
+        let mut buf = Vec::new();
+        (&mut s)
+            .take(PROBE_MAX_BYTES as u64)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|source| ProbeError::Io { addr, source })?;
+        let head_end = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or(ProbeError::NotHttp { addr })?;
+        let head = String::from_utf8_lossy(&buf[..head_end]);
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or(ProbeError::NotHttp { addr })?;
+        Ok(HttpAnswer {
+            status,
+            body: buf[head_end + 4..].to_vec(),
+        })
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .map_err(|_| ProbeError::Timeout { addr })?
+}
+
+/// Accepts any certificate: the caller compares what it got with what it expects.
+#[derive(Debug)]
+struct CaptureAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for CaptureAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The leaf certificate (DER) nginx serves at `addr` for SNI `name`. The handshake proves the
+/// server holds the key (its signature is checked against the certificate).
+pub async fn served_certificate(addr: SocketAddr, name: &str) -> Result<Vec<u8>, ProbeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProbeError::Tls {
+            addr,
+            name: name.to_owned(),
+            message: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CaptureAny(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let server_name =
+        rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| ProbeError::Tls {
+            addr,
+            name: name.to_owned(),
+            message: e.to_string(),
+        })?;
+    let probe = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ProbeError::Connect { addr, source })?;
+        let tls = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| ProbeError::Tls {
+                addr,
+                name: name.to_owned(),
+                message: e.to_string(),
+            })?;
+        let (_, session) = tls.get_ref();
+        session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .ok_or(ProbeError::NoCertificate { addr })
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .map_err(|_| ProbeError::Timeout { addr })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_for_listeners() {
+        let l = |a: &str| loopback_for(&Listen::parse(&[a]).unwrap());
+        assert_eq!(l("443"), Some("127.0.0.1:443".parse().unwrap()));
+        assert_eq!(l("[::]:443"), Some("[::1]:443".parse().unwrap()));
+        assert_eq!(l("127.0.0.2:8443"), Some("127.0.0.2:8443".parse().unwrap()));
+        assert_eq!(l("unix:/run/x.sock"), None);
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(host_header("::1"), "[::1]");
+        assert_eq!(host_header("2001:db8::7"), "[2001:db8::7]");
+        assert_eq!(host_header("127.0.0.1"), "127.0.0.1");
+        assert_eq!(host_header("a.example"), "a.example");
+    }
+}
