@@ -3,6 +3,11 @@
 //! editor and package-manager leftovers. Each hook runs under a time limit with its output sent
 //! to the log; deploy hooks get the certificate's paths in certbot's variables too, so existing
 //! certbot deploy hooks work unchanged.
+//!
+//! A hook file runs as root, so like run-parts, cron and sudo we refuse to run one that another
+//! user could have written: the file, the stage directory and the hook directory must belong to
+//! root (or to the user running acme-nginx) and must not be writable by group or others. The
+//! `--pre/post/deploy-hook` commands are the operator's own and run as given.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -100,17 +105,32 @@ pub fn is_leftover(name: &str) -> bool {
     name.starts_with('.') || name.starts_with('#') || SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
-/// A hook that failed.
-#[derive(Debug, Clone)]
-pub struct HookFailure {
-    pub hook: String,
-    pub message: String,
+/// Why a hook did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("cannot start")]
+    Start(#[source] std::io::Error),
+    #[error("killed after {}s", .0.as_secs())]
+    Timeout(Duration),
+    #[error("cannot wait for it")]
+    Wait(#[source] std::io::Error),
+    #[error("exited with {status}{}", if .tail.is_empty() { String::new() } else { format!(": {}", .tail) })]
+    Exit {
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+    /// Not run: another user could have written it.
+    #[error("not run: {0}")]
+    Unsafe(String),
 }
 
-impl std::fmt::Display for HookFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "hook {}: {}", self.hook, self.message)
-    }
+/// A hook that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("hook {hook}: {error}")]
+pub struct HookFailure {
+    pub hook: String,
+    #[source]
+    pub error: HookError,
 }
 
 impl Hooks {
@@ -126,11 +146,20 @@ impl Hooks {
             out.push(HookCommand::Shell(cmd.clone()));
         }
         if let Some(dir) = &self.dir {
-            out.extend(
-                executables(&dir.join(stage.dir_name()))
-                    .into_iter()
-                    .map(HookCommand::File),
-            );
+            let stage_dir = dir.join(stage.dir_name());
+            let files = executables(&stage_dir);
+            if files.is_empty() {
+                return out;
+            }
+            let dirs_unsafe = [dir.as_path(), stage_dir.as_path()]
+                .into_iter()
+                .find_map(|d| unsafe_reason(d).map(|why| format!("{} {why}", d.display())));
+            out.extend(files.into_iter().map(|p| {
+                match dirs_unsafe.clone().or_else(|| hook_file_unsafe(&p)) {
+                    Some(why) => HookCommand::Unsafe(p, why),
+                    None => HookCommand::File(p),
+                }
+            }));
         }
         out
     }
@@ -139,11 +168,11 @@ impl Hooks {
     pub async fn run(&self, stage: Stage, deploy: Option<&DeployInfo>) -> Vec<HookFailure> {
         let mut failures = Vec::new();
         for cmd in self.commands(stage) {
-            if let Err(message) = cmd.run(deploy, self.timeout.unwrap_or(HOOK_TIMEOUT)).await {
-                tracing::warn!(hook = %cmd, "{message}");
+            if let Err(error) = cmd.run(deploy, self.timeout.unwrap_or(HOOK_TIMEOUT)).await {
+                tracing::warn!(hook = %cmd, "{error}");
                 failures.push(HookFailure {
                     hook: cmd.to_string(),
-                    message,
+                    error,
                 });
             }
         }
@@ -168,6 +197,45 @@ fn executables(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Why a file or directory is not safe to run hooks from: another user could write it.
+fn unsafe_reason(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("cannot be inspected: {e}")),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Some(format!("belongs to uid {}, not to root", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some(format!(
+            "is writable by {} (mode {:o})",
+            if meta.mode() & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            meta.mode() & 0o7777
+        ));
+    }
+    None
+}
+
+/// Why a hook file must not run: it (after symlinks) or the directory it really lives in could
+/// be written by another user.
+fn hook_file_unsafe(path: &Path) -> Option<String> {
+    let real = match std::fs::canonicalize(path) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("{}: {e}", path.display())),
+    };
+    if let Some(why) = unsafe_reason(&real) {
+        return Some(format!("{} {why}", real.display()));
+    }
+    let parent = real.parent()?;
+    unsafe_reason(parent).map(|why| format!("{} {why}", parent.display()))
+}
+
 /// One hook to run.
 #[derive(Debug, Clone)]
 pub enum HookCommand {
@@ -175,20 +243,23 @@ pub enum HookCommand {
     Shell(String),
     /// An executable file.
     File(PathBuf),
+    /// An executable file that is not run, and why.
+    Unsafe(PathBuf, String),
 }
 
 impl std::fmt::Display for HookCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HookCommand::Shell(c) => write!(f, "{c:?}"),
-            HookCommand::File(p) => write!(f, "{}", p.display()),
+            HookCommand::File(p) | HookCommand::Unsafe(p, _) => write!(f, "{}", p.display()),
         }
     }
 }
 
 impl HookCommand {
-    async fn run(&self, deploy: Option<&DeployInfo>, timeout: Duration) -> Result<(), String> {
+    async fn run(&self, deploy: Option<&DeployInfo>, timeout: Duration) -> Result<(), HookError> {
         let mut cmd = match self {
+            HookCommand::Unsafe(_, why) => return Err(HookError::Unsafe(why.clone())),
             HookCommand::Shell(c) => {
                 let mut cmd = tokio::process::Command::new("/bin/sh");
                 cmd.arg("-c").arg(c);
@@ -203,18 +274,19 @@ impl HookCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
+        let mut child = cmd.spawn().map_err(HookError::Start)?;
         let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
         let wait = async {
             let (mut o, mut e) = (Vec::new(), Vec::new());
+            // Output is only logged: a read error loses log lines, not the hook's result.
             let read_out = async {
                 if let Some(s) = out.as_mut() {
-                    let _ = s.read_to_end(&mut o).await;
+                    s.read_to_end(&mut o).await.ok();
                 }
             };
             let read_err = async {
                 if let Some(s) = err.as_mut() {
-                    let _ = s.read_to_end(&mut e).await;
+                    s.read_to_end(&mut e).await.ok();
                 }
             };
             tokio::join!(read_out, read_err);
@@ -222,14 +294,14 @@ impl HookCommand {
         };
         let (status, stdout, stderr) = tokio::time::timeout(timeout, wait)
             .await
-            .map_err(|_| format!("killed after {}s", timeout.as_secs()))?;
+            .map_err(|_| HookError::Timeout(timeout))?;
         for line in String::from_utf8_lossy(&stdout)
             .lines()
             .chain(String::from_utf8_lossy(&stderr).lines())
         {
             tracing::info!(hook = %self, "{line}");
         }
-        let status = status.map_err(|e| e.to_string())?;
+        let status = status.map_err(HookError::Wait)?;
         if status.success() {
             Ok(())
         } else {
@@ -239,14 +311,7 @@ impl HookCommand {
                 .last()
                 .unwrap_or("")
                 .to_owned();
-            Err(format!(
-                "exited with {status}{}",
-                if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {tail}")
-                }
-            ))
+            Err(HookError::Exit { status, tail })
         }
     }
 }
@@ -323,7 +388,7 @@ mod tests {
         let failures = hooks.run(Stage::Deploy, Some(&info)).await;
         assert_eq!(failures.len(), 1);
         assert!(
-            failures[0].message.contains("exit status: 3"),
+            failures[0].to_string().contains("exit status: 3"),
             "{}",
             failures[0]
         );
@@ -341,6 +406,63 @@ mod tests {
             ..Hooks::default()
         };
         let failures = hooks.run(Stage::Pre, None).await;
-        assert!(failures[0].message.contains("killed"), "{}", failures[0]);
+        assert!(
+            failures[0].to_string().contains("killed"),
+            "{}",
+            failures[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn hook_files_others_could_write_do_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let log = dir.path().join("log");
+        let pre_d = dir.path().join("pre.d");
+        std::fs::create_dir(&pre_d).unwrap();
+        std::fs::set_permissions(&pre_d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let write = |name: &str, mode: u32| {
+            let p = pre_d.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\necho {name} >> {}\n", log.display())).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("10-ok", 0o755);
+        write("20-group-writable", 0o775);
+        write("30-world-writable", 0o757);
+        let hooks = Hooks {
+            dir: Some(dir.path().to_path_buf()),
+            ..Hooks::default()
+        };
+        let failures = hooks.run(Stage::Pre, None).await;
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "10-ok\n");
+        assert_eq!(failures.len(), 2);
+        assert!(
+            failures[0].to_string().contains("20-group-writable"),
+            "{}",
+            failures[0]
+        );
+        assert!(
+            failures[0].to_string().contains("writable by its group"),
+            "{}",
+            failures[0]
+        );
+        assert!(
+            failures[1].to_string().contains("writable by everyone"),
+            "{}",
+            failures[1]
+        );
+        // A stage directory others can write: nothing in it runs.
+        std::fs::set_permissions(&pre_d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::remove_file(&log).unwrap();
+        let failures = hooks.run(Stage::Pre, None).await;
+        assert!(!log.exists());
+        assert_eq!(failures.len(), 3);
+        assert!(
+            failures[0]
+                .to_string()
+                .contains("pre.d is writable by everyone"),
+            "{}",
+            failures[0]
+        );
     }
 }
