@@ -28,6 +28,7 @@ pub struct AccountState {
     pub account_url: String,
     /// The account private key, PKCS#8 PEM.
     pub private_key_pem: String,
+    /// Contact URLs (`mailto:`).
     #[serde(default)]
     pub contact: Vec<String>,
 }
@@ -46,8 +47,11 @@ pub struct NewAccountOptions {
 /// A renewalInfo answer (RFC 9773).
 #[derive(Debug, Clone)]
 pub struct RenewalInfo {
+    /// The start of the suggested renewal window.
     pub window_start: OffsetDateTime,
+    /// The end of the suggested renewal window.
     pub window_end: OffsetDateTime,
+    /// A page explaining the window, when the CA gives one.
     pub explanation_url: Option<String>,
     /// When to ask again.
     pub retry_after: Duration,

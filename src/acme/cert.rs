@@ -2,6 +2,8 @@
 //! reading names back from a CSR, and reading what a client needs from an issued certificate
 //! (names, validity, serial, issuer, the RFC 9773 CertID).
 
+use rustls::pki_types::pem::{PemObject, SectionKind};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use std::net::IpAddr;
 
 use time::OffsetDateTime;
@@ -17,7 +19,9 @@ use super::key::KeyPair;
 /// A CSR, in both encodings.
 #[derive(Debug, Clone)]
 pub struct Csr {
+    /// DER encoding.
     pub der: Vec<u8>,
+    /// PEM encoding.
     pub pem: String,
 }
 
@@ -28,6 +32,10 @@ pub fn create_csr(key: &KeyPair, names: &[String]) -> Result<Csr, Error> {
     }
     let mut params = rcgen::CertificateParams::new(names.to_vec())
         .map_err(|e| Error::Certificate(format!("invalid name: {e}")))?;
+    // RFC 8555 section 7.4: the CSR names only the order's identifiers. rcgen's default subject
+    // ("CN=rcgen self signed cert") would be one more name; the subject is empty, or the CN is
+    // the first name when it is a DNS name that fits (64 characters).
+    params.distinguished_name = rcgen::DistinguishedName::new();
     if names[0].parse::<IpAddr>().is_err() && names[0].len() <= 64 {
         params
             .distinguished_name
@@ -47,7 +55,7 @@ pub fn create_csr(key: &KeyPair, names: &[String]) -> Result<Csr, Error> {
 
 /// Decodes every `-----BEGIN CERTIFICATE-----` block of a PEM text, in order.
 pub fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
-    let certs = rustls_pemfile::certs(&mut &pem[..])
+    let certs = CertificateDer::pem_slice_iter(pem)
         .map(|c| c.map(|c| c.to_vec()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Certificate(format!("invalid PEM: {e}")))?;
@@ -57,17 +65,60 @@ pub fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
     Ok(certs)
 }
 
+/// Decodes a certificate chain that must hold nothing but `CERTIFICATE` blocks (a CA that
+/// slips a key or anything else into a chain is refused), leaf first.
+pub fn pem_chain_strict(pem: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+    let sections = <(SectionKind, Vec<u8>)>::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Certificate(format!("invalid PEM: {e}")))?;
+    // Sections of a kind the decoder does not know are skipped by it: count the markers too.
+    let markers = pem
+        .split(|b| *b == b'\n')
+        .filter(|l| l.starts_with(b"-----BEGIN "))
+        .count();
+    if markers != sections.len() {
+        return Err(Error::Certificate(format!(
+            "the chain holds {markers} PEM blocks of which only {} could be decoded",
+            sections.len()
+        )));
+    }
+    let mut out = Vec::new();
+    for (kind, der) in sections {
+        if kind != SectionKind::Certificate {
+            return Err(Error::Certificate(format!(
+                "the chain holds a {kind:?} block; only certificates are accepted"
+            )));
+        }
+        out.push(der);
+    }
+    if out.is_empty() {
+        return Err(Error::Certificate("no PEM certificate found".into()));
+    }
+    Ok(out)
+}
+
+/// Encodes DER as a PEM block with `label`, 64 characters a line.
+pub fn to_pem(label: &str, der: &[u8]) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 /// Decodes a CSR given as PEM (`CERTIFICATE REQUEST`) or DER.
 pub fn csr_der(data: &[u8]) -> Result<Vec<u8>, Error> {
     if data.starts_with(b"-----") || data.iter().take(64).any(|b| *b == b'-') {
-        for item in rustls_pemfile::read_all(&mut &data[..]) {
-            if let Ok(rustls_pemfile::Item::Csr(der)) = item {
-                return Ok(der.to_vec());
-            }
-        }
-        return Err(Error::Certificate(
-            "no PEM CERTIFICATE REQUEST block found".into(),
-        ));
+        return CertificateSigningRequestDer::from_pem_slice(data)
+            .map(|c| c.as_ref().to_vec())
+            .map_err(|e| {
+                Error::Certificate(format!("no usable PEM CERTIFICATE REQUEST block: {e}"))
+            });
     }
     Ok(data.to_vec())
 }
@@ -121,11 +172,15 @@ fn general_name(name: &GeneralName<'_>) -> Option<String> {
 pub struct CertInfo {
     /// Serial number, colon-free lowercase hex of its DER content bytes.
     pub serial_hex: String,
+    /// Start of validity.
     pub not_before: OffsetDateTime,
+    /// End of validity.
     pub not_after: OffsetDateTime,
     /// DNS names and IP addresses from subjectAltName.
     pub names: Vec<String>,
+    /// The subject common name, if any.
     pub subject_cn: Option<String>,
+    /// The issuer common name, if any.
     pub issuer_cn: Option<String>,
     /// The RFC 9773 CertID, when the certificate has an Authority Key Identifier.
     pub ari_cert_id: Option<String>,
@@ -192,10 +247,213 @@ pub fn ari_cert_id(authority_key_id: &[u8], serial_der_bytes: &[u8]) -> String {
     format!("{}.{}", b64(authority_key_id), b64(serial_der_bytes))
 }
 
+/// Lowercases, deduplicates (keeping order) and checks names: DNS names (wildcards allowed) or
+/// IP addresses.
+pub fn normalize_names(names: &[String]) -> Result<Vec<String>, Error> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let n = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        let valid = n.parse::<std::net::IpAddr>().is_ok() || super::types::is_valid_dns_name(&n);
+        if !valid {
+            return Err(Error::Certificate(format!(
+                "{name:?} is not a DNS name or IP address"
+            )));
+        }
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Certificate("no names given".into()));
+    }
+    Ok(out)
+}
+
+/// How far in the future an issued certificate's notBefore may lie (clock skew between us and
+/// the CA).
+pub const NOT_BEFORE_SKEW: time::Duration = time::Duration::minutes(10);
+
+/// Checks what a CA returned before it goes live: the chain holds only certificates, the leaf's
+/// names are exactly the order's (no more, no fewer), its public key is the CSR's, it is valid
+/// now (a notBefore at most [`NOT_BEFORE_SKEW`] ahead), and each certificate is signed by the
+/// next one in the chain.
+pub fn check_issued(
+    chain_pem: &str,
+    names: &[String],
+    csr_der: &[u8],
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let bad = |why: String| Error::BadIssuance(why);
+    let ders = pem_chain_strict(chain_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let certs: Vec<X509Certificate<'_>> = ders
+        .iter()
+        .map(|d| X509Certificate::from_der(d).map(|(_, c)| c))
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("a certificate of the chain does not parse: {e}")))?;
+    let leaf = &certs[0];
+    let info = CertInfo::from_der(&ders[0])?;
+    let mut have: Vec<String> = info.names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    let mut want: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let n = n.trim_end_matches('.').to_ascii_lowercase();
+            n.parse::<IpAddr>().map_or(n, |ip| ip.to_string())
+        })
+        .collect();
+    have.sort();
+    have.dedup();
+    want.sort();
+    want.dedup();
+    if have != want {
+        return Err(bad(format!(
+            "it names {} but the order was for {}",
+            have.join(", "),
+            want.join(", ")
+        )));
+    }
+    let (_, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| Error::Certificate(format!("invalid CSR: {e}")))?;
+    if leaf.public_key().raw != csr.certification_request_info.subject_pki.raw {
+        return Err(bad("its public key is not the CSR's".into()));
+    }
+    if info.not_before > now + NOT_BEFORE_SKEW {
+        return Err(bad(format!("it is not valid before {}", info.not_before)));
+    }
+    if info.not_after <= now {
+        return Err(bad(format!("it expired at {}", info.not_after)));
+    }
+    for (i, pair) in certs.windows(2).enumerate() {
+        pair[0]
+            .verify_signature(Some(pair[1].public_key()))
+            .map_err(|e| {
+                bad(format!(
+                    "certificate {} of the chain is not signed by certificate {}: {e}",
+                    i + 1,
+                    i + 2
+                ))
+            })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::acme::key::KeyType;
+
+    fn serial() -> rcgen::SerialNumber {
+        use rand_core::RngCore;
+        let mut b = [0u8; 16];
+        rand_core::OsRng.fill_bytes(&mut b);
+        b[0] &= 0x7f;
+        rcgen::SerialNumber::from_slice(&b)
+    }
+
+    /// A CA (PEM) and, for `names`, a leaf for `leaf_key` valid from `nb` to `na` (offsets from
+    /// now), signed by that CA.
+    fn issue(
+        names: &[&str],
+        leaf_key: &KeyPair,
+        nb: time::Duration,
+        na: time::Duration,
+    ) -> (String, String) {
+        let ca_key = KeyPair::generate(KeyType::P256);
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.serial_number = Some(serial());
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.serial_number = Some(serial());
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now + nb;
+        p.not_after = now + na;
+        let leaf = p.signed_by(leaf_key, &issuer).unwrap();
+        (leaf.pem(), ca_cert.pem())
+    }
+
+    #[test]
+    fn issued_certificates_are_checked_before_they_go_live() {
+        let key = KeyPair::generate(KeyType::P256);
+        let names = vec!["a.test".to_string(), "www.a.test".to_string()];
+        let csr = create_csr(&key, &names).unwrap();
+        let day = time::Duration::days(1);
+        let now = OffsetDateTime::now_utc();
+        let check = |chain: &str| check_issued(chain, &names, &csr.der, now);
+        let (leaf, ca) = issue(&["a.test", "www.a.test"], &key, -day, 90 * day);
+        check(&format!("{leaf}{ca}")).unwrap();
+        let refused = |chain: String, why: &str| {
+            let e = check(&chain).unwrap_err().to_string();
+            assert!(e.contains(why), "{why:?} not in {e}");
+        };
+        let (more, ca2) = issue(&["a.test", "www.a.test", "evil.test"], &key, -day, 90 * day);
+        refused(format!("{more}{ca2}"), "evil.test");
+        let (fewer, ca3) = issue(&["a.test"], &key, -day, 90 * day);
+        refused(format!("{fewer}{ca3}"), "order was for");
+        let other = KeyPair::generate(KeyType::P256);
+        let (stranger, ca4) = issue(&["a.test", "www.a.test"], &other, -day, 90 * day);
+        refused(format!("{stranger}{ca4}"), "public key");
+        let (future, ca5) = issue(&["a.test", "www.a.test"], &key, day, 90 * day);
+        refused(format!("{future}{ca5}"), "not valid before");
+        let (expired, ca6) = issue(&["a.test", "www.a.test"], &key, -90 * day, -day);
+        refused(format!("{expired}{ca6}"), "expired");
+        // The right leaf with another CA's certificate as its chain.
+        refused(format!("{leaf}{ca2}"), "not signed by");
+        refused(
+            format!(
+                "{leaf}{ca}-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                "AAAA"
+            ),
+            "PrivateKey",
+        );
+        refused(
+            format!("{leaf}-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n{ca}"),
+            "",
+        );
+    }
+
+    #[test]
+    fn csr_subject_names_only_the_order() {
+        let key = KeyPair::generate(KeyType::P256);
+        let subject = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            let csr = create_csr(&key, &names).unwrap();
+            let (_, req) = X509CertificationRequest::from_der(&csr.der).unwrap();
+            let cns: Vec<String> = req
+                .certification_request_info
+                .subject
+                .iter_common_name()
+                .filter_map(|c| c.as_str().ok().map(str::to_owned))
+                .collect();
+            (
+                cns,
+                req.certification_request_info.subject.iter().count(),
+                csr_names(&csr.der).unwrap(),
+            )
+        };
+        assert_eq!(
+            subject(&["a.test", "b.test"]),
+            (
+                vec!["a.test".to_string()],
+                1,
+                vec!["a.test".to_string(), "b.test".to_string()]
+            )
+        );
+        let ip = subject(&["192.0.2.1"]);
+        assert_eq!((ip.0.len(), ip.1), (0, 0), "an IP CSR has an empty subject");
+        let long = format!("{}.example.org", "a".repeat(60));
+        let l = subject(&[&long, "b.test"]);
+        assert_eq!(
+            (l.0.len(), l.1),
+            (0, 0),
+            "a name over 64 characters is not a CN"
+        );
+        assert_eq!(l.2, vec![long, "b.test".to_string()]);
+    }
 
     /// RFC 9773 section 4.1's example: AKI 69:88:5B:6B:87:46:40:41:E1:B3:7B:84:7B:A0:AE:2C:DE:01:C8:D4,
     /// serial 00:87:65:43:21.
@@ -257,5 +515,30 @@ mod tests {
         assert_eq!(info.names, vec!["a.test", "127.0.0.1"]);
         assert!(info.not_after > info.not_before);
         assert!(info.serial_hex.ends_with("8765"), "{}", info.serial_hex);
+    }
+
+    #[test]
+    fn names_are_normalized_and_checked() {
+        let n = normalize_names(&[
+            "WWW.Example.org.".into(),
+            "www.example.org".into(),
+            "*.example.org".into(),
+            "::1".into(),
+        ])
+        .unwrap();
+        assert_eq!(n, vec!["www.example.org", "*.example.org", "::1"]);
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "a b",
+            "ex*ample.org",
+            &format!("{}.org", "a".repeat(64)),
+        ] {
+            assert!(
+                normalize_names(&[bad.to_owned()]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 }

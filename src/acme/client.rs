@@ -2,6 +2,7 @@
 //! POST-as-GET with transparent `badNonce` retries, `Retry-After` handling, response size caps and
 //! timeouts. Everything above this module speaks in typed requests and responses.
 
+use rustls::pki_types::pem::PemObject;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -57,9 +58,13 @@ impl ClientConfig {
 /// An HTTP response, read completely (within its cap).
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The URL.
     pub url: String,
+    /// The status.
     pub status: u16,
+    /// The response headers.
     pub headers: HeaderMap,
+    /// The response body.
     pub body: Vec<u8>,
 }
 
@@ -206,11 +211,11 @@ pub fn tls_config(extra_roots_pem: Option<&[u8]>) -> Result<rustls::ClientConfig
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         // A broken system anchor is not ours to fix; skip it as browsers do.
-        let _ = roots.add(cert);
+        roots.add(cert).ok();
     }
     if let Some(pem) = extra_roots_pem {
         let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
             let cert = cert.map_err(|e| Error::Tls(format!("CA file: {e}")))?;
             roots
                 .add(cert)
@@ -252,7 +257,17 @@ impl Client {
             .user_agent(USER_AGENT)
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let first = attempt.previous().first().map(|u| u.scheme() == "http");
+                match redirect_allowed(
+                    first.unwrap_or(false),
+                    attempt.url().scheme(),
+                    attempt.previous().len(),
+                ) {
+                    Ok(()) => attempt.follow(),
+                    Err(why) => attempt.error(why),
+                }
+            }))
             .build()
             .map_err(|e| Error::Tls(e.to_string()))?;
         let resp = send(&http, Method::GET, directory_url, None, MAX_JSON_BODY).await?;
@@ -448,6 +463,28 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The most redirects followed for one request.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// Whether a redirect may be followed: only to https (or to http when the CA was given as
+/// plain http, as local test CAs are), never from https down to http, never to another scheme,
+/// at most [`MAX_REDIRECTS`] in a row.
+pub fn redirect_allowed(
+    started_on_http: bool,
+    scheme: &str,
+    previous: usize,
+) -> Result<(), String> {
+    if previous > MAX_REDIRECTS {
+        return Err(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" if started_on_http => Ok(()),
+        "http" => Err("refusing a redirect from https to plain http".into()),
+        other => Err(format!("refusing a redirect to a {other}: URL")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,5 +535,21 @@ mod tests {
     fn bad_ca_file_is_a_clear_error() {
         let err = tls_config(Some(b"not a pem")).unwrap_err();
         assert!(err.to_string().contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn redirects_stay_on_https_and_are_few() {
+        assert!(redirect_allowed(false, "https", 1).is_ok());
+        assert!(redirect_allowed(false, "http", 1)
+            .unwrap_err()
+            .contains("plain http"));
+        assert!(redirect_allowed(true, "http", 1).is_ok());
+        assert!(redirect_allowed(true, "file", 1)
+            .unwrap_err()
+            .contains("file:"));
+        assert!(redirect_allowed(false, "ftp", 1).is_err());
+        assert!(redirect_allowed(false, "https", MAX_REDIRECTS + 1)
+            .unwrap_err()
+            .contains("redirects"));
     }
 }

@@ -7,68 +7,119 @@ use super::types::Problem;
 
 /// Everything that can go wrong while talking to an ACME CA.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The CA answered with a problem document.
     #[error("{url}: {problem}")]
     Problem {
+        /// The URL.
         url: String,
+        /// The status.
         status: u16,
+        /// The problem document.
         problem: Box<Problem>,
     },
     /// `urn:ietf:params:acme:error:rateLimited`, or HTTP 429/503 whose Retry-After was too far away.
     #[error("{url}: rate limited: {problem}{}", retry_after_text(*.retry_after))]
     RateLimited {
+        /// The URL.
         url: String,
+        /// The problem document.
         problem: Box<Problem>,
+        /// The Retry-After the server sent, when it sent one.
         retry_after: Option<Duration>,
     },
     /// The CA kept rejecting our nonces.
     #[error("{url}: the CA rejected {attempts} nonces in a row: {problem}")]
     BadNonce {
+        /// The URL.
         url: String,
+        /// How many nonces were rejected.
         attempts: u32,
+        /// The problem document.
         problem: Box<Problem>,
     },
     /// The request never got an HTTP answer (DNS, TCP, TLS, timeout).
     #[error("{url}: request failed: {message}")]
-    Transport { url: String, message: String },
+    Transport {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// An HTTP status the protocol does not allow here, without a problem document.
     #[error("{url}: unexpected HTTP status {status}: {body}")]
     Status {
+        /// The URL.
         url: String,
+        /// The status.
         status: u16,
+        /// The response body.
         body: String,
     },
     /// A response body that is not the JSON object expected.
     #[error("{url}: malformed response: {message}")]
-    Malformed { url: String, message: String },
+    Malformed {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A response body over its size cap.
     #[error("{url}: response body is larger than {limit} bytes; refusing to read more")]
-    TooLarge { url: String, limit: usize },
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The size cap in bytes.
+        limit: usize,
+    },
     /// Something took longer than its deadline.
     #[error("timed out after {after:?} while {what}")]
-    Timeout { what: String, after: Duration },
+    Timeout {
+        /// What was being waited for.
+        what: String,
+        /// The deadline.
+        after: Duration,
+    },
     /// A challenge failed validation at the CA.
     #[error("authorization for {identifier} failed: {problem}")]
     AuthorizationFailed {
+        /// The identifier.
         identifier: String,
+        /// The problem document.
         problem: Box<Problem>,
     },
     /// The order became invalid.
     #[error("order {url} is invalid{}", problem_text(.problem.as_deref()))]
     OrderInvalid {
+        /// The URL.
         url: String,
+        /// The problem document.
         problem: Option<Box<Problem>>,
     },
     /// The challenge solver could not provision or found a problem before validation.
     #[error("{identifier}: {message}")]
-    Solver { identifier: String, message: String },
+    Solver {
+        /// The identifier.
+        identifier: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The CA offered no challenge type the solver can fulfil.
     #[error("{identifier}: no supported challenge (offered: {offered})")]
-    NoSupportedChallenge { identifier: String, offered: String },
+    NoSupportedChallenge {
+        /// The identifier.
+        identifier: String,
+        /// The challenge types offered.
+        offered: String,
+    },
     /// Key parsing, generation or signing.
     #[error("key: {0}")]
     Key(String),
+    /// The certificate the CA issued does not match the order, or its chain does not hold
+    /// together: it is not installed.
+    #[error("refusing the certificate the CA issued: {0}")]
+    BadIssuance(String),
     /// Certificate or CSR parsing.
     #[error("certificate: {0}")]
     Certificate(String),

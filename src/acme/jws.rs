@@ -79,8 +79,11 @@ pub fn is_valid_token(token: &str) -> bool {
 /// A flattened JWS (RFC 7515 section 7.2.2).
 #[derive(Debug, Clone, Serialize)]
 pub struct Jws {
+    /// The protected header, base64url.
     pub protected: String,
+    /// The payload, base64url.
     pub payload: String,
+    /// The signature, base64url.
     pub signature: String,
 }
 

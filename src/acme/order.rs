@@ -79,21 +79,13 @@ impl CertificateChain {
     }
 }
 
-/// Splits a PEM text into its `CERTIFICATE` blocks, each ending in a newline.
+/// A PEM text's `CERTIFICATE` blocks, each re-encoded as one canonical PEM block.
 pub fn split_pem(pem: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in pem.lines() {
-        if line.starts_with("-----BEGIN ") {
-            current.clear();
-        }
-        current.push_str(line.trim_end());
-        current.push('\n');
-        if line.starts_with("-----END ") {
-            out.push(std::mem::take(&mut current));
-        }
-    }
-    out
+    super::cert::pem_certificates(pem.as_bytes())
+        .unwrap_or_default()
+        .iter()
+        .map(|der| super::cert::to_pem("CERTIFICATE", der))
+        .collect()
 }
 
 /// An order at the CA and its last known state.
@@ -195,7 +187,9 @@ impl Account {
                 problem: order.state.error.clone().map(Box::new),
             });
         }
-        order.download(opts.preferred_chain.as_deref()).await
+        let chain = order.download(opts.preferred_chain.as_deref()).await?;
+        super::cert::check_issued(&chain.pem, names, csr_der, time::OffsetDateTime::now_utc())?;
+        Ok(chain)
     }
 }
 
@@ -485,10 +479,10 @@ mod tests {
 
     #[test]
     fn split_pem_keeps_blocks_in_order() {
-        let pem = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\r\n\n-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\r\n\n-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n";
         let blocks = split_pem(pem);
         assert_eq!(blocks.len(), 2);
-        assert!(blocks[0].contains("AAA") && blocks[1].contains("BBB"));
+        assert!(blocks[0].contains("AAAA") && blocks[1].contains("BBBB"));
         let chain = CertificateChain {
             pem: pem.into(),
             url: String::new(),
@@ -496,8 +490,8 @@ mod tests {
             alternates: 0,
             replaces: None,
         };
-        assert!(chain.leaf_pem().contains("AAA") && !chain.leaf_pem().contains("BBB"));
-        assert!(chain.chain_pem().contains("BBB") && !chain.chain_pem().contains("AAA"));
+        assert!(chain.leaf_pem().contains("AAAA") && !chain.leaf_pem().contains("BBBB"));
+        assert!(chain.chain_pem().contains("BBBB") && !chain.chain_pem().contains("AAAA"));
     }
 
     #[tokio::test]

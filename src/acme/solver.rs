@@ -18,6 +18,7 @@ pub struct PendingChallenge {
     pub identifier: Identifier,
     /// True when the authorization is for `*.identifier`.
     pub wildcard: bool,
+    /// The type.
     pub kind: ChallengeType,
     /// The challenge token, already checked to be base64url (safe as a file name).
     pub token: String,

@@ -15,7 +15,7 @@ macro_rules! wire_enum {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash)]
         pub enum $name {
-            $($(#[$vmeta])* $variant,)+
+            $($(#[$vmeta])* #[doc = concat!("`", $text, "`")] $variant,)+
             /// A value this client does not know, kept verbatim.
             Other(String),
         }
@@ -112,16 +112,23 @@ wire_enum!(
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Directory {
+    /// The newNonce URL.
     pub new_nonce: String,
+    /// The newAccount URL.
     pub new_account: String,
+    /// The newOrder URL.
     pub new_order: String,
+    /// The newAuthz URL (pre-authorization), when offered.
     #[serde(default)]
     pub new_authz: Option<String>,
+    /// The revokeCert URL.
     pub revoke_cert: String,
+    /// The keyChange URL.
     pub key_change: String,
     /// RFC 9773 (ARI); absent on CAs that do not offer it.
     #[serde(default)]
     pub renewal_info: Option<String>,
+    /// The directory's metadata.
     #[serde(default)]
     pub meta: DirectoryMeta,
 }
@@ -130,12 +137,16 @@ pub struct Directory {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DirectoryMeta {
+    /// The URL of the current terms of service.
     #[serde(default)]
     pub terms_of_service: Option<String>,
+    /// The CA's website.
     #[serde(default)]
     pub website: Option<String>,
+    /// Host names the CA recognises in CAA records.
     #[serde(default)]
     pub caa_identities: Vec<String>,
+    /// True when new accounts need external account binding.
     #[serde(default)]
     pub external_account_required: bool,
     /// Certificate profiles offered by the CA, name to description.
@@ -146,8 +157,10 @@ pub struct DirectoryMeta {
 /// An identifier: a DNS name or an IP address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identifier {
+    /// The type.
     #[serde(rename = "type")]
     pub kind: IdentifierType,
+    /// The value (a DNS name or an IP address).
     pub value: String,
 }
 
@@ -194,11 +207,15 @@ impl fmt::Display for Identifier {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountResource {
+    /// The status.
     pub status: AccountStatus,
+    /// Contact URLs (`mailto:`).
     #[serde(default)]
     pub contact: Vec<String>,
+    /// Agreement to the terms of service.
     #[serde(default)]
     pub terms_of_service_agreed: Option<bool>,
+    /// The URL of the account's orders list.
     #[serde(default)]
     pub orders: Option<String>,
 }
@@ -207,12 +224,16 @@ pub struct AccountResource {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewAccount<'a> {
+    /// Contact URLs (`mailto:`).
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub contact: &'a [String],
+    /// Agreement to the terms of service.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub terms_of_service_agreed: bool,
+    /// Only look up an existing account, never create one.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub only_return_existing: bool,
+    /// The external account binding JWS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_account_binding: Option<serde_json::Value>,
 }
@@ -221,8 +242,10 @@ pub struct NewAccount<'a> {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountUpdate<'a> {
+    /// Contact URLs (`mailto:`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact: Option<&'a [String]>,
+    /// The status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<AccountStatus>,
 }
@@ -231,13 +254,18 @@ pub struct AccountUpdate<'a> {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewOrder {
+    /// The identifiers the order is for.
     pub identifiers: Vec<Identifier>,
+    /// The requested or granted notBefore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_before: Option<String>,
+    /// The requested or granted notAfter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,
+    /// The certificate profile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// The ARI CertID of the certificate this order replaces (RFC 9773).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
 }
@@ -246,24 +274,35 @@ pub struct NewOrder {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
+    /// The status.
     pub status: OrderStatus,
+    /// When it expires.
     #[serde(default)]
     pub expires: Option<String>,
+    /// The identifiers the order is for.
     #[serde(default)]
     pub identifiers: Vec<Identifier>,
+    /// The requested or granted notBefore.
     #[serde(default)]
     pub not_before: Option<String>,
+    /// The requested or granted notAfter.
     #[serde(default)]
     pub not_after: Option<String>,
+    /// The problem that made it invalid.
     #[serde(default)]
     pub error: Option<Problem>,
+    /// The authorization URLs.
     #[serde(default)]
     pub authorizations: Vec<String>,
+    /// The finalize URL.
     pub finalize: String,
+    /// The certificate URL, once issued.
     #[serde(default)]
     pub certificate: Option<String>,
+    /// The certificate profile.
     #[serde(default)]
     pub profile: Option<String>,
+    /// The ARI CertID of the certificate this order replaces (RFC 9773).
     #[serde(default)]
     pub replaces: Option<String>,
 }
@@ -272,12 +311,17 @@ pub struct Order {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Authorization {
+    /// The identifier.
     pub identifier: Identifier,
+    /// The status.
     pub status: AuthorizationStatus,
+    /// When it expires.
     #[serde(default)]
     pub expires: Option<String>,
+    /// The challenges offered.
     #[serde(default)]
     pub challenges: Vec<Challenge>,
+    /// True for a wildcard authorization.
     #[serde(default)]
     pub wildcard: bool,
 }
@@ -286,14 +330,20 @@ pub struct Authorization {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Challenge {
+    /// The type.
     #[serde(rename = "type")]
     pub kind: ChallengeType,
+    /// The URL.
     pub url: String,
+    /// The status.
     pub status: ChallengeStatus,
+    /// The challenge token.
     #[serde(default)]
     pub token: Option<String>,
+    /// When the server validated it.
     #[serde(default)]
     pub validated: Option<String>,
+    /// The problem that made it invalid.
     #[serde(default)]
     pub error: Option<Problem>,
 }
@@ -319,7 +369,9 @@ pub struct Revocation {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyChange<'a> {
+    /// The account URL.
     pub account: &'a str,
+    /// The old key as a JWK.
     pub old_key: serde_json::Value,
 }
 
@@ -327,14 +379,19 @@ pub struct KeyChange<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Problem {
+    /// The type.
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
+    /// A human-readable explanation.
     #[serde(default)]
     pub detail: Option<String>,
+    /// The status.
     #[serde(default)]
     pub status: Option<u16>,
+    /// A URL identifying this occurrence.
     #[serde(default)]
     pub instance: Option<String>,
+    /// Problems with single identifiers.
     #[serde(default)]
     pub subproblems: Vec<Subproblem>,
 }
@@ -342,10 +399,13 @@ pub struct Problem {
 /// A subproblem: a problem tied to one identifier (RFC 8555 section 6.7.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Subproblem {
+    /// The type.
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
+    /// A human-readable explanation.
     #[serde(default)]
     pub detail: Option<String>,
+    /// The identifier.
     #[serde(default)]
     pub identifier: Option<Identifier>,
 }
@@ -365,20 +425,35 @@ impl Problem {
     }
 }
 
+/// The CA's text with every control character (newlines included) escaped as `\u{..}`, so a
+/// hostile CA cannot drive a terminal or forge log lines through a problem document.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.kind.as_deref().unwrap_or("about:blank"))?;
+        let text = |s: Option<&str>| escape_controls(s.unwrap_or("about:blank"));
+        f.write_str(&text(self.kind.as_deref()))?;
         if let Some(detail) = &self.detail {
-            write!(f, ": {detail}")?;
+            write!(f, ": {}", escape_controls(detail))?;
         }
         for sub in &self.subproblems {
             f.write_str("\n  ")?;
             if let Some(id) = &sub.identifier {
-                write!(f, "{}: ", id.value)?;
+                write!(f, "{}: ", escape_controls(&id.value))?;
             }
-            f.write_str(sub.kind.as_deref().unwrap_or("about:blank"))?;
+            f.write_str(&text(sub.kind.as_deref()))?;
             if let Some(detail) = &sub.detail {
-                write!(f, ": {detail}")?;
+                write!(f, ": {}", escape_controls(detail))?;
             }
         }
         Ok(())
@@ -389,7 +464,9 @@ impl fmt::Display for Problem {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RenewalInfoResource {
+    /// The window in which to renew.
     pub suggested_window: SuggestedWindow,
+    /// A page explaining the window, when the CA gives one.
     #[serde(default, rename = "explanationURL")]
     pub explanation_url: Option<String>,
 }
@@ -397,7 +474,9 @@ pub struct RenewalInfoResource {
 /// The suggested renewal window, as RFC 3339 timestamps.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SuggestedWindow {
+    /// The start of the window (RFC 3339).
     pub start: String,
+    /// The end of the window (RFC 3339).
     pub end: String,
 }
 
@@ -615,6 +694,28 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&o).unwrap(),
             r#"{"identifiers":[{"type":"dns","value":"example.com"},{"type":"ip","value":"::1"}]}"#
+        );
+    }
+
+    #[test]
+    fn problem_text_cannot_drive_the_terminal() {
+        let p: Problem = serde_json::from_str(
+            r#"{"type":"urn:ietf:params:acme:error:malformed","detail":"bad\u001b]0;owned\u0007\nerror: forged line\r","subproblems":[{"type":"x\u009b","detail":"d\u001b[2J","identifier":{"type":"dns","value":"a\nb"}}]}"#,
+        )
+        .unwrap();
+        let shown = p.to_string();
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\n'),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown.matches('\n').count(),
+            1,
+            "only the subproblem separator: {shown:?}"
+        );
+        assert!(
+            shown.contains("bad\\u{1b}]0;owned\\u{7}\\u{a}error: forged line\\u{d}"),
+            "{shown}"
         );
     }
 }
