@@ -20,6 +20,9 @@ pub type FileId = usize;
 pub const MAX_DEPTH: usize = 64;
 /// Deepest include nesting accepted.
 pub const MAX_INCLUDE_DEPTH: usize = 32;
+/// The most configuration text read in all (every file counted once), so memory stays bounded
+/// whatever the includes point at.
+pub const MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A parse or include error, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,10 @@ pub struct ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            // The file as a whole (it cannot be read): no position to show.
+            return write!(f, "{}: {}", self.file.display(), self.message);
+        }
         write!(
             f,
             "{}:{}:{}: {}",
@@ -117,6 +124,8 @@ struct Loader<'s> {
     files: Vec<SourceFile>,
     by_path: HashMap<PathBuf, FileId>,
     stack: Vec<PathBuf>,
+    /// Bytes of text read so far.
+    total: u64,
 }
 
 impl Config {
@@ -141,6 +150,7 @@ impl Config {
             files: Vec::new(),
             by_path: HashMap::new(),
             stack: Vec::new(),
+            total: 0,
         };
         let text = source.read(main).map_err(|e| ParseError {
             file: main.to_path_buf(),
@@ -167,6 +177,7 @@ impl Config {
             files: Vec::new(),
             by_path: HashMap::new(),
             stack: Vec::new(),
+            total: 0,
         };
         let id = loader.parse_file(path.to_path_buf(), text.to_vec())?;
         Ok(Config {
@@ -424,7 +435,8 @@ enum LoadFailure {
     Parse(ParseError),
 }
 
-type Loaded = Result<(Vec<u8>, Vec<Directive>), LoadFailure>;
+/// A file's text (empty unless kept), its size, and its directives.
+type Loaded = Result<(Vec<u8>, u64, Vec<Directive>), LoadFailure>;
 
 /// Reads and parses files (no includes followed) on all cores, keeping their order.
 fn read_and_parse_all(source: &dyn Source, paths: &[PathBuf], keep_text: bool) -> Vec<Loaded> {
@@ -433,7 +445,8 @@ fn read_and_parse_all(source: &dyn Source, paths: &[PathBuf], keep_text: bool) -
             LoadFailure::Read(format!("cannot open included file {}: {e}", p.display()))
         })?;
         let directives = parse_text(p, &text, FileId::MAX).map_err(LoadFailure::Parse)?;
-        Ok((if keep_text { text } else { Vec::new() }, directives))
+        let size = text.len() as u64;
+        Ok((if keep_text { text } else { Vec::new() }, size, directives))
     };
     if paths.len() < PARALLEL_PARSE_MIN_FILES {
         return paths.iter().map(one).collect();
@@ -462,7 +475,8 @@ impl Loader<'_> {
     fn parse_file(&mut self, path: PathBuf, text: Vec<u8>) -> Result<FileId, ParseError> {
         let id = self.files.len();
         let directives = parse_text(&path, &text, id)?;
-        self.attach(path, text, directives)
+        let size = text.len() as u64;
+        self.attach(path, text, size, directives)
     }
 
     /// Adds a parsed file and links its includes (depth first, with cycle detection).
@@ -470,9 +484,21 @@ impl Loader<'_> {
         &mut self,
         path: PathBuf,
         text: Vec<u8>,
+        size: u64,
         mut directives: Vec<Directive>,
     ) -> Result<FileId, ParseError> {
         let id = self.files.len();
+        self.total += size;
+        if self.total > MAX_TOTAL_BYTES {
+            return Err(ParseError {
+                file: path,
+                line: 0,
+                col: 0,
+                message: format!(
+                    "the configuration holds more than {MAX_TOTAL_BYTES} bytes in all; refusing to read more"
+                ),
+            });
+        }
         set_file_id(&mut directives, id);
         self.files.push(SourceFile {
             path: path.clone(),
@@ -570,13 +596,13 @@ impl Loader<'_> {
                 ids.push(id);
                 continue;
             }
-            let (text, directives) = match parsed.remove(&p) {
+            let (text, size, directives) = match parsed.remove(&p) {
                 Some(Ok(v)) => v,
                 Some(Err(LoadFailure::Read(message))) => return Err(err(message)),
                 Some(Err(LoadFailure::Parse(e))) => return Err(e),
                 None => return Err(err(format!("{} vanished while loading", p.display()))),
             };
-            ids.push(self.attach(p, text, directives)?);
+            ids.push(self.attach(p, text, size, directives)?);
         }
         d.includes = ids.into_boxed_slice();
         Ok(())

@@ -18,9 +18,43 @@ pub trait Source: Sync {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiskSource;
 
+/// The largest configuration file read (nginx has no limit; a hostile include could point at
+/// something endless).
+pub const MAX_CONFIG_FILE: u64 = 16 * 1024 * 1024;
+
 impl Source for DiskSource {
+    /// Reads a regular file of at most [`MAX_CONFIG_FILE`] bytes. Symlinks are followed (sites
+    /// are linked from sites-enabled), but what they reach must be a regular file: a link to
+    /// `/dev/zero` or a FIFO is refused without reading or blocking on it.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        std::fs::read(path)
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        if meta.len() > MAX_CONFIG_FILE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than {MAX_CONFIG_FILE} bytes"),
+            ));
+        }
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        f.take(MAX_CONFIG_FILE + 1).read_to_end(&mut buf)?;
+        if buf.len() as u64 > MAX_CONFIG_FILE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than {MAX_CONFIG_FILE} bytes"),
+            ));
+        }
+        Ok(buf)
     }
 
     fn glob(&self, pattern: &Path) -> io::Result<Vec<PathBuf>> {
@@ -157,6 +191,36 @@ mod tests {
         assert_eq!(
             got,
             vec![dir.path().join("a.conf"), dir.path().join("b.conf")]
+        );
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let zero = dir.path().join("zero.conf");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = DiskSource.read(&zero).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let fifo = dir.path().join("fifo.conf");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = DiskSource.read(&fifo).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let big = dir.path().join("big.conf");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_CONFIG_FILE + 1)
+            .unwrap();
+        assert!(DiskSource
+            .read(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("larger than"));
+        let ok = dir.path().join("ok.conf");
+        std::fs::write(&ok, "events {}\n").unwrap();
+        std::os::unix::fs::symlink(&ok, dir.path().join("link.conf")).unwrap();
+        assert_eq!(
+            DiskSource.read(&dir.path().join("link.conf")).unwrap(),
+            b"events {}\n"
         );
     }
 }
