@@ -1,14 +1,24 @@
 //! acme-nginx: TLS certificates from any ACME CA for the server blocks of a running nginx.
 //!
-//! The folders say the architecture: [`acme`] is an RFC 8555 client with no nginx in it;
-//! [`challenge`] answers challenges (the http-01 webroot solver); [`nginx`] reads, edits and
-//! reloads nginx; [`store`] keeps certificate lineages on disk; [`hooks`] runs the user's hooks;
-//! [`cli`] ties them together, one file per command.
+//! The folders say the architecture; dependencies point down only:
+//!
+//! - [`lifecycle`]: the domain: from server blocks to live, renewed certificates (plans, runs,
+//!   the renewal policy, installing, status, metrics, the watch loop). It uses everything below.
+//! - [`acme`]: an RFC 8555 client with no nginx in it, usable on its own.
+//! - [`challenge`]: answering challenges on this host (the http-01 webroot solver, preflight).
+//! - [`nginx`]: reading, editing, testing, reloading and probing nginx.
+//! - [`store`]: the state directory (lineages, accounts, lock, token journal).
+//! - [`hooks`]: the user's pre/post/deploy hooks.
+//! - [`fsutil`]: atomic, link-safe file writes.
+//!
+//! The command line lives in the binary (`src/cli/`): it parses, calls [`lifecycle`] or
+//! [`acme`], and prints.
 
+#[warn(missing_docs)]
 pub mod acme;
 pub mod challenge;
-pub mod cli;
 pub mod fsutil;
 pub mod hooks;
+pub mod lifecycle;
 pub mod nginx;
 pub mod store;

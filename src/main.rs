@@ -2,9 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+mod cli;
 
 fn main() -> ExitCode {
-    let cli = acme_nginx::cli::Cli::parse();
-    ExitCode::from(acme_nginx::cli::run(cli))
+    cli::main()
 }

@@ -12,7 +12,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::webroot::WebrootSolver;
 use crate::acme::{ChallengeSolver, ChallengeType, PendingChallenge, SolverError};
-use crate::nginx::reload::http_get;
+use crate::nginx::probe::http_get;
 use crate::store::Store;
 
 /// Where nginx serves one name's challenges.
@@ -75,9 +75,16 @@ impl ChallengeSolver for PreflightSolver {
         }
         self.webroot.write_token(ch)?;
         let path = ch.http_path();
-        let answer = http_get(route.listener, &ch.identifier.value, &path).await.map_err(|e| {
-            format!("preflight of http://{}{path} through nginx at {} failed: {e} (server block {})", ch.identifier.value, route.listener, route.block)
-        })?;
+        let answer = http_get(route.listener, &ch.identifier.value, &path)
+            .await
+            .map_err(|e| {
+                format!(
+                    "preflight of http://{}{path} through nginx at {} failed: {e} (server block {})",
+                    crate::nginx::probe::host_header(&ch.identifier.value),
+                    route.listener,
+                    route.block
+                )
+            })?;
         if answer.status != 200 || answer.body.trim_ascii() != ch.key_authorization.as_bytes() {
             let body = String::from_utf8_lossy(&answer.body);
             let body: String = body.chars().take(80).collect();
@@ -100,10 +107,22 @@ impl ChallengeSolver for PreflightSolver {
     }
 }
 
+/// nginx's worker user cannot enter a directory on the way to the challenge directory.
+#[derive(Debug, thiserror::Error)]
+#[error("nginx's worker user (uid {uid}) cannot enter {} (mode {mode:o}, owner {owner}:{group}), so it cannot serve challenge files from {}", blocking.display(), dir.display())]
+pub struct Unreachable {
+    pub uid: Uid,
+    pub blocking: PathBuf,
+    pub mode: u32,
+    pub owner: u32,
+    pub group: u32,
+    pub dir: PathBuf,
+}
+
 /// Checks that `user` (uid and groups) can reach files in `dir`: every ancestor must grant it
 /// search permission. Names the first one that does not. Directories that do not exist yet are
 /// created later with mode 0755 and are fine.
-pub fn check_reachable(dir: &Path, uid: Uid, gids: &[Gid]) -> Result<(), String> {
+pub fn check_reachable(dir: &Path, uid: Uid, gids: &[Gid]) -> Result<(), Unreachable> {
     use std::os::unix::fs::MetadataExt;
     if uid.is_root() {
         return Ok(());
@@ -123,14 +142,14 @@ pub fn check_reachable(dir: &Path, uid: Uid, gids: &[Gid]) -> Result<(), String>
             mode & 0o001
         };
         if bit == 0 {
-            return Err(format!(
-                "nginx's worker user (uid {uid}) cannot enter {} (mode {:o}, owner {}:{}), so it cannot serve challenge files from {}",
-                p.display(),
-                mode & 0o7777,
-                meta.uid(),
-                meta.gid(),
-                dir.display()
-            ));
+            return Err(Unreachable {
+                uid,
+                blocking: p,
+                mode: mode & 0o7777,
+                owner: meta.uid(),
+                group: meta.gid(),
+                dir: dir.to_path_buf(),
+            });
         }
     }
     Ok(())
@@ -152,7 +171,11 @@ mod tests {
         // A user that owns nothing here and is in no group of these directories.
         let (uid, gid) = (Uid::from_raw(65534), Gid::from_raw(65534));
         let err = check_reachable(&inner, uid, &[gid]).unwrap_err();
-        assert!(err.contains(&closed.display().to_string()), "{err}");
+        assert_eq!(err.blocking, closed);
+        assert!(
+            err.to_string().contains(&closed.display().to_string()),
+            "{err}"
+        );
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
         check_reachable(&inner, uid, &[gid]).unwrap();
         // Not yet created below an open directory: fine.

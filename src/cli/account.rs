@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+use acme_nginx::acme::{self, Account, KeyPair, KeyType, NewAccountOptions};
+use acme_nginx::lifecycle;
+use acme_nginx::lifecycle::account::{contact_urls, write_state};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{write_state, CliError, CmdResult, Context, EXIT_OK};
-use crate::acme::{self, Account, KeyPair, KeyType, NewAccountOptions};
+use super::{output, CliError, CmdResult, Context, Exit};
 
 #[derive(Debug, Subcommand)]
 pub enum AccountCommand {
@@ -68,45 +70,27 @@ pub struct RolloverArgs {
     pub key_type: KeyType,
 }
 
-/// `mailto:` URLs for plain addresses; refuses what cannot be an address.
-pub fn contact_urls(emails: &[String]) -> Result<Vec<String>, CliError> {
-    emails
-        .iter()
-        .map(|e| {
-            let addr = e.strip_prefix("mailto:").unwrap_or(e).trim();
-            let valid = addr.split_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty() && domain.contains('.') && !addr.contains([',', ' ', '<', '>'])
-            });
-            if valid {
-                Ok(format!("mailto:{addr}"))
-            } else {
-                Err(CliError::fatal(format!("{e:?} is not an email address")))
-            }
-        })
-        .collect()
-}
-
 pub async fn run(ctx: &Context, cmd: AccountCommand) -> CmdResult {
     match cmd {
         AccountCommand::Register(args) => register(ctx, args).await,
         AccountCommand::Show(args) => {
             let account = ctx.load_account(&args.state).await?;
             let resource = account.fetch().await?;
-            report(ctx, &account, &resource);
-            Ok(EXIT_OK)
+            report(ctx, &account, &resource)?;
+            Ok(Exit::Ok)
         }
         AccountCommand::Update(args) => {
             let mut account = ctx.load_account(&args.state.state).await?;
             let resource = account.update_contact(contact_urls(&args.emails)?).await?;
             write_state(&args.state.state, &account.to_state())?;
-            report(ctx, &account, &resource);
-            Ok(EXIT_OK)
+            report(ctx, &account, &resource)?;
+            Ok(Exit::Ok)
         }
         AccountCommand::Deactivate(args) => {
             let account = ctx.load_account(&args.state).await?;
             let resource = account.deactivate().await?;
-            report(ctx, &account, &resource);
-            Ok(EXIT_OK)
+            report(ctx, &account, &resource)?;
+            Ok(Exit::Ok)
         }
         AccountCommand::Rollover(args) => {
             let mut account = ctx.load_account(&args.state.state).await?;
@@ -115,11 +99,16 @@ pub async fn run(ctx: &Context, cmd: AccountCommand) -> CmdResult {
             write_state(&args.state.state, &account.to_state())?;
             let new = acme::jws::thumbprint(account.key());
             if ctx.json {
-                ctx.print_json(&json!({"account": account.url(), "old_thumbprint": old, "new_thumbprint": new}));
+                output::json(
+                    &json!({"account": account.url(), "old_thumbprint": old, "new_thumbprint": new}),
+                )?;
             } else {
-                println!("account {} now uses key {new} (was {old})", account.url());
+                output::line(format!(
+                    "account {} now uses key {new} (was {old})",
+                    account.url()
+                ))?;
             }
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
     }
 }
@@ -127,7 +116,7 @@ pub async fn run(ctx: &Context, cmd: AccountCommand) -> CmdResult {
 async fn register(ctx: &Context, args: RegisterArgs) -> CmdResult {
     let path = &args.state.state;
     if path.exists() {
-        return Err(CliError::fatal(format!(
+        return Err(CliError::Usage(format!(
             "{} exists already; it is left untouched (use `account show`)",
             path.display()
         )));
@@ -137,15 +126,13 @@ async fn register(ctx: &Context, args: RegisterArgs) -> CmdResult {
     let meta = client.directory().meta.clone();
     if let Some(tos) = &meta.terms_of_service {
         if !args.agree_tos {
-            return Err(CliError::fatal(format!(
+            return Err(CliError::Usage(format!(
                 "the CA's terms of service must be agreed to: read {tos} and pass --agree-tos"
             )));
         }
     }
     if meta.external_account_required && args.eab_kid.is_none() {
-        return Err(CliError::fatal(
-            "the CA requires external account binding: pass --eab-kid and --eab-hmac-key",
-        ));
+        return Err(lifecycle::Error::EabRequired.into());
     }
     let opts = NewAccountOptions {
         contact,
@@ -155,43 +142,33 @@ async fn register(ctx: &Context, args: RegisterArgs) -> CmdResult {
     let (account, resource) =
         Account::create(client, KeyPair::generate(args.key_type), &opts).await?;
     write_state(path, &account.to_state())?;
-    report(ctx, &account, &resource);
-    Ok(EXIT_OK)
+    report(ctx, &account, &resource)?;
+    Ok(Exit::Ok)
 }
 
-fn report(ctx: &Context, account: &Account, resource: &acme::types::AccountResource) {
+fn report(
+    ctx: &Context,
+    account: &Account,
+    resource: &acme::types::AccountResource,
+) -> Result<(), CliError> {
     if ctx.json {
-        ctx.print_json(&json!({
+        output::json(&json!({
             "account": account.url(),
             "directory": account.client().directory_url(),
             "status": resource.status.as_str(),
             "contact": resource.contact,
             "key_type": account.key().key_type().to_string(),
             "thumbprint": acme::jws::thumbprint(account.key()),
-        }));
+        }))
     } else {
-        println!("account:   {}", account.url());
-        println!("directory: {}", account.client().directory_url());
-        println!("status:    {}", resource.status);
-        println!("contact:   {}", resource.contact.join(", "));
-        println!(
+        output::line(format!("account:   {}", account.url()))?;
+        output::line(format!("directory: {}", account.client().directory_url()))?;
+        output::line(format!("status:    {}", resource.status))?;
+        output::line(format!("contact:   {}", resource.contact.join(", ")))?;
+        output::line(format!(
             "key:       {} ({})",
             account.key().key_type(),
             acme::jws::thumbprint(account.key())
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn contact_urls_accept_addresses_and_refuse_others() {
-        let ok = contact_urls(&["a@b.example".into(), "mailto:c@d.example".into()]).unwrap();
-        assert_eq!(ok, vec!["mailto:a@b.example", "mailto:c@d.example"]);
-        for bad in ["", "nobody", "a@b", "a b@c.d", "@c.d"] {
-            assert!(contact_urls(&[bad.to_owned()]).is_err(), "{bad:?} accepted");
-        }
+        ))
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory};
 
-use super::{Cli, CliError, CmdResult, EXIT_OK};
+use super::{Cli, CliError, CmdResult, Exit};
 
 #[derive(Debug, Args)]
 pub struct AssetsArgs {
@@ -15,11 +15,9 @@ pub struct AssetsArgs {
 }
 
 pub fn run(args: AssetsArgs) -> CmdResult {
-    let err = |e: std::io::Error| {
-        CliError::fatal(format!(
-            "cannot write assets into {}: {e}",
-            args.out.display()
-        ))
+    let err = |e: std::io::Error| CliError::Io {
+        what: format!("write assets into {}", args.out.display()),
+        source: e,
     };
     let man = args.out.join("man");
     let completions = args.out.join("completions");
@@ -35,5 +33,5 @@ pub fn run(args: AssetsArgs) -> CmdResult {
         clap_complete::generate_to(shell, &mut cmd.clone(), "acme-nginx", &completions)
             .map_err(err)?;
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }

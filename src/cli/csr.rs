@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use super::{write_output, CliError, CmdResult, Context, EXIT_OK};
-use crate::acme::{create_csr, KeyPair, KeyType};
-use crate::fsutil::{PRIVATE_MODE, PUBLIC_MODE};
+use acme_nginx::acme::cert::normalize_names;
+use acme_nginx::acme::{create_csr, KeyPair, KeyType};
+use acme_nginx::fsutil::{PRIVATE_MODE, PUBLIC_MODE};
+
+use super::{output, write_output, CliError, CmdResult, Context, Exit};
 
 #[derive(Debug, Args)]
 pub struct CsrArgs {
@@ -27,12 +29,12 @@ pub struct CsrArgs {
 
 pub fn run(ctx: &Context, args: CsrArgs) -> CmdResult {
     if args.key_out.symlink_metadata().is_ok() {
-        return Err(CliError::fatal(format!(
+        return Err(CliError::Usage(format!(
             "{} exists already; a private key is never overwritten",
             args.key_out.display()
         )));
     }
-    let names = validate_names(&args.domains)?;
+    let names = normalize_names(&args.domains)?;
     let key = KeyPair::generate(args.key_type);
     let csr = create_csr(&key, &names)?;
     write_output(
@@ -43,70 +45,17 @@ pub fn run(ctx: &Context, args: CsrArgs) -> CmdResult {
     )?;
     write_output(&args.out, csr.pem.as_bytes(), PUBLIC_MODE, "CSR")?;
     if ctx.json {
-        ctx.print_json(&json!({"names": names, "key": args.key_out, "csr": args.out, "key_type": args.key_type.to_string()}));
+        output::json(
+            &json!({"names": names, "key": args.key_out, "csr": args.out, "key_type": args.key_type.to_string()}),
+        )?;
     } else {
-        println!(
+        output::line(format!(
             "wrote {} ({} key) and {} for {}",
             args.key_out.display(),
             args.key_type,
             args.out.display(),
             names.join(", ")
-        );
+        ))?;
     }
-    Ok(EXIT_OK)
-}
-
-/// Lowercases, deduplicates (keeping order) and checks names: DNS names (wildcards allowed) or IPs.
-pub fn validate_names(names: &[String]) -> Result<Vec<String>, CliError> {
-    let mut out: Vec<String> = Vec::new();
-    for name in names {
-        let n = name.trim().trim_end_matches('.').to_ascii_lowercase();
-        if !is_valid_name(&n) {
-            return Err(CliError::fatal(format!(
-                "{name:?} is not a DNS name or IP address"
-            )));
-        }
-        if !out.contains(&n) {
-            out.push(n);
-        }
-    }
-    if out.is_empty() {
-        return Err(CliError::fatal("no names given"));
-    }
-    Ok(out)
-}
-
-/// A DNS name (LDH labels, optional leading `*.`) or an IP address.
-pub fn is_valid_name(n: &str) -> bool {
-    n.parse::<std::net::IpAddr>().is_ok() || crate::acme::types::is_valid_dns_name(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_normalized_and_checked() {
-        let n = validate_names(&[
-            "WWW.Example.org.".into(),
-            "www.example.org".into(),
-            "*.example.org".into(),
-            "::1".into(),
-        ])
-        .unwrap();
-        assert_eq!(n, vec!["www.example.org", "*.example.org", "::1"]);
-        for bad in [
-            "",
-            "a..b",
-            "-a.b",
-            "a b",
-            "ex*ample.org",
-            &format!("{}.org", "a".repeat(64)),
-        ] {
-            assert!(
-                validate_names(&[bad.to_owned()]).is_err(),
-                "{bad:?} accepted"
-            );
-        }
-    }
+    Ok(Exit::Ok)
 }

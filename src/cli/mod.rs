@@ -1,36 +1,50 @@
-//! The command line: clap definitions (stage one), a validated [`Context`] (stage two), and one
-//! file per command. This is the only layer that ties the ACME client, the challenge solvers,
-//! nginx, the store and the hooks together.
-//!
-//! Exit codes: 0 everything succeeded, 1 some names failed (the others succeeded),
-//! 2 nothing could run (bad arguments, unreadable files, CA unreachable, ...).
+//! The command line (binary only): clap definitions (stage one), the global settings (stage two),
+//! and one page per command: its arguments, one call into the library, and the rendering. This
+//! is the only place that prints, and that maps outcomes and errors to the exit codes:
+//! 0 everything succeeded, 1 some names failed (the others succeeded), 2 nothing could run.
 
 mod account;
 mod assets;
-pub mod config;
 mod csr;
-pub mod enroll;
-pub mod pipeline;
-pub mod renew;
+mod enroll;
+mod options;
+mod output;
+mod renew;
 mod revoke;
-pub mod scan;
+mod scan;
 mod sign;
-pub mod watch;
+mod status;
+mod watch;
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
+use acme_nginx::acme::{self, ClientConfig};
+use acme_nginx::lifecycle::{self, Outcome};
 use clap::{Args, Parser, Subcommand};
 
-use crate::acme::{self, ClientConfig};
-use crate::fsutil;
+/// What a command ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything succeeded.
+    Ok = 0,
+    /// Some names failed, the others succeeded.
+    Partial = 1,
+    /// The command could not run.
+    Fatal = 2,
+}
 
-/// Exit code: everything succeeded.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: some names failed, the others succeeded.
-pub const EXIT_PARTIAL: u8 = 1;
-/// Exit code: the command could not run.
-pub const EXIT_FATAL: u8 = 2;
+impl Exit {
+    /// Partial when any outcome failed.
+    pub fn of(outcomes: &[Outcome]) -> Exit {
+        if outcomes.iter().any(Outcome::failed) {
+            Exit::Partial
+        } else {
+            Exit::Ok
+        }
+    }
+}
 
 /// TLS certificates from any ACME CA for the server blocks of a running nginx.
 #[derive(Debug, Parser)]
@@ -57,6 +71,9 @@ pub struct GlobalArgs {
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Never ask: no confirmation prompt, whatever the terminal (for scripts and units).
+    #[arg(long, global = true)]
+    pub non_interactive: bool,
     /// More log output (-v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -77,13 +94,13 @@ pub enum Command {
     /// Revoke a certificate.
     Revoke(revoke::RevokeArgs),
     /// Show the server blocks of the nginx configuration, their names and challenge directories.
-    Scan(scan::ScanArgs),
+    Scan(Box<scan::ScanArgs>),
     /// Get, install and verify certificates for nginx's server blocks.
     Enroll(Box<enroll::EnrollArgs>),
     /// Renew the certificates that are due (ARI window, else a third of the lifetime left).
     Renew(Box<renew::RenewArgs>),
     /// Show every certificate, when it renews next and why.
-    Status(Box<renew::StatusArgs>),
+    Status(Box<status::StatusArgs>),
     /// Run as a service: enroll new server blocks as they appear, renew on time.
     Watch(Box<watch::WatchArgs>),
     /// Write man pages and shell completions (for packaging).
@@ -91,45 +108,49 @@ pub enum Command {
     Assets(assets::AssetsArgs),
 }
 
-/// An error that ends a command, with the exit code it maps to.
-#[derive(Debug)]
-pub struct CliError {
-    pub code: u8,
-    pub message: String,
+/// An error that ends a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Lifecycle(#[from] lifecycle::Error),
+    #[error(transparent)]
+    Acme(#[from] acme::Error),
+    #[error(transparent)]
+    Nginx(#[from] acme_nginx::nginx::LoadError),
+    /// The CA refused the names of a single-order command (`sign`): exit 1.
+    #[error("the order failed")]
+    OrderFailed(#[source] acme::Error),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Writing to stdout failed (a closed pipe ends the command quietly).
+    #[error("cannot write the output")]
+    Output(#[source] io::Error),
 }
 
 impl CliError {
-    /// The command could not run (exit 2).
-    pub fn fatal(message: impl fmt::Display) -> Self {
-        Self {
-            code: EXIT_FATAL,
-            message: message.to_string(),
+    /// An I/O error with what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> CliError {
+        let what = what.into();
+        move |source| CliError::Io { what, source }
+    }
+
+    fn exit(&self) -> Exit {
+        match self {
+            CliError::OrderFailed(_) => Exit::Partial,
+            CliError::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => Exit::Ok,
+            _ => Exit::Fatal,
         }
-    }
-
-    /// The work was attempted and failed for some names (exit 1).
-    pub fn failed(message: impl fmt::Display) -> Self {
-        Self {
-            code: EXIT_PARTIAL,
-            message: message.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<acme::Error> for CliError {
-    fn from(e: acme::Error) -> Self {
-        Self::fatal(e)
     }
 }
 
 /// The result of a command.
-pub type CmdResult = Result<u8, CliError>;
+pub type CmdResult = Result<Exit, CliError>;
 
 /// Validated global settings (stage two of argument handling).
 #[derive(Debug, Clone)]
@@ -138,8 +159,10 @@ pub struct Context {
     pub explicit_directory: Option<String>,
     /// The directory to use when nothing else names one.
     pub directory_url: String,
+    pub ca_file: Option<PathBuf>,
     pub client_config: ClientConfig,
     pub json: bool,
+    pub non_interactive: bool,
 }
 
 impl Context {
@@ -153,7 +176,7 @@ impl Context {
             .clone()
             .unwrap_or_else(|| acme::LETSENCRYPT_PRODUCTION.to_owned());
         if !(directory_url.starts_with("https://") || directory_url.starts_with("http://")) {
-            return Err(CliError::fatal(format!(
+            return Err(CliError::Usage(format!(
                 "--directory {directory_url:?} is not an http(s) URL"
             )));
         }
@@ -164,8 +187,10 @@ impl Context {
         Ok(Self {
             explicit_directory,
             directory_url,
+            ca_file: g.ca_file.clone(),
             client_config,
             json: g.json,
+            non_interactive: g.non_interactive,
         })
     }
 
@@ -174,20 +199,16 @@ impl Context {
         self.client_for(&self.directory_url).await
     }
 
-    /// Connects to a given directory.
-    pub async fn client_for(&self, url: &str) -> Result<acme::Client, CliError> {
-        acme::Client::new(url, &self.client_config)
-            .await
-            .map_err(|e| CliError::fatal(format!("cannot reach the CA: {e}")))
-    }
-
     /// Loads the account saved in a state file. The state names its CA; an explicit
     /// `--directory` that names another CA is an error.
-    pub async fn load_account(&self, state_path: &Path) -> Result<acme::Account, CliError> {
-        let state = read_state(state_path)?;
+    pub async fn load_account(
+        &self,
+        state_path: &std::path::Path,
+    ) -> Result<acme::Account, CliError> {
+        let state = lifecycle::account::read_state(state_path)?;
         if let Some(dir) = &self.explicit_directory {
             if dir != &state.directory {
-                return Err(CliError::fatal(format!(
+                return Err(CliError::Usage(format!(
                     "{} holds an account at {}, but --directory names {dir}",
                     state_path.display(),
                     state.directory
@@ -195,74 +216,27 @@ impl Context {
             }
         }
         let client = self.client_for(&state.directory).await?;
-        acme::Account::from_state(client, &state)
-            .map_err(|e| CliError::fatal(format!("{}: {e}", state_path.display())))
+        acme::Account::from_state(client, &state).map_err(|source| {
+            lifecycle::Error::AccountState {
+                path: state_path.to_path_buf(),
+                source,
+            }
+            .into()
+        })
     }
 
-    /// Prints a JSON value on stdout (for `--json`).
-    pub fn print_json(&self, value: &serde_json::Value) {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
+    /// Connects to a given directory.
+    pub async fn client_for(&self, url: &str) -> Result<acme::Client, CliError> {
+        acme::Client::new(url, &self.client_config)
+            .await
+            .map_err(|source| {
+                lifecycle::Error::Ca {
+                    directory: url.to_owned(),
+                    source,
+                }
+                .into()
+            })
     }
-}
-
-/// Reads a small input file, naming it in the error.
-pub fn read_input(path: &Path, what: &str) -> Result<Vec<u8>, CliError> {
-    fsutil::read_limited(path)
-        .map_err(|e| CliError::fatal(format!("cannot read {what} {}: {e}", path.display())))
-}
-
-/// Prints rows under a header as aligned columns (each at most `max_width` wide for alignment).
-pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]], max_width: usize) {
-    let mut widths = header.map(str::len);
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count()).min(max_width);
-        }
-    }
-    let line = |cells: &[String]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", parts.join("  ").trim_end());
-    };
-    line(&header.map(String::from));
-    for r in rows {
-        line(r);
-    }
-}
-
-/// A time as RFC 3339.
-pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// Reads an account state file (only reads: it is never opened for writing here).
-pub fn read_state(path: &Path) -> Result<acme::AccountState, CliError> {
-    let data = read_input(path, "account state")?;
-    serde_json::from_slice(&data).map_err(|e| {
-        CliError::fatal(format!(
-            "{}: not an acme-nginx account state: {e}",
-            path.display()
-        ))
-    })
-}
-
-/// Saves an account state file atomically with mode 0600.
-pub fn write_state(path: &Path, state: &acme::AccountState) -> Result<(), CliError> {
-    let json = serde_json::to_vec_pretty(state).map_err(|e| CliError::fatal(e.to_string()))?;
-    write_output(path, &json, fsutil::PRIVATE_MODE, "account state")
-}
-
-/// Writes an output file atomically, naming it in the error.
-pub fn write_output(path: &Path, data: &[u8], mode: u32, what: &str) -> Result<(), CliError> {
-    fsutil::write_atomic(path, data, mode)
-        .map_err(|e| CliError::fatal(format!("cannot write {what} {}: {e}", path.display())))
 }
 
 fn init_tracing(g: &GlobalArgs) {
@@ -277,20 +251,26 @@ fn init_tracing(g: &GlobalArgs) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("acme_nginx={level}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(io::stderr)
         .with_target(false);
-    // Under systemd the journal adds its own timestamps and reads no colours.
-    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+    // Under systemd the journal adds its own timestamps and reads no colours. A second
+    // subscriber (only in tests) keeps the first.
+    let installed = if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).try_init()
     } else {
         builder.try_init()
     };
+    installed.ok();
 }
 
-/// Runs a parsed command line; returns the process exit code.
-pub fn run(cli: Cli) -> u8 {
+/// Parses the command line, runs the command, and maps the result to the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
     init_tracing(&cli.global);
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Fails only when a provider is installed already, which is what is wanted.
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -298,7 +278,7 @@ pub fn run(cli: Cli) -> u8 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return EXIT_FATAL;
+            return ExitCode::from(Exit::Fatal as u8);
         }
     };
     let result = runtime.block_on(async {
@@ -308,19 +288,39 @@ pub fn run(cli: Cli) -> u8 {
             Command::Csr(args) => csr::run(&ctx, args),
             Command::Sign(args) => sign::run(&ctx, args).await,
             Command::Revoke(args) => revoke::run(&ctx, args).await,
-            Command::Scan(args) => scan::run(&ctx, args),
+            Command::Scan(args) => scan::run(&ctx, *args),
             Command::Enroll(args) => enroll::run(&ctx, *args).await,
             Command::Renew(args) => renew::run(&ctx, *args).await,
-            Command::Status(args) => renew::status(&ctx, *args),
+            Command::Status(args) => status::run(&ctx, *args),
             Command::Watch(args) => watch::run(&ctx, *args).await,
             Command::Assets(args) => assets::run(args),
         }
     });
-    match result {
-        Ok(code) => code,
+    let exit = match result {
+        Ok(exit) => exit,
         Err(e) => {
-            eprintln!("error: {e}");
-            e.code
+            if e.exit() != Exit::Ok {
+                eprintln!("error: {}", output::error_chain(&e));
+            }
+            e.exit()
         }
-    }
+    };
+    ExitCode::from(exit as u8)
+}
+
+/// Reads a small input file, naming it in the error.
+pub fn read_input(path: &std::path::Path, what: &str) -> Result<Vec<u8>, CliError> {
+    acme_nginx::fsutil::read_limited(path)
+        .map_err(CliError::io(format!("read {what} {}", path.display())))
+}
+
+/// Writes an output file atomically, naming it in the error.
+pub fn write_output(
+    path: &std::path::Path,
+    data: &[u8],
+    mode: u32,
+    what: &str,
+) -> Result<(), CliError> {
+    acme_nginx::fsutil::write_atomic(path, data, mode)
+        .map_err(CliError::io(format!("write {what} {}", path.display())))
 }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use super::{read_input, CmdResult, Context, EXIT_OK};
-use crate::acme::cert::pem_certificates;
-use crate::acme::CertInfo;
+use acme_nginx::acme::cert::pem_certificates;
+use acme_nginx::acme::CertInfo;
+
+use super::{output, read_input, CliError, CmdResult, Context, Exit};
 
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
@@ -25,20 +26,25 @@ pub struct RevokeArgs {
 
 pub async fn run(ctx: &Context, args: RevokeArgs) -> CmdResult {
     let pem = read_input(&args.cert, "certificate")?;
-    let der = pem_certificates(&pem)?.remove(0);
-    let info = CertInfo::from_der(&der)?;
+    let bad = |e| CliError::Usage(format!("{}: {e}", args.cert.display()));
+    let der = pem_certificates(&pem)
+        .map_err(bad)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CliError::Usage(format!("{}: no certificate in it", args.cert.display())))?;
+    let info = CertInfo::from_der(&der).map_err(bad)?;
     let account = ctx.load_account(&args.state).await?;
     account.revoke(&der, args.reason).await?;
     if ctx.json {
-        ctx.print_json(
+        output::json(
             &json!({"revoked": info.serial_hex, "names": info.names, "reason": args.reason}),
-        );
+        )?;
     } else {
-        println!(
+        output::line(format!(
             "revoked certificate {} for {}",
             info.serial_hex,
             info.names.join(", ")
-        );
+        ))?;
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use super::{read_input, write_output, CliError, CmdResult, Context, EXIT_OK};
-use crate::acme::cert::{csr_der, csr_names};
-use crate::acme::{CertInfo, OrderOptions};
-use crate::challenge::WebrootSolver;
-use crate::fsutil::PUBLIC_MODE;
+use acme_nginx::acme::cert::{csr_der, csr_names, normalize_names};
+use acme_nginx::acme::{CertInfo, OrderOptions};
+use acme_nginx::challenge::WebrootSolver;
+use acme_nginx::fsutil::PUBLIC_MODE;
+
+use super::{output, read_input, write_output, CliError, CmdResult, Context, Exit};
 
 #[derive(Debug, Args)]
 pub struct SignArgs {
@@ -38,17 +39,19 @@ pub struct SignArgs {
 }
 
 pub async fn run(ctx: &Context, args: SignArgs) -> CmdResult {
-    let csr = csr_der(&read_input(&args.csr, "CSR")?)?;
-    let csr_names = csr_names(&csr)?;
+    let bad_csr = |e| CliError::Usage(format!("{}: not a usable CSR: {e}", args.csr.display()));
+    let csr = csr_der(&read_input(&args.csr, "CSR")?).map_err(bad_csr)?;
+    let csr_names = csr_names(&csr).map_err(bad_csr)?;
     let names = if args.domains.is_empty() {
         csr_names
     } else {
-        let mut given = super::csr::validate_names(&args.domains)?;
+        let mut given =
+            normalize_names(&args.domains).map_err(|e| CliError::Usage(e.to_string()))?;
         let mut wanted = csr_names.clone();
         given.sort();
         wanted.sort();
         if given != wanted {
-            return Err(CliError::fatal(format!(
+            return Err(CliError::Usage(format!(
                 "--domain names ({}) differ from the CSR's names ({})",
                 given.join(", "),
                 csr_names.join(", ")
@@ -66,24 +69,24 @@ pub async fn run(ctx: &Context, args: SignArgs) -> CmdResult {
     let chain = account
         .sign(&names, &csr, &solver, &opts)
         .await
-        .map_err(CliError::failed)?;
+        .map_err(CliError::OrderFailed)?;
     write_output(&args.out, chain.pem.as_bytes(), PUBLIC_MODE, "certificate")?;
     let info = CertInfo::from_pem(chain.pem.as_bytes())?;
     if ctx.json {
-        ctx.print_json(&json!({
+        output::json(&json!({
             "names": names,
             "certificate": args.out,
             "serial": info.serial_hex,
             "not_after": info.not_after.unix_timestamp(),
             "order": chain.order_url,
-        }));
+        }))?;
     } else {
-        println!(
+        output::line(format!(
             "wrote {} for {} (valid until {})",
             args.out.display(),
             names.join(", "),
-            info.not_after
-        );
+            output::time(Some(info.not_after))
+        ))?;
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }

@@ -1,0 +1,253 @@
+//! Installing certificates: a new version in the lineage, the server-block edits, one change
+//! transaction (`nginx -t`, reload, restore on failure), then a TLS handshake with every HTTPS
+//! listener to prove nginx serves the new leaf, and the deploy hooks. A certificate nginx refuses
+//! is rolled back to the version that was live before.
+
+use time::OffsetDateTime;
+
+use super::lineage::LineageMeta;
+use super::outcome::{chain_text, Failure, Outcome, Status};
+use super::plan::Plan;
+use super::run::{Fresh, Run};
+use super::Error;
+use crate::acme;
+use crate::hooks::{DeployInfo, Stage};
+use crate::nginx::discovery::Scan;
+use crate::nginx::edit::{self, InstallSpec};
+use crate::nginx::probe::{loopback_for, served_certificate, ProbeError};
+use crate::nginx::transaction::{self, Change};
+use crate::nginx::Config;
+use crate::store::{self, Issued};
+
+/// A certificate waiting for the reload.
+struct Staged {
+    plan: Plan,
+    /// The live version before this run, for a rollback.
+    previous: Option<u32>,
+    status: Status,
+    /// The leaf (DER) nginx must serve afterwards.
+    leaf: Option<Vec<u8>>,
+}
+
+fn first_cert(pem: &[u8]) -> Option<Vec<u8>> {
+    acme::cert::pem_certificates(pem)
+        .ok()
+        .and_then(|v| v.into_iter().next())
+}
+
+impl Run {
+    /// Stores fresh certificates, points blocks at lineages, then one change transaction, a TLS
+    /// check of every HTTPS listener, and deploy hooks.
+    pub(super) async fn deploy(
+        &self,
+        cfg: &Config,
+        scan: &Scan,
+        fresh: Vec<Fresh>,
+        install_only: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, Error> {
+        let mut outcomes = Vec::new();
+        let mut staged = Vec::new();
+        for f in fresh {
+            match self.store_version(scan, &f) {
+                Ok(s) => staged.push(s),
+                Err(e) => {
+                    let mut o = self.outcome(&f.plan, Status::Failed);
+                    o.error = Some(Failure::transient(format!(
+                        "cannot store the certificate: {}",
+                        chain_text(&e)
+                    )));
+                    outcomes.push(o);
+                }
+            }
+        }
+        for plan in install_only {
+            let lineage = self.store.lineage(&plan.primary);
+            staged.push(Staged {
+                leaf: lineage.live_fullchain().and_then(|p| first_cert(&p)),
+                previous: lineage.live_version(),
+                status: Status::Installed,
+                plan,
+            });
+        }
+        if staged.is_empty() {
+            return Ok(outcomes);
+        }
+        if !self.mode.edits_nginx() {
+            for s in &staged {
+                self.run_deploy_hooks(&s.plan).await;
+                outcomes.push(self.outcome(&s.plan, s.status));
+            }
+            return Ok(outcomes);
+        }
+        // Edits for blocks that do not point at their lineage yet.
+        let mut change = Change::default();
+        let mut kept = Vec::new();
+        for s in staged {
+            let l = self.store.lineage(&s.plan.primary);
+            let spec = InstallSpec {
+                fullchain: l.live_file(store::FULLCHAIN),
+                key: l.live_file(store::PRIVKEY),
+                https_port: self.settings.https_port,
+                redirect: self.settings.redirect,
+            };
+            let edits: Result<Vec<_>, _> = s
+                .plan
+                .install_blocks
+                .iter()
+                .map(|&b| edit::install_edits(cfg, &scan.servers[b], &spec))
+                .collect();
+            match edits {
+                Ok(e) => {
+                    change.edits.extend(e.into_iter().flatten());
+                    kept.push(s);
+                }
+                Err(e) => outcomes.push(self.fail_and_roll_back(&s, e.0)),
+            }
+        }
+        if kept.is_empty() {
+            return Ok(outcomes);
+        }
+        let ctl = self.settings.nginx.ctl(cfg, scan)?;
+        let backups = transaction::new_backup_dir(&self.store.backups_dir());
+        if let Err(e) = transaction::commit(&ctl, cfg, &change, &backups, true).await {
+            let message = chain_text(&e);
+            for s in &kept {
+                outcomes.push(self.fail_and_roll_back(s, message.clone()));
+            }
+            return Ok(outcomes);
+        }
+        // Verify what nginx serves, then deploy hooks.
+        let (_, new_scan) = self.load()?;
+        for s in &kept {
+            match verify(&new_scan, &s.plan, s.leaf.as_deref()).await {
+                Ok(()) => {
+                    self.run_deploy_hooks(&s.plan).await;
+                    let mut o = self.outcome(&s.plan, s.status);
+                    o.server_blocks = s.plan.block_locations.clone();
+                    outcomes.push(o);
+                }
+                Err(e) => {
+                    let mut o = self.outcome(&s.plan, Status::Failed);
+                    o.error = Some(Failure::transient(chain_text(&e)));
+                    outcomes.push(o);
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Writes a fresh certificate as the lineage's new live version and resets its renewal
+    /// state.
+    fn store_version(&self, scan: &Scan, f: &Fresh) -> Result<Staged, Error> {
+        let lineage = self.store.lineage(&f.plan.primary);
+        let previous = lineage.live_version();
+        let mut meta: LineageMeta = lineage.load_meta()?;
+        lineage.install(&Issued {
+            key_pem: &f.key_pem,
+            cert_pem: &f.chain.leaf_pem(),
+            chain_pem: &f.chain.chain_pem(),
+        })?;
+        meta.names = f.plan.names.clone();
+        meta.directory = self.settings.directory.clone();
+        meta.key_type = self.settings.key_type.to_string();
+        meta.server_blocks = f
+            .plan
+            .blocks
+            .iter()
+            .map(|i| scan.servers[*i].location())
+            .collect();
+        meta.issued_at = Some(OffsetDateTime::now_utc().unix_timestamp());
+        meta.last_replaces = f.chain.replaces.clone();
+        meta.renewal.record_success();
+        self.save_meta(&f.plan.primary, &meta)?;
+        Ok(Staged {
+            plan: f.plan.clone(),
+            previous,
+            status: f.status,
+            leaf: first_cert(f.chain.pem.as_bytes()),
+        })
+    }
+
+    /// A failed outcome for a staged certificate, after pointing its lineage back at what was
+    /// live before (a rollback that fails is part of the message).
+    fn fail_and_roll_back(&self, s: &Staged, message: String) -> Outcome {
+        let lineage = self.store.lineage(&s.plan.primary);
+        let rolled_back = match (s.status, s.previous) {
+            (Status::Installed, _) => Ok(()),
+            (_, Some(v)) => lineage.point_live_at(v),
+            (_, None) => lineage.remove_live(),
+        };
+        let mut message = message;
+        if let Err(e) = rolled_back {
+            message.push_str(&format!(
+                "; rolling the lineage back failed too: {}",
+                chain_text(&e)
+            ));
+        }
+        let mut o = self.outcome(&s.plan, Status::Failed);
+        o.error = Some(Failure::transient(message));
+        o
+    }
+
+    async fn run_deploy_hooks(&self, plan: &Plan) {
+        let l = self.store.lineage(&plan.primary);
+        let info = DeployInfo {
+            name: plan.primary.clone(),
+            domains: plan.names.clone(),
+            lineage: l.live(),
+            cert: l.live_file(store::CERT),
+            key: l.live_file(store::PRIVKEY),
+            chain: l.live_file(store::CHAIN),
+            fullchain: l.live_file(store::FULLCHAIN),
+        };
+        // Failures are logged by the hook runner: the certificate is live either way.
+        self.settings.hooks.run(Stage::Deploy, Some(&info)).await;
+    }
+}
+
+/// Why nginx is not proven to serve a new certificate.
+#[derive(Debug, thiserror::Error)]
+enum VerifyError {
+    #[error("no certificate to verify")]
+    NoLeaf,
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("nginx at {addr} still serves another certificate for {name} (server block {block})")]
+    Other {
+        addr: std::net::SocketAddr,
+        name: String,
+        block: String,
+    },
+    #[error("no HTTPS listener serves {0} after the reload")]
+    NoListener(String),
+}
+
+/// Every HTTPS listener of the plan's blocks must serve the expected leaf for its name.
+async fn verify(scan: &Scan, plan: &Plan, leaf: Option<&[u8]>) -> Result<(), VerifyError> {
+    let leaf = leaf.ok_or(VerifyError::NoLeaf)?;
+    let mut checked = 0;
+    for server in scan
+        .servers
+        .iter()
+        .filter(|s| s.enrollable.first() == Some(&plan.primary))
+    {
+        for l in server.listen.iter().filter(|l| l.ssl) {
+            let Some(addr) = loopback_for(l) else {
+                continue;
+            };
+            let served = served_certificate(addr, &plan.primary).await?;
+            if served != leaf {
+                return Err(VerifyError::Other {
+                    addr,
+                    name: plan.primary.clone(),
+                    block: server.location(),
+                });
+            }
+            checked += 1;
+        }
+    }
+    if checked == 0 {
+        return Err(VerifyError::NoListener(plan.primary.clone()));
+    }
+    Ok(())
+}

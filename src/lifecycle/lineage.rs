@@ -1,0 +1,80 @@
+//! What the lifecycle remembers about a lineage ([`LineageMeta`], stored as the lineage's
+//! `lineage.json`), and reading its live certificate.
+
+use serde::{Deserialize, Serialize};
+
+use super::policy::RenewalState;
+use crate::acme::{self, CertInfo};
+use crate::nginx::discovery::Scan;
+use crate::store::{self, Lineage};
+
+/// A lineage's metadata.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LineageMeta {
+    /// The certificate's names, primary first.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// The CA directory it came from.
+    #[serde(default)]
+    pub directory: String,
+    #[serde(default)]
+    pub key_type: String,
+    /// Server blocks using it (`file:line`).
+    #[serde(default)]
+    pub server_blocks: Vec<String>,
+    /// Unix time of the last successful issuance.
+    #[serde(default)]
+    pub issued_at: Option<i64>,
+    /// The CertID the CA recorded the last order as replacing.
+    #[serde(default)]
+    pub last_replaces: Option<String>,
+    /// Renewal schedule and failure memory.
+    #[serde(flatten)]
+    pub renewal: RenewalState,
+}
+
+/// The live certificate of a lineage, parsed, with its leaf as DER.
+#[derive(Debug, Clone)]
+pub struct LiveCert {
+    pub info: CertInfo,
+    pub leaf_der: Vec<u8>,
+}
+
+/// Reads the lineage's live certificate (None when there is none or it does not parse).
+pub fn live_cert(l: &Lineage) -> Option<LiveCert> {
+    let pem = l.live_fullchain()?;
+    let leaf_der = acme::cert::pem_certificates(&pem)
+        .ok()?
+        .into_iter()
+        .next()?;
+    Some(LiveCert {
+        info: CertInfo::from_der(&leaf_der).ok()?,
+        leaf_der,
+    })
+}
+
+/// True when the lineage is named by one of `wanted` (its own name or one of its names).
+pub fn matches(l: &Lineage, meta: &LineageMeta, wanted: &[String]) -> bool {
+    wanted.is_empty()
+        || wanted.iter().any(|w| {
+            w.eq_ignore_ascii_case(&l.name) || meta.names.iter().any(|n| n.eq_ignore_ascii_case(w))
+        })
+}
+
+/// Server blocks that use a lineage's live files.
+pub fn users(scan: &Scan, l: &Lineage) -> Vec<String> {
+    let fullchain = l.live_file(store::FULLCHAIN).display().to_string();
+    scan.servers
+        .iter()
+        .filter(|s| s.ssl_certificates.contains(&fullchain))
+        .map(|s| s.location())
+        .collect()
+}
+
+/// Same names, in any order.
+pub fn same_names(a: &[String], b: &[String]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
+}

@@ -1,0 +1,32 @@
+//! The certificate lifecycle: from nginx's server blocks to live, verified, renewed
+//! certificates. This is the domain layer the command line calls; it knows nothing of argument
+//! parsing or printing, and returns typed [`Outcome`]s and [`Error`]s.
+//!
+//! - [`settings`]: the resolved settings of a run and its [`Mode`];
+//! - [`plan`]: server blocks grouped into one certificate per primary name;
+//! - [`policy`]: the one renewal policy (ARI window, lifetime rule, backoff), a pure decision;
+//! - [`run`]: a run holding the state lock: ordering through the preflight solver, then
+//!   [`install`]ing through nginx's change transaction, and `enroll`/`renew` passes;
+//! - [`status`] and [`metrics`]: what the state says, for people and for Prometheus;
+//! - [`watch`]: the long-running service loop.
+
+pub mod account;
+mod error;
+mod install;
+pub mod lineage;
+pub mod metrics;
+pub mod outcome;
+pub mod plan;
+pub mod policy;
+mod renew;
+pub mod run;
+pub mod settings;
+pub mod status;
+pub mod watch;
+
+pub use error::Error;
+pub use outcome::{Failure, FailureKind, Outcome, Status};
+pub use plan::Plan;
+pub use policy::{Decision, Reason, RenewalState};
+pub use run::Run;
+pub use settings::{Mode, Settings};

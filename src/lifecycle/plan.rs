@@ -1,0 +1,155 @@
+//! Plans: the server blocks grouped into one certificate per primary name (a block's first
+//! enrollable name), with the block that answers the http-01 challenge and the blocks that get
+//! the certificate.
+
+use std::collections::BTreeMap;
+
+use super::Error;
+use crate::nginx::discovery::Scan;
+use crate::nginx::probe::loopback_for;
+
+/// One certificate to get: its names and the server blocks involved.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub primary: String,
+    pub names: Vec<String>,
+    /// Indices into the scan's servers.
+    pub blocks: Vec<usize>,
+    /// `file:line` of those blocks.
+    pub block_locations: Vec<String>,
+    /// The block whose plain-HTTP listener answers the challenge.
+    pub challenge_block: Option<usize>,
+    /// The blocks that get the certificate.
+    pub install_blocks: Vec<usize>,
+    /// Why this plan cannot be carried out.
+    pub error: Option<String>,
+    /// Named explicitly by the operator (failure backoff does not hold it back).
+    pub named: bool,
+}
+
+/// Groups server blocks into plans. With `wanted` names, only the blocks holding one of them; a
+/// wanted name in no block is an error that says why.
+pub fn plans(scan: &Scan, wanted: &[String]) -> Result<Vec<Plan>, Error> {
+    let wanted: Vec<String> = wanted
+        .iter()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    for w in &wanted {
+        if !scan.servers.iter().any(|s| s.enrollable.contains(w)) {
+            let why = scan
+                .servers
+                .iter()
+                .flat_map(|s| s.skipped.iter().map(move |k| (s, k)))
+                .find(|(_, k)| k.name.eq_ignore_ascii_case(w))
+                .map(|(s, k)| format!(" ({} skips it: {})", s.location(), k.reason))
+                .unwrap_or_default();
+            return Err(Error::UnknownName {
+                name: w.clone(),
+                why,
+            });
+        }
+    }
+    let mut by_primary: BTreeMap<String, Plan> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for (i, s) in scan.servers.iter().enumerate() {
+        if s.enrollable.is_empty()
+            || (!wanted.is_empty() && !s.enrollable.iter().any(|n| wanted.contains(n)))
+        {
+            continue;
+        }
+        let primary = s.enrollable[0].clone();
+        let plan = by_primary.entry(primary.clone()).or_insert_with(|| {
+            order.push(primary.clone());
+            Plan {
+                primary: primary.clone(),
+                names: Vec::new(),
+                blocks: Vec::new(),
+                block_locations: Vec::new(),
+                challenge_block: None,
+                install_blocks: Vec::new(),
+                error: None,
+                named: !wanted.is_empty(),
+            }
+        });
+        for n in &s.enrollable {
+            if !plan.names.contains(n) {
+                plan.names.push(n.clone());
+            }
+        }
+        plan.blocks.push(i);
+        plan.block_locations.push(s.location());
+    }
+    let mut out = Vec::new();
+    for primary in order {
+        let Some(mut plan) = by_primary.remove(&primary) else {
+            continue;
+        };
+        let plain = |i: &usize| {
+            scan.servers[*i]
+                .listen
+                .iter()
+                .any(|l| !l.ssl && loopback_for(l).is_some())
+        };
+        let ssl = |i: &usize| scan.servers[*i].listen.iter().any(|l| l.ssl);
+        plan.challenge_block = plan.blocks.iter().copied().find(|i| plain(i));
+        let with_ssl: Vec<usize> = plan.blocks.iter().copied().filter(|i| ssl(i)).collect();
+        plan.install_blocks = if with_ssl.is_empty() {
+            plan.challenge_block.into_iter().collect()
+        } else {
+            with_ssl
+        };
+        if plan.challenge_block.is_none() {
+            plan.error = Some(format!(
+                "no server block for {} listens on plain HTTP, so nginx cannot answer http-01",
+                plan.primary
+            ));
+        }
+        out.push(plan);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nginx::discovery::{scan, BuildDefaults};
+    use crate::nginx::Config;
+    use std::path::Path;
+
+    fn scan_of(src: &str) -> Scan {
+        let cfg = Config::parse_str(Path::new("/etc/nginx/nginx.conf"), src.as_bytes()).unwrap();
+        scan(&cfg, &BuildDefaults::default())
+    }
+
+    #[test]
+    fn blocks_are_grouped_by_primary_name() {
+        let s = scan_of(
+            "http {\n server { listen 80; server_name a.example.org www.a.example.org; return 301 https://$host$request_uri; }\n \
+             server { listen 443 ssl; server_name a.example.org www.a.example.org; }\n \
+             server { listen 80; server_name b.example.org; }\n \
+             server { listen 443 ssl; server_name c.example.org; }\n \
+             server { listen 80; server_name _; }\n}",
+        );
+        let p = plans(&s, &[]).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0].primary, "a.example.org");
+        assert_eq!(p[0].names, vec!["a.example.org", "www.a.example.org"]);
+        assert_eq!(
+            (p[0].challenge_block, p[0].install_blocks.clone()),
+            (Some(0), vec![1])
+        );
+        assert_eq!(p[0].block_locations.len(), 2);
+        assert!(!p[0].named);
+        assert_eq!(
+            (p[1].challenge_block, p[1].install_blocks.clone()),
+            (Some(2), vec![2])
+        );
+        assert!(p[2].error.as_deref().unwrap().contains("plain HTTP"));
+        let only_b = plans(&s, &["B.example.org".into()]).unwrap();
+        assert_eq!(only_b.len(), 1);
+        assert!(only_b[0].named);
+        let err = plans(&s, &["_".into()]).unwrap_err();
+        assert!(err.to_string().contains("skips it"), "{err}");
+        assert!(plans(&s, &["nope.example.org".into()]).is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! The renew pass: for every lineage (or the named ones) ask the CA's renewalInfo when it is
+//! time to, let the renewal policy decide, and order what is due through the same path as
+//! `enroll`. Nothing here talks to the CA unless renewalInfo is due or a certificate is.
+
+use time::OffsetDateTime;
+
+use super::lineage::{live_cert, matches, users, LineageMeta};
+use super::outcome::{Outcome, Status};
+use super::plan;
+use super::policy::{Decision, RenewalState};
+use super::run::Run;
+use super::Error;
+use crate::acme;
+use crate::store::{self, Lineage};
+
+impl Run {
+    /// The lineages named by `wanted` (all when empty), with their metadata; a wanted name no
+    /// lineage holds is an error.
+    pub fn lineages(&self, wanted: &[String]) -> Result<Vec<(Lineage, LineageMeta)>, Error> {
+        let mut all = Vec::new();
+        for l in self.store.lineages() {
+            let meta = l.load_meta()?;
+            all.push((l, meta));
+        }
+        for w in wanted {
+            if !all
+                .iter()
+                .any(|(l, m)| matches(l, m, std::slice::from_ref(w)))
+            {
+                return Err(Error::NoLineage(w.clone()));
+            }
+        }
+        Ok(all
+            .into_iter()
+            .filter(|(l, m)| matches(l, m, wanted))
+            .collect())
+    }
+
+    /// Renews what is due (everything with `force`) among the lineages named, or all of them.
+    /// A lineage in failure backoff waits unless it is named.
+    pub async fn renew(&self, wanted: &[String], force: bool) -> Result<Vec<Outcome>, Error> {
+        let lineages = self.lineages(wanted)?;
+        let (cfg, scan) = self.load()?;
+        // The CA is only needed for renewalInfo and orders: when it cannot be reached, the
+        // lifetime rule decides, and only a due certificate makes the run fail.
+        let client =
+            match acme::Client::new(&self.settings.directory, &self.settings.client_config).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot reach the CA at {} for renewalInfo; using the lifetime rule: {e}",
+                        self.settings.directory
+                    );
+                    None
+                }
+            };
+        let now = OffsetDateTime::now_utc();
+        let named = !wanted.is_empty();
+        let mut outcomes = Vec::new();
+        let mut due = Vec::new();
+        for (l, mut meta) in lineages {
+            let live = live_cert(&l);
+            if let (Some(client), Some(live)) = (&client, &live) {
+                let wants_ari = force || meta.renewal.ari_check_due(now);
+                if client.directory().renewal_info.is_some() && wants_ari {
+                    match acme::renewal_info(client, &live.leaf_der).await {
+                        Ok(Some(ri)) => {
+                            meta.renewal.record_ari(
+                                (ri.window_start, ri.window_end),
+                                ri.retry_after,
+                                now,
+                            );
+                            self.save_meta(&l.name, &meta)?;
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(
+                            "{}: renewalInfo failed, using the lifetime rule: {e}",
+                            l.name
+                        ),
+                    }
+                }
+            }
+            let cert = live.as_ref().map(|c| &c.info);
+            let mut decision = meta.renewal.decide(cert, now);
+            if named && matches!(decision, Decision::Backoff { .. }) {
+                // Named by the operator: the schedule decides, not the backoff.
+                let fresh = RenewalState {
+                    failures: 0,
+                    ..meta.renewal.clone()
+                };
+                decision = fresh.decide(cert, now);
+            }
+            let mut base = Outcome::new(&l.name, &meta.names, Status::NotDue);
+            base.fullchain = Some(l.live_file(store::FULLCHAIN));
+            base.key = Some(l.live_file(store::PRIVKEY));
+            base.server_blocks = users(&scan, &l);
+            base.not_after = cert.map(|c| c.not_after);
+            match decision {
+                Decision::Backoff { until, failures } => outcomes.push(Outcome {
+                    status: Status::Backoff,
+                    next_renewal: Some(until),
+                    reason: Some(format!("{failures} failures in a row")),
+                    ..base
+                }),
+                _ if force => due.push((l, "forced".to_owned())),
+                Decision::Due(reason) => due.push((l, reason.to_string())),
+                Decision::NotDue { at, reason } => outcomes.push(Outcome {
+                    next_renewal: Some(at),
+                    reason: Some(reason.to_string()),
+                    ..base
+                }),
+            }
+        }
+        // The names come from the server blocks now: a block whose names changed gets them.
+        let mut to_order = Vec::new();
+        for (l, reason) in due {
+            match plan::plans(&scan, std::slice::from_ref(&l.name)) {
+                Ok(mut p) if !p.is_empty() => {
+                    tracing::info!("renewing {} ({reason})", l.name);
+                    to_order.push(p.remove(0));
+                }
+                _ => {
+                    let meta: LineageMeta = l.load_meta()?;
+                    let mut o = Outcome::new(&l.name, &meta.names, Status::Skipped);
+                    o.reason = Some("no server block uses this name any more".into());
+                    outcomes.push(o);
+                }
+            }
+        }
+        if !to_order.is_empty() {
+            outcomes.extend(self.execute(cfg, scan, to_order, Vec::new()).await?);
+        }
+        outcomes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(outcomes)
+    }
+}

@@ -1,0 +1,518 @@
+//! A run: the settings, the [`Mode`], the state directory and its lock. `enroll` decides per plan
+//! (through the renewal policy) what to order and what only to install, then one path orders
+//! through the preflight solver and installs: the pre-hook, the challenge snippet where a block
+//! needs it, concurrent orders, versioned install, `nginx -t`, one reload, TLS verification,
+//! deploy hooks, the post-hook, and the failure memory.
+
+use std::collections::HashMap;
+
+use futures_util::stream::{self, StreamExt};
+use time::OffsetDateTime;
+
+use super::lineage::{live_cert, same_names, LineageMeta};
+use super::outcome::{Failure, Outcome, Status};
+use super::plan::{self, Plan};
+use super::policy::Decision;
+use super::settings::{snippet_text, Mode, Settings};
+use super::{account, Error};
+use crate::acme::{self, Account, CertInfo, KeyPair, OrderOptions};
+use crate::challenge::preflight::{check_reachable, ChallengeRoute, PreflightSolver};
+use crate::hooks::Stage;
+use crate::nginx::discovery::Scan;
+use crate::nginx::edit;
+use crate::nginx::probe::loopback_for;
+use crate::nginx::transaction::{self, Change, ChangeError, NewFile};
+use crate::nginx::Config;
+use crate::store::{self, StateLock, Store};
+
+/// A certificate obtained in this run, waiting to be installed.
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    pub plan: Plan,
+    pub key_pem: String,
+    pub chain: acme::CertificateChain,
+    /// Issued or Renewed.
+    pub status: Status,
+}
+
+/// The worker user's uid, primary gid and groups.
+type Identity = (nix::unistd::Uid, nix::unistd::Gid, Vec<nix::unistd::Gid>);
+
+/// One run of enroll, renew or watch.
+#[derive(Debug)]
+pub struct Run {
+    pub settings: Settings,
+    pub mode: Mode,
+    pub(super) store: Store,
+    _lock: Option<StateLock>,
+}
+
+impl Run {
+    /// Opens the state directory, takes its lock and removes challenge tokens an earlier,
+    /// killed run left behind. A dry run creates, locks and writes nothing (it reads what is
+    /// there: the account and the lineages).
+    pub fn open(mut settings: Settings, mode: Mode) -> Result<Run, Error> {
+        if mode == Mode::DryRun {
+            settings.use_staging_for_dry_run();
+            let store = Store {
+                root: settings.state_dir.clone(),
+            };
+            return Ok(Run {
+                settings,
+                mode,
+                store,
+                _lock: None,
+            });
+        }
+        let store = Store::open(&settings.state_dir)?;
+        let lock = store.lock(store::LOCK_WAIT)?;
+        match store.sweep_tokens() {
+            Ok(removed) if !removed.is_empty() => tracing::info!(
+                "removed {} challenge tokens left by an earlier run",
+                removed.len()
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot sweep old challenge tokens: {e}"),
+        }
+        Ok(Run {
+            settings,
+            mode,
+            store,
+            _lock: Some(lock),
+        })
+    }
+
+    /// The state directory.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reads and scans nginx's configuration.
+    pub fn load(&self) -> Result<(Config, Scan), Error> {
+        Ok(self.settings.nginx.load()?)
+    }
+
+    /// The plans for the named server blocks (all when `wanted` is empty).
+    pub fn plans(&self, scan: &Scan, wanted: &[String]) -> Result<Vec<Plan>, Error> {
+        plan::plans(scan, wanted)
+    }
+
+    pub(super) fn meta(&self, name: &str) -> Result<LineageMeta, Error> {
+        Ok(self.store.lineage(name).load_meta()?)
+    }
+
+    pub(super) fn save_meta(&self, name: &str, meta: &LineageMeta) -> Result<(), Error> {
+        if self.mode.writes_state() {
+            self.store.lineage(name).save_meta(meta)?;
+        }
+        Ok(())
+    }
+
+    /// Orders what the policy says is due (or has no certificate for these names), installs
+    /// what is current but not yet used by its blocks, and reports the rest (`enroll`, `watch`).
+    pub async fn enroll(
+        &self,
+        cfg: Config,
+        scan: Scan,
+        plans: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, Error> {
+        let now = OffsetDateTime::now_utc();
+        let mut outcomes = Vec::new();
+        let mut to_order = Vec::new();
+        let mut install_only = Vec::new();
+        for plan in plans {
+            if let Some(e) = &plan.error {
+                let mut o = self.outcome(&plan, Status::Failed);
+                o.error = Some(Failure::transient(e.clone()));
+                outcomes.push(o);
+                continue;
+            }
+            let meta = self.meta(&plan.primary)?;
+            let cert = live_cert(&self.store.lineage(&plan.primary)).map(|c| c.info);
+            let names_differ = cert
+                .as_ref()
+                .is_some_and(|c| !same_names(&c.names, &plan.names));
+            match meta.renewal.decide(cert.as_ref(), now) {
+                Decision::Backoff { until, failures } if !plan.named => {
+                    let mut o = self.outcome(&plan, Status::Backoff);
+                    o.next_renewal = Some(until);
+                    o.reason = Some(format!(
+                        "{failures} failures in a row; last: {}",
+                        meta.renewal.last_error.as_deref().unwrap_or("-")
+                    ));
+                    outcomes.push(o);
+                }
+                Decision::NotDue { .. } if !names_differ => {
+                    if !self.mode.edits_nginx() || self.points_at_live(&plan, &scan) {
+                        outcomes.push(self.outcome(&plan, Status::UpToDate));
+                    } else {
+                        install_only.push(plan);
+                    }
+                }
+                _ => to_order.push(plan),
+            }
+        }
+        if !to_order.is_empty() || !install_only.is_empty() {
+            outcomes.extend(self.execute(cfg, scan, to_order, install_only).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// Orders, installs and deploys, between the pre-hook (only when something is ordered) and
+    /// the post-hook (always); then remembers failures and successes.
+    pub(super) async fn execute(
+        &self,
+        mut cfg: Config,
+        mut scan: Scan,
+        to_order: Vec<Plan>,
+        install_only: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, Error> {
+        let hooks = &self.settings.hooks;
+        if !to_order.is_empty() {
+            let mut failures = hooks.run(Stage::Pre, None).await;
+            if !failures.is_empty() {
+                hooks.run(Stage::Post, None).await;
+                return Err(Error::PreHook(failures.remove(0)));
+            }
+        }
+        let result = self
+            .order_and_deploy(&mut cfg, &mut scan, to_order, install_only)
+            .await;
+        // Post-hook failures are logged by the hook runner; they change no certificate.
+        hooks.run(Stage::Post, None).await;
+        let outcomes = result?;
+        self.remember(&outcomes)?;
+        Ok(outcomes)
+    }
+
+    /// Records each failure in its lineage's failure memory (also for names that have no
+    /// certificate yet), so the next run backs off.
+    fn remember(&self, outcomes: &[Outcome]) -> Result<(), Error> {
+        if !self.mode.writes_state() {
+            return Ok(());
+        }
+        let now = OffsetDateTime::now_utc();
+        for o in outcomes {
+            if let (Status::Failed, Some(f)) = (o.status, &o.error) {
+                let mut meta = self.meta(&o.name)?;
+                if meta.names.is_empty() {
+                    meta.names = o.names.clone();
+                }
+                meta.renewal.record_failure(f, now);
+                self.save_meta(&o.name, &meta)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn points_at_live(&self, plan: &Plan, scan: &Scan) -> bool {
+        let l = self.store.lineage(&plan.primary);
+        let (fullchain, key) = (l.live_file(store::FULLCHAIN), l.live_file(store::PRIVKEY));
+        plan.install_blocks.iter().all(|i| {
+            let s = &scan.servers[*i];
+            s.ssl_certificate.as_deref() == Some(&*fullchain.to_string_lossy())
+                && s.ssl_certificate_key.as_deref() == Some(&*key.to_string_lossy())
+        })
+    }
+
+    async fn order_and_deploy(
+        &self,
+        cfg: &mut Config,
+        scan: &mut Scan,
+        mut to_order: Vec<Plan>,
+        install_only: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, Error> {
+        let mut outcomes = Vec::new();
+        let needs_snippet: Vec<usize> = (0..to_order.len())
+            .filter(|i| {
+                to_order[*i]
+                    .challenge_block
+                    .is_some_and(|b| scan.servers[b].acme_challenge_dir.is_none())
+            })
+            .collect();
+        if !needs_snippet.is_empty() {
+            let failed = self
+                .add_snippet(cfg, scan, &to_order, &needs_snippet)
+                .await?;
+            for (i, message) in failed.into_iter().rev() {
+                let plan = to_order.remove(i);
+                let mut o = self.outcome(&plan, Status::Failed);
+                o.error = Some(Failure::transient(message));
+                outcomes.push(o);
+            }
+        }
+        let fresh = if to_order.is_empty() {
+            Vec::new()
+        } else {
+            self.obtain(scan, to_order, &mut outcomes).await?
+        };
+        if self.mode == Mode::DryRun {
+            for f in &fresh {
+                let mut o = self.outcome(&f.plan, Status::DryRun);
+                o.not_after = CertInfo::from_pem(f.chain.pem.as_bytes())
+                    .ok()
+                    .map(|i| i.not_after);
+                outcomes.push(o);
+            }
+            return Ok(outcomes);
+        }
+        outcomes.extend(self.deploy(cfg, scan, fresh, install_only).await?);
+        Ok(outcomes)
+    }
+
+    /// Includes the challenge snippet into blocks that serve no challenge directory, tests,
+    /// reloads and re-scans (one change transaction). Returns the plans (by index) that still
+    /// cannot answer, with why.
+    async fn add_snippet(
+        &self,
+        cfg: &mut Config,
+        scan: &mut Scan,
+        plans: &[Plan],
+        which: &[usize],
+    ) -> Result<Vec<(usize, String)>, Error> {
+        let mut failed = Vec::new();
+        let mut change = Change::default();
+        let mut editing = Vec::new();
+        for &i in which {
+            let Some(block) = plans[i].challenge_block.map(|b| &scan.servers[b]) else {
+                continue;
+            };
+            let reason = block.acme_challenge_reason.clone().unwrap_or_default();
+            if block.challenge_answered_at_server_level {
+                failed.push((
+                    i,
+                    format!(
+                        "{}: {reason}; a location cannot override it",
+                        block.location()
+                    ),
+                ));
+                continue;
+            }
+            if !self.mode.edits_nginx() {
+                failed.push((i, format!("{}: serves no challenge directory ({reason}) and this run may not edit nginx", block.location())));
+                continue;
+            }
+            match edit::include_edit(cfg, block, &self.settings.snippet) {
+                Ok(e) => {
+                    change.edits.push(e);
+                    editing.push(i);
+                }
+                Err(e) => failed.push((i, e.0)),
+            }
+        }
+        if change.edits.is_empty() {
+            return Ok(failed);
+        }
+        change.new_files.push(NewFile {
+            path: self.settings.snippet.clone(),
+            contents: snippet_text(&self.settings.challenge_dir).into_bytes(),
+            mode: crate::fsutil::PUBLIC_MODE,
+        });
+        crate::fsutil::create_dir_all_mode(&self.settings.challenge_dir, 0o755).map_err(
+            Error::io(format!("create {}", self.settings.challenge_dir.display())),
+        )?;
+        let ctl = self.settings.nginx.ctl(cfg, scan)?;
+        let backups = transaction::new_backup_dir(&self.store.backups_dir());
+        match transaction::commit(&ctl, cfg, &change, &backups, true).await {
+            Ok(_) => {}
+            Err(e @ ChangeError::Rejected { .. }) if e.restore_failure().is_none() => {
+                let msg = e.nginx_message().unwrap_or_default().to_owned();
+                failed.extend(editing.iter().map(|&i| {
+                    (
+                        i,
+                        format!(
+                            "including {} was refused by nginx -t: {msg}",
+                            self.settings.snippet.display()
+                        ),
+                    )
+                }));
+                return Ok(failed);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let (new_cfg, new_scan) = self.load()?;
+        *cfg = new_cfg;
+        *scan = new_scan;
+        for &i in &editing {
+            let block = plans[i].challenge_block.and_then(|b| scan.servers.get(b));
+            if block.is_none_or(|b| b.acme_challenge_dir.is_none()) {
+                failed.push((i, "the challenge snippet was included but the block still serves no challenge directory".into()));
+            }
+        }
+        failed.sort_by_key(|(i, _)| *i);
+        Ok(failed)
+    }
+
+    /// Orders the plans' certificates concurrently.
+    async fn obtain(
+        &self,
+        scan: &Scan,
+        plans: Vec<Plan>,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<Vec<Fresh>, Error> {
+        let client = acme::Client::new(&self.settings.directory, &self.settings.client_config)
+            .await
+            .map_err(|source| Error::Ca {
+                directory: self.settings.directory.clone(),
+                source,
+            })?;
+        let account = account::load_or_create(
+            &self.settings,
+            &self.store,
+            self.mode.writes_state(),
+            client,
+        )
+        .await?;
+        let identity = worker_identity(scan);
+        let results: Vec<(Plan, Result<Fresh, Failure>)> = stream::iter(plans)
+            .map(|plan| {
+                let account = &account;
+                let identity = identity.as_ref();
+                async move {
+                    let r = self.obtain_one(account, scan, &plan, identity).await;
+                    (plan, r)
+                }
+            })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        let mut fresh = Vec::new();
+        for (plan, r) in results {
+            match r {
+                Ok(f) => fresh.push(f),
+                Err(e) => {
+                    let mut o = self.outcome(&plan, Status::Failed);
+                    o.error = Some(e);
+                    outcomes.push(o);
+                }
+            }
+        }
+        fresh.sort_by(|a, b| a.plan.primary.cmp(&b.plan.primary));
+        Ok(fresh)
+    }
+
+    async fn obtain_one(
+        &self,
+        account: &Account,
+        scan: &Scan,
+        plan: &Plan,
+        identity: Option<&Identity>,
+    ) -> Result<Fresh, Failure> {
+        let block = &scan.servers[plan
+            .challenge_block
+            .ok_or_else(|| Failure::transient("no challenge block"))?];
+        let dir = block.acme_challenge_dir.clone().ok_or_else(|| {
+            Failure::transient(format!(
+                "{}: {}",
+                block.location(),
+                block.acme_challenge_reason.clone().unwrap_or_default()
+            ))
+        })?;
+        if let Some((uid, _, groups)) = identity {
+            check_reachable(&dir, *uid, groups)
+                .map_err(|e| Failure::transient(format!("{}: {e}", block.location())))?;
+        }
+        let listener = block
+            .listen
+            .iter()
+            .filter(|l| !l.ssl)
+            .find_map(loopback_for)
+            .ok_or_else(|| {
+                Failure::transient(format!(
+                    "{}: no plain-HTTP listener reachable over loopback",
+                    block.location()
+                ))
+            })?;
+        let routes: HashMap<String, ChallengeRoute> = plan
+            .names
+            .iter()
+            .map(|n| {
+                let route = ChallengeRoute {
+                    dir: dir.clone(),
+                    listener,
+                    block: block.location(),
+                };
+                (n.clone(), route)
+            })
+            .collect();
+        let owner = identity.map(|(u, g, _)| (*u, *g));
+        let journal = self.mode.writes_state().then(|| self.store.clone());
+        let solver = PreflightSolver::new(routes, owner, journal);
+        let key = self.certificate_key(plan);
+        let csr = acme::create_csr(&key, &plan.names).map_err(|e| Failure::from_acme(&e))?;
+        let opts = OrderOptions {
+            profile: self.settings.profile.clone(),
+            replaces: self.replaces(plan),
+            preferred_chain: self.settings.preferred_chain.clone(),
+            ..OrderOptions::default()
+        };
+        let chain = account
+            .sign(&plan.names, &csr.der, &solver, &opts)
+            .await
+            .map_err(|e| Failure::from_acme(&e))?;
+        let renewed = self.store.lineage(&plan.primary).live_fullchain().is_some();
+        Ok(Fresh {
+            plan: plan.clone(),
+            key_pem: key.to_pem(),
+            chain,
+            status: if renewed {
+                Status::Renewed
+            } else {
+                Status::Issued
+            },
+        })
+    }
+
+    /// A new key per certificate, or the live one when `reuse_key` is set.
+    fn certificate_key(&self, plan: &Plan) -> KeyPair {
+        if self.settings.reuse_key {
+            if let Some(k) = self
+                .store
+                .lineage(&plan.primary)
+                .live_key()
+                .and_then(|p| KeyPair::from_pem(&p).ok())
+            {
+                return k;
+            }
+        }
+        KeyPair::generate(self.settings.key_type)
+    }
+
+    /// The ARI CertID of the live certificate this order replaces, if any.
+    fn replaces(&self, plan: &Plan) -> Option<String> {
+        live_cert(&self.store.lineage(&plan.primary))?
+            .info
+            .ari_cert_id
+    }
+
+    /// An outcome for a plan, with what its lineage holds now.
+    pub(super) fn outcome(&self, plan: &Plan, status: Status) -> Outcome {
+        let lineage = self.store.lineage(&plan.primary);
+        let live = live_cert(&lineage);
+        let mut o = Outcome::new(&plan.primary, &plan.names, status);
+        o.not_after = live.as_ref().map(|c| c.info.not_after);
+        o.fullchain = Some(lineage.live_file(store::FULLCHAIN)).filter(|p| p.exists());
+        o.key = Some(lineage.live_file(store::PRIVKEY)).filter(|p| p.exists());
+        o.server_blocks = plan.block_locations.clone();
+        if status == Status::Renewed {
+            o.replaces = lineage
+                .load_meta::<LineageMeta>()
+                .ok()
+                .and_then(|m| m.last_replaces);
+        }
+        o
+    }
+}
+
+/// The nginx worker user's uid, primary gid and groups.
+fn worker_identity(scan: &Scan) -> Option<Identity> {
+    let user = nix::unistd::User::from_name(&scan.user).ok().flatten()?;
+    let gid = nix::unistd::Group::from_name(&scan.group)
+        .ok()
+        .flatten()
+        .map_or(user.gid, |g| g.gid);
+    let cname = std::ffi::CString::new(scan.user.clone()).ok()?;
+    let mut groups = nix::unistd::getgrouplist(&cname, gid).unwrap_or_default();
+    groups.push(gid);
+    Some((user.uid, gid, groups))
+}

@@ -1,0 +1,146 @@
+//! The settings of a run, resolved (flags over the configuration file over defaults happen in
+//! the command line; here every value is final), and the run's [`Mode`].
+
+use std::path::{Path, PathBuf};
+
+use crate::acme::{self, KeyType};
+use crate::hooks::Hooks;
+use crate::nginx;
+
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/acme-nginx";
+/// The default hook directory (holding `pre.d`, `post.d`, `deploy.d`).
+pub const DEFAULT_HOOKS_DIR: &str = "/etc/acme-nginx/hooks";
+/// The default location of the challenge snippet `enroll` includes.
+pub const DEFAULT_SNIPPET: &str = "/etc/nginx/snippets/acme-challenge.conf";
+/// The default HTTPS port for new listeners.
+pub const DEFAULT_HTTPS_PORT: u16 = 443;
+/// Orders in flight at once.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// What a run may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Order, store, install, reload, verify.
+    Live,
+    /// Order from the CA's staging directory where it has one; change nothing on disk.
+    DryRun,
+    /// Order and store, but neither edit nor reload nginx.
+    NoInstall,
+}
+
+impl Mode {
+    /// True when the run writes the state directory.
+    pub fn writes_state(self) -> bool {
+        self != Mode::DryRun
+    }
+
+    /// True when the run may edit and reload nginx.
+    pub fn edits_nginx(self) -> bool {
+        self == Mode::Live
+    }
+}
+
+/// Every setting of a run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The CA's directory URL.
+    pub directory: String,
+    pub client_config: acme::ClientConfig,
+    pub state_dir: PathBuf,
+    pub nginx: nginx::Paths,
+    pub email: Option<String>,
+    pub agree_tos: bool,
+    /// External account binding: key id and HMAC key.
+    pub eab: Option<(String, String)>,
+    pub key_type: KeyType,
+    pub profile: Option<String>,
+    pub preferred_chain: Option<String>,
+    pub https_port: u16,
+    pub redirect: bool,
+    pub hooks: Hooks,
+    /// The challenge snippet included into blocks that serve no challenge directory.
+    pub snippet: PathBuf,
+    /// The directory that snippet serves.
+    pub challenge_dir: PathBuf,
+    pub concurrency: usize,
+    /// Keep the private key across renewals.
+    pub reuse_key: bool,
+}
+
+impl Settings {
+    /// Settings with every default, for a CA directory.
+    pub fn with_defaults(directory: &str) -> Self {
+        let state_dir = PathBuf::from(DEFAULT_STATE_DIR);
+        Self {
+            directory: directory.to_owned(),
+            client_config: acme::ClientConfig::default(),
+            challenge_dir: state_dir.join("challenge"),
+            state_dir,
+            nginx: nginx::Paths::default(),
+            email: None,
+            agree_tos: false,
+            eab: None,
+            key_type: KeyType::P256,
+            profile: None,
+            preferred_chain: None,
+            https_port: DEFAULT_HTTPS_PORT,
+            redirect: false,
+            hooks: Hooks {
+                dir: Some(DEFAULT_HOOKS_DIR.into()),
+                ..Hooks::default()
+            },
+            snippet: DEFAULT_SNIPPET.into(),
+            concurrency: DEFAULT_CONCURRENCY,
+            reuse_key: false,
+        }
+    }
+
+    /// A dry run against Let's Encrypt production goes to its staging directory instead.
+    pub fn use_staging_for_dry_run(&mut self) {
+        if self.directory == acme::LETSENCRYPT_PRODUCTION {
+            self.directory = acme::LETSENCRYPT_STAGING.to_owned();
+        }
+    }
+}
+
+/// The snippet `enroll` includes: the ACME challenge location served from `challenge_dir`.
+pub fn snippet_text(challenge_dir: &Path) -> String {
+    format!(
+        "# The ACME http-01 challenge location, included by acme-nginx into server blocks that\n\
+         # serve no challenge directory of their own.\n\
+         location ^~ /.well-known/acme-challenge/ {{\n    alias {}/;\n    default_type text/plain;\n    try_files $uri =404;\n}}\n",
+        challenge_dir.display().to_string().trim_end_matches('/')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nginx::discovery::{scan, BuildDefaults};
+    use crate::nginx::Config;
+
+    #[test]
+    fn shipped_snippet_is_the_one_enroll_writes() {
+        let shipped = include_str!("../../nginx/acme-challenge.conf");
+        assert_eq!(
+            shipped,
+            snippet_text(&Path::new(DEFAULT_STATE_DIR).join("challenge"))
+        );
+    }
+
+    #[test]
+    fn snippet_serves_the_challenge_dir() {
+        let text = snippet_text(Path::new("/var/lib/acme-nginx/challenge/"));
+        let cfg = Config::parse_str(
+            Path::new("s.conf"),
+            format!("http {{ server {{ listen 80; server_name a.test; {text} }} }}").as_bytes(),
+        )
+        .unwrap();
+        let s = scan(&cfg, &BuildDefaults::default());
+        assert_eq!(
+            s.servers[0].acme_challenge_dir.as_deref(),
+            Some(Path::new("/var/lib/acme-nginx/challenge"))
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The long-running service (`acme-nginx watch`). It watches nginx's configuration files and
+//! the directories holding them and their includes (editors replace files; globs gain files);
+//! after a quiet moment it reads the configuration again, and once `nginx -t` accepts it, enrolls
+//! server blocks whose names have no certificate. It wakes for renewals when the renewal policy
+//! says the next lineage needs attention. SIGTERM and SIGINT end it between jobs (so no token is
+//! left behind); SIGHUP re-reads its settings.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use time::OffsetDateTime;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::lineage::{live_cert, LineageMeta};
+use super::outcome::{Outcome, Status};
+use super::{Error, Mode, Run, Settings};
+use crate::nginx::Config;
+use crate::store::Store;
+
+/// Quiet time after the last file event before the configuration is read again.
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+/// The longest a burst of file events can postpone reading the configuration (and so the
+/// renewals waiting behind it).
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(5);
+/// The longest sleep between two renewal checks, whatever the schedule says.
+pub const MAX_RENEW_SLEEP: Duration = Duration::from_secs(12 * 3600);
+/// The shortest sleep between renewal checks (a due lineage in backoff must not spin).
+pub const MIN_RENEW_SLEEP: Duration = Duration::from_secs(30);
+
+/// Re-reads the settings on SIGHUP.
+pub type Reloader =
+    Box<dyn Fn() -> Result<Settings, Box<dyn std::error::Error + Send + Sync>> + Send>;
+
+/// The directories to watch: the main file's, those of every loaded file and of every include
+/// pattern.
+pub fn watched_dirs(cfg: Option<&Config>, main: &Path) -> BTreeSet<PathBuf> {
+    let mut dirs = BTreeSet::new();
+    if let Some(p) = main.parent() {
+        dirs.insert(p.to_path_buf());
+    }
+    let Some(cfg) = cfg else {
+        return dirs;
+    };
+    for f in &cfg.files {
+        if let Some(p) = f.path.parent() {
+            dirs.insert(p.to_path_buf());
+        }
+    }
+    cfg.walk(|d, _| {
+        if d.name == "include" {
+            if let Some(arg) = d.args.first() {
+                let full = if Path::new(arg.as_str()).is_absolute() {
+                    PathBuf::from(arg.as_str())
+                } else {
+                    cfg.conf_prefix.join(arg.as_str())
+                };
+                // The deepest directory of the pattern without glob characters.
+                let mut dir = full.parent().map(Path::to_path_buf).unwrap_or_default();
+                while dir.to_string_lossy().contains(['*', '?', '[']) {
+                    dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+                }
+                if dir.is_dir() {
+                    dirs.insert(dir);
+                }
+            }
+        }
+    });
+    dirs
+}
+
+/// How long until the renewal policy wants a look at some lineage.
+fn next_renewal(store: &Store) -> Duration {
+    let now = OffsetDateTime::now_utc();
+    let mut next =
+        now + time::Duration::try_from(MAX_RENEW_SLEEP).unwrap_or(time::Duration::hours(12));
+    for l in store.lineages() {
+        let Ok(meta) = l.load_meta::<LineageMeta>() else {
+            // A corrupt lineage is reported by the renew pass; look again soon.
+            next = now;
+            continue;
+        };
+        let cert = live_cert(&l).map(|c| c.info);
+        next = next.min(meta.renewal.next_wakeup(cert.as_ref(), now));
+    }
+    Duration::try_from((next - now).max(time::Duration::ZERO))
+        .unwrap_or(MAX_RENEW_SLEEP)
+        .clamp(MIN_RENEW_SLEEP, MAX_RENEW_SLEEP)
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error> {
+    let sig = |kind: SignalKind| signal(kind).map_err(Error::io("handle signals"));
+    let (mut sigterm, mut sigint, mut sighup) = (
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+        sig(SignalKind::hangup())?,
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            // The receiver lives as long as the loop; a send can only fail while stopping.
+            tx.send(()).ok();
+        }
+    })
+    .map_err(Error::Watch)?;
+    let mut watching: BTreeSet<PathBuf> = BTreeSet::new();
+    tracing::info!(
+        "watching {} for new server blocks",
+        settings.nginx.conf().display()
+    );
+    let mut config_changed = true;
+    let mut renew_due = true;
+    loop {
+        if config_changed {
+            config_changed = false;
+            let loaded = settings.nginx.load();
+            if let Err(e) = &loaded {
+                tracing::warn!(
+                    "the nginx configuration does not parse; waiting for the next change: {e}"
+                );
+            }
+            // A broken configuration keeps what was watched (and at least its own directory),
+            // so the fix is seen wherever it is made.
+            let mut dirs =
+                watched_dirs(loaded.as_ref().ok().map(|(c, _)| c), &settings.nginx.conf());
+            if loaded.is_err() {
+                dirs.extend(watching.iter().cloned());
+            }
+            for d in watching.difference(&dirs) {
+                if let Err(e) = watcher.unwatch(d) {
+                    tracing::debug!("cannot stop watching {}: {e}", d.display());
+                }
+            }
+            for d in dirs.difference(&watching) {
+                if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+                    tracing::warn!("cannot watch {}: {e}", d.display());
+                }
+            }
+            watching = dirs;
+            if loaded.is_ok() {
+                enroll_if_valid(&settings).await;
+            }
+        }
+        if renew_due {
+            renew_due = false;
+            match renew_pass(&settings).await {
+                Ok(outcomes) => log_outcomes("renew", &outcomes, Status::NotDue),
+                Err(e) => tracing::warn!("renewal pass failed: {}", super::outcome::chain_text(&e)),
+            }
+        }
+        let sleep = Store::existing(&settings.state_dir)
+            .map(|s| next_renewal(&s))
+            .unwrap_or(MAX_RENEW_SLEEP);
+        tokio::select! {
+            Some(()) = rx.recv() => {
+                // Debounce: wait until the files have been quiet for a moment, but not forever.
+                let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
+                while tokio::time::Instant::now() < deadline {
+                    let quiet = DEBOUNCE.min(deadline - tokio::time::Instant::now());
+                    match tokio::time::timeout(quiet, rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        _ => break,
+                    }
+                }
+                config_changed = true;
+            }
+            _ = tokio::time::sleep(sleep) => renew_due = true,
+            _ = sighup.recv() => match reload() {
+                Ok(s) => {
+                    tracing::info!("SIGHUP: settings read again");
+                    settings = s;
+                    config_changed = true;
+                }
+                Err(e) => tracing::warn!("SIGHUP: keeping the old settings: {e}"),
+            },
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+async fn renew_pass(settings: &Settings) -> Result<Vec<Outcome>, Error> {
+    Run::open(settings.clone(), Mode::Live)?
+        .renew(&[], false)
+        .await
+}
+
+/// Enrolls new server blocks once `nginx -t` accepts the configuration as it is on disk.
+async fn enroll_if_valid(settings: &Settings) {
+    let pass = async {
+        let run = Run::open(settings.clone(), Mode::Live)?;
+        let (cfg, scan) = run.load()?;
+        run.settings.nginx.ctl(&cfg, &scan)?.test_config().await?;
+        let plans = run.plans(&scan, &[])?;
+        run.enroll(cfg, scan, plans).await
+    };
+    match pass.await {
+        Ok(outcomes) => log_outcomes("enroll", &outcomes, Status::UpToDate),
+        Err(Error::NginxControl(e)) => {
+            tracing::warn!("nginx -t refuses the configuration; waiting for the next change: {e}")
+        }
+        Err(e) => tracing::warn!("enroll pass failed: {}", super::outcome::chain_text(&e)),
+    }
+}
+
+/// Logs what a pass did, leaving out the lineages in the quiet `idle` state.
+fn log_outcomes(pass: &str, outcomes: &[Outcome], idle: Status) {
+    for o in outcomes.iter().filter(|o| o.status != idle) {
+        let error = o
+            .error
+            .as_ref()
+            .map(|e| format!(": {}", e.message))
+            .unwrap_or_default();
+        tracing::info!("{pass} {}: {}{error}", o.name, o.status);
+    }
+}
