@@ -4,9 +4,6 @@
 //! exactly; so must every directive's name, depth and line, and its arguments (crossplane keeps
 //! nginx's `\"`-style escapes raw and splits `if` conditions, so those are compared after
 //! applying nginx's own unescaping, and `if` and Lua blocks by name and line only).
-#![allow(clippy::unwrap_used)]
-
-mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,6 @@
 //! Property tests over the nginx parser: on any input it returns a tree or a located error and
 //! never panics; a tree always re-renders to the exact input; discovery never panics on a tree.
 //! Bounded (a few thousand cases) so it runs with the other tests.
-#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 

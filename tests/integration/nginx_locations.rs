@@ -1,16 +1,13 @@
 //! Location matching against a real nginx: for each generated server block, `scan` predicts the
 //! directory nginx serves `/.well-known/acme-challenge/TOKEN` from (or that it serves none); a
 //! real nginx master then answers the request and must agree.
-#![allow(clippy::unwrap_used)]
-
-mod util;
 
 use std::fs;
 use std::path::PathBuf;
 
+use crate::util::Nginx;
 use acme_nginx::nginx::discovery::{scan, BuildDefaults, PROBE_TOKEN};
 use acme_nginx::nginx::{Config, DiskSource};
-use util::Nginx;
 
 /// Server bodies; `{d}` is the case's own directory. `true`: nginx serves a file from disk.
 const CASES: &[(&str, bool)] = &[

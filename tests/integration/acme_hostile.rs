@@ -2,7 +2,6 @@
 //! CA's place (endless bodies, garbage JSON, path tokens, bare 500s) and check that the client
 //! fails with an error naming the URL, never a panic, never unbounded memory, never a file
 //! written outside the webroot. (Correct behaviour against a real CA is tested against pebble.)
-#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 

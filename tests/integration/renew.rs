@@ -1,12 +1,9 @@
 //! `renew` and `status` against pebble 2.10 (ARI) and a real nginx master.
-#![allow(clippy::unwrap_used)]
-
-mod util;
 
 use std::fs;
 
+use crate::util::{assert_exit, by_name, json, leaf, run, Bed};
 use acme_nginx::acme::CertInfo;
-use util::{assert_exit, by_name, json, leaf, run, Bed};
 
 const BLOCKS: &str = "server {\n  listen 127.0.0.1:{port};\n  server_name a.renew.test;\n  \
     location /.well-known/acme-challenge/ { alias {dir}/acme-a/; }\n}\n\

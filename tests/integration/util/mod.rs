@@ -1,11 +1,11 @@
 //! The test bed: real pebble, pebble-challtestsrv and nginx processes on loopback, each in its
 //! own temporary directory, each killed (by its own pid) when its guard drops. Binaries come
 //! from `tests/testbed/setup.sh` ($ACME_NGINX_TESTBED, default `.testbed/` in the repo).
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -104,8 +104,42 @@ pub struct ChildGuard(pub Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // Already gone is fine: the guard only makes sure.
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// How long an nginx master gets to stop its workers and exit.
+const NGINX_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An nginx master in its own process group, stopped the way nginx stops: SIGTERM to the master,
+/// which stops its workers and exits; only if it has not exited in time does the whole group get
+/// SIGKILL, so no worker is ever left behind reparented to init.
+#[derive(Debug)]
+pub struct NginxGuard(pub Child);
+
+impl Drop for NginxGuard {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, killpg, Signal};
+        use nix::unistd::Pid;
+        let pid = Pid::from_raw(self.0.id() as i32);
+        if kill(pid, Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + NGINX_STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Workers share the master's process group; whatever is left of it goes now.
+        killpg(pid, Signal::SIGKILL).ok();
+        self.0.wait().ok();
+        let deadline = Instant::now() + NGINX_STOP_TIMEOUT;
+        while killpg(pid, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -361,7 +395,7 @@ pub struct Nginx {
     pub dir: TempDir,
     pub port: u16,
     pub conf: PathBuf,
-    child: ChildGuard,
+    child: NginxGuard,
 }
 
 /// The worker user tests use: `www-data` as root, else no `user` directive.
@@ -405,6 +439,7 @@ impl Nginx {
         .unwrap();
         let log = dir.path().join("error.log");
         let mut child = Command::new(bin("nginx"))
+            .process_group(0)
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
@@ -420,7 +455,7 @@ impl Nginx {
             dir,
             port,
             conf,
-            child: ChildGuard(child),
+            child: NginxGuard(child),
         }
     }
 
@@ -595,7 +630,7 @@ impl Bed {
             .build()
             .unwrap();
         let addr = format!("127.0.0.1:{}", self.https_port).parse().unwrap();
-        rt.block_on(acme_nginx::nginx::reload::served_certificate(addr, name))
+        rt.block_on(acme_nginx::nginx::probe::served_certificate(addr, name))
             .unwrap()
     }
 

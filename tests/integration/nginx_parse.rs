@@ -1,14 +1,11 @@
 //! The parser and `scan` on configuration trees: includes, globs, cycles, missing files,
 //! `nginx -T` input, and byte-for-byte round trips of every file nginx's Debian package ships.
-#![allow(clippy::unwrap_used)]
-
-mod util;
 
 use std::path::{Path, PathBuf};
 
+use crate::util::{acme_nginx_cmd, run, run_ok};
 use acme_nginx::nginx::{Config, DiskSource};
 use serde_json::Value;
-use util::{acme_nginx_cmd, run, run_ok};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -107,7 +104,7 @@ fn syntax_error_exit_2_with_location() {
 #[test]
 fn nginx_t_dump_gives_the_same_scan_as_the_disk() {
     let conf = fixture("includes/nginx.conf");
-    let out = std::process::Command::new(util::bin("nginx"))
+    let out = std::process::Command::new(crate::util::bin("nginx"))
         .arg("-T")
         .arg("-c")
         .arg(&conf)

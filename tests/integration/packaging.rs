@@ -2,9 +2,6 @@
 //! into a temporary root with dpkg (maintainer scripts run with DPKG_ROOT), then purged, which
 //! must leave nothing behind; the .rpm's files and scripts listed with `rpm -qp` and installed
 //! into a temporary root; the systemd units checked by `systemd-analyze verify`.
-#![allow(clippy::unwrap_used)]
-
-mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +15,7 @@ fn repo() -> &'static Path {
 fn packages() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BUILT.get_or_init(|| {
-        util::run_ok(&mut Command::new(repo().join("packaging/build.sh")));
+        crate::util::run_ok(&mut Command::new(repo().join("packaging/build.sh")));
         let find = |dir: &str, ext: &str| {
             std::fs::read_dir(repo().join(dir))
                 .unwrap()
@@ -36,7 +33,7 @@ fn packages() -> &'static (PathBuf, PathBuf) {
 }
 
 fn out(cmd: &mut Command) -> String {
-    util::run_ok(cmd)
+    crate::util::run_ok(cmd)
 }
 
 #[test]

@@ -1,18 +1,15 @@
 //! `enroll` end to end: a real nginx master (our child, workers as www-data when root) and a real
 //! pebble whose http-01 port is nginx's, with pebble-challtestsrv resolving every name to
 //! loopback.
-#![allow(clippy::unwrap_used)]
-
-mod util;
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use crate::util::{assert_exit, json, leaf, openssl_verify, run, Bed};
 use acme_nginx::acme::CertInfo;
 use acme_nginx::nginx::edit::MARK;
 use serde_json::Value;
-use util::{assert_exit, json, leaf, openssl_verify, run, Bed};
 
 fn statuses(v: &Value) -> Vec<(String, String)> {
     v["certificates"]
@@ -181,7 +178,7 @@ fn preflight_failure_fails_that_name_only() {
     );
     let closed = bed.nginx.dir.path().join("closed");
     fs::create_dir_all(closed.join("acme")).unwrap();
-    let root = util::worker_user().is_some();
+    let root = crate::util::worker_user().is_some();
     if root {
         fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     }
@@ -311,7 +308,7 @@ fn tokens_belong_to_the_worker_user() {
     assert_exit(&out, 0);
     let seen = seen.lock().unwrap();
     assert!(!seen.is_empty(), "no token observed");
-    let (uid, gid) = match util::worker_user() {
+    let (uid, gid) = match crate::util::worker_user() {
         Some(u) => {
             let user = nix::unistd::User::from_name(u).unwrap().unwrap();
             let group = nix::unistd::Group::from_name(u)
@@ -368,8 +365,9 @@ fn killed_run_is_completed_by_the_next_one() {
     );
     let live = bed.lineage("kill.enroll.test").join("live");
     // Key and certificate match (no mix): openssl compares the public keys.
-    let pubkey =
-        |args: &[&str], input: &Path| util::run_ok(Command::new("openssl").args(args).arg(input));
+    let pubkey = |args: &[&str], input: &Path| {
+        crate::util::run_ok(Command::new("openssl").args(args).arg(input))
+    };
     assert_eq!(
         pubkey(&["pkey", "-pubout", "-in"], &live.join("privkey.pem")),
         pubkey(
@@ -578,7 +576,7 @@ fn ipv6_listeners_get_https_too() {
         .build()
         .unwrap();
     let v6 = rt
-        .block_on(acme_nginx::nginx::reload::served_certificate(
+        .block_on(acme_nginx::nginx::probe::served_certificate(
             format!("[::1]:{}", bed.https_port).parse().unwrap(),
             "six.enroll.test",
         ))

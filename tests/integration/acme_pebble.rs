@@ -1,19 +1,16 @@
 //! The ACME client against a real pebble (with pebble-challtestsrv as its DNS) and a real nginx
 //! serving the http-01 webroot.
-#![allow(clippy::unwrap_used)]
-
-mod util;
 
 use std::fs;
 use std::time::Duration;
 
+use crate::util::{names, openssl_verify, run, run_ok, Nginx, Pebble, PebbleOptions};
 use acme_nginx::acme::{
     self, create_csr, Account, CertInfo, ChallengeSolver, ChallengeType, KeyPair, KeyType,
     NewAccountOptions, OrderOptions, PendingChallenge, SolverError,
 };
 use acme_nginx::challenge::WebrootSolver;
 use serde_json::{json, Value};
-use util::{names, openssl_verify, run, run_ok, Nginx, Pebble, PebbleOptions};
 
 /// nginx serving `/.well-known/acme-challenge/` from `{dir}/acme/` for every name.
 fn nginx_with_webroot() -> (Nginx, std::path::PathBuf) {
@@ -100,7 +97,7 @@ async fn sign_with_webroot(
 
 #[tokio::test]
 async fn account_register_find_update_rollover_deactivate() {
-    let pebble = Pebble::start(PebbleOptions::http_port(util::free_port()));
+    let pebble = Pebble::start(PebbleOptions::http_port(crate::util::free_port()));
     let key = KeyPair::generate(KeyType::P256);
     let opts = NewAccountOptions {
         contact: vec!["mailto:one@example.org".into()],
@@ -293,7 +290,7 @@ impl ChallengeSolver for ChallTestSrv {
 
 #[tokio::test]
 async fn dns01_wildcard_through_challtestsrv() {
-    let pebble = Pebble::start(PebbleOptions::http_port(util::free_port()));
+    let pebble = Pebble::start(PebbleOptions::http_port(crate::util::free_port()));
     let account = pebble.account().await;
     let names = vec![
         "dns.acme-nginx.test".to_owned(),
@@ -320,7 +317,7 @@ async fn dns01_wildcard_through_challtestsrv() {
 async fn eab_required_pebble() {
     let pebble = Pebble::start(PebbleOptions {
         eab: true,
-        ..PebbleOptions::http_port(util::free_port())
+        ..PebbleOptions::http_port(crate::util::free_port())
     });
     let client = pebble.client().await;
     assert!(client.directory().meta.external_account_required);
@@ -357,7 +354,7 @@ async fn eab_required_pebble() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let (kid, hmac) = util::EAB_KEYS[0];
+    let (kid, hmac) = crate::util::EAB_KEYS[0];
     run_ok(
         pebble
             .cli()

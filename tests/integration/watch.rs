@@ -1,15 +1,12 @@
 //! `watch` as a service: it enrolls a server block added to a watched include file within
 //! seconds, survives a broken intermediate configuration, and stops cleanly on SIGTERM.
-#![allow(clippy::unwrap_used)]
-
-mod util;
 
 use std::fs;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use util::{Nginx, Pebble, PebbleOptions};
+use crate::util::{Nginx, Pebble, PebbleOptions};
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -43,7 +40,7 @@ fn watch_enrolls_new_blocks_and_stops_on_sigterm() {
     let sites = dir.join("sites");
     fs::create_dir_all(&sites).unwrap();
     fs::create_dir_all(dir.join("acme")).unwrap();
-    let port = util::free_port();
+    let port = crate::util::free_port();
     fs::write(
         sites.join("first.conf"),
         site("first.watch.test", &dir, port),
@@ -53,7 +50,7 @@ fn watch_enrolls_new_blocks_and_stops_on_sigterm() {
     let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
     let state = tempfile::tempdir().unwrap();
     fs::write(state.path().join("config.toml"), "agree_tos = true\n").unwrap();
-    let https = util::free_port();
+    let https = crate::util::free_port();
     let log = state.path().join("watch.log");
     let child = pebble
         .cli()
@@ -72,7 +69,7 @@ fn watch_enrolls_new_blocks_and_stops_on_sigterm() {
         .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut guard = util::ChildGuard(child);
+    let mut guard = crate::util::ChildGuard(child);
     let live = |name: &str| {
         state
             .path()
@@ -128,7 +125,7 @@ fn watch_enrolls_new_blocks_and_stops_on_sigterm() {
             let leaf = acme_nginx::acme::cert::pem_certificates(&pem)
                 .unwrap()
                 .remove(0);
-            rt.block_on(acme_nginx::nginx::reload::served_certificate(
+            rt.block_on(acme_nginx::nginx::probe::served_certificate(
                 addr,
                 "new.watch.test",
             ))

@@ -1,0 +1,16 @@
+//! The integration tests, one binary (one link, one build): real pebble, nginx and packaging
+//! tools where a test needs them, shared through `util`.
+#![allow(clippy::unwrap_used, dead_code)]
+
+mod util;
+
+mod acme_hostile;
+mod acme_pebble;
+mod enroll;
+mod nginx_crossplane;
+mod nginx_fuzz;
+mod nginx_locations;
+mod nginx_parse;
+mod packaging;
+mod renew;
+mod watch;
