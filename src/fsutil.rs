@@ -101,6 +101,187 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
 }
 
+/// Most symlinks followed while resolving one trusted path (as the kernel's own limit).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// Why a directory could not be opened safely.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    /// A symlink inside a directory another user can write: refused, whatever it points at.
+    #[error("{} is a symlink inside {}, which uid {owner} can write; refusing to follow it", link.display(), parent.display())]
+    UntrustedSymlink {
+        link: PathBuf,
+        parent: PathBuf,
+        owner: u32,
+    },
+    /// Not a directory (a file, a device, ...).
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// More symlinks than a path may hold.
+    #[error("too many symlinks resolving {}", .0.display())]
+    TooManyLinks(PathBuf),
+    /// The path is not absolute.
+    #[error("{} is not an absolute path", .0.display())]
+    NotAbsolute(PathBuf),
+    /// A system call failed.
+    #[error("cannot open {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// True when only root (or we) can change what a directory holds: owned by root or by us,
+/// not writable by group (unless the group is root) or others.
+pub fn dir_is_trusted(st: &nix::sys::stat::FileStat) -> bool {
+    let me = nix::unistd::geteuid().as_raw();
+    let mode = st.st_mode;
+    (st.st_uid == 0 || st.st_uid == me)
+        && mode & 0o002 == 0
+        && (mode & 0o020 == 0 || st.st_gid == 0)
+}
+
+/// Opens the directory at `path` and returns its descriptor, without ever following a symlink
+/// that another user could have planted: a symlink is followed only while every directory walked
+/// through so far is trusted ([`dir_is_trusted`]); below the first directory another user can
+/// write, every
+/// component is opened with `O_NOFOLLOW`, and a symlink there is refused with a message naming
+/// it. With `create`, missing directories are made (mode `create_mode`) the same way, relative
+/// to their parent's descriptor. Everything done afterwards relative to the returned descriptor
+/// (create, write, fchown, unlink) stays in the directory that was checked, whatever is renamed
+/// or swapped meanwhile.
+pub fn open_dir_safely(path: &Path, create: Option<u32>) -> Result<std::os::fd::OwnedFd, DirError> {
+    use nix::fcntl::{openat, readlinkat, OFlag};
+    use nix::sys::stat::{fstat, fstatat, mkdirat, Mode, SFlag};
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::path::Component;
+
+    if !path.is_absolute() {
+        return Err(DirError::NotAbsolute(path.to_path_buf()));
+    }
+    let io_err = |p: &Path, e: nix::errno::Errno| DirError::Io {
+        path: p.to_path_buf(),
+        source: io::Error::from(e),
+    };
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let open_root = || {
+        openat(nix::fcntl::AT_FDCWD, "/", dir_flags, Mode::empty())
+            .map_err(|e| io_err(Path::new("/"), e))
+    };
+    let mut fd = open_root()?;
+    let mut here = PathBuf::from("/");
+    let mut todo: VecDeque<OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect();
+    let mut hops = 0;
+    // Once the walk has passed through an entry another user could have replaced, nothing
+    // below it is trusted, even a directory of root's inside it.
+    let mut tainted = false;
+    while let Some(name) = todo.pop_front() {
+        let parent_st = fstat(&fd).map_err(|e| io_err(&here, e))?;
+        if name == ".." {
+            if tainted || !dir_is_trusted(&parent_st) {
+                return Err(DirError::UntrustedSymlink {
+                    link: here.join(".."),
+                    parent: here.clone(),
+                    owner: parent_st.st_uid,
+                });
+            }
+            here.pop();
+            fd = openat(&fd, "..", dir_flags, Mode::empty()).map_err(|e| io_err(&here, e))?;
+            continue;
+        }
+        let next = here.join(&name);
+        let st = match fstatat(
+            &fd,
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Some(st),
+            Err(nix::errno::Errno::ENOENT) if create.is_some() => None,
+            Err(e) => return Err(io_err(&next, e)),
+        };
+        // An entry is safe from others when its directory is trusted, or when the directory is
+        // sticky (like /tmp) and the entry belongs to root or to us (only its owner may rename
+        // or remove it there).
+        let me = nix::unistd::geteuid().as_raw();
+        let sticky = parent_st.st_mode & 0o1000 != 0;
+        let protected = dir_is_trusted(&parent_st)
+            || (sticky
+                && st
+                    .as_ref()
+                    .is_some_and(|st| st.st_uid == 0 || st.st_uid == me));
+        tainted |= !protected;
+        let trusted = !tainted;
+        match st {
+            None => {
+                let mode = Mode::from_bits_truncate(create.unwrap_or(0o755));
+                match mkdirat(&fd, name.as_os_str(), mode) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(e) => return Err(io_err(&next, e)),
+                }
+            }
+            Some(st)
+                if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+                    == SFlag::S_IFLNK =>
+            {
+                if !trusted {
+                    return Err(DirError::UntrustedSymlink {
+                        link: next,
+                        parent: here,
+                        owner: parent_st.st_uid,
+                    });
+                }
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return Err(DirError::TooManyLinks(path.to_path_buf()));
+                }
+                let target =
+                    PathBuf::from(readlinkat(&fd, name.as_os_str()).map_err(|e| io_err(&next, e))?);
+                let mut parts: VecDeque<OsString> = target
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(n) => Some(n.to_os_string()),
+                        Component::ParentDir => Some(OsString::from("..")),
+                        _ => None,
+                    })
+                    .collect();
+                if target.is_absolute() {
+                    fd = open_root()?;
+                    here = PathBuf::from("/");
+                    tainted = false;
+                }
+                while let Some(p) = parts.pop_back() {
+                    todo.push_front(p);
+                }
+                continue;
+            }
+            Some(st)
+                if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+                    != SFlag::S_IFDIR =>
+            {
+                return Err(DirError::NotADirectory(next));
+            }
+            Some(_) => {}
+        }
+        fd = openat(&fd, name.as_os_str(), dir_flags, Mode::empty()).map_err(|e| match e {
+            nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => {
+                DirError::NotADirectory(next.clone())
+            }
+            e => io_err(&next, e),
+        })?;
+        here = next;
+    }
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +325,43 @@ mod tests {
         assert!(read_limited(&p).is_err());
         fs::write(&p, b"small").unwrap();
         assert_eq!(read_limited(&p).unwrap(), b"small");
+    }
+
+    #[test]
+    fn safe_dirs_follow_trusted_links_only() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+        // A trusted link (in a directory only we can write) is followed.
+        fs::create_dir_all(root.join("real/acme")).unwrap();
+        symlink(root.join("real"), root.join("www")).unwrap();
+        open_dir_safely(&root.join("www/acme"), None).unwrap();
+        // Missing directories are created.
+        open_dir_safely(&root.join("real/new/deeper"), Some(0o755)).unwrap();
+        assert!(root.join("real/new/deeper").is_dir());
+        // A directory another user can write: a link in it is refused, naming it.
+        let open = root.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        symlink(root.join("real"), open.join("acme")).unwrap();
+        let err = open_dir_safely(&open.join("acme"), None).unwrap_err();
+        assert!(matches!(err, DirError::UntrustedSymlink { .. }), "{err}");
+        assert!(err.to_string().contains("open/acme"), "{err}");
+        // ... also when the link is deeper, and for `..` below it.
+        fs::create_dir(open.join("d")).unwrap();
+        symlink("/etc", open.join("d/x")).unwrap();
+        assert!(open_dir_safely(&open.join("d/x"), Some(0o755)).is_err());
+        assert!(open_dir_safely(&open.join("d/../../real"), None).is_err());
+        // A regular file is not a directory.
+        fs::write(root.join("real/file"), "x").unwrap();
+        assert!(matches!(
+            open_dir_safely(&root.join("real/file"), None).unwrap_err(),
+            DirError::NotADirectory(_)
+        ));
+        assert!(matches!(
+            open_dir_safely(Path::new("rel/ative"), None).unwrap_err(),
+            DirError::NotAbsolute(_)
+        ));
     }
 }

@@ -1,14 +1,20 @@
 //! The http-01 webroot solver: one file per token, named by the token, holding the key
-//! authorization, owned by nginx's worker user with mode 0644, created without following symlinks
-//! and removed again by `clear`.
+//! authorization, owned by nginx's worker user with mode 0644, and removed again by `clear`.
+//!
+//! The challenge directory usually lies inside a web root that another user owns (a CMS running
+//! as `www-data`, a site owner). Root never follows a symlink that user could plant: the
+//! directory is opened with [`fsutil::open_dir_safely`] (links are followed only inside
+//! directories nobody else can write), and the token is created, chowned and unlinked relative
+//! to that directory's descriptor, never by path.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use nix::unistd::{Gid, Uid};
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fchmod, Mode};
+use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use crate::acme::jws::is_valid_token;
 use crate::acme::{ChallengeSolver, ChallengeType, PendingChallenge, SolverError};
@@ -83,41 +89,93 @@ impl WebrootSolver {
     pub fn write_token(&self, ch: &PendingChallenge) -> Result<PathBuf, SolverError> {
         let path = self.token_path(ch)?;
         let dir = path.parent().unwrap_or(Path::new("/"));
-        if !dir.is_dir() {
-            fsutil::create_dir_all_mode(dir, DIR_MODE)
-                .map_err(|e| format!("cannot create challenge directory {}: {e}", dir.display()))?;
-        }
-        // A leftover (or a planted symlink) under the token's name goes first; unlink never follows.
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot replace {}: {e}", path.display()).into()),
-        }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(TOKEN_MODE)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| format!("cannot write token file {}: {e}", path.display()))?;
-        f.set_permissions(fs::Permissions::from_mode(TOKEN_MODE))?;
-        if let Some((uid, gid)) = self.owner {
-            nix::unistd::fchown(&f, Some(uid), Some(gid))
-                .map_err(|e| format!("cannot chown {} to {uid}:{gid}: {e}", path.display()))?;
-        }
-        f.write_all(ch.key_authorization.as_bytes())
-            .map_err(|e| format!("cannot write token file {}: {e}", path.display()))?;
+        let dirfd = fsutil::open_dir_safely(dir, Some(DIR_MODE))
+            .map_err(|e| format!("challenge directory {}: {e}", dir.display()))?;
+        write_token_at(
+            &dirfd,
+            &ch.token,
+            ch.key_authorization.as_bytes(),
+            self.owner,
+        )
+        .map_err(|e| format!("cannot write token file {}: {e}", path.display()))?;
         Ok(path)
     }
 
     /// Removes the token file; a missing file is fine.
     pub fn remove_token(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
         let path = self.token_path(ch)?;
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("cannot remove token file {}: {e}", path.display()).into()),
+        remove_token_file(&path).map_err(|e| e.into())
+    }
+}
+
+/// Why a token file could not be written or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(transparent)]
+    Dir(#[from] fsutil::DirError),
+    #[error("{}: not named like an ACME token; not touched", .0.display())]
+    NotAToken(PathBuf),
+    #[error("cannot remove token file {}", path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+/// Creates `name` in the directory `dirfd` (replacing a leftover or a planted link under that
+/// name without following it), with `owner` and mode 0644 set on its descriptor.
+fn write_token_at(
+    dirfd: &OwnedFd,
+    name: &str,
+    contents: &[u8],
+    owner: Option<(Uid, Gid)>,
+) -> Result<(), nix::errno::Errno> {
+    match unlinkat(dirfd, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    let fd = openat(
+        dirfd,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(TOKEN_MODE),
+    )?;
+    if let Some((uid, gid)) = owner {
+        fchown(&fd, Some(uid), Some(gid))?;
+    }
+    fchmod(&fd, Mode::from_bits_truncate(TOKEN_MODE))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(contents).map_err(|e| {
+        e.raw_os_error()
+            .map_or(nix::errno::Errno::EIO, nix::errno::Errno::from_raw)
+    })?;
+    Ok(())
+}
+
+/// Removes a token file (only a file named like a token) through the safely opened directory
+/// holding it; a missing file or directory is fine. Used by `clear` and by the sweep of a killed
+/// run's journal.
+pub fn remove_token_file(path: &Path) -> Result<(), TokenError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| is_valid_token(n))
+        .ok_or_else(|| TokenError::NotAToken(path.to_path_buf()))?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let dirfd = match fsutil::open_dir_safely(dir, None) {
+        Ok(fd) => fd,
+        Err(fsutil::DirError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(())
         }
+        Err(e) => return Err(e.into()),
+    };
+    match unlinkat(&dirfd, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(source) => Err(TokenError::Remove {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -139,7 +197,8 @@ impl ChallengeSolver for WebrootSolver {
 mod tests {
     use super::*;
     use crate::acme::Identifier;
-    use std::os::unix::fs::{symlink, MetadataExt};
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
     fn challenge(token: &str) -> PendingChallenge {
         PendingChallenge {
@@ -198,5 +257,37 @@ mod tests {
         let mut other = challenge("t2");
         other.identifier = Identifier::from_name("b.test");
         assert!(solver.fulfill(&other).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_planted_link_to_the_challenge_dir_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        // The web root belongs to someone else (world-writable here, as a stand-in).
+        let webroot = dir.path().join("site");
+        fs::create_dir(&webroot).unwrap();
+        fs::set_permissions(&webroot, fs::Permissions::from_mode(0o777)).unwrap();
+        let victim = dir.path().join("hooks");
+        fs::create_dir(&victim).unwrap();
+        symlink(&victim, webroot.join(".well-known")).unwrap();
+        let solver = WebrootSolver::new(webroot.join(".well-known/acme-challenge"));
+        let err = solver.fulfill(&challenge("tok")).await.unwrap_err();
+        assert!(err.to_string().contains(".well-known"), "{err}");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(
+            fs::read_dir(&victim).unwrap().count(),
+            0,
+            "nothing created in the target"
+        );
+        // The sweep of a journaled path through the same link removes nothing there.
+        fs::create_dir(victim.join("acme-challenge")).unwrap();
+        fs::write(victim.join("acme-challenge/tok"), "root's file").unwrap();
+        assert!(remove_token_file(&webroot.join(".well-known/acme-challenge/tok")).is_err());
+        assert!(victim.join("acme-challenge/tok").exists());
+        // Only token-named files are ever removed.
+        assert!(matches!(
+            remove_token_file(&dir.path().join("hooks/not.a.token")).unwrap_err(),
+            TokenError::NotAToken(_)
+        ));
     }
 }

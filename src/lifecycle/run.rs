@@ -17,6 +17,7 @@ use super::settings::{snippet_text, Mode, Settings};
 use super::{account, Error};
 use crate::acme::{self, Account, CertInfo, KeyPair, OrderOptions};
 use crate::challenge::preflight::{check_reachable, ChallengeRoute, PreflightSolver};
+use crate::challenge::webroot::remove_token_file;
 use crate::hooks::Stage;
 use crate::nginx::discovery::Scan;
 use crate::nginx::edit;
@@ -66,13 +67,14 @@ impl Run {
         }
         let store = Store::open(&settings.state_dir)?;
         let lock = store.lock(store::LOCK_WAIT)?;
-        match store.sweep_tokens() {
-            Ok(removed) if !removed.is_empty() => tracing::info!(
-                "removed {} challenge tokens left by an earlier run",
-                removed.len()
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot sweep old challenge tokens: {e}"),
+        for token in store.take_journal()? {
+            match remove_token_file(&token) {
+                Ok(()) => tracing::info!(
+                    "removed challenge token {} left by an earlier run",
+                    token.display()
+                ),
+                Err(e) => tracing::warn!("{}", super::outcome::chain_text(&e)),
+            }
         }
         Ok(Run {
             settings,

@@ -25,29 +25,22 @@ impl Store {
             .map_err(Error::io("write", &journal))
     }
 
-    /// Removes every token an earlier run recorded (it may have been killed before clearing
-    /// them) and empties the journal. Returns the paths removed.
-    pub fn sweep_tokens(&self) -> Result<Vec<PathBuf>, Error> {
+    /// Takes the token paths an earlier run recorded (it may have been killed before clearing
+    /// them) and empties the journal. Removing the files is the caller's: through a safely opened
+    /// directory, never by path.
+    pub fn take_journal(&self) -> Result<Vec<PathBuf>, Error> {
         let journal = self.journal_path();
         let text = match fs::read_to_string(&journal) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("read", &journal)(e)),
         };
-        let mut removed = Vec::new();
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            let p = PathBuf::from(line);
-            // Only files named like a token; never follow a link (remove_file does not).
-            let is_token = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(crate::acme::jws::is_valid_token);
-            if is_token && fs::remove_file(&p).is_ok() {
-                removed.push(p);
-            }
-        }
         fs::remove_file(&journal).map_err(Error::io("remove", &journal))?;
-        Ok(removed)
+        Ok(text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect())
     }
 }
 
@@ -56,17 +49,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_journal_sweeps_only_token_files() {
+    fn the_journal_is_taken_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state")).unwrap();
-        let token = dir.path().join("tok_en-1");
-        let other = dir.path().join("not.a.token");
-        fs::write(&token, "x").unwrap();
-        fs::write(&other, "x").unwrap();
-        store.journal_token(&token).unwrap();
-        store.journal_token(&other).unwrap();
-        assert_eq!(store.sweep_tokens().unwrap(), vec![token.clone()]);
-        assert!(!token.exists() && other.exists());
-        assert!(store.sweep_tokens().unwrap().is_empty());
+        let a = dir.path().join("tok_en-1");
+        let b = dir.path().join("tok_en-2");
+        store.journal_token(&a).unwrap();
+        store.journal_token(&b).unwrap();
+        assert_eq!(store.take_journal().unwrap(), vec![a, b]);
+        assert!(store.take_journal().unwrap().is_empty());
     }
 }

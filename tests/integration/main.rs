@@ -13,4 +13,5 @@ mod nginx_locations;
 mod nginx_parse;
 mod packaging;
 mod renew;
+mod security;
 mod watch;

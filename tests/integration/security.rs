@@ -1,0 +1,197 @@
+//! Root next to users it does not trust: the web-root owner (nginx's worker user, `www-data`,
+//! played with `runuser`) plants or races symlinks, or forges an nginx master; acme-nginx must
+//! never write, remove or signal outside what it checked. Real nginx master, real pebble.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{assert_exit, json, worker_user, Bed, ChildGuard};
+
+/// A site whose document root belongs to the worker user.
+const SITE: &str = "server {\n    listen 127.0.0.1:{port};\n    server_name site.sec.test;\n    \
+    root {dir}/site;\n}\n";
+
+/// Runs a shell command as the worker user.
+fn as_worker(script: &str) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "www-data", "--", "sh", "-c", script]);
+    c
+}
+
+fn owned_site(bed: &Bed) -> std::path::PathBuf {
+    let site = bed.nginx.dir.path().join("site");
+    fs::create_dir_all(&site).unwrap();
+    let www = nix::unistd::User::from_name("www-data").unwrap().unwrap();
+    nix::unistd::chown(&site, Some(www.uid), Some(www.gid)).unwrap();
+    site
+}
+
+/// A directory of root's the attacker would like a file in (a hook directory, say).
+fn victim(bed: &Bed) -> std::path::PathBuf {
+    let v = bed.state.path().join("victim");
+    fs::create_dir_all(&v).unwrap();
+    fs::set_permissions(&v, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(bed.state.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    v
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        out.push(e.path().display().to_string());
+        if e.path().is_dir() {
+            out.extend(files_in(&e.path()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_symlink_planted_in_the_web_root_is_refused() {
+    if worker_user().is_none() {
+        return; // needs root to play the worker user
+    }
+    let bed = Bed::start(SITE);
+    let site = owned_site(&bed);
+    let victim = victim(&bed);
+    let plant = format!("ln -s {} {}/.well-known", victim.display(), site.display());
+    assert!(as_worker(&plant).status().unwrap().success());
+
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 1);
+    let error = json(&out)["certificates"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.contains(".well-known") && error.contains("symlink"),
+        "{error}"
+    );
+    assert!(files_in(&victim).is_empty(), "{:?}", files_in(&victim));
+    assert!(
+        !bed.pebble.log().contains("incorrectResponse"),
+        "no validation was spent"
+    );
+}
+
+#[test]
+fn a_racing_symlink_swap_never_gets_a_file_outside_the_web_root() {
+    if worker_user().is_none() {
+        return;
+    }
+    let bed = Bed::start(SITE);
+    let site = owned_site(&bed);
+    let victim = victim(&bed);
+    // The attacker flips .well-known between a real directory and a link to the victim as
+    // fast as it can for the whole run.
+    let race = format!(
+        "cd {s}; while :; do rm -rf .well-known; mkdir -p .well-known/acme-challenge; \
+         rm -rf .well-known; ln -s {v} .well-known; done",
+        s = site.display(),
+        v = victim.display()
+    );
+    let attacker = ChildGuard(
+        as_worker(&race)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Watch the victim directory the whole time: nothing may appear there, even briefly.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = {
+        let (stop, victim) = (stop.clone(), victim.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.extend(files_in(&victim));
+            }
+            seen
+        })
+    };
+    let start = Instant::now();
+    let mut runs = 0;
+    while runs < 3 || start.elapsed() < Duration::from_secs(3) {
+        let out = bed.cmd("enroll", &["site.sec.test"]);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        runs += 1;
+        if runs > 10 {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(attacker);
+    let seen = seen.join().unwrap();
+    assert!(
+        seen.is_empty(),
+        "files appeared in the victim directory: {seen:?}"
+    );
+}
+
+#[test]
+fn a_forged_master_of_another_user_is_not_signalled() {
+    if worker_user().is_none() {
+        return;
+    }
+    let bed = Bed::start(SITE);
+    owned_site(&bed);
+    // A process of www-data's that calls itself an nginx master; the pid file names it.
+    let mut fake = ChildGuard(
+        Command::new("runuser")
+            .args(["-u", "www-data", "--", "bash", "-c"])
+            .arg("exec -a 'nginx: master process /usr/sbin/nginx' sleep 60")
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    let fake_pid = loop {
+        // runuser may fork: find the forged process by its name and owner.
+        let www = nix::unistd::User::from_name("www-data").unwrap().unwrap();
+        let found = fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            use std::os::unix::fs::MetadataExt;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let owner = fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+            (cmd.starts_with(b"nginx: master process /usr/sbin/nginx") && owner == www.uid.as_raw())
+                .then_some(pid)
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "forged master did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    fs::write(
+        bed.nginx.dir.path().join("nginx.pid"),
+        format!("{fake_pid}\n"),
+    )
+    .unwrap();
+    fs::create_dir_all(bed.nginx.dir.path().join("site/.well-known/acme-challenge")).unwrap();
+
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 1);
+    let error = json(&out)["certificates"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("is not an nginx master"), "{error}");
+    assert!(
+        fake.0.try_wait().unwrap().is_none(),
+        "the forged master was signalled"
+    );
+    fs::write(
+        bed.nginx.dir.path().join("nginx.pid"),
+        format!("{}\n", bed.nginx.pid()),
+    )
+    .unwrap();
+}
