@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use acme_nginx::lifecycle::metrics::write_metrics;
+use acme_nginx::lifecycle::metrics::{write_failed_run, write_metrics};
 use acme_nginx::lifecycle::{Mode, Outcome, Run};
+use acme_nginx::store::Store;
 use clap::Args;
 
 use super::options::Options;
@@ -34,11 +35,29 @@ pub async fn run(ctx: &Context, args: RenewArgs) -> CmdResult {
     } else {
         Mode::Live
     };
-    let run = Run::open(args.options.settings(ctx)?, mode)?;
-    let outcomes = run.renew(&args.names, args.force).await?;
-    if let Some(path) = &args.metrics_file {
-        write_metrics(run.store(), path, &outcomes)?;
-    }
+    let settings = args.options.settings(ctx)?;
+    let state = Store {
+        root: settings.state_dir.clone(),
+    };
+    let result = match Run::open(settings, mode) {
+        Ok(run) => run.renew(&args.names, args.force).await,
+        Err(e) => Err(e),
+    };
+    // The metrics say what this run really did, also when it could not run at all.
+    let outcomes = match (result, &args.metrics_file) {
+        (Ok(outcomes), Some(path)) => {
+            write_metrics(&state, path, &outcomes)?;
+            outcomes
+        }
+        (Ok(outcomes), None) => outcomes,
+        (Err(e), Some(path)) => {
+            if let Err(m) = write_failed_run(&state, path) {
+                tracing::warn!("{}", output::error_chain(&m));
+            }
+            return Err(e.into());
+        }
+        (Err(e), None) => return Err(e.into()),
+    };
     print(ctx, &outcomes)?;
     Ok(Exit::of(&outcomes))
 }

@@ -55,7 +55,9 @@ pub fn write_state(path: &Path, state: &AccountState) -> Result<(), Error> {
 }
 
 /// Loads the account for the settings' CA from the store, or creates it when the terms were
-/// agreed to (saved only when `save`).
+/// agreed to (saved only when `save`). A saved account the CA no longer knows
+/// (`accountDoesNotExist`: the CA lost or purged it) is registered afresh with the same contacts,
+/// since its terms were agreed to when it was made, instead of failing every run.
 pub async fn load_or_create(
     settings: &Settings,
     store: &Store,
@@ -63,15 +65,29 @@ pub async fn load_or_create(
     client: acme::Client,
 ) -> Result<Account, Error> {
     let path = store.account_path(&settings.directory);
+    let mut agreed_before = None;
     if path.exists() {
         let state = read_state(&path)?;
-        return Account::from_state(client, &state).map_err(|source| Error::AccountState {
-            path: path.clone(),
-            source,
-        });
+        let account =
+            Account::from_state(client.clone(), &state).map_err(|source| Error::AccountState {
+                path: path.clone(),
+                source,
+            })?;
+        match account.fetch().await {
+            Ok(_) => return Ok(account),
+            Err(e) if e.is_acme("accountDoesNotExist") => {
+                tracing::warn!(
+                    "the CA no longer knows the account {} ({}); registering a new one",
+                    account.url(),
+                    path.display()
+                );
+                agreed_before = Some(state.contact.clone());
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let meta = client.directory().meta.clone();
-    if !settings.agree_tos {
+    if !settings.agree_tos && agreed_before.is_none() {
         return Err(Error::TermsNotAgreed {
             directory: settings.directory.clone(),
             tos: meta
@@ -82,8 +98,13 @@ pub async fn load_or_create(
     if meta.external_account_required && settings.eab.is_none() {
         return Err(Error::EabRequired);
     }
+    let contact = match (&settings.email, agreed_before) {
+        (Some(email), _) => contact_urls(std::slice::from_ref(email))?,
+        (None, Some(old)) => old,
+        (None, None) => Vec::new(),
+    };
     let opts = NewAccountOptions {
-        contact: contact_urls(&settings.email.clone().into_iter().collect::<Vec<_>>())?,
+        contact,
         terms_of_service_agreed: true,
         eab: settings.eab.clone(),
     };
@@ -93,7 +114,6 @@ pub async fn load_or_create(
     }
     Ok(account)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

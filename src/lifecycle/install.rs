@@ -5,6 +5,7 @@
 
 use time::OffsetDateTime;
 
+use super::intent::Intent;
 use super::lineage::LineageMeta;
 use super::outcome::{chain_text, Failure, Outcome, Status};
 use super::plan::Plan;
@@ -24,6 +25,8 @@ struct Staged {
     plan: Plan,
     /// The live version before this run, for a rollback.
     previous: Option<u32>,
+    /// The version being installed, when it is not the live one of before.
+    version: Option<u32>,
     status: Status,
     /// The leaf (DER) nginx must serve afterwards.
     leaf: Option<Vec<u8>>,
@@ -36,8 +39,10 @@ fn first_cert(pem: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Run {
-    /// Stores fresh certificates, points blocks at lineages, then one change transaction, a TLS
-    /// check of every HTTPS listener, and deploy hooks.
+    /// Stores fresh certificates (and switches to versions issued earlier but not installed),
+    /// points blocks at lineages, then one change transaction, a TLS check of every HTTPS
+    /// listener, and deploy hooks. An intent written first lets the next run roll back whatever a
+    /// crash in between leaves.
     pub(super) async fn deploy(
         &self,
         cfg: &Config,
@@ -46,6 +51,42 @@ impl Run {
         install_only: Vec<Plan>,
     ) -> Result<Vec<Outcome>, Error> {
         let mut outcomes = Vec::new();
+        if fresh.is_empty() && install_only.is_empty() {
+            return Ok(outcomes);
+        }
+        let mut intent = Intent {
+            lineages: fresh
+                .iter()
+                .map(|f| &f.plan)
+                .chain(&install_only)
+                .map(|p| {
+                    (
+                        p.primary.clone(),
+                        self.store.lineage(&p.primary).live_version(),
+                    )
+                })
+                .collect(),
+            ..Intent::default()
+        };
+        self.store.write_intent(&intent)?;
+        let result = self
+            .deploy_under_intent(cfg, scan, fresh, install_only, &mut intent, &mut outcomes)
+            .await;
+        // Every staged lineage is settled (served, or rolled back with its version pending).
+        self.store.clear_intent()?;
+        result?;
+        Ok(outcomes)
+    }
+
+    async fn deploy_under_intent(
+        &self,
+        cfg: &Config,
+        scan: &Scan,
+        fresh: Vec<Fresh>,
+        install_only: Vec<Plan>,
+        intent: &mut Intent,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<(), Error> {
         let mut staged = Vec::new();
         for f in fresh {
             match self.store_version(scan, &f) {
@@ -62,22 +103,33 @@ impl Run {
         }
         for plan in install_only {
             let lineage = self.store.lineage(&plan.primary);
+            let previous = lineage.live_version();
+            let meta = self.meta(&plan.primary)?;
+            let version = match self.pending_install(&plan, &meta) {
+                Some(v) => {
+                    lineage.point_live_at(v)?;
+                    Some(v)
+                }
+                None => None,
+            };
             staged.push(Staged {
                 leaf: lineage.live_fullchain().and_then(|p| first_cert(&p)),
-                previous: lineage.live_version(),
+                previous,
+                version,
                 status: Status::Installed,
                 plan,
             });
         }
         if staged.is_empty() {
-            return Ok(outcomes);
+            return Ok(());
         }
         if !self.mode.edits_nginx() {
             for s in &staged {
+                self.settle(s, true)?;
                 self.run_deploy_hooks(&s.plan).await;
                 outcomes.push(self.outcome(&s.plan, s.status));
             }
-            return Ok(outcomes);
+            return Ok(());
         }
         // Edits for blocks that do not point at their lineage yet.
         let mut change = Change::default();
@@ -105,22 +157,28 @@ impl Run {
             }
         }
         if kept.is_empty() {
-            return Ok(outcomes);
+            return Ok(());
         }
         let ctl = self.settings.nginx.ctl(cfg, scan)?;
         let backups = transaction::new_backup_dir(&self.store.backups_dir());
+        let (edited, created) = change.touched(cfg);
+        intent.backup_dir = Some(backups.clone());
+        intent.edited = edited;
+        intent.created = created;
+        self.store.write_intent(intent)?;
         if let Err(e) = transaction::commit(&ctl, cfg, &change, &backups, true).await {
             let message = chain_text(&e);
             for s in &kept {
                 outcomes.push(self.fail_and_roll_back(s, message.clone()));
             }
-            return Ok(outcomes);
+            return Ok(());
         }
         // Verify what nginx serves, then deploy hooks.
-        let (_, new_scan) = self.load()?;
+        let (_, new_scan) = self.reread()?;
         for s in &kept {
             match verify(&new_scan, &s.plan, s.leaf.as_deref()).await {
                 Ok(()) => {
+                    self.settle(s, true)?;
                     self.run_deploy_hooks(&s.plan).await;
                     let mut o = self.outcome(&s.plan, s.status);
                     o.server_blocks = s.plan.block_locations.clone();
@@ -133,7 +191,19 @@ impl Run {
                 }
             }
         }
-        Ok(outcomes)
+        Ok(())
+    }
+
+    /// Records how a staged certificate ended: installed (nothing pending any more), or not
+    /// (its version stays pending, to be installed again without a new order).
+    fn settle(&self, s: &Staged, installed: bool) -> Result<(), Error> {
+        let mut meta = self.meta(&s.plan.primary)?;
+        let pending = if installed { None } else { s.version };
+        if meta.pending_version != pending {
+            meta.pending_version = pending;
+            self.save_meta(&s.plan.primary, &meta)?;
+        }
+        Ok(())
     }
 
     /// Writes a fresh certificate as the lineage's new live version and resets its renewal
@@ -142,7 +212,7 @@ impl Run {
         let lineage = self.store.lineage(&f.plan.primary);
         let previous = lineage.live_version();
         let mut meta: LineageMeta = lineage.load_meta()?;
-        lineage.install(&Issued {
+        let version = lineage.install(&Issued {
             key_pem: &f.key_pem,
             cert_pem: &f.chain.leaf_pem(),
             chain_pem: &f.chain.chain_pem(),
@@ -159,10 +229,12 @@ impl Run {
         meta.issued_at = Some(OffsetDateTime::now_utc().unix_timestamp());
         meta.last_replaces = f.chain.replaces.clone();
         meta.renewal.record_success();
+        meta.pending_version = None;
         self.save_meta(&f.plan.primary, &meta)?;
         Ok(Staged {
             plan: f.plan.clone(),
             previous,
+            version: Some(version),
             status: f.status,
             leaf: first_cert(f.chain.pem.as_bytes()),
         })
@@ -172,15 +244,22 @@ impl Run {
     /// live before (a rollback that fails is part of the message).
     fn fail_and_roll_back(&self, s: &Staged, message: String) -> Outcome {
         let lineage = self.store.lineage(&s.plan.primary);
-        let rolled_back = match (s.status, s.previous) {
-            (Status::Installed, _) => Ok(()),
-            (_, Some(v)) => lineage.point_live_at(v),
-            (_, None) => lineage.remove_live(),
+        let rolled_back = match (s.version, s.previous) {
+            (None, _) => Ok(()),
+            (Some(_), Some(v)) => lineage.point_live_at(v),
+            (Some(_), None) => lineage.remove_live(),
         };
         let mut message = message;
         if let Err(e) = rolled_back {
             message.push_str(&format!(
                 "; rolling the lineage back failed too: {}",
+                chain_text(&e)
+            ));
+        }
+        // The issued certificate is kept and installed again by the next run, without an order.
+        if let Err(e) = self.settle(s, false) {
+            message.push_str(&format!(
+                "; remembering the pending version failed: {}",
                 chain_text(&e)
             ));
         }
@@ -207,7 +286,7 @@ impl Run {
 
 /// Why nginx is not proven to serve a new certificate.
 #[derive(Debug, thiserror::Error)]
-enum VerifyError {
+pub(super) enum VerifyError {
     #[error("no certificate to verify")]
     NoLeaf,
     #[error(transparent)]
@@ -223,7 +302,11 @@ enum VerifyError {
 }
 
 /// Every HTTPS listener of the plan's blocks must serve the expected leaf for its name.
-async fn verify(scan: &Scan, plan: &Plan, leaf: Option<&[u8]>) -> Result<(), VerifyError> {
+pub(super) async fn verify(
+    scan: &Scan,
+    plan: &Plan,
+    leaf: Option<&[u8]>,
+) -> Result<(), VerifyError> {
     let leaf = leaf.ok_or(VerifyError::NoLeaf)?;
     let mut checked = 0;
     for server in scan

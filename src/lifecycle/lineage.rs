@@ -28,6 +28,10 @@ pub struct LineageMeta {
     /// The CertID the CA recorded the last order as replacing.
     #[serde(default)]
     pub last_replaces: Option<String>,
+    /// A version issued and stored but not live: its install failed or was interrupted. It is
+    /// installed again (no new order) while it is valid.
+    #[serde(default)]
+    pub pending_version: Option<u32>,
     /// Renewal schedule and failure memory.
     #[serde(flatten)]
     pub renewal: RenewalState,
@@ -43,6 +47,19 @@ pub struct LiveCert {
 /// Reads the lineage's live certificate (None when there is none or it does not parse).
 pub fn live_cert(l: &Lineage) -> Option<LiveCert> {
     let pem = l.live_fullchain()?;
+    let leaf_der = acme::cert::pem_certificates(&pem)
+        .ok()?
+        .into_iter()
+        .next()?;
+    Some(LiveCert {
+        info: CertInfo::from_der(&leaf_der).ok()?,
+        leaf_der,
+    })
+}
+
+/// A stored version's certificate, when it exists and parses.
+pub fn version_cert(l: &Lineage, version: u32) -> Option<LiveCert> {
+    let pem = std::fs::read(l.version_file(version, store::FULLCHAIN)).ok()?;
     let leaf_der = acme::cert::pem_certificates(&pem)
         .ok()?
         .into_iter()

@@ -11,6 +11,17 @@ use super::Error;
 use crate::fsutil;
 use crate::store::Store;
 
+/// Writes the metrics file after a run that could not run at all: every lineage's last result
+/// is a failure (the file must never keep saying all is well).
+pub fn write_failed_run(store: &Store, path: &Path) -> Result<(), Error> {
+    let outcomes: Vec<Outcome> = store
+        .lineages()
+        .iter()
+        .map(|l| Outcome::new(&l.name, &[], Status::Failed))
+        .collect();
+    write_metrics(store, path, &outcomes)
+}
+
 /// Writes the metrics file: the result of this run's `outcomes` where there is one, else the
 /// last remembered result.
 pub fn write_metrics(store: &Store, path: &Path, outcomes: &[Outcome]) -> Result<(), Error> {

@@ -7,12 +7,14 @@
 //! - [`policy`]: the one renewal policy (ARI window, lifetime rule, backoff), a pure decision;
 //! - [`run`]: a run holding the state lock: ordering through the preflight solver, then
 //!   [`install`]ing through nginx's change transaction, and `enroll`/`renew` passes;
+//! - [`intent`]: what an install is about to change, so a killed run is rolled back by the next;
 //! - [`status`] and [`metrics`]: what the state says, for people and for Prometheus;
 //! - [`watch`]: the long-running service loop.
 
 pub mod account;
 mod error;
 mod install;
+pub mod intent;
 pub mod lineage;
 pub mod metrics;
 pub mod outcome;

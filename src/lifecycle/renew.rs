@@ -5,7 +5,7 @@
 use time::OffsetDateTime;
 
 use super::lineage::{live_cert, matches, users, LineageMeta};
-use super::outcome::{Outcome, Status};
+use super::outcome::{Failure, Outcome, Status};
 use super::plan;
 use super::policy::{Decision, RenewalState};
 use super::run::Run;
@@ -40,7 +40,12 @@ impl Run {
     /// A lineage in failure backoff waits unless it is named.
     pub async fn renew(&self, wanted: &[String], force: bool) -> Result<Vec<Outcome>, Error> {
         let lineages = self.lineages(wanted)?;
-        let (cfg, scan) = self.load()?;
+        // A part of the configuration that does not parse must not stop the renewal of the
+        // blocks that do: it is left out, and lineages only it could place are reported.
+        let (cfg, scan, unreadable) = self.settings.nginx.load_lenient()?;
+        for e in &unreadable {
+            tracing::warn!("left out of this renewal: {e}");
+        }
         // The CA is only needed for renewalInfo and orders: when it cannot be reached, the
         // lifetime rule decides, and only a due certificate makes the run fail.
         let client =
@@ -58,7 +63,19 @@ impl Run {
         let named = !wanted.is_empty();
         let mut outcomes = Vec::new();
         let mut due = Vec::new();
+        let mut install_only = Vec::new();
         for (l, mut meta) in lineages {
+            // Issued before but never installed: install it, no order, whatever the schedule.
+            if meta.pending_version.is_some() {
+                let plan = plan::plans(&scan, std::slice::from_ref(&l.name))
+                    .ok()
+                    .and_then(|p| p.into_iter().next());
+                if let Some(plan) = plan.filter(|p| self.pending_install(p, &meta).is_some()) {
+                    tracing::info!("installing {}, issued earlier but not installed", l.name);
+                    install_only.push(plan);
+                    continue;
+                }
+            }
             let live = live_cert(&l);
             if let (Some(client), Some(live)) = (&client, &live) {
                 let wants_ari = force || meta.renewal.ari_check_due(now);
@@ -119,6 +136,16 @@ impl Run {
                     tracing::info!("renewing {} ({reason})", l.name);
                     to_order.push(p.remove(0));
                 }
+                _ if !unreadable.is_empty() => {
+                    let meta: LineageMeta = l.load_meta()?;
+                    let mut o = Outcome::new(&l.name, &meta.names, Status::Failed);
+                    let files: Vec<String> = unreadable.iter().map(|e| e.to_string()).collect();
+                    o.error = Some(Failure::transient(format!(
+                        "due ({reason}) but no server block that could be read uses it; these parts of the configuration do not parse: {}",
+                        files.join("; ")
+                    )));
+                    outcomes.push(o);
+                }
                 _ => {
                     let meta: LineageMeta = l.load_meta()?;
                     let mut o = Outcome::new(&l.name, &meta.names, Status::Skipped);
@@ -127,8 +154,8 @@ impl Run {
                 }
             }
         }
-        if !to_order.is_empty() {
-            outcomes.extend(self.execute(cfg, scan, to_order, Vec::new()).await?);
+        if !to_order.is_empty() || !install_only.is_empty() {
+            outcomes.extend(self.execute(cfg, scan, to_order, install_only).await?);
         }
         outcomes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(outcomes)

@@ -67,6 +67,7 @@ impl Run {
         }
         let store = Store::open(&settings.state_dir)?;
         let lock = store.lock(store::LOCK_WAIT)?;
+        super::intent::recover(&store)?;
         for token in store.take_journal()? {
             match remove_token_file(&token) {
                 Ok(()) => tracing::info!(
@@ -92,6 +93,13 @@ impl Run {
     /// Reads and scans nginx's configuration.
     pub fn load(&self) -> Result<(Config, Scan), Error> {
         Ok(self.settings.nginx.load()?)
+    }
+
+    /// Reads the configuration again after a change, leaving out included files that do not
+    /// parse (they were reported when the run started).
+    pub(super) fn reread(&self) -> Result<(Config, Scan), Error> {
+        let (cfg, scan, _) = self.settings.nginx.load_lenient()?;
+        Ok((cfg, scan))
     }
 
     /// The plans for the named server blocks (all when `wanted` is empty).
@@ -130,6 +138,11 @@ impl Run {
                 continue;
             }
             let meta = self.meta(&plan.primary)?;
+            if self.pending_install(&plan, &meta).is_some() {
+                // Issued earlier, not installed: install it (no CA involved, no backoff).
+                install_only.push(plan);
+                continue;
+            }
             let cert = live_cert(&self.store.lineage(&plan.primary)).map(|c| c.info);
             let names_differ = cert
                 .as_ref()
@@ -145,7 +158,12 @@ impl Run {
                     outcomes.push(o);
                 }
                 Decision::NotDue { .. } if !names_differ => {
-                    if !self.mode.edits_nginx() || self.points_at_live(&plan, &scan) {
+                    // Installed means: the blocks name the live files and nginx serves them
+                    // (a run killed before its reload left the first without the second).
+                    if !self.mode.edits_nginx()
+                        || (self.points_at_live(&plan, &scan)
+                            && self.serves_live(&plan, &scan).await)
+                    {
                         outcomes.push(self.outcome(&plan, Status::UpToDate));
                     } else {
                         install_only.push(plan);
@@ -205,6 +223,26 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// The version issued for this plan but not installed yet, when it is still good to
+    /// install: present, valid for a while, and for the plan's names.
+    pub(super) fn pending_install(&self, plan: &Plan, meta: &LineageMeta) -> Option<u32> {
+        let v = meta.pending_version?;
+        let l = self.store.lineage(&plan.primary);
+        let cert = super::lineage::version_cert(&l, v)?;
+        let valid = cert.info.not_after > OffsetDateTime::now_utc() + time::Duration::hours(1);
+        (valid && same_names(&cert.info.names, &plan.names)).then_some(v)
+    }
+
+    /// True when every HTTPS listener of the plan's blocks serves the live leaf.
+    async fn serves_live(&self, plan: &Plan, scan: &Scan) -> bool {
+        let Some(live) = live_cert(&self.store.lineage(&plan.primary)) else {
+            return false;
+        };
+        super::install::verify(scan, plan, Some(&live.leaf_der))
+            .await
+            .is_ok()
     }
 
     fn points_at_live(&self, plan: &Plan, scan: &Scan) -> bool {
@@ -332,7 +370,7 @@ impl Run {
             }
             Err(e) => return Err(e.into()),
         }
-        let (new_cfg, new_scan) = self.load()?;
+        let (new_cfg, new_scan) = self.reread()?;
         *cfg = new_cfg;
         *scan = new_scan;
         for &i in &editing {

@@ -121,10 +121,15 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
                     "the nginx configuration does not parse; waiting for the next change: {e}"
                 );
             }
-            // A broken configuration keeps what was watched (and at least its own directory),
-            // so the fix is seen wherever it is made.
-            let mut dirs =
-                watched_dirs(loaded.as_ref().ok().map(|(c, _)| c), &settings.nginx.conf());
+            // A broken configuration keeps what was watched, and what its readable parts
+            // include (at least its own directory), so the fix is seen wherever it is made.
+            let mut dirs = match &loaded {
+                Ok((cfg, _)) => watched_dirs(Some(cfg), &settings.nginx.conf()),
+                Err(_) => {
+                    let readable = settings.nginx.load_lenient().ok();
+                    watched_dirs(readable.as_ref().map(|(c, _, _)| c), &settings.nginx.conf())
+                }
+            };
             if loaded.is_err() {
                 dirs.extend(watching.iter().cloned());
             }
@@ -155,15 +160,7 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
             .unwrap_or(MAX_RENEW_SLEEP);
         tokio::select! {
             Some(()) = rx.recv() => {
-                // Debounce: wait until the files have been quiet for a moment, but not forever.
-                let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
-                while tokio::time::Instant::now() < deadline {
-                    let quiet = DEBOUNCE.min(deadline - tokio::time::Instant::now());
-                    match tokio::time::timeout(quiet, rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
-                    }
-                }
+                debounce(&mut rx, DEBOUNCE, MAX_DEBOUNCE).await;
                 config_changed = true;
             }
             _ = tokio::time::sleep(sleep) => renew_due = true,
@@ -181,6 +178,26 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
     }
     tracing::info!("stopping");
     Ok(())
+}
+
+/// Waits until the events have been quiet for `quiet`, but never longer than `max` in all, so a
+/// burst that never stops cannot postpone the work waiting behind it.
+async fn debounce(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    quiet: Duration,
+    max: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match tokio::time::timeout(quiet.min(left), rx.recv()).await {
+            Ok(Some(())) => continue,
+            _ => return,
+        }
+    }
 }
 
 async fn renew_pass(settings: &Settings) -> Result<Vec<Outcome>, Error> {
@@ -216,5 +233,39 @@ fn log_outcomes(pass: &str, outcomes: &[Outcome], idle: Status) {
             .map(|e| format!(": {}", e.message))
             .unwrap_or_default();
         tracing::info!("{pass} {}: {}{error}", o.name, o.status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_endless_burst_of_events_cannot_postpone_work_beyond_the_limit() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let feeder = tokio::spawn(async move {
+            while tx.send(()).is_ok() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let start = std::time::Instant::now();
+        debounce(
+            &mut rx,
+            Duration::from_millis(50),
+            Duration::from_millis(300),
+        )
+        .await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        feeder.abort();
+        // Quiet events: done after the quiet time.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let start = std::time::Instant::now();
+        debounce(&mut rx, Duration::from_millis(50), Duration::from_secs(5)).await;
+        assert!(start.elapsed() < Duration::from_secs(1));
+        drop(tx);
     }
 }

@@ -324,7 +324,7 @@ impl Applied {
 
 /// Writes `data` over the file at `path` atomically, keeping its mode and owner (set on the new
 /// file's descriptor before the rename, never by path).
-fn write_like(path: &Path, data: &[u8]) -> io::Result<()> {
+pub fn write_like(path: &Path, data: &[u8]) -> io::Result<()> {
     let meta = fs::symlink_metadata(path)?;
     if !meta.file_type().is_file() {
         return Err(io::Error::other(format!(
@@ -355,7 +355,7 @@ pub fn apply(cfg: &Config, edits: &[Edit], backup_dir: &Path) -> io::Result<Appl
                     path.display()
                 )));
             }
-            let backup = backup_dir.join(real.strip_prefix("/").unwrap_or(&real));
+            let backup = super::transaction::backup_of(backup_dir, &real);
             if let Some(parent) = backup.parent() {
                 fsutil::create_dir_all_mode(parent, 0o700)?;
             }

@@ -120,6 +120,18 @@ impl Paths {
         Ok((config, scan))
     }
 
+    /// Like [`Paths::load`], but included files that do not parse are left out and returned
+    /// (the main file must parse). From disk only.
+    pub fn load_lenient(&self) -> Result<(Config, Scan, Vec<ParseError>), LoadError> {
+        if self.dump.is_some() {
+            let (c, s) = self.load()?;
+            return Ok((c, s, Vec::new()));
+        }
+        let (config, skipped) = Config::load_lenient(&self.conf(), &DiskSource)?;
+        let scan = discovery::scan(&config, &self.build_defaults());
+        Ok((config, scan, skipped))
+    }
+
     /// A controller for the running nginx of this configuration.
     pub fn ctl(&self, cfg: &Config, scan: &Scan) -> Result<NginxCtl, LoadError> {
         let bin = self

@@ -126,6 +126,9 @@ struct Loader<'s> {
     stack: Vec<PathBuf>,
     /// Bytes of text read so far.
     total: u64,
+    /// Skip included files that do not parse (recording why) instead of failing.
+    lenient: bool,
+    skipped: Vec<ParseError>,
 }
 
 impl Config {
@@ -141,6 +144,25 @@ impl Config {
         source: &dyn Source,
         keep_text: bool,
     ) -> Result<Config, ParseError> {
+        Self::load_inner(main, source, keep_text, false).map(|(c, _)| c)
+    }
+
+    /// Like [`Config::load`], but an included file that does not parse is left out (as if its
+    /// include matched nothing) and reported, instead of failing the whole configuration. For
+    /// renewals, which must go on for the blocks that can be read. The main file must parse.
+    pub fn load_lenient(
+        main: &Path,
+        source: &dyn Source,
+    ) -> Result<(Config, Vec<ParseError>), ParseError> {
+        Self::load_inner(main, source, true, true)
+    }
+
+    fn load_inner(
+        main: &Path,
+        source: &dyn Source,
+        keep_text: bool,
+        lenient: bool,
+    ) -> Result<(Config, Vec<ParseError>), ParseError> {
         let conf_prefix = main.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut loader = Loader {
             source,
@@ -151,6 +173,8 @@ impl Config {
             by_path: HashMap::new(),
             stack: Vec::new(),
             total: 0,
+            lenient: false,
+            skipped: Vec::new(),
         };
         let text = source.read(main).map_err(|e| ParseError {
             file: main.to_path_buf(),
@@ -158,12 +182,16 @@ impl Config {
             col: 0,
             message: format!("cannot read: {e}"),
         })?;
+        loader.lenient = lenient;
         let main_id = loader.parse_file(main.to_path_buf(), text)?;
-        Ok(Config {
-            main: main_id,
-            files: loader.files,
-            conf_prefix,
-        })
+        Ok((
+            Config {
+                main: main_id,
+                files: loader.files,
+                conf_prefix,
+            },
+            loader.skipped,
+        ))
     }
 
     /// Parses a single text; `include` directives are kept but not followed.
@@ -178,6 +206,8 @@ impl Config {
             by_path: HashMap::new(),
             stack: Vec::new(),
             total: 0,
+            lenient: false,
+            skipped: Vec::new(),
         };
         let id = loader.parse_file(path.to_path_buf(), text.to_vec())?;
         Ok(Config {
@@ -599,6 +629,10 @@ impl Loader<'_> {
             let (text, size, directives) = match parsed.remove(&p) {
                 Some(Ok(v)) => v,
                 Some(Err(LoadFailure::Read(message))) => return Err(err(message)),
+                Some(Err(LoadFailure::Parse(e))) if self.lenient => {
+                    self.skipped.push(e);
+                    continue;
+                }
                 Some(Err(LoadFailure::Parse(e))) => return Err(e),
                 None => return Err(err(format!("{} vanished while loading", p.display()))),
             };

@@ -50,6 +50,29 @@ pub struct Change {
     pub new_files: Vec<NewFile>,
 }
 
+impl Change {
+    /// The real paths (symlinks resolved) of the files the edits rewrite, and the new files that
+    /// do not exist yet: what a crash in the middle could leave changed.
+    pub fn touched(&self, cfg: &Config) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let edited = edit::render_edits(cfg, &self.edits)
+            .into_keys()
+            .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+            .collect();
+        let created = self
+            .new_files
+            .iter()
+            .filter(|f| f.path.symlink_metadata().is_err())
+            .map(|f| f.path.clone())
+            .collect();
+        (edited, created)
+    }
+}
+
+/// Where [`edit::apply`] keeps the original of `real` inside a backup directory.
+pub fn backup_of(backup_dir: &Path, real: &Path) -> PathBuf {
+    backup_dir.join(real.strip_prefix("/").unwrap_or(real))
+}
+
 /// Why a change did not take effect; in every case the files are back as they were, unless
 /// `restore` says otherwise.
 #[derive(Debug, thiserror::Error)]

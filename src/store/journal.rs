@@ -8,6 +8,44 @@ use std::path::{Path, PathBuf};
 use super::{Error, Store};
 
 impl Store {
+    fn intent_path(&self) -> PathBuf {
+        self.root.join("install.intent")
+    }
+
+    /// Records what an install is about to change, before it changes anything (the lifecycle's
+    /// type; written atomically).
+    pub fn write_intent<T: serde::Serialize>(&self, intent: &T) -> Result<(), Error> {
+        let path = self.intent_path();
+        let json = serde_json::to_vec_pretty(intent).map_err(|source| Error::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        crate::fsutil::write_atomic(&path, &json, crate::fsutil::PRIVATE_MODE)
+            .map_err(Error::io("write", &path))
+    }
+
+    /// The intent an install left behind (it was killed before finishing), if any.
+    pub fn read_intent<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, Error> {
+        let path = self.intent_path();
+        match crate::fsutil::read_limited(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| Error::Corrupt { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path)(e)),
+        }
+    }
+
+    /// Removes the intent: the install it describes is finished (or rolled back).
+    pub fn clear_intent(&self) -> Result<(), Error> {
+        let path = self.intent_path();
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path)(e)),
+        }
+    }
+
     fn journal_path(&self) -> PathBuf {
         self.root.join("tokens.journal")
     }

@@ -102,6 +102,11 @@ impl Lineage {
         fsutil::write_atomic(&path, &json, PUBLIC_MODE).map_err(Error::io("write", &path))
     }
 
+    /// A file of a given version (live or not).
+    pub fn version_file(&self, version: u32, name: &str) -> PathBuf {
+        self.versions_dir().join(format!("{version:04}")).join(name)
+    }
+
     /// The live certificate chain (leaf first), if there is one.
     pub fn live_fullchain(&self) -> Option<Vec<u8>> {
         fs::read(self.live_file(FULLCHAIN)).ok()

@@ -7,6 +7,7 @@ mod util;
 mod acme_hostile;
 mod acme_pebble;
 mod enroll;
+mod failures;
 mod nginx_crossplane;
 mod nginx_fuzz;
 mod nginx_locations;

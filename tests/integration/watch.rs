@@ -162,3 +162,67 @@ fn watch_enrolls_new_blocks_and_stops_on_sigterm() {
         "stray tokens"
     );
 }
+
+#[test]
+fn watch_started_on_a_broken_configuration_picks_up_the_fix() {
+    let www = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        www.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dir = www.path().to_path_buf();
+    let sites = dir.join("sites");
+    fs::create_dir_all(sites.join("more")).unwrap();
+    fs::create_dir_all(dir.join("acme")).unwrap();
+    let port = crate::util::free_port();
+    fs::write(sites.join("first.conf"), site("fix.watch.test", &dir, port)).unwrap();
+    let nginx = Nginx::start_on(
+        port,
+        &format!(
+            "include {s}/*.conf;\ninclude {s}/more/*.conf;\n",
+            s = sites.display()
+        ),
+    );
+    // Broken after nginx started: a second file in the nested include directory.
+    fs::write(sites.join("more/broken.conf"), "server {\n").unwrap();
+    let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
+    let state = tempfile::tempdir().unwrap();
+    fs::write(state.path().join("config.toml"), "agree_tos = true\n").unwrap();
+    let log = state.path().join("watch.log");
+    let child = pebble
+        .cli()
+        .args(["-v", "watch", "--nginx-conf"])
+        .arg(&nginx.conf)
+        .arg("--nginx-prefix")
+        .arg(nginx.dir.path())
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--config-file")
+        .arg(state.path().join("config.toml"))
+        .arg("--hooks-dir")
+        .arg(dir.join("hooks"))
+        .args(["--https-port", &crate::util::free_port().to_string()])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard = crate::util::ChildGuard(child);
+    wait_for(
+        "the parse error in the log",
+        Duration::from_secs(30),
+        || {
+            fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("does not parse")
+        },
+    );
+    // The fix lands in the nested directory a broken scan could not have listed.
+    fs::remove_file(sites.join("more/broken.conf")).unwrap();
+    let live = state.path().join("certs/fix.watch.test/live/fullchain.pem");
+    wait_for(
+        "the certificate after the fix",
+        Duration::from_secs(30),
+        || live.exists(),
+    );
+}

@@ -559,8 +559,14 @@ pub struct Bed {
 
 impl Bed {
     pub fn start(servers: &str) -> Bed {
+        Self::start_on(free_port(), servers)
+    }
+
+    /// Like [`Bed::start`], with nginx's plain-HTTP port chosen by the caller (for site files
+    /// written before nginx starts).
+    pub fn start_on(port: u16, servers: &str) -> Bed {
         let https_port = free_port();
-        let nginx = Nginx::start(&servers.replace("{https}", &https_port.to_string()));
+        let nginx = Nginx::start_on(port, &servers.replace("{https}", &https_port.to_string()));
         let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
         let state = tempfile::tempdir().unwrap();
         fs::write(
