@@ -526,4 +526,30 @@ mod tests {
         applied.restore().unwrap();
         assert_eq!(std::fs::read_to_string(avail.join("a")).unwrap(), original);
     }
+
+    #[test]
+    fn a_failure_on_the_second_file_puts_the_first_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = "server {\n    listen 80;\n    server_name a.test;\n}\n";
+        let b = "server {\n    listen 80;\n    server_name b.test;\n}\n";
+        std::fs::write(dir.path().join("a.conf"), a).unwrap();
+        std::fs::write(dir.path().join("b.conf"), b).unwrap();
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            "http { include a.conf; include b.conf; }",
+        )
+        .unwrap();
+        let cfg = Config::load(&dir.path().join("nginx.conf"), &crate::nginx::DiskSource).unwrap();
+        let s = scan(&cfg, &BuildDefaults::default());
+        let mut edits = install_edits(&cfg, &s.servers[0], &spec(false)).unwrap();
+        edits.extend(install_edits(&cfg, &s.servers[1], &spec(false)).unwrap());
+        // b.conf cannot be written any more: it became a directory after it was read.
+        std::fs::remove_file(dir.path().join("b.conf")).unwrap();
+        std::fs::create_dir(dir.path().join("b.conf")).unwrap();
+        assert!(apply(&cfg, &edits, &dir.path().join("backup")).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.conf")).unwrap(),
+            a
+        );
+    }
 }

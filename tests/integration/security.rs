@@ -195,3 +195,65 @@ fn a_forged_master_of_another_user_is_not_signalled() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_site_file_swapped_for_a_link_while_it_is_edited_never_gets_root_files_chowned() {
+    if worker_user().is_none() {
+        return;
+    }
+    let sites = tempfile::tempdir().unwrap();
+    fs::set_permissions(sites.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let port = crate::util::free_port();
+    let conf = sites.path().join("site.conf");
+    fs::write(
+        &conf,
+        format!(
+            "server {{\n    listen 127.0.0.1:{port};\n    server_name race.sec.test;\n    \
+             location /.well-known/acme-challenge/ {{ alias {}/acme/; }}\n}}\n",
+            sites.path().display()
+        ),
+    )
+    .unwrap();
+    fs::create_dir_all(sites.path().join("acme")).unwrap();
+    let www = nix::unistd::User::from_name("www-data").unwrap().unwrap();
+    for p in [sites.path(), conf.as_path()] {
+        nix::unistd::chown(p, Some(www.uid), Some(www.gid)).unwrap();
+    }
+    let bed = Bed::start_on(
+        port,
+        &format!("include {}/*.conf;\n", sites.path().display()),
+    );
+    let victim = bed.state.path().join("victim-secret");
+    fs::write(&victim, "root only\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+    // The directory's owner flips site.conf between its real text and a link to root's file.
+    let race = format!(
+        "cd {s}; cp site.conf good.txt; while :; do cp good.txt n.tmp; mv -f n.tmp site.conf; \
+         ln -sf {v} l.tmp; mv -f l.tmp site.conf; done",
+        s = sites.path().display(),
+        v = victim.display()
+    );
+    let attacker = ChildGuard(
+        as_worker(&race)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    let mut runs = 0;
+    while runs < 3 || (start.elapsed() < Duration::from_secs(4) && runs < 20) {
+        let out = bed.cmd("enroll", &[]);
+        assert!(out.status.code().is_some(), "no crash");
+        runs += 1;
+    }
+    drop(attacker);
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(&victim).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, 0o600),
+        "root's file was chowned"
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "root only\n");
+}
