@@ -265,3 +265,52 @@ fn a_part_of_the_configuration_that_does_not_parse_does_not_stop_the_renewal_of_
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_name_the_ca_refuses_is_not_ordered_again_on_the_next_reload() {
+    let bed = Bed::start(ONE);
+    fs::create_dir_all(bed.nginx.dir.path().join("acme")).unwrap();
+    // The CA resolves the name to an address where nothing listens (its DNS "points
+    // elsewhere"); the loopback preflight through nginx still passes.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        bed.pebble
+            .http()
+            .post(format!("{}/add-a", bed.pebble.dns_management))
+            .body(r#"{"host": "one.fail.test.", "addresses": ["127.0.0.2"]}"#)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    });
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 1);
+    let first = by_name(&json(&out), "one.fail.test");
+    assert_eq!(first["status"], "failed");
+    assert!(
+        first["error"]
+            .as_str()
+            .unwrap()
+            .contains("urn:ietf:params:acme:error:"),
+        "{first}"
+    );
+    let orders_before = bed.pebble.log().matches("one.fail.test").count();
+    // What the nginx.service drop-in runs after every reload: no new order, no failed
+    // validation spent, and the name is reported as waiting.
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 1);
+    let second = by_name(&json(&out), "one.fail.test");
+    assert_eq!(second["status"], "backoff", "{second}");
+    assert!(second["next_renewal"].is_string());
+    assert_eq!(
+        bed.pebble.log().matches("one.fail.test").count(),
+        orders_before
+    );
+    // Named explicitly, the operator retries now.
+    let out = bed.cmd("enroll", &["one.fail.test"]);
+    assert_eq!(by_name(&json(&out), "one.fail.test")["status"], "failed");
+}
