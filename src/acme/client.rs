@@ -473,17 +473,28 @@ pub fn redirect_allowed(
     started_on_http: bool,
     scheme: &str,
     previous: usize,
-) -> Result<(), String> {
+) -> Result<(), RedirectRefused> {
     if previous > MAX_REDIRECTS {
-        return Err(format!("more than {MAX_REDIRECTS} redirects"));
+        return Err(RedirectRefused(format!(
+            "more than {MAX_REDIRECTS} redirects"
+        )));
     }
     match scheme {
         "https" => Ok(()),
         "http" if started_on_http => Ok(()),
-        "http" => Err("refusing a redirect from https to plain http".into()),
-        other => Err(format!("refusing a redirect to a {other}: URL")),
+        "http" => Err(RedirectRefused(
+            "refusing a redirect from https to plain http".into(),
+        )),
+        other => Err(RedirectRefused(format!(
+            "refusing a redirect to a {other}: URL"
+        ))),
     }
 }
+
+/// A redirect the client will not follow, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RedirectRefused(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -542,14 +553,17 @@ mod tests {
         assert!(redirect_allowed(false, "https", 1).is_ok());
         assert!(redirect_allowed(false, "http", 1)
             .unwrap_err()
+            .0
             .contains("plain http"));
         assert!(redirect_allowed(true, "http", 1).is_ok());
         assert!(redirect_allowed(true, "file", 1)
             .unwrap_err()
+            .0
             .contains("file:"));
         assert!(redirect_allowed(false, "ftp", 1).is_err());
         assert!(redirect_allowed(false, "https", MAX_REDIRECTS + 1)
             .unwrap_err()
+            .0
             .contains("redirects"));
     }
 }

@@ -134,7 +134,7 @@ impl NginxCtl {
                 shown.trim()
             )));
         }
-        check_owner_and_exe(pid, &self.bin).map_err(not_master)?;
+        check_owner_and_exe(pid, &self.bin).map_err(|e| not_master(e.0))?;
         Ok(Pid::from_raw(pid))
     }
 
@@ -183,27 +183,31 @@ impl NginxCtl {
     }
 }
 
+/// Why a process is not the master acme-nginx may signal.
+#[derive(Debug)]
+struct NotOurs(String);
+
 /// The process must belong to root or to us, and run the same binary as `bin` (a process of
 /// another user that names itself "nginx: master process" is not signalled).
-fn check_owner_and_exe(pid: i32, bin: &Path) -> Result<(), String> {
+fn check_owner_and_exe(pid: i32, bin: &Path) -> Result<(), NotOurs> {
     use std::os::unix::fs::MetadataExt;
     let proc_dir = format!("/proc/{pid}");
     let owner = std::fs::metadata(&proc_dir)
-        .map_err(|e| format!("cannot inspect {proc_dir}: {e}"))?
+        .map_err(|e| NotOurs(format!("cannot inspect {proc_dir}: {e}")))?
         .uid();
     let me = nix::unistd::geteuid().as_raw();
     if owner != 0 && owner != me {
-        return Err(format!("it belongs to uid {owner}, not to root"));
+        return Err(NotOurs(format!("it belongs to uid {owner}, not to root")));
     }
     let exe = std::fs::read_link(format!("{proc_dir}/exe"))
-        .map_err(|e| format!("cannot read its executable: {e}"))?;
+        .map_err(|e| NotOurs(format!("cannot read its executable: {e}")))?;
     // After a package upgrade the running binary shows as "PATH (deleted)".
     let exe_text = exe.to_string_lossy();
     let exe = PathBuf::from(exe_text.strip_suffix(" (deleted)").unwrap_or(&exe_text));
     let want = std::fs::canonicalize(bin).unwrap_or_else(|_| bin.to_path_buf());
     let have = std::fs::canonicalize(&exe).unwrap_or(exe);
     if have != want {
-        return Err(format!("it runs {}", have.display()));
+        return Err(NotOurs(format!("it runs {}", have.display())));
     }
     Ok(())
 }
@@ -302,7 +306,7 @@ mod tests {
         // This test process runs the test binary, not /usr/sbin/nginx.
         let err = check_owner_and_exe(std::process::id() as i32, Path::new("/usr/sbin/nginx"))
             .unwrap_err();
-        assert!(err.contains("it runs"), "{err}");
+        assert!(err.0.contains("it runs"), "{}", err.0);
         let me = std::env::current_exe().unwrap();
         check_owner_and_exe(std::process::id() as i32, &me).unwrap();
     }

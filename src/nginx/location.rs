@@ -6,6 +6,7 @@
 //! locations of the level are tried in order and the first match wins (and its nested locations
 //! are searched); otherwise the remembered prefix stands.
 
+use super::pcre::{self, RegexError};
 use std::path::{Path, PathBuf};
 
 use super::parser::{Config, Directive};
@@ -74,31 +75,10 @@ impl<'a> Location<'a> {
         })
     }
 
-    /// Whether the regex location matches `uri`. Compiled regexes are cached: the same
-    /// `location ~ \.php$` in ten thousand server blocks is compiled once.
-    fn regex_matches(&self, uri: &str) -> Result<bool, String> {
-        type Cache = std::collections::HashMap<(String, bool), Result<regex::Regex, String>>;
-        thread_local! {
-            static CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::new());
-        }
+    /// Whether the regex location matches `uri` (PCRE, as nginx).
+    fn regex_matches(&self, uri: &str) -> Result<bool, RegexError> {
         let caseless = matches!(self.modifier, Modifier::Regex { caseless: true });
-        CACHE.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let re = cache
-                .entry((self.pattern.clone(), caseless))
-                .or_insert_with(|| {
-                    regex::RegexBuilder::new(&self.pattern)
-                        .case_insensitive(caseless)
-                        .build()
-                        .map_err(|e| {
-                            format!(
-                                "regex location {:?} is beyond this matcher: {e}",
-                                self.pattern
-                            )
-                        })
-                });
-            re.as_ref().map(|r| r.is_match(uri)).map_err(Clone::clone)
-        })
+        pcre::is_match(&self.pattern, caseless, uri)
     }
 }
 
@@ -128,7 +108,7 @@ pub fn select<'a>(
     cfg: &'a Config,
     children: &'a [Directive],
     uri: &str,
-) -> Result<Selection<'a>, String> {
+) -> Result<Selection<'a>, RegexError> {
     Ok(match find(cfg, children, uri, 0)? {
         Found::Final(chain) | Found::Prefix(chain) => Selection { chain },
         Found::None => Selection::default(),
@@ -140,7 +120,7 @@ fn find<'a>(
     children: &'a [Directive],
     uri: &str,
     depth: usize,
-) -> Result<Found<'a>, String> {
+) -> Result<Found<'a>, RegexError> {
     if depth > super::parser::MAX_DEPTH {
         return Ok(Found::None);
     }
@@ -253,7 +233,7 @@ pub fn serve(
     }
     let selection = match select(cfg, server.children(), uri) {
         Ok(s) => s,
-        Err(e) => return Serving::NoFile(e),
+        Err(e) => return Serving::NoFile(e.to_string()),
     };
     // The contexts whose settings apply, outermost first: http, server, each location in the chain.
     let loc_lists: Vec<Vec<&Directive>> = selection
@@ -405,9 +385,8 @@ fn full_path(prefix: &Path, p: &str) -> PathBuf {
 /// When a `rewrite` applies to `uri`, says what it does.
 fn rewrite_hits(d: &Directive, uri: &str) -> Option<String> {
     let (re, target) = (d.args.first()?, d.args.get(1)?);
-    let hit = regex::Regex::new(re)
-        .map(|r| r.is_match(uri))
-        .unwrap_or(true);
+    // A pattern PCRE refuses would fail nginx -t: count it as a hit, the cautious answer.
+    let hit = pcre::is_match(re, false, uri).unwrap_or(true);
     if !hit {
         return None;
     }
@@ -583,8 +562,8 @@ mod tests {
             ),
             ("root /srv/$host;", "variables"),
             (
-                "location ~ \\.well-known(?=/) { root /r; }",
-                "beyond this matcher",
+                "location ~ /\\.(?!well-known) { deny all; } location / { return 404; }",
+                "return 404",
             ),
         ];
         for (body, want) in cases {
@@ -595,6 +574,15 @@ mod tests {
                 other => panic!("{body}: expected no file, got {other:?}"),
             }
         }
+        // PCRE look-arounds, as nginx matches them.
+        assert_eq!(
+            serve_str("location ~ \\.well-known(?=/) { root /r; }"),
+            file("/r/.well-known/acme-challenge/TOKEN")
+        );
+        assert_eq!(
+            serve_str("root /w; location ~ /\\.(?!well-known) { deny all; }"),
+            file("/w/.well-known/acme-challenge/TOKEN")
+        );
         // try_files with $uri still serves the file; allow for specific addresses does not block.
         assert_eq!(
             serve_str("root /s; try_files $uri $uri/ =404; allow 10.0.0.0/8;"),

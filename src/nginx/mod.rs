@@ -10,6 +10,7 @@ pub mod lexer;
 pub mod load;
 pub mod location;
 pub mod parser;
+pub mod pcre;
 pub mod probe;
 pub mod source;
 pub mod transaction;

@@ -52,6 +52,11 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// The spans of a parsed file do not tile it (a parser bug, never the input's fault).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpanError(pub String);
+
 /// A block's contents.
 #[derive(Debug, Clone)]
 pub struct Block {
@@ -225,7 +230,7 @@ impl Config {
     /// Re-emits a file from its tree: the text between directives, each directive's own bytes.
     /// Equal to the file's text for every file the parser accepted; an error means the spans
     /// do not tile the file (a parser bug).
-    pub fn render(&self, file: FileId) -> Result<Vec<u8>, String> {
+    pub fn render(&self, file: FileId) -> Result<Vec<u8>, SpanError> {
         let f = &self.files[file];
         let mut out = Vec::with_capacity(f.text.len());
         let mut pos = 0;
@@ -301,13 +306,13 @@ fn render_list(
     list: &[Directive],
     pos: &mut usize,
     out: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), SpanError> {
     for d in list {
         if d.start < *pos || d.end > text.len() || d.start > d.end {
-            return Err(format!(
+            return Err(SpanError(format!(
                 "directive {} at {} overlaps what precedes it",
                 d.name, d.start
-            ));
+            )));
         }
         out.extend_from_slice(&text[*pos..d.start]);
         match &d.block {
@@ -316,10 +321,10 @@ fn render_list(
                 *pos = b.open + 1;
                 render_list(text, &b.children, pos, out)?;
                 if b.close < *pos {
-                    return Err(format!(
+                    return Err(SpanError(format!(
                         "block of {} closes before its children end",
                         d.name
-                    ));
+                    )));
                 }
                 out.extend_from_slice(&text[*pos..d.end]);
             }
