@@ -44,7 +44,8 @@ def main():
             with Testbed(nginx_http=body, pebble="pebble24") as tb:
                 os.makedirs(f"{tb.dir}/nginx/acme", exist_ok=True)
                 state = tempfile.mkdtemp(dir=tb.dir)
-                env = dict(os.environ, ACME_NGINX_DIRECTORY=tb.directory, ACME_NGINX_CA_FILE=tb.ca_file)
+                env = dict(os.environ, ACME_NGINX_DIRECTORY=tb.directory, ACME_NGINX_CA_FILE=tb.ca_file,
+                           ACME_NGINX_HTTP_PORT=str(tb.http_port))
                 names = [f"o{r}-{i}.enroll.bench" for i in range(n)]
                 w, m, rc, out, err = run_rss(
                     [BIN, "enroll", "--non-interactive", "--agree-tos", "--nginx-conf", tb.nginx_conf,

@@ -1,5 +1,5 @@
 # acme-nginx %post: directories, the renewal timer, a first enrollment when configured.
-install -d -m 0700 /var/lib/acme-nginx
+install -d -m 0711 /var/lib/acme-nginx
 install -d -m 0755 /var/lib/acme-nginx/challenge
 for d in pre.d post.d deploy.d; do install -d -m 0755 /etc/acme-nginx/hooks/$d; done
 if [ -d /run/systemd/system ]; then

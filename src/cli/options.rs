@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use acme_nginx::acme::{self, KeyType};
 use acme_nginx::hooks::Hooks;
 use acme_nginx::lifecycle::settings::{
-    DEFAULT_CONCURRENCY, DEFAULT_HOOKS_DIR, DEFAULT_HTTPS_PORT, DEFAULT_SNIPPET, DEFAULT_STATE_DIR,
+    DEFAULT_CONCURRENCY, DEFAULT_HOOKS_DIR, DEFAULT_HTTPS_PORT, DEFAULT_HTTP_PORT, DEFAULT_SNIPPET,
+    DEFAULT_STATE_DIR,
 };
 use acme_nginx::lifecycle::Settings;
 use acme_nginx::nginx;
@@ -61,6 +62,15 @@ pub struct Options {
     #[arg(long, value_name = "FILE", help_heading = "nginx")]
     #[serde(skip)]
     pub nginx_dump: Option<PathBuf>,
+    /// The port the CA validates http-01 on: only a server block nginx answers on this port
+    /// can serve the challenge [default: 80; another port only for test beds].
+    #[arg(
+        long,
+        value_name = "PORT",
+        env = "ACME_NGINX_HTTP_PORT",
+        help_heading = "nginx"
+    )]
+    pub http_port: Option<u16>,
     /// The HTTPS port to add listeners for [default: 443].
     #[arg(long, value_name = "PORT", help_heading = "nginx")]
     pub https_port: Option<u16>,
@@ -69,7 +79,7 @@ pub struct Options {
     #[serde(default)]
     pub redirect: bool,
     /// The challenge snippet included into blocks that serve no challenge directory
-    /// [default: /etc/nginx/snippets/acme-challenge.conf].
+    /// [default: /etc/acme-nginx/nginx/acme-challenge.conf].
     #[arg(long, value_name = "FILE", help_heading = "nginx")]
     pub challenge_snippet: Option<PathBuf>,
     /// The directory that snippet serves [default: STATE/challenge].
@@ -146,7 +156,7 @@ impl Options {
     fn over(self, file: Options) -> Options {
         or_fields!(self, file;
             directory, ca_file, config_file, state_dir, nginx_conf, nginx_bin, nginx_prefix,
-            nginx_dump, https_port, challenge_snippet, challenge_dir, email, eab_kid,
+            nginx_dump, http_port, https_port, challenge_snippet, challenge_dir, email, eab_kid,
             eab_hmac_key, key_type, profile, preferred_chain, concurrency, pre_hook, post_hook,
             deploy_hook, hooks_dir;
             redirect, agree_tos, reuse_key)
@@ -203,6 +213,7 @@ impl Options {
             key_type: o.key_type.unwrap_or_default(),
             profile: o.profile,
             preferred_chain: o.preferred_chain,
+            http_port: o.http_port.unwrap_or(DEFAULT_HTTP_PORT),
             https_port: o.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
             redirect: o.redirect,
             hooks: Hooks {

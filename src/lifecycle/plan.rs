@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::Error;
-use crate::nginx::discovery::Scan;
+use crate::nginx::discovery::{server_for_host, Scan};
 use crate::nginx::probe::loopback_for;
 
 /// One certificate to get: its names and the server blocks involved.
@@ -28,8 +28,11 @@ pub struct Plan {
 }
 
 /// Groups server blocks into plans. With `wanted` names, only the blocks holding one of them; a
-/// wanted name in no block is an error that says why.
-pub fn plans(scan: &Scan, wanted: &[String]) -> Result<Vec<Plan>, Error> {
+/// wanted name in no block is an error that says why. The challenge is answered by the block
+/// nginx picks for the primary name on `http_port` (the port the CA validates on): the name's
+/// own block there, else that port's default server; a name nginx answers on no such port
+/// cannot be validated and its plan says what to add.
+pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>, Error> {
     let wanted: Vec<String> = wanted
         .iter()
         .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
@@ -84,24 +87,30 @@ pub fn plans(scan: &Scan, wanted: &[String]) -> Result<Vec<Plan>, Error> {
         let Some(mut plan) = by_primary.remove(&primary) else {
             continue;
         };
-        let plain = |i: &usize| {
-            scan.servers[*i]
+        let ssl = |i: &usize| scan.servers[*i].listen.iter().any(|l| l.ssl);
+        plan.challenge_block = server_for_host(scan, &plan.primary, http_port).filter(|&i| {
+            scan.servers[i]
                 .listen
                 .iter()
-                .any(|l| !l.ssl && loopback_for(l).is_some())
-        };
-        let ssl = |i: &usize| scan.servers[*i].listen.iter().any(|l| l.ssl);
-        plan.challenge_block = plan.blocks.iter().copied().find(|i| plain(i));
+                .any(|l| !l.ssl && l.port == http_port && loopback_for(l).is_some())
+        });
         let with_ssl: Vec<usize> = plan.blocks.iter().copied().filter(|i| ssl(i)).collect();
+        let own_plain: Vec<usize> = plan
+            .blocks
+            .iter()
+            .copied()
+            .filter(|&i| scan.servers[i].listen.iter().any(|l| !l.ssl))
+            .collect();
         plan.install_blocks = if with_ssl.is_empty() {
-            plan.challenge_block.into_iter().collect()
+            own_plain.first().copied().into_iter().collect()
         } else {
             with_ssl
         };
         if plan.challenge_block.is_none() {
             plan.error = Some(format!(
-                "no server block for {} listens on plain HTTP, so nginx cannot answer http-01",
-                plan.primary
+                "nginx answers {} on no plain-HTTP port {http_port}, where the CA validates http-01: add `listen {http_port};` to the server block at {}",
+                plan.primary,
+                plan.block_locations.first().cloned().unwrap_or_default()
             ));
         }
         out.push(plan);
@@ -130,7 +139,7 @@ mod tests {
              server { listen 443 ssl; server_name c.example.org; }\n \
              server { listen 80; server_name _; }\n}",
         );
-        let p = plans(&s, &[]).unwrap();
+        let p = plans(&s, &[], 80).unwrap();
         assert_eq!(p.len(), 3);
         assert_eq!(p[0].primary, "a.example.org");
         assert_eq!(p[0].names, vec!["a.example.org", "www.a.example.org"]);
@@ -144,12 +153,19 @@ mod tests {
             (p[1].challenge_block, p[1].install_blocks.clone()),
             (Some(2), vec![2])
         );
-        assert!(p[2].error.as_deref().unwrap().contains("plain HTTP"));
-        let only_b = plans(&s, &["B.example.org".into()]).unwrap();
+        // c has no port-80 block of its own: nginx hands its requests to the port's default
+        // server (the first block on 80), which answers its challenge.
+        assert_eq!(p[2].challenge_block, Some(0));
+        let only_b = plans(&s, &["B.example.org".into()], 80).unwrap();
         assert_eq!(only_b.len(), 1);
         assert!(only_b[0].named);
-        let err = plans(&s, &["_".into()]).unwrap_err();
+        let err = plans(&s, &["_".into()], 80).unwrap_err();
         assert!(err.to_string().contains("skips it"), "{err}");
-        assert!(plans(&s, &["nope.example.org".into()]).is_err());
+        assert!(plans(&s, &["nope.example.org".into()], 80).is_err());
+        // On port 8080 nothing listens: every plan says what to add.
+        let p = plans(&s, &[], 8080).unwrap();
+        assert!(p
+            .iter()
+            .all(|p| p.error.as_deref().unwrap().contains("add `listen 8080;`")));
     }
 }

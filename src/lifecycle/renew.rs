@@ -67,9 +67,13 @@ impl Run {
         for (l, mut meta) in lineages {
             // Issued before but never installed: install it, no order, whatever the schedule.
             if meta.pending_version.is_some() {
-                let plan = plan::plans(&scan, std::slice::from_ref(&l.name))
-                    .ok()
-                    .and_then(|p| p.into_iter().next());
+                let plan = plan::plans(
+                    &scan,
+                    std::slice::from_ref(&l.name),
+                    self.settings.http_port,
+                )
+                .ok()
+                .and_then(|p| p.into_iter().next());
                 if let Some(plan) = plan.filter(|p| self.pending_install(p, &meta).is_some()) {
                     tracing::info!("installing {}, issued earlier but not installed", l.name);
                     install_only.push(plan);
@@ -131,7 +135,11 @@ impl Run {
         // The names come from the server blocks now: a block whose names changed gets them.
         let mut to_order = Vec::new();
         for (l, reason) in due {
-            match plan::plans(&scan, std::slice::from_ref(&l.name)) {
+            match plan::plans(
+                &scan,
+                std::slice::from_ref(&l.name),
+                self.settings.http_port,
+            ) {
                 Ok(mut p) if !p.is_empty() => {
                     tracing::info!("renewing {} ({reason})", l.name);
                     to_order.push(p.remove(0));

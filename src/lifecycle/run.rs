@@ -104,7 +104,7 @@ impl Run {
 
     /// The plans for the named server blocks (all when `wanted` is empty).
     pub fn plans(&self, scan: &Scan, wanted: &[String]) -> Result<Vec<Plan>, Error> {
-        plan::plans(scan, wanted)
+        plan::plans(scan, wanted, self.settings.http_port)
     }
 
     pub(super) fn meta(&self, name: &str) -> Result<LineageMeta, Error> {
@@ -132,8 +132,9 @@ impl Run {
         let mut install_only = Vec::new();
         for plan in plans {
             if let Some(e) = &plan.error {
-                let mut o = self.outcome(&plan, Status::Failed);
-                o.error = Some(Failure::transient(e.clone()));
+                // Nothing the CA could validate: left out, with what to change.
+                let mut o = self.outcome(&plan, Status::Skipped);
+                o.reason = Some(e.clone());
                 outcomes.push(o);
                 continue;
             }
@@ -343,6 +344,20 @@ impl Run {
         if change.edits.is_empty() {
             return Ok(failed);
         }
+        // A new snippet file that an include glob of the configuration matches would be loaded
+        // there too (a location where none is allowed, a duplicate one): refuse before writing.
+        let snippet_is_new = self.settings.snippet.symlink_metadata().is_err();
+        if snippet_is_new {
+            if let Some(at) = edit::include_that_would_load(cfg, &self.settings.snippet) {
+                let why = format!(
+                    "the challenge snippet {} would also be loaded by the include at {at}; set challenge_snippet to a path no include matches",
+                    self.settings.snippet.display()
+                );
+                failed.extend(editing.iter().map(|&i| (i, why.clone())));
+                failed.sort_by_key(|(i, _)| *i);
+                return Ok(failed);
+            }
+        }
         change.new_files.push(NewFile {
             path: self.settings.snippet.clone(),
             contents: snippet_text(&self.settings.challenge_dir).into_bytes(),
@@ -455,7 +470,7 @@ impl Run {
         let listener = block
             .listen
             .iter()
-            .filter(|l| !l.ssl)
+            .filter(|l| !l.ssl && l.port == self.settings.http_port)
             .find_map(loopback_for)
             .ok_or_else(|| {
                 Failure::transient(format!(

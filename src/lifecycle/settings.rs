@@ -12,7 +12,12 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/acme-nginx";
 /// The default hook directory (holding `pre.d`, `post.d`, `deploy.d`).
 pub const DEFAULT_HOOKS_DIR: &str = "/etc/acme-nginx/hooks";
 /// The default location of the challenge snippet `enroll` includes.
-pub const DEFAULT_SNIPPET: &str = "/etc/nginx/snippets/acme-challenge.conf";
+/// Outside nginx's own directories, so no `include snippets/*.conf` or `conf.d/*.conf` of a
+/// real configuration picks it up by accident (checked at run time as well).
+pub const DEFAULT_SNIPPET: &str = "/etc/acme-nginx/nginx/acme-challenge.conf";
+/// The port the CA validates http-01 on (RFC 8555 section 8.3: always 80; another one only for
+/// test beds whose CA is told so).
+pub const DEFAULT_HTTP_PORT: u16 = 80;
 /// The default HTTPS port for new listeners.
 pub const DEFAULT_HTTPS_PORT: u16 = 443;
 /// Orders in flight at once.
@@ -56,6 +61,8 @@ pub struct Settings {
     pub key_type: KeyType,
     pub profile: Option<String>,
     pub preferred_chain: Option<String>,
+    /// The port the CA connects to for http-01.
+    pub http_port: u16,
     pub https_port: u16,
     pub redirect: bool,
     pub hooks: Hooks,
@@ -84,6 +91,7 @@ impl Settings {
             key_type: KeyType::P256,
             profile: None,
             preferred_chain: None,
+            http_port: DEFAULT_HTTP_PORT,
             https_port: DEFAULT_HTTPS_PORT,
             redirect: false,
             hooks: Hooks {

@@ -455,6 +455,90 @@ fn server_block(
     }
 }
 
+/// The server block nginx hands a plain-HTTP request for `host` on `port` to, as
+/// ngx_http_find_virtual_server picks it among the blocks listening there: an exact name, then
+/// the longest leading wildcard (`*.example.org`, `.example.org`), then the longest trailing
+/// wildcard (`www.example.*`), then the first regex (`~...`) that matches, and otherwise the
+/// port's default server (marked `default_server`, else the first block listening on it).
+pub fn server_for_host(scan: &Scan, host: &str, port: u16) -> Option<usize> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let on_port: Vec<usize> = (0..scan.servers.len())
+        .filter(|&i| {
+            scan.servers[i]
+                .listen
+                .iter()
+                .any(|l| !l.ssl && l.port == port && !l.address.starts_with("unix:"))
+        })
+        .collect();
+    let names = |i: usize| {
+        scan.servers[i]
+            .server_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+    };
+    if let Some(&i) = on_port.iter().find(|&&i| names(i).any(|n| n == host)) {
+        return Some(i);
+    }
+    let leading = |n: &str| -> Option<usize> {
+        let suffix = n.strip_prefix("*.").map(|s| format!(".{s}"));
+        match (suffix, n.strip_prefix('.')) {
+            (Some(sfx), _) if host.ends_with(&sfx) => Some(sfx.len()),
+            (None, Some(base)) if host == base || host.ends_with(&format!(".{base}")) => {
+                Some(base.len() + 1)
+            }
+            _ => None,
+        }
+    };
+    let best_leading = on_port
+        .iter()
+        .filter_map(|&i| {
+            names(i)
+                .filter_map(|n| leading(&n))
+                .max()
+                .map(|len| (len, i))
+        })
+        .max_by_key(|(len, i)| (*len, std::cmp::Reverse(*i)));
+    if let Some((_, i)) = best_leading {
+        return Some(i);
+    }
+    let trailing = |n: &str| {
+        n.strip_suffix(".*")
+            .filter(|p| host.starts_with(&format!("{p}.")))
+            .map(str::len)
+    };
+    let best_trailing = on_port
+        .iter()
+        .filter_map(|&i| {
+            names(i)
+                .filter_map(|n| trailing(&n))
+                .max()
+                .map(|len| (len, i))
+        })
+        .max_by_key(|(len, i)| (*len, std::cmp::Reverse(*i)));
+    if let Some((_, i)) = best_trailing {
+        return Some(i);
+    }
+    for &i in &on_port {
+        for n in &scan.servers[i].server_names {
+            if let Some(re) = n.strip_prefix('~') {
+                if super::pcre::is_match(re, false, &host).unwrap_or(false) {
+                    return Some(i);
+                }
+            }
+        }
+    }
+    on_port
+        .iter()
+        .copied()
+        .find(|&i| {
+            scan.servers[i]
+                .listen
+                .iter()
+                .any(|l| l.port == port && l.default_server)
+        })
+        .or_else(|| on_port.first().copied())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,5 +672,36 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("proxy_pass"));
+    }
+
+    #[test]
+    fn the_block_nginx_picks_for_a_host_on_a_port() {
+        let cfg = Config::parse_str(
+            Path::new("/etc/nginx/nginx.conf"),
+            b"http {\n\
+              server { listen 80; server_name first.test; }\n\
+              server { listen 80 default_server; server_name _; }\n\
+              server { listen 80; server_name *.wild.test .dot.test; }\n\
+              server { listen 80; server_name www.trail.*; }\n\
+              server { listen 80; server_name ~^(?<sub>.+)\\.re\\.test$; }\n\
+              server { listen 443 ssl; server_name tls.test; }\n\
+              server { listen 8080; server_name other.test; }\n\
+            }\n",
+        )
+        .unwrap();
+        let s = scan(&cfg, &BuildDefaults::default());
+        let pick = |h: &str| server_for_host(&s, h, 80);
+        assert_eq!(pick("first.test"), Some(0));
+        assert_eq!(pick("FIRST.test."), Some(0));
+        assert_eq!(pick("a.wild.test"), Some(2));
+        assert_eq!(pick("dot.test"), Some(2));
+        assert_eq!(pick("x.dot.test"), Some(2));
+        assert_eq!(pick("www.trail.org"), Some(3));
+        assert_eq!(pick("a.re.test"), Some(4));
+        // Names no port-80 block carries go to the default server.
+        assert_eq!(pick("tls.test"), Some(1));
+        assert_eq!(pick("other.test"), Some(1));
+        assert_eq!(server_for_host(&s, "other.test", 8080), Some(6));
+        assert_eq!(server_for_host(&s, "x.test", 81), None);
     }
 }

@@ -236,6 +236,34 @@ pub fn install_edits(
     Ok(edits)
 }
 
+/// The `include` (as `file:line`) whose pattern matches `path`, if any: a file written there
+/// would be loaded where that include stands (a `location` at `http` level, a second copy in a
+/// block that has one), whatever acme-nginx meant it for.
+pub fn include_that_would_load(cfg: &Config, path: &Path) -> Option<String> {
+    let mut found = None;
+    cfg.walk(|d, _| {
+        if found.is_some() || d.name != "include" {
+            return;
+        }
+        let Some(arg) = d.args.first() else {
+            return;
+        };
+        let full = if Path::new(arg.as_str()).is_absolute() {
+            PathBuf::from(arg.as_str())
+        } else {
+            cfg.conf_prefix.join(arg.as_str())
+        };
+        let hit = glob::Pattern::new(&full.to_string_lossy())
+            .map(|p| p.matches_path(path))
+            .unwrap_or(full == path);
+        if hit {
+            let (line, _) = cfg.line_col(d.file, d.start);
+            found = Some(format!("{}:{line}", cfg.files[d.file].path.display()));
+        }
+    });
+    found
+}
+
 /// The edit that includes the challenge snippet in a block.
 pub fn include_edit(
     cfg: &Config,
@@ -551,5 +579,30 @@ mod tests {
             std::fs::read_to_string(dir.path().join("a.conf")).unwrap(),
             a
         );
+    }
+
+    #[test]
+    fn includes_that_would_load_a_new_file_are_found() {
+        let mut cfg = Config::parse_str(
+            Path::new("/etc/nginx/nginx.conf"),
+            b"http {\n include /etc/nginx/conf.d/*.conf;\n server { include snippets/*.conf; }\n}\n",
+        )
+        .unwrap();
+        cfg.conf_prefix = "/etc/nginx".into();
+        assert_eq!(
+            include_that_would_load(&cfg, Path::new("/etc/nginx/conf.d/x.conf")).as_deref(),
+            Some("/etc/nginx/nginx.conf:2")
+        );
+        // Relative patterns are relative to the main file's directory, as nginx does it.
+        assert_eq!(
+            include_that_would_load(&cfg, Path::new("/etc/nginx/snippets/acme-challenge.conf"))
+                .as_deref(),
+            Some("/etc/nginx/nginx.conf:3")
+        );
+        assert!(include_that_would_load(
+            &cfg,
+            Path::new("/etc/acme-nginx/nginx/acme-challenge.conf")
+        )
+        .is_none());
     }
 }

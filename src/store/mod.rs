@@ -22,13 +22,34 @@ pub use lock::{StateLock, LOCK_WAIT};
 
 use crate::fsutil;
 
-/// Mode of the state directory itself: root only (accounts and keys live below it).
-pub const STATE_DIR_MODE: u32 = 0o700;
+/// Mode of the state directory itself: others may pass through (nginx's workers reach the
+/// challenge directory below it) but not list it; accounts are 0700 and keys 0600 below.
+pub const STATE_DIR_MODE: u32 = 0o711;
 
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct Store {
     pub root: PathBuf,
+}
+
+/// An older state directory was made 0700, which keeps nginx's workers out of the challenge
+/// directory: one of ours (owned by us) gets search permission for others, set on its
+/// descriptor.
+fn open_up_old_state_dir(root: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = fs::File::open(root).map_err(Error::io("open", root))?;
+    let meta = dir.metadata().map_err(Error::io("inspect", root))?;
+    if meta.is_dir()
+        && meta.uid() == nix::unistd::geteuid().as_raw()
+        && meta.mode() & 0o7777 == 0o700
+    {
+        nix::sys::stat::fchmod(
+            &dir,
+            nix::sys::stat::Mode::from_bits_truncate(STATE_DIR_MODE),
+        )
+        .map_err(|e| Error::io("open up", root)(e.into()))?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -37,6 +58,7 @@ impl Store {
         let mk =
             |p: &Path, mode| fsutil::create_dir_all_mode(p, mode).map_err(Error::io("create", p));
         mk(root, STATE_DIR_MODE)?;
+        open_up_old_state_dir(root)?;
         mk(&root.join("certs"), 0o755)?;
         mk(&root.join("accounts"), 0o700)?;
         Ok(Self {

@@ -43,7 +43,7 @@ fn deb_contents_conffiles_and_lintian() {
     for path in [
         "./usr/bin/acme-nginx",
         "./etc/acme-nginx/config.toml",
-        "./etc/nginx/snippets/acme-challenge.conf",
+        "./etc/acme-nginx/nginx/acme-challenge.conf",
         "./lib/systemd/system/acme-nginx-renew.timer",
         "./lib/systemd/system/acme-nginx-watch.service",
         "./lib/systemd/system/nginx.service.d/acme-nginx.conf",
@@ -64,7 +64,7 @@ fn deb_contents_conffiles_and_lintian() {
     let conf = std::fs::read_to_string(dir.path().join("conffiles")).unwrap();
     assert!(
         conf.contains("/etc/acme-nginx/config.toml")
-            && conf.contains("/etc/nginx/snippets/acme-challenge.conf"),
+            && conf.contains("/etc/acme-nginx/nginx/acme-challenge.conf"),
         "{conf}"
     );
     for script in ["postinst", "prerm", "postrm"] {
@@ -118,7 +118,7 @@ fn deb_installs_into_a_root_and_purge_leaves_nothing() {
     assert!(r.join("usr/bin/acme-nginx").exists());
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &str| std::fs::metadata(r.join(p)).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode("var/lib/acme-nginx"), 0o700, "state directory mode");
+    assert_eq!(mode("var/lib/acme-nginx"), 0o711, "state directory mode");
     assert_eq!(mode("etc/acme-nginx/hooks/deploy.d"), 0o755);
     assert_eq!(mode("usr/bin/acme-nginx"), 0o755);
     // The installed binary runs.
@@ -157,7 +157,7 @@ fn rpm_files_scripts_and_install_into_a_root() {
     for path in [
         "/usr/bin/acme-nginx",
         "/etc/acme-nginx/config.toml",
-        "/etc/nginx/snippets/acme-challenge.conf",
+        "/etc/acme-nginx/nginx/acme-challenge.conf",
         "/usr/lib/systemd/system/acme-nginx-renew.timer",
         "/usr/share/man/man1/acme-nginx.1.gz",
     ] {
@@ -287,7 +287,7 @@ fn postinst_enables_the_timer_and_enrolls_only_when_configured() {
     );
     assert_eq!(code, 0, "{output}");
     assert!(
-        output.contains("exit=0") && output.contains("drwx------"),
+        output.contains("exit=0") && output.contains("drwx--x--x"),
         "{output}"
     );
     assert!(

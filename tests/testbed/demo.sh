@@ -73,7 +73,8 @@ PEBBLE_VA_NOSLEEP=1 "$tb/root/usr/bin/pebble" -config "$work/pebble.json" -dnsse
 pids+=($!)
 wait_port "$http_port"; wait_port "$acme_port"; wait_port "$mgmt_port"
 
-export ACME_NGINX_DIRECTORY="https://127.0.0.1:$acme_port/dir" ACME_NGINX_CA_FILE="$work/ca.pem"
+# The CA validates http-01 on nginx's port here (80 on a real host).
+export ACME_NGINX_DIRECTORY="https://127.0.0.1:$acme_port/dir" ACME_NGINX_CA_FILE="$work/ca.pem" ACME_NGINX_HTTP_PORT="$http_port"
 enroll=("$bin" enroll --non-interactive --agree-tos --email demo@example.org
         --nginx-conf "$work/nginx/nginx.conf" --nginx-prefix "$work/nginx" --state-dir "$work/state"
         --config-file /dev/null --challenge-snippet "$work/nginx/snippets/acme-challenge.conf"

@@ -173,6 +173,8 @@ impl PebbleOptions {
 /// A running pebble with its DNS server (pebble-challtestsrv, every name at 127.0.0.1).
 pub struct Pebble {
     pub directory: String,
+    /// The port pebble validates http-01 on (what acme-nginx is told with ACME_NGINX_HTTP_PORT).
+    pub http_port: u16,
     /// Trust anchor for pebble's own HTTPS (what `--ca-file` takes).
     pub ca_file: PathBuf,
     pub management: String,
@@ -286,6 +288,7 @@ impl Pebble {
         wait_for_port(mgmt, &mut child, "pebble management", &log);
         Pebble {
             directory: format!("https://127.0.0.1:{port}/dir"),
+            http_port: opts.http_port,
             ca_file: ca,
             management: format!("https://127.0.0.1:{mgmt}"),
             dns_management: format!("http://127.0.0.1:{dns_mgmt}"),
@@ -355,11 +358,13 @@ impl Pebble {
         fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
     }
 
-    /// An `acme-nginx` command with `--directory` and `--ca-file` set for this pebble.
+    /// An `acme-nginx` command with `--directory`, `--ca-file` and `--http-port` set for this
+    /// pebble.
     pub fn cli(&self) -> Command {
         let mut c = acme_nginx_cmd();
         c.env("ACME_NGINX_DIRECTORY", &self.directory)
-            .env("ACME_NGINX_CA_FILE", &self.ca_file);
+            .env("ACME_NGINX_CA_FILE", &self.ca_file)
+            .env("ACME_NGINX_HTTP_PORT", self.http_port.to_string());
         c
     }
 }
@@ -368,7 +373,8 @@ impl Pebble {
 pub fn acme_nginx_cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_acme-nginx"));
     c.env_remove("ACME_NGINX_DIRECTORY")
-        .env_remove("ACME_NGINX_CA_FILE");
+        .env_remove("ACME_NGINX_CA_FILE")
+        .env_remove("ACME_NGINX_HTTP_PORT");
     c
 }
 
