@@ -50,6 +50,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// nginx fails `nginx -t`, or does not run, before anything was changed: nothing is
+    /// ordered.
+    #[error("{what}; acme-nginx changed nothing and ordered nothing{hint}")]
+    NginxNotReady { what: String, hint: String },
     #[error("cannot watch the configuration files")]
     Watch(#[source] notify::Error),
 }

@@ -126,6 +126,9 @@ impl Run {
         scan: Scan,
         plans: Vec<Plan>,
     ) -> Result<Vec<Outcome>, Error> {
+        if plans.iter().any(|p| p.error.is_none()) {
+            self.check_nginx(&cfg, &scan).await?;
+        }
         let now = OffsetDateTime::now_utc();
         let mut outcomes = Vec::new();
         let mut to_order = Vec::new();
@@ -206,6 +209,38 @@ impl Run {
         Ok(outcomes)
     }
 
+    /// nginx must pass `nginx -t` and run before anything is ordered: the challenge is proven
+    /// through the running nginx, and a run must never leave nginx worse than it found it. A
+    /// configuration that fails only because the certificates it names do not exist yet gets
+    /// the way out in the message.
+    async fn check_nginx(&self, cfg: &Config, scan: &Scan) -> Result<(), Error> {
+        let ctl = self.settings.nginx.ctl(cfg, scan)?;
+        if let Err(e) = ctl.test_config().await {
+            let text = e.to_string();
+            let missing_cert = text.contains("no \"ssl_certificate\" is defined")
+                || (text.contains("cannot load certificate") && text.contains("No such file"));
+            let hint = if missing_cert {
+                "\nThe configuration names certificates that do not exist yet. Take the \
+                 certificate lines (and `ssl` on the listen lines) out of the HTTPS blocks, or \
+                 disable those blocks, so that nginx -t passes; acme-nginx then gets the \
+                 certificates through the port-80 blocks and adds the HTTPS listeners and \
+                 certificate lines itself."
+                    .to_owned()
+            } else {
+                String::new()
+            };
+            return Err(Error::NginxNotReady {
+                what: format!("nginx refuses its configuration as it is ({text})"),
+                hint,
+            });
+        }
+        ctl.master_pid().map_err(|e| Error::NginxNotReady {
+            what: format!("nginx is not running ({e})"),
+            hint: String::new(),
+        })?;
+        Ok(())
+    }
+
     /// Records each failure in its lineage's failure memory (also for names that have no
     /// certificate yet), so the next run backs off.
     fn remember(&self, outcomes: &[Outcome]) -> Result<(), Error> {
@@ -271,10 +306,24 @@ impl Run {
                     .is_some_and(|b| scan.servers[b].acme_challenge_dir.is_none())
             })
             .collect();
+        // The blocks that got the snippet in this run, with the plans answered through them.
+        let mut added: Vec<(usize, Vec<String>)> = Vec::new();
         if !needs_snippet.is_empty() {
             let failed = self
                 .add_snippet(cfg, scan, &to_order, &needs_snippet)
                 .await?;
+            for &i in &needs_snippet {
+                let (Some(b), false) = (
+                    to_order[i].challenge_block,
+                    failed.iter().any(|(f, _)| *f == i),
+                ) else {
+                    continue;
+                };
+                match added.iter_mut().find(|(block, _)| *block == b) {
+                    Some((_, names)) => names.push(to_order[i].primary.clone()),
+                    None => added.push((b, vec![to_order[i].primary.clone()])),
+                }
+            }
             for (i, message) in failed.into_iter().rev() {
                 let plan = to_order.remove(i);
                 let mut o = self.outcome(&plan, Status::Failed);
@@ -287,6 +336,22 @@ impl Run {
         } else {
             self.obtain(scan, to_order, &mut outcomes).await?
         };
+        // A block whose every name failed gets back what it was before this run: the snippet
+        // it got could shadow a webroot another tool renews through.
+        let undo: Vec<usize> = added
+            .iter()
+            .filter(|(_, names)| {
+                names.iter().all(|n| {
+                    outcomes
+                        .iter()
+                        .any(|o| &o.name == n && o.status == Status::Failed)
+                })
+            })
+            .map(|(b, _)| *b)
+            .collect();
+        if !undo.is_empty() {
+            self.remove_snippet(cfg, scan, &undo).await?;
+        }
         if self.mode == Mode::DryRun {
             for f in &fresh {
                 let mut o = self.outcome(&f.plan, Status::DryRun);
@@ -319,23 +384,28 @@ impl Run {
                 continue;
             };
             let reason = block.acme_challenge_reason.clone().unwrap_or_default();
-            if block.challenge_answered_at_server_level {
-                failed.push((
-                    i,
-                    format!(
-                        "{}: {reason}; a location cannot override it",
-                        block.location()
-                    ),
-                ));
-                continue;
-            }
             if !self.mode.edits_nginx() {
                 failed.push((i, format!("{}: serves no challenge directory ({reason}) and this run may not edit nginx", block.location())));
                 continue;
             }
-            match edit::include_edit(cfg, block, &self.settings.snippet) {
+            // A block whose server-level return or rewrite answers every request first gets,
+            // before it, a rewrite that lets challenge URIs through to the snippet's location.
+            let override_edit = if block.challenge_answered_at_server_level {
+                Some(edit::challenge_rewrite_edit(cfg, block))
+            } else {
+                None
+            };
+            let edits = edit::include_edit(cfg, block, &self.settings.snippet).and_then(|inc| {
+                match override_edit {
+                    Some(rw) => rw.map(|rw| vec![rw, inc]),
+                    None => Ok(vec![inc]),
+                }
+            });
+            match edits {
+                // Another plan answered through the same block (its default server) has it.
+                Ok(e) if change.edits.iter().any(|x| e.contains(x)) => editing.push(i),
                 Ok(e) => {
-                    change.edits.push(e);
+                    change.edits.extend(e);
                     editing.push(i);
                 }
                 Err(e) => failed.push((i, e.0)),
@@ -396,6 +466,44 @@ impl Run {
         }
         failed.sort_by_key(|(i, _)| *i);
         Ok(failed)
+    }
+
+    /// Takes the snippet include (and the challenge rewrite) this run added out of `blocks`
+    /// again: one change transaction, then a re-scan. A failure is logged: the include it
+    /// leaves passed nginx -t and does no harm but to serve the challenge directory.
+    async fn remove_snippet(
+        &self,
+        cfg: &mut Config,
+        scan: &mut Scan,
+        blocks: &[usize],
+    ) -> Result<(), Error> {
+        let snippet = self.settings.snippet.to_string_lossy().into_owned();
+        let mut change = Change::default();
+        for &b in blocks {
+            change
+                .edits
+                .extend(edit::remove_marked(cfg, &scan.servers[b], |d| {
+                    (d.name == "include" && d.args.first().is_some_and(|a| *a == snippet))
+                        || edit::is_challenge_rewrite(d)
+                }));
+        }
+        if change.edits.is_empty() {
+            return Ok(());
+        }
+        let ctl = self.settings.nginx.ctl(cfg, scan)?;
+        let backups = transaction::new_backup_dir(&self.store.backups_dir());
+        match transaction::commit(&ctl, cfg, &change, &backups, true).await {
+            Ok(_) => {
+                let (c, s) = self.reread()?;
+                *cfg = c;
+                *scan = s;
+            }
+            Err(e) => tracing::warn!(
+                "cannot take the challenge snippet out of the failed names' blocks again: {}",
+                super::outcome::chain_text(&e)
+            ),
+        }
+        Ok(())
     }
 
     /// Orders the plans' certificates concurrently.

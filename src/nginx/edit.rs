@@ -115,6 +115,22 @@ fn end_line(mut text: String, file_text: &[u8], at: usize, indent: &str) -> Stri
     text
 }
 
+/// Where a directive ending at `end` really ends: after a comment that follows it on the same
+/// line, if there is one (not including the line break).
+fn end_of_trailing_comment(text: &[u8], end: usize) -> usize {
+    let rest = &text[end.min(text.len())..];
+    let line = rest.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let skip = line
+        .iter()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count();
+    if line.get(skip) == Some(&b'#') {
+        end + line.len()
+    } else {
+        end
+    }
+}
+
 /// The HTTPS `listen` directives a block needs: one per plain-HTTP address it listens on.
 pub fn https_listens(listen: &[Listen], https_port: u16) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -160,25 +176,45 @@ pub fn install_edits(
     {
         return Ok(Vec::new());
     }
-    // Certificates that come from a file included inside the block cannot be replaced without
-    // touching every other block that includes it.
+    // Certificates that come from a file the block includes (Debian's snippets/snakeoil.conf,
+    // a shared TLS include): that include is turned off in this block only (the file, which
+    // other blocks may use, is not touched) and its other directives are written in its place,
+    // so the block keeps everything but the certificate.
     let own: Vec<&Directive> = server.children().iter().collect();
     let expanded = cfg.expanded(server.children());
-    if let Some(foreign) = expanded.iter().find(|d| {
-        (d.name == "ssl_certificate" || d.name == "ssl_certificate_key")
-            && !own.iter().any(|o| std::ptr::eq(*o, **d))
-    }) {
-        return Err(EditRefused(format!(
-            "{}: {} comes from the included file {}; point it at {} by hand",
-            block.location(),
-            foreign.name,
-            cfg.files[foreign.file].path.display(),
-            fullchain
-        )));
-    }
+    let is_cert = |d: &Directive| d.name == "ssl_certificate" || d.name == "ssl_certificate_key";
+    let mut include_edits = Vec::new();
     let text = &cfg.files[server.file].text;
     let indent = child_indent(text, server);
-    let mut edits = Vec::new();
+    for inc in own.iter().filter(|d| d.name == "include") {
+        let inside = cfg.expanded(std::slice::from_ref(*inc));
+        if !inside.iter().any(|d| is_cert(d)) {
+            continue;
+        }
+        if let Some(block_dir) = inside.iter().find(|d| d.block.is_some()) {
+            return Err(EditRefused(format!(
+                "{}: ssl_certificate comes from {}, which also holds a {} block; point it at {} by hand",
+                block.location(),
+                cfg.files[block_dir.file].path.display(),
+                block_dir.name,
+                fullchain
+            )));
+        }
+        let mut lines = vec![format!("# {} {};", inc.name, inc.args.join(" "))];
+        for d in inside.iter().filter(|d| !is_cert(d)) {
+            let src = &cfg.files[d.file].text;
+            lines.push(String::from_utf8_lossy(&src[d.start..d.end]).into_owned());
+        }
+        let end = end_of_trailing_comment(text, inc.end);
+        let rendered: Vec<String> = lines.iter().map(|l| format!("{l} {MARK}")).collect();
+        include_edits.push(Edit {
+            file: server.file,
+            start: inc.start,
+            end,
+            text: end_line(rendered.join(&format!("\n{indent}")), text, end, &indent),
+        });
+    }
+    let mut edits = include_edits;
     let mut new_lines = https_listens(&block.listen, spec.https_port);
     let cert_line = format!("ssl_certificate {fullchain};");
     let key_line = format!("ssl_certificate_key {key};");
@@ -200,11 +236,14 @@ pub fn install_edits(
             format!("{line} {MARK}")
         };
         *done = true;
+        // A comment after the directive on its line belongs to it (certbot's
+        // "# managed by Certbot"): it goes with the replaced directive.
+        let end = end_of_trailing_comment(text_of(cfg, server), d.end);
         edits.push(Edit {
             file: server.file,
             start: d.start,
-            end: d.end,
-            text: end_line(text, text_of(cfg, server), d.end, &indent),
+            end,
+            text: end_line(text, text_of(cfg, server), end, &indent),
         });
     }
     if !replaced_cert {
@@ -262,6 +301,83 @@ pub fn include_that_would_load(cfg: &Config, path: &Path) -> Option<String> {
         }
     });
     found
+}
+
+/// What acme-nginx puts first in a block whose server-level `return` or `rewrite` answers every
+/// request: for challenge URIs only, it ends the server's rewrite phase (`break`) with the URI
+/// unchanged (a `rewrite` would forbid the snippet's `alias`), so the challenge location
+/// answers; every other URI is redirected as before.
+pub const CHALLENGE_REWRITE: &str = "if ($uri ~ \"^/\\.well-known/acme-challenge/\") { break; }";
+
+/// True for the [`CHALLENGE_REWRITE`] directive as parsed.
+pub fn is_challenge_rewrite(d: &Directive) -> bool {
+    d.name == "if"
+        && d.args.iter().any(|a| a.contains("acme-challenge"))
+        && d.children().len() == 1
+        && d.children()[0].name == "break"
+}
+
+/// The edit that puts [`CHALLENGE_REWRITE`] first in a block (before any directive of the
+/// rewrite module, which nginx runs in order).
+pub fn challenge_rewrite_edit(cfg: &Config, block: &ServerBlock) -> Result<Edit, EditRefused> {
+    let server = find_server(cfg, block)
+        .ok_or_else(|| EditRefused(format!("{}: server block not found", block.location())))?;
+    let text = &cfg.files[server.file].text;
+    let at =
+        server.block.as_ref().map(|b| b.open + 1).ok_or_else(|| {
+            EditRefused(format!("{}: server block without a body", block.location()))
+        })?;
+    let indent = child_indent(text, server);
+    Ok(Edit {
+        file: server.file,
+        start: at,
+        end: at,
+        text: end_line(
+            lines_at(&indent, &[CHALLENGE_REWRITE.to_owned()]),
+            text,
+            at,
+            &indent,
+        ),
+    })
+}
+
+/// Edits removing the lines acme-nginx inserted into a block (marked) whose directive `pick`
+/// selects: each whole line, so the file is as it was before they were added.
+pub fn remove_marked(
+    cfg: &Config,
+    block: &ServerBlock,
+    pick: impl Fn(&Directive) -> bool,
+) -> Vec<Edit> {
+    let Some(server) = find_server(cfg, block) else {
+        return Vec::new();
+    };
+    let text = &cfg.files[server.file].text;
+    server
+        .children()
+        .iter()
+        .filter(|d| d.file == server.file && pick(d))
+        .filter_map(|d| {
+            let start = text[..d.start]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            let end = text[d.end..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(text.len(), |i| d.end + i + 1);
+            let line = &text[start..end];
+            let only_ours = text[start..d.start].iter().all(|b| b.is_ascii_whitespace())
+                && String::from_utf8_lossy(line).trim_end().ends_with(MARK);
+            // The line break before it goes too (our lines are inserted as "\n" + line).
+            let from = start.saturating_sub(1);
+            only_ours.then(|| Edit {
+                file: server.file,
+                start: from,
+                end: end.saturating_sub(1).max(from),
+                text: String::new(),
+            })
+        })
+        .collect()
 }
 
 /// The edit that includes the challenge snippet in a block.
@@ -498,22 +614,44 @@ mod tests {
     }
 
     #[test]
-    fn certificate_from_an_included_file_is_refused() {
+    fn certificate_from_an_included_file_is_replaced_in_this_block_only() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("snake.conf"),
-            "ssl_certificate /s.pem; ssl_certificate_key /s.key;\n",
+            "ssl_certificate /s.pem; ssl_certificate_key /s.key;\nssl_session_timeout 1d;\n",
         )
         .unwrap();
-        std::fs::write(
-            dir.path().join("nginx.conf"),
-            "http { server { listen 80; server_name a.test; include snake.conf; } }",
-        )
-        .unwrap();
+        let site = "http { server { listen 80; server_name a.test; include snake.conf; } }";
+        std::fs::write(dir.path().join("nginx.conf"), site).unwrap();
         let cfg = Config::load(&dir.path().join("nginx.conf"), &crate::nginx::DiskSource).unwrap();
         let s = scan(&cfg, &BuildDefaults::default());
-        let err = install_edits(&cfg, &s.servers[0], &spec(false)).unwrap_err();
-        assert!(err.0.contains("snake.conf"), "{err}");
+        let edits = install_edits(&cfg, &s.servers[0], &spec(false)).unwrap();
+        let out = render_edits(&cfg, &edits);
+        let (_, new) = out.get(&dir.path().join("nginx.conf")).unwrap();
+        let new = String::from_utf8(new.clone()).unwrap();
+        assert!(
+            new.contains("# include snake.conf; # managed by acme-nginx"),
+            "{new}"
+        );
+        assert!(
+            new.contains("ssl_session_timeout 1d; # managed by acme-nginx"),
+            "{new}"
+        );
+        assert!(
+            new.contains("ssl_certificate /var/lib/acme-nginx/certs/a.test/live/fullchain.pem;"),
+            "{new}"
+        );
+        assert!(
+            !out.contains_key(&dir.path().join("snake.conf")),
+            "the shared file is untouched"
+        );
+        // It parses, serves the new certificate only, and a second round changes nothing.
+        let cfg2 = Config::parse_str(&dir.path().join("nginx.conf"), new.as_bytes()).unwrap();
+        let s2 = scan(&cfg2, &BuildDefaults::default());
+        assert_eq!(s2.servers[0].ssl_certificates.len(), 1);
+        assert!(install_edits(&cfg2, &s2.servers[0], &spec(false))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -604,5 +742,46 @@ mod tests {
             Path::new("/etc/acme-nginx/nginx/acme-challenge.conf")
         )
         .is_none());
+    }
+
+    #[test]
+    fn a_redirecting_block_gets_the_challenge_rewrite_first_and_it_can_be_removed_again() {
+        let src = "http {\n    server {\n        if ($host = a.test) {\n            return 301 https://$host$request_uri;\n        }\n        listen 80;\n        server_name a.test;\n        return 404;\n    }\n}\n";
+        let (cfg, servers) = setup(src);
+        assert!(servers[0].challenge_answered_at_server_level);
+        let snippet = Path::new("/etc/acme-nginx/nginx/acme-challenge.conf");
+        let edits = vec![
+            challenge_rewrite_edit(&cfg, &servers[0]).unwrap(),
+            include_edit(&cfg, &servers[0], snippet).unwrap(),
+        ];
+        let out =
+            String::from_utf8(render_edits(&cfg, &edits).into_values().next().unwrap().1).unwrap();
+        assert!(
+            out.starts_with("http {\n    server {\n        if ($uri ~ \"^/\\.well-known/acme-challenge/\") { break; } # managed by acme-nginx\n        if ($host"),
+            "{out}"
+        );
+        let (cfg2, servers2) = setup(&out);
+        assert!(!servers2[0].challenge_answered_at_server_level);
+        // The return no longer answers first: the block's root (the snippet is not followed
+        // by parse_str) serves the challenge.
+        assert!(servers2[0].acme_challenge_dir.is_some());
+        // Removing the marked lines gives the original back, byte for byte.
+        let removal = remove_marked(&cfg2, &servers2[0], |d| {
+            (d.name == "include"
+                && d.args
+                    .first()
+                    .is_some_and(|a| a == snippet.to_str().unwrap()))
+                || is_challenge_rewrite(d)
+        });
+        assert_eq!(removal.len(), 2);
+        let back = String::from_utf8(
+            render_edits(&cfg2, &removal)
+                .into_values()
+                .next()
+                .unwrap()
+                .1,
+        )
+        .unwrap();
+        assert_eq!(back, src);
     }
 }

@@ -218,6 +218,20 @@ pub fn serve(
 ) -> Serving {
     let server_children = cfg.expanded(server.children());
     for d in &server_children {
+        // `if ($uri ~ REGEX) { break; }` (what acme-nginx puts first in a block that redirects
+        // everything) ends the server's rewrite-phase directives for the URIs it matches,
+        // leaving the URI as it is: the later `return` is not reached, a location answers.
+        if d.name == "if" && d.children().len() == 1 && d.children()[0].name == "break" {
+            let args: Vec<&str> = d.args.iter().map(|a| a.as_str()).collect();
+            let cond = args.join(" ");
+            let cond = cond.trim_start_matches('(').trim_end_matches(')').trim();
+            if let Some(re) = cond.strip_prefix("$uri ~ ") {
+                let re = re.trim().trim_matches('"');
+                if pcre::is_match(re, false, uri).unwrap_or(false) {
+                    break;
+                }
+            }
+        }
         if d.name == "return" {
             return Serving::ServerLevel(format!(
                 "server-level \"return {}\" at line {} answers every request",

@@ -43,8 +43,9 @@ fn a_run_killed_between_edit_and_reload_is_rolled_back_and_completed_without_a_n
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nfor a in \"$@\"; do if [ \"$a\" = -t ]; then kill -9 $PPID; sleep 5; fi; done\nexec {} \"$@\"\n",
-            bin("nginx").display()
+            "#!/bin/sh\nif grep -q 'managed by acme-nginx' {conf}; then\n  for a in \"$@\"; do if [ \"$a\" = -t ]; then kill -9 $PPID; sleep 5; fi; done\nfi\nexec {nginx} \"$@\"\n",
+            conf = bed.nginx.conf.display(),
+            nginx = bin("nginx").display()
         ),
     )
     .unwrap();

@@ -13,6 +13,7 @@ mod nginx_fuzz;
 mod nginx_locations;
 mod nginx_parse;
 mod packaging;
+mod realworld;
 mod renew;
 mod security;
 mod watch;

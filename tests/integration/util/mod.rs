@@ -78,7 +78,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+pub fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
     let start = Instant::now();
     while start.elapsed() < STARTUP_TIMEOUT {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
