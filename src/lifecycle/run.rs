@@ -234,7 +234,7 @@ impl Run {
                 hint,
             });
         }
-        ctl.master_pid().map_err(|e| Error::NginxNotReady {
+        ctl.master_running().map_err(|e| Error::NginxNotReady {
             what: format!("nginx is not running ({e})"),
             hint: String::new(),
         })?;
@@ -330,6 +330,18 @@ impl Run {
                 o.error = Some(Failure::transient(message));
                 outcomes.push(o);
             }
+        }
+        if self.mode == Mode::DryRun && self.settings.directory != acme::LETSENCRYPT_STAGING {
+            // A dry run orders only from a staging directory: elsewhere an order is real.
+            for plan in to_order {
+                let mut o = self.outcome(&plan, Status::DryRun);
+                o.reason = Some(format!(
+                    "no order placed: {} has no staging directory acme-nginx knows, and an order there would be real",
+                    self.settings.directory
+                ));
+                outcomes.push(o);
+            }
+            return Ok(outcomes);
         }
         let fresh = if to_order.is_empty() {
             Vec::new()

@@ -138,6 +138,23 @@ impl NginxCtl {
         Ok(Pid::from_raw(pid))
     }
 
+    /// Whether the pid file names a running nginx master (no ownership or binary check: for
+    /// telling the operator nginx is down, never for signalling).
+    pub fn master_running(&self) -> Result<(), CtlError> {
+        match self.master_pid() {
+            Err(CtlError::NotMaster { why, .. }) if why.starts_with("its command line") => {
+                Err(CtlError::NotMaster {
+                    pid: 0,
+                    path: self.pid_file.clone(),
+                    bin: self.bin.clone(),
+                    why,
+                })
+            }
+            Ok(_) | Err(CtlError::NotMaster { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends SIGHUP and waits until the reload has taken effect: the master has started new
     /// workers, and every old worker has exited or is shutting down (until then an old worker
     /// may still accept connections with the old configuration).

@@ -85,14 +85,16 @@ fn child_indent(text: &[u8], server: &Directive) -> String {
 }
 
 /// Where new lines go: after the block's last own `listen` (or `server_name`), else after `{`.
-fn insertion_point(server: &Directive) -> usize {
+/// After the directive's own trailing comment (certbot's "listen 80; # managed by Certbot"),
+/// so an inserted line never takes a comment away from its directive.
+fn insertion_point(text: &[u8], server: &Directive) -> usize {
     let own = || server.children().iter().filter(|c| c.file == server.file);
     own()
         .rfind(|c| c.name == "listen")
         .or_else(|| own().rfind(|c| c.name == "server_name"))
         .map_or_else(
             || server.block.as_ref().map_or(server.end, |b| b.open + 1),
-            |d| d.end,
+            |d| end_of_trailing_comment(text, d.end),
         )
 }
 
@@ -260,11 +262,16 @@ pub fn install_edits(
         new_lines.push("set $acme_nginx_redirect 0;".into());
         new_lines.push("if ($scheme = http) { set $acme_nginx_redirect 1; }".into());
         new_lines.push("if ($request_uri ~ \"^/\\.well-known/acme-challenge/\") { set $acme_nginx_redirect 0; }".into());
-        new_lines
-            .push("if ($acme_nginx_redirect) { return 301 https://$host$request_uri; }".into());
+        let port = match spec.https_port {
+            443 => String::new(),
+            p => format!(":{p}"),
+        };
+        new_lines.push(format!(
+            "if ($acme_nginx_redirect) {{ return 301 https://$host{port}$request_uri; }}"
+        ));
     }
     if !new_lines.is_empty() {
-        let at = insertion_point(server);
+        let at = insertion_point(text, server);
         edits.push(Edit {
             file: server.file,
             start: at,
@@ -389,7 +396,7 @@ pub fn include_edit(
     let server = find_server(cfg, block)
         .ok_or_else(|| EditRefused(format!("{}: server block not found", block.location())))?;
     let text = &cfg.files[server.file].text;
-    let at = insertion_point(server);
+    let at = insertion_point(text, server);
     let indent = child_indent(text, server);
     Ok(Edit {
         file: server.file,
@@ -783,5 +790,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(back, src);
+    }
+
+    #[test]
+    fn inserted_lines_keep_trailing_comments_with_their_directives() {
+        let src = "http {\n    server {\n        listen 80; # managed by Certbot\n        server_name a.test;\n    }\n}\n";
+        let out = edited(src, false);
+        assert!(out.contains("        listen 80; # managed by Certbot\n        listen 443 ssl; # managed by acme-nginx\n"), "{out}");
+        // The redirect names a non-standard HTTPS port.
+        let (cfg, servers) = setup(src);
+        let mut sp = spec(true);
+        sp.https_port = 8443;
+        let edits = install_edits(&cfg, &servers[0], &sp).unwrap();
+        let out =
+            String::from_utf8(render_edits(&cfg, &edits).into_values().next().unwrap().1).unwrap();
+        assert!(
+            out.contains("return 301 https://$host:8443$request_uri;"),
+            "{out}"
+        );
     }
 }

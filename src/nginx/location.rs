@@ -297,7 +297,21 @@ pub fn serve(
                 .copied()
         })
     };
-    if let Some(tf) = innermost(&["try_files"]) {
+    // try_files is not inherited (ngx_http_core_merge_loc_conf leaves it alone): the selected
+    // location's own, or the server's when no location is selected.
+    let own_try_files = match selected {
+        Some(_) => loc_children
+            .iter()
+            .rev()
+            .find(|d| d.name == "try_files")
+            .copied(),
+        None => server_children
+            .iter()
+            .rev()
+            .find(|d| d.name == "try_files")
+            .copied(),
+    };
+    if let Some(tf) = own_try_files {
         let files = &tf.args[..tf.args.len().saturating_sub(1)];
         if !files.iter().any(|a| a.starts_with("$uri")) {
             return Serving::NoFile(format!("try_files at line {} does not try $uri", tf.line));

@@ -460,7 +460,8 @@ fn redirect_spares_the_challenge_and_dry_run_changes_nothing() {
     );
     let original = fs::read(&bed.nginx.conf).unwrap();
 
-    // --dry-run: an order against the CA, but nothing on disk changes.
+    // --dry-run: pebble has no staging directory, so no order is placed (an order would be
+    // real), and nothing on disk changes.
     let dry_state = bed.state.path().join("dry");
     let out = run(bed
         .pebble
@@ -485,6 +486,11 @@ fn redirect_spares_the_challenge_and_dry_run_changes_nothing() {
         statuses(&json(&out)),
         vec![("redir.enroll.test".into(), "dry-run".into())]
     );
+    assert!(json(&out)["certificates"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no order placed"));
+    assert!(!bed.pebble.log().contains("redir.enroll.test"), "no order");
     assert!(!dry_state.exists(), "dry run created the state directory");
     assert_eq!(fs::read(&bed.nginx.conf).unwrap(), original);
 

@@ -32,6 +32,9 @@ const CASES: &[(&str, bool)] = &[
     ("location /.well-known/ { internal; root {d}/int; }", false),
     ("root {d}/p; auth_basic \"realm\"; auth_basic_user_file {d}/htpasswd;", false),
     ("root {d}/x; location / { try_files /index.html @app; } location @app { return 418; }", false),
+    // try_files is not inherited: the server's does not apply inside a location.
+    ("root {d}/stf; try_files /nothing =404; location / { }", true),
+    ("root {d}/stf2; try_files /nothing =404;", false),
     // PCRE look-arounds (nginxconfig.io, h5bp): dot-files denied except .well-known.
     ("root {d}/la; location ~ /\\.(?!well-known) { deny all; }", true),
     ("root {d}/lb; location ~ /\\.(?=well-known) { return 403; }", false),
