@@ -16,7 +16,7 @@ use crate::hooks::{DeployInfo, Stage};
 use crate::nginx::discovery::Scan;
 use crate::nginx::edit::{self, InstallSpec};
 use crate::nginx::probe::{loopback_for, served_certificate, ProbeError};
-use crate::nginx::transaction::{self, Change};
+use crate::nginx::transaction::{self, Change, ChangeError};
 use crate::nginx::Config;
 use crate::store::{self, Issued};
 
@@ -166,11 +166,24 @@ impl Run {
         intent.edited = edited;
         intent.created = created;
         self.store.write_intent(intent)?;
-        if let Err(e) = transaction::commit(&ctl, cfg, &change, &backups, true).await {
-            let message = chain_text(&e);
-            for s in &kept {
-                outcomes.push(self.fail_and_roll_back(s, message.clone()));
+        let kept = match transaction::commit(&ctl, cfg, &change, &backups, true).await {
+            Ok(_) => kept,
+            // One block's refusal must not fail the others: each is tried alone.
+            Err(e @ ChangeError::Rejected { .. })
+                if kept.len() > 1 && e.restore_failure().is_none() =>
+            {
+                self.one_block_at_a_time(&ctl, scan, kept, &backups, outcomes)
+                    .await?
             }
+            Err(e) => {
+                let message = chain_text(&e);
+                for s in &kept {
+                    outcomes.push(self.fail_and_roll_back(s, message.clone()));
+                }
+                return Ok(());
+            }
+        };
+        if kept.is_empty() {
             return Ok(());
         }
         // Verify what nginx serves, then deploy hooks.
@@ -192,6 +205,76 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// After nginx refused the change for all staged certificates together: each one's edits
+    /// alone (on the configuration as the ones accepted before left it), `nginx -t` each, and
+    /// one reload for the accepted. Returns the accepted; the refused fail with nginx's words,
+    /// which name the file at fault.
+    async fn one_block_at_a_time(
+        &self,
+        ctl: &crate::nginx::NginxCtl,
+        scan: &Scan,
+        kept: Vec<Staged>,
+        backups: &std::path::Path,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<Vec<Staged>, Error> {
+        let mut accepted = Vec::new();
+        let mut applied = Vec::new();
+        for s in kept {
+            let (cfg_now, scan_now) = self.reread()?;
+            let block_of = |i: usize| {
+                let old = &scan.servers[i];
+                scan_now
+                    .servers
+                    .iter()
+                    .find(|b| b.file == old.file && b.line == old.line)
+                    .or(scan_now.servers.get(i))
+            };
+            let l = self.store.lineage(&s.plan.primary);
+            let spec = InstallSpec {
+                fullchain: l.live_file(store::FULLCHAIN),
+                key: l.live_file(store::PRIVKEY),
+                https_port: self.settings.https_port,
+                redirect: self.settings.redirect,
+            };
+            let mut change = Change::default();
+            let mut refused = None;
+            for &b in &s.plan.install_blocks {
+                match block_of(b).map(|blk| edit::install_edits(&cfg_now, blk, &spec)) {
+                    Some(Ok(e)) => change.edits.extend(e),
+                    Some(Err(e)) => refused = Some(e.0),
+                    None => refused = Some("its server block is gone".into()),
+                }
+            }
+            if let Some(why) = refused {
+                outcomes.push(self.fail_and_roll_back(&s, why));
+                continue;
+            }
+            match transaction::commit(ctl, &cfg_now, &change, backups, false).await {
+                Ok(a) => {
+                    applied.push(a);
+                    accepted.push(s);
+                }
+                Err(e) => outcomes.push(self.fail_and_roll_back(&s, chain_text(&e))),
+            }
+        }
+        if accepted.is_empty() {
+            return Ok(accepted);
+        }
+        if let Err(e) = ctl.reload().await {
+            let mut message = format!("the reload failed: {}", chain_text(&e));
+            for a in applied.iter().rev() {
+                if let Err(r) = a.restore() {
+                    message.push_str(&format!("; restoring failed: {r}"));
+                }
+            }
+            for s in &accepted {
+                outcomes.push(self.fail_and_roll_back(s, message.clone()));
+            }
+            return Ok(Vec::new());
+        }
+        Ok(accepted)
     }
 
     /// Records how a staged certificate ended: installed (nothing pending any more), or not

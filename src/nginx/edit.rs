@@ -510,7 +510,11 @@ pub fn apply(cfg: &Config, edits: &[Edit], backup_dir: &Path) -> io::Result<Appl
             if let Some(parent) = backup.parent() {
                 fsutil::create_dir_all_mode(parent, 0o700)?;
             }
-            fsutil::write_atomic(&backup, &old, 0o600)?;
+            // The first backup of a file in a run is its original: later changes of the same
+            // run (one block at a time) keep it.
+            if backup.symlink_metadata().is_err() {
+                fsutil::write_atomic(&backup, &old, 0o600)?;
+            }
             write_like(&real, &new)?;
             applied.originals.push((real, old));
         }

@@ -315,3 +315,26 @@ fn a_name_the_ca_refuses_is_not_ordered_again_on_the_next_reload() {
     let out = bed.cmd("enroll", &["one.fail.test"]);
     assert_eq!(by_name(&json(&out), "one.fail.test")["status"], "failed");
 }
+
+#[test]
+fn one_block_refused_by_nginx_t_fails_alone() {
+    let two = format!(
+        "{ONE}server {{\n    listen 127.0.0.1:{{port}};\n    server_name bad.fail.test;\n    \
+         ssl_dhparam {{dir}}/missing-dhparam.pem;\n    \
+         location /.well-known/acme-challenge/ {{ alias {{dir}}/acme/; }}\n}}\n"
+    );
+    let bed = Bed::start(&two);
+    fs::create_dir_all(bed.nginx.dir.path().join("acme")).unwrap();
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 1);
+    let report = json(&out);
+    assert_eq!(by_name(&report, "one.fail.test")["status"], "issued", "{report}");
+    let bad = by_name(&report, "bad.fail.test");
+    assert_eq!(bad["status"], "failed");
+    assert!(bad["error"].as_str().unwrap().contains("dhparam"), "{bad}");
+    assert_eq!(
+        bed.served("one.fail.test"),
+        leaf(&bed.live("one.fail.test").join("fullchain.pem"))
+    );
+    assert!(nginx_t_passes(&bed));
+}
