@@ -25,7 +25,15 @@ pub struct Plan {
     pub error: Option<String>,
     /// Named explicitly by the operator (failure backoff does not hold it back).
     pub named: bool,
+    /// An IP address certificate (RFC 8738): its own order, with the CA's short-lived profile.
+    pub ip_literal: bool,
+    /// Names of these blocks left out of the certificate, and why.
+    pub left_out: Vec<(String, String)>,
 }
+
+/// The profile IP address certificates are ordered with (Let's Encrypt issues them only as
+/// short-lived certificates).
+pub const IP_PROFILE: &str = "shortlived";
 
 /// Groups server blocks into plans. With `wanted` names, only the blocks holding one of them; a
 /// wanted name in no block is an error that says why. The challenge is answered by the block
@@ -60,7 +68,33 @@ pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>
         {
             continue;
         }
-        let primary = s.enrollable[0].clone();
+        // IP addresses get certificates of their own (RFC 8738, short-lived): never merged
+        // into a DNS certificate. A block serves one certificate, so an IP name that shares
+        // its block with DNS names is left out.
+        let is_ip = |n: &String| n.parse::<std::net::IpAddr>().is_ok();
+        let dns: Vec<String> = s.enrollable.iter().filter(|n| !is_ip(n)).cloned().collect();
+        let ips: Vec<String> = s.enrollable.iter().filter(|n| is_ip(n)).cloned().collect();
+        let (names, ip_literal, left_out) = match (dns.is_empty(), ips.len()) {
+            (false, _) => (
+                dns,
+                false,
+                ips.iter()
+                    .map(|ip| {
+                        (ip.clone(), "an IP address needs a certificate of its own, and this server block also serves DNS names (a block serves one certificate)".to_owned())
+                    })
+                    .collect(),
+            ),
+            (true, 1) => (ips, true, Vec::new()),
+            (true, _) => (
+                ips[..1].to_vec(),
+                true,
+                ips[1..]
+                    .iter()
+                    .map(|ip| (ip.clone(), "one IP address certificate per server block".to_owned()))
+                    .collect(),
+            ),
+        };
+        let primary = names[0].clone();
         let plan = by_primary.entry(primary.clone()).or_insert_with(|| {
             order.push(primary.clone());
             Plan {
@@ -72,9 +106,12 @@ pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>
                 install_blocks: Vec::new(),
                 error: None,
                 named: !wanted.is_empty(),
+                ip_literal,
+                left_out: Vec::new(),
             }
         });
-        for n in &s.enrollable {
+        plan.left_out.extend(left_out);
+        for n in &names {
             if !plan.names.contains(n) {
                 plan.names.push(n.clone());
             }
@@ -167,5 +204,22 @@ mod tests {
         assert!(p
             .iter()
             .all(|p| p.error.as_deref().unwrap().contains("add `listen 8080;`")));
+    }
+
+    #[test]
+    fn ip_addresses_get_certificates_of_their_own() {
+        let s = scan_of(
+            "http {\n server { listen 80; server_name a.example.org 192.0.2.1; }\n \
+             server { listen 80; server_name 192.0.2.7 2001:db8::7; }\n}",
+        );
+        let p = plans(&s, &[], 80).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].names, vec!["a.example.org"]);
+        assert!(!p[0].ip_literal);
+        assert_eq!(p[0].left_out.len(), 1);
+        assert_eq!(p[0].left_out[0].0, "192.0.2.1");
+        assert_eq!(p[1].names, vec!["192.0.2.7"]);
+        assert!(p[1].ip_literal);
+        assert_eq!(p[1].left_out[0].0, "2001:db8::7");
     }
 }

@@ -134,6 +134,12 @@ impl Run {
         let mut to_order = Vec::new();
         let mut install_only = Vec::new();
         for plan in plans {
+            for (name, why) in &plan.left_out {
+                let mut o = Outcome::new(name, std::slice::from_ref(name), Status::Skipped);
+                o.reason = Some(why.clone());
+                o.server_blocks = plan.block_locations.clone();
+                outcomes.push(o);
+            }
             if let Some(e) = &plan.error {
                 // Nothing the CA could validate: left out, with what to change.
                 let mut o = self.outcome(&plan, Status::Skipped);
@@ -539,6 +545,24 @@ impl Run {
         )
         .await?;
         let identity = worker_identity(scan);
+        let short_lived = account
+            .client()
+            .directory()
+            .meta
+            .profiles
+            .contains_key(plan::IP_PROFILE);
+        let (plans, no_ip): (Vec<Plan>, Vec<Plan>) = plans
+            .into_iter()
+            .partition(|p| !p.ip_literal || short_lived);
+        for plan in no_ip {
+            let mut o = self.outcome(&plan, Status::Skipped);
+            o.reason = Some(format!(
+                "an IP address certificate needs the CA's \"{}\" profile, which {} does not offer",
+                plan::IP_PROFILE,
+                self.settings.directory
+            ));
+            outcomes.push(o);
+        }
         let results: Vec<(Plan, Result<Fresh, Failure>)> = stream::iter(plans)
             .map(|plan| {
                 let account = &account;
@@ -616,7 +640,11 @@ impl Run {
         let key = self.certificate_key(plan);
         let csr = acme::create_csr(&key, &plan.names).map_err(|e| Failure::from_acme(&e))?;
         let opts = OrderOptions {
-            profile: self.settings.profile.clone(),
+            profile: if plan.ip_literal {
+                Some(plan::IP_PROFILE.to_owned())
+            } else {
+                self.settings.profile.clone()
+            },
             replaces: self.replaces(plan),
             preferred_chain: self.settings.preferred_chain.clone(),
             ..OrderOptions::default()

@@ -623,3 +623,44 @@ fn no_install_stores_the_certificate_and_leaves_nginx_alone() {
         leaf(&bed.live("store.enroll.test").join("fullchain.pem"))
     );
 }
+
+#[test]
+fn an_ip_address_gets_a_short_lived_certificate_of_its_own() {
+    let bed = Bed::start(
+        "server {\n    listen 127.0.0.1:{port};\n    server_name 127.0.0.1;\n    \
+         location /.well-known/acme-challenge/ { alias {dir}/acme-ip/; }\n}\n\
+         server {\n    listen 127.0.0.1:{port};\n    server_name mixed.enroll.test 127.0.0.2;\n    \
+         location /.well-known/acme-challenge/ { alias {dir}/acme-ip/; }\n}\n",
+    );
+    fs::create_dir_all(bed.nginx.dir.path().join("acme-ip")).unwrap();
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    let report = json(&out);
+    assert_eq!(
+        crate::util::by_name(&report, "127.0.0.1")["status"],
+        "issued",
+        "{report}"
+    );
+    assert_eq!(
+        crate::util::by_name(&report, "mixed.enroll.test")["status"],
+        "issued"
+    );
+    let mixed_ip = crate::util::by_name(&report, "127.0.0.2");
+    assert_eq!(mixed_ip["status"], "skipped");
+    assert!(mixed_ip["reason"].as_str().unwrap().contains("DNS names"));
+    // Its own lineage, the IP alone, short-lived (pebble's "shortlived" profile is six days).
+    let info =
+        CertInfo::from_pem(&fs::read(bed.lineage("127.0.0.1").join("live/fullchain.pem")).unwrap())
+            .unwrap();
+    assert_eq!(info.names, vec!["127.0.0.1".to_string()]);
+    assert!(
+        info.lifetime() <= time::Duration::days(7),
+        "{:?}",
+        info.lifetime()
+    );
+    let mixed = CertInfo::from_pem(
+        &fs::read(bed.lineage("mixed.enroll.test").join("live/fullchain.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(mixed.names, vec!["mixed.enroll.test".to_string()]);
+}

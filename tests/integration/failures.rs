@@ -328,7 +328,11 @@ fn one_block_refused_by_nginx_t_fails_alone() {
     let out = bed.cmd("enroll", &[]);
     assert_exit(&out, 1);
     let report = json(&out);
-    assert_eq!(by_name(&report, "one.fail.test")["status"], "issued", "{report}");
+    assert_eq!(
+        by_name(&report, "one.fail.test")["status"],
+        "issued",
+        "{report}"
+    );
     let bad = by_name(&report, "bad.fail.test");
     assert_eq!(bad["status"], "failed");
     assert!(bad["error"].as_str().unwrap().contains("dhparam"), "{bad}");
