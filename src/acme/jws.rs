@@ -37,6 +37,9 @@ impl Signer<'_> {
 
 /// The public JWK of an account key, members in the lexicographic order RFC 7638 requires.
 pub fn jwk(key: &KeyPair) -> Value {
+    if let Some((n, e)) = key.rsa_public() {
+        return json!({ "e": b64(e), "kty": "RSA", "n": b64(n) });
+    }
     let (x, y) = key.public_xy();
     // serde_json's map is sorted by key, which is exactly the RFC 7638 canonical order.
     json!({ "crv": key.key_type().jwk_crv(), "kty": "EC", "x": b64(x), "y": b64(y) })

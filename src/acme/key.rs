@@ -1,6 +1,7 @@
-//! ECDSA key pairs (P-256 and P-384) for both jobs a client has: signing JWS requests as an account
-//! and signing CSRs for a certificate. One crypto stack (RustCrypto's p256/p384) serves both; rcgen
-//! sees our keys through its `SigningKey` trait.
+//! Key pairs for both jobs a client has: signing JWS requests as an account and signing CSRs for
+//! a certificate. ECDSA P-256 and P-384 (RustCrypto's p256/p384) and RSA 2048/3072/4096
+//! (RustCrypto's rsa, PKCS#1 v1.5 with SHA-256: RS256, as certbot's account keys and the RSA
+//! certificates older clients need); rcgen sees our keys through its `SigningKey` trait.
 
 use std::fmt;
 
@@ -10,7 +11,7 @@ use rand_core::OsRng;
 
 use super::error::Error;
 
-/// The curve of a key pair.
+/// The algorithm and size of a key pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyType {
@@ -19,6 +20,12 @@ pub enum KeyType {
     P256,
     /// ECDSA P-384 with SHA-384 (`ES384`).
     P384,
+    /// RSA with a 2048-bit modulus (`RS256`).
+    Rsa2048,
+    /// RSA with a 3072-bit modulus (`RS256`).
+    Rsa3072,
+    /// RSA with a 4096-bit modulus (`RS256`).
+    Rsa4096,
 }
 
 impl KeyType {
@@ -27,6 +34,20 @@ impl KeyType {
         match self {
             Self::P256 => "ES256",
             Self::P384 => "ES384",
+            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => "RS256",
+        }
+    }
+
+    /// True for the RSA key types.
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096)
+    }
+
+    fn rsa_bits(self) -> usize {
+        match self {
+            Self::Rsa3072 => 3072,
+            Self::Rsa4096 => 4096,
+            _ => 2048,
         }
     }
 
@@ -35,6 +56,7 @@ impl KeyType {
         match self {
             Self::P256 => "P-256",
             Self::P384 => "P-384",
+            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => "",
         }
     }
 }
@@ -45,7 +67,12 @@ impl std::str::FromStr for KeyType {
         match s.to_ascii_lowercase().as_str() {
             "p256" | "p-256" | "ec256" | "es256" => Ok(Self::P256),
             "p384" | "p-384" | "ec384" | "es384" => Ok(Self::P384),
-            other => Err(format!("unknown key type {other:?}: expected p256 or p384")),
+            "rsa2048" | "rsa" => Ok(Self::Rsa2048),
+            "rsa3072" => Ok(Self::Rsa3072),
+            "rsa4096" => Ok(Self::Rsa4096),
+            other => Err(format!(
+                "unknown key type {other:?}: expected p256, p384, rsa2048, rsa3072 or rsa4096"
+            )),
         }
     }
 }
@@ -55,6 +82,9 @@ impl fmt::Display for KeyType {
         f.write_str(match self {
             Self::P256 => "p256",
             Self::P384 => "p384",
+            Self::Rsa2048 => "rsa2048",
+            Self::Rsa3072 => "rsa3072",
+            Self::Rsa4096 => "rsa4096",
         })
     }
 }
@@ -63,6 +93,7 @@ impl fmt::Display for KeyType {
 enum Inner {
     P256(p256::ecdsa::SigningKey),
     P384(p384::ecdsa::SigningKey),
+    Rsa(Box<rsa::RsaPrivateKey>),
 }
 
 /// An ECDSA private key with its public point.
@@ -86,6 +117,34 @@ impl KeyPair {
         match kind {
             KeyType::P256 => Self::from_p256(p256::ecdsa::SigningKey::random(&mut OsRng)),
             KeyType::P384 => Self::from_p384(p384::ecdsa::SigningKey::random(&mut OsRng)),
+            rsa_type => {
+                // Generation fails only for a broken random source or absurd sizes.
+                let k = rsa::RsaPrivateKey::new(&mut OsRng, rsa_type.rsa_bits())
+                    .unwrap_or_else(|e| panic!("RSA key generation failed: {e}"));
+                Self::from_rsa(k)
+            }
+        }
+    }
+
+    fn from_rsa(k: rsa::RsaPrivateKey) -> Self {
+        use rsa::pkcs1::EncodeRsaPublicKey;
+        let public = k
+            .to_public_key()
+            .to_pkcs1_der()
+            .map(|d| d.as_bytes().to_vec())
+            .unwrap_or_default();
+        Self {
+            inner: Inner::Rsa(Box::new(k)),
+            public,
+        }
+    }
+
+    /// The RSA modulus and public exponent (big-endian), for an RSA key.
+    pub fn rsa_public(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        use rsa::traits::PublicKeyParts;
+        match &self.inner {
+            Inner::Rsa(k) => Some((k.n().to_bytes_be(), k.e().to_bytes_be())),
+            _ => None,
         }
     }
 
@@ -127,9 +186,29 @@ impl KeyPair {
         if let Ok(k) = p256::SecretKey::from_sec1_pem(pem) {
             return Ok(Self::from_p256(k.into()));
         }
+        if let Ok(k) = rsa::RsaPrivateKey::from_pkcs8_pem(pem) {
+            return Self::checked_rsa(k);
+        }
+        {
+            use rsa::pkcs1::DecodeRsaPrivateKey;
+            if let Ok(k) = rsa::RsaPrivateKey::from_pkcs1_pem(pem) {
+                return Self::checked_rsa(k);
+            }
+        }
         Err(Error::Key(
-            "not a PEM ECDSA P-256 or P-384 private key (PKCS#8 or SEC1)".into(),
+            "not a PEM ECDSA P-256/P-384 or RSA private key (PKCS#8, SEC1 or PKCS#1)".into(),
         ))
+    }
+
+    fn checked_rsa(k: rsa::RsaPrivateKey) -> Result<Self, Error> {
+        use rsa::traits::PublicKeyParts;
+        let bits = k.n().bits();
+        if !(2048..=8192).contains(&bits) {
+            return Err(Error::Key(format!(
+                "RSA keys of {bits} bits are refused (2048 to 8192)"
+            )));
+        }
+        Ok(Self::from_rsa(k))
     }
 
     /// The private key as PKCS#8 PEM.
@@ -137,6 +216,7 @@ impl KeyPair {
         let pem = match &self.inner {
             Inner::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
             Inner::P384(k) => k.to_pkcs8_pem(LineEnding::LF),
+            Inner::Rsa(k) => k.to_pkcs8_pem(LineEnding::LF),
         };
         // Encoding a valid in-memory key cannot fail; keep a clear message should it ever.
         pem.map(|z| z.to_string())
@@ -145,9 +225,15 @@ impl KeyPair {
 
     /// The curve.
     pub fn key_type(&self) -> KeyType {
-        match self.inner {
+        use rsa::traits::PublicKeyParts;
+        match &self.inner {
             Inner::P256(_) => KeyType::P256,
             Inner::P384(_) => KeyType::P384,
+            Inner::Rsa(k) => match k.n().bits() {
+                0..=2048 => KeyType::Rsa2048,
+                2049..=3072 => KeyType::Rsa3072,
+                _ => KeyType::Rsa4096,
+            },
         }
     }
 
@@ -162,6 +248,18 @@ impl KeyPair {
                 let s: p384::ecdsa::Signature = k.sign(msg);
                 s.to_bytes().to_vec()
             }
+            Inner::Rsa(_) => self.sign_rsa(msg),
+        }
+    }
+
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RS256; the same bytes in a JWS and in a CSR).
+    fn sign_rsa(&self, msg: &[u8]) -> Vec<u8> {
+        use rsa::signature::{SignatureEncoding, Signer as _};
+        match &self.inner {
+            Inner::Rsa(k) => rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((**k).clone())
+                .sign(msg)
+                .to_vec(),
+            _ => Vec::new(),
         }
     }
 
@@ -176,6 +274,7 @@ impl KeyPair {
                 let s: p384::ecdsa::Signature = k.sign(msg);
                 s.to_der().as_bytes().to_vec()
             }
+            Inner::Rsa(_) => self.sign_rsa(msg),
         }
     }
 
@@ -195,6 +294,12 @@ impl KeyPair {
             Inner::P384(k) => p384::ecdsa::Signature::from_slice(sig)
                 .map(|s| k.verifying_key().verify(msg, &s).is_ok())
                 .unwrap_or(false),
+            Inner::Rsa(k) => {
+                let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(k.to_public_key());
+                rsa::pkcs1v15::Signature::try_from(sig)
+                    .map(|s| rsa::signature::Verifier::verify(&vk, msg, &s).is_ok())
+                    .unwrap_or(false)
+            }
         }
     }
 }
@@ -208,6 +313,7 @@ impl rcgen::PublicKeyData for KeyPair {
         match self.inner {
             Inner::P256(_) => &rcgen::PKCS_ECDSA_P256_SHA256,
             Inner::P384(_) => &rcgen::PKCS_ECDSA_P384_SHA384,
+            Inner::Rsa(_) => &rcgen::PKCS_RSA_SHA256,
         }
     }
 }
@@ -251,6 +357,23 @@ mod tests {
     fn key_type_names() {
         assert_eq!("P384".parse::<KeyType>().unwrap(), KeyType::P384);
         assert_eq!("ec256".parse::<KeyType>().unwrap(), KeyType::P256);
-        assert!("rsa2048".parse::<KeyType>().is_err());
+        assert_eq!("rsa2048".parse::<KeyType>().unwrap(), KeyType::Rsa2048);
+        assert_eq!("RSA4096".parse::<KeyType>().unwrap(), KeyType::Rsa4096);
+        assert!("rsa1024".parse::<KeyType>().is_err());
+    }
+
+    #[test]
+    fn rsa_keys_round_trip_sign_and_verify() {
+        let k = KeyPair::generate(KeyType::Rsa2048);
+        assert_eq!(k.key_type(), KeyType::Rsa2048);
+        let pem = k.to_pem();
+        let back = KeyPair::from_pem(&pem).unwrap();
+        assert_eq!(back.key_type(), KeyType::Rsa2048);
+        let sig = back.sign_raw(b"hello");
+        assert_eq!(sig.len(), 256);
+        assert!(k.verify_raw(b"hello", &sig));
+        assert!(!k.verify_raw(b"hellO", &sig));
+        let (n, e) = k.rsa_public().unwrap();
+        assert_eq!((n.len(), e), (256, vec![1, 0, 1]));
     }
 }

@@ -111,7 +111,11 @@ pub struct Options {
     pub eab_hmac_key: Option<String>,
 
     /// Certificate key type [default: p256].
-    #[arg(long, value_name = "p256|p384", help_heading = "Certificates")]
+    #[arg(
+        long,
+        value_name = "p256|p384|rsa2048|rsa3072|rsa4096",
+        help_heading = "Certificates"
+    )]
     pub key_type: Option<KeyType>,
     /// Certificate profile offered by the CA.
     #[arg(long, value_name = "NAME", help_heading = "Certificates")]

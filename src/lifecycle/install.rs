@@ -15,7 +15,7 @@ use crate::acme;
 use crate::hooks::{DeployInfo, Stage};
 use crate::nginx::discovery::Scan;
 use crate::nginx::edit::{self, InstallSpec};
-use crate::nginx::probe::{loopback_for, served_certificate, ProbeError};
+use crate::nginx::probe::{loopback_for, served_certificate, served_rsa_certificate, ProbeError};
 use crate::nginx::transaction::{self, Change, ChangeError};
 use crate::nginx::Config;
 use crate::store::{self, Issued};
@@ -59,12 +59,7 @@ impl Run {
                 .iter()
                 .map(|f| &f.plan)
                 .chain(&install_only)
-                .map(|p| {
-                    (
-                        p.primary.clone(),
-                        self.store.lineage(&p.primary).live_version(),
-                    )
-                })
+                .map(|p| (p.lineage(), self.store.lineage(&p.lineage()).live_version()))
                 .collect(),
             ..Intent::default()
         };
@@ -102,9 +97,9 @@ impl Run {
             }
         }
         for plan in install_only {
-            let lineage = self.store.lineage(&plan.primary);
+            let lineage = self.store.lineage(&plan.lineage());
             let previous = lineage.live_version();
-            let meta = self.meta(&plan.primary)?;
+            let meta = self.meta(&plan.lineage())?;
             let version = match self.pending_install(&plan, &meta) {
                 Some(v) => {
                     lineage.point_live_at(v)?;
@@ -135,12 +130,13 @@ impl Run {
         let mut change = Change::default();
         let mut kept = Vec::new();
         for s in staged {
-            let l = self.store.lineage(&s.plan.primary);
+            let l = self.store.lineage(&s.plan.lineage());
             let spec = InstallSpec {
                 fullchain: l.live_file(store::FULLCHAIN),
                 key: l.live_file(store::PRIVKEY),
                 https_port: self.settings.https_port,
                 redirect: self.settings.redirect,
+                slot: s.plan.slot(),
             };
             let edits: Result<Vec<_>, _> = s
                 .plan
@@ -231,12 +227,13 @@ impl Run {
                     .find(|b| b.file == old.file && b.line == old.line)
                     .or(scan_now.servers.get(i))
             };
-            let l = self.store.lineage(&s.plan.primary);
+            let l = self.store.lineage(&s.plan.lineage());
             let spec = InstallSpec {
                 fullchain: l.live_file(store::FULLCHAIN),
                 key: l.live_file(store::PRIVKEY),
                 https_port: self.settings.https_port,
                 redirect: self.settings.redirect,
+                slot: s.plan.slot(),
             };
             let mut change = Change::default();
             let mut refused = None;
@@ -280,11 +277,11 @@ impl Run {
     /// Records how a staged certificate ended: installed (nothing pending any more), or not
     /// (its version stays pending, to be installed again without a new order).
     fn settle(&self, s: &Staged, installed: bool) -> Result<(), Error> {
-        let mut meta = self.meta(&s.plan.primary)?;
+        let mut meta = self.meta(&s.plan.lineage())?;
         let pending = if installed { None } else { s.version };
         if meta.pending_version != pending {
             meta.pending_version = pending;
-            self.save_meta(&s.plan.primary, &meta)?;
+            self.save_meta(&s.plan.lineage(), &meta)?;
         }
         Ok(())
     }
@@ -292,7 +289,7 @@ impl Run {
     /// Writes a fresh certificate as the lineage's new live version and resets its renewal
     /// state.
     fn store_version(&self, scan: &Scan, f: &Fresh) -> Result<Staged, Error> {
-        let lineage = self.store.lineage(&f.plan.primary);
+        let lineage = self.store.lineage(&f.plan.lineage());
         let previous = lineage.live_version();
         let mut meta: LineageMeta = lineage.load_meta()?;
         let version = lineage.install(&Issued {
@@ -302,7 +299,7 @@ impl Run {
         })?;
         meta.names = f.plan.names.clone();
         meta.directory = self.settings.directory.clone();
-        meta.key_type = self.settings.key_type.to_string();
+        meta.key_type = f.key_type.to_string();
         meta.server_blocks = f
             .plan
             .blocks
@@ -313,7 +310,7 @@ impl Run {
         meta.last_replaces = f.chain.replaces.clone();
         meta.renewal.record_success();
         meta.pending_version = None;
-        self.save_meta(&f.plan.primary, &meta)?;
+        self.save_meta(&f.plan.lineage(), &meta)?;
         Ok(Staged {
             plan: f.plan.clone(),
             previous,
@@ -326,7 +323,7 @@ impl Run {
     /// A failed outcome for a staged certificate, after pointing its lineage back at what was
     /// live before (a rollback that fails is part of the message).
     fn fail_and_roll_back(&self, s: &Staged, message: String) -> Outcome {
-        let lineage = self.store.lineage(&s.plan.primary);
+        let lineage = self.store.lineage(&s.plan.lineage());
         let rolled_back = match (s.version, s.previous) {
             (None, _) => Ok(()),
             (Some(_), Some(v)) => lineage.point_live_at(v),
@@ -352,9 +349,9 @@ impl Run {
     }
 
     async fn run_deploy_hooks(&self, plan: &Plan) {
-        let l = self.store.lineage(&plan.primary);
+        let l = self.store.lineage(&plan.lineage());
         let info = DeployInfo {
-            name: plan.primary.clone(),
+            name: plan.lineage(),
             domains: plan.names.clone(),
             lineage: l.live(),
             cert: l.live_file(store::CERT),
@@ -401,11 +398,14 @@ pub(super) async fn verify(
             let Some(addr) = loopback_for(l) else {
                 continue;
             };
-            let served = served_certificate(addr, &plan.primary).await?;
+            let served = match plan.variant {
+                Some(_) => served_rsa_certificate(addr, &plan.primary).await?,
+                None => served_certificate(addr, &plan.primary).await?,
+            };
             if served != leaf {
                 return Err(VerifyError::Other {
                     addr,
-                    name: plan.primary.clone(),
+                    name: plan.lineage(),
                     block: server.location(),
                 });
             }

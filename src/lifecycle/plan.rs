@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::Error;
+use crate::acme::KeyType;
 use crate::nginx::discovery::{server_for_host, Scan};
 use crate::nginx::probe::loopback_for;
 
@@ -29,6 +30,37 @@ pub struct Plan {
     pub ip_literal: bool,
     /// Names of these blocks left out of the certificate, and why.
     pub left_out: Vec<(String, String)>,
+    /// The second certificate of blocks that serve an ECDSA and an RSA certificate (older
+    /// clients get the RSA one): its key type. None for the block's first certificate.
+    pub variant: Option<KeyType>,
+}
+
+/// What a lineage of the RSA certificate of a hybrid block adds to its primary name (a name
+/// holds no `_`, so it cannot clash with another name's lineage).
+pub const RSA_SUFFIX: &str = "_rsa";
+
+impl Plan {
+    /// The lineage this plan's certificate lives in: the primary name, with [`RSA_SUFFIX`]
+    /// for the RSA certificate of a hybrid block.
+    pub fn lineage(&self) -> String {
+        match self.variant {
+            Some(_) => format!("{}{RSA_SUFFIX}", self.primary),
+            None => self.primary.clone(),
+        }
+    }
+
+    /// Which of the block's certificate pairs this plan's certificate takes (0 the first).
+    pub fn slot(&self) -> usize {
+        usize::from(self.variant.is_some())
+    }
+}
+
+/// The primary name a lineage belongs to, and whether it is a hybrid block's RSA lineage.
+pub fn split_lineage(name: &str) -> (&str, bool) {
+    match name.strip_suffix(RSA_SUFFIX) {
+        Some(primary) => (primary, true),
+        None => (name, false),
+    }
 }
 
 /// The profile IP address certificates are ordered with (Let's Encrypt issues them only as
@@ -108,6 +140,7 @@ pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>
                 named: !wanted.is_empty(),
                 ip_literal,
                 left_out: Vec::new(),
+                variant: None,
             }
         });
         plan.left_out.extend(left_out);
@@ -143,6 +176,12 @@ pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>
         } else {
             with_ssl
         };
+        // A block that serves two certificates (ECDSA and RSA, for older clients) keeps both:
+        // a second plan gets an RSA certificate for the second pair.
+        let hybrid = plan
+            .install_blocks
+            .iter()
+            .any(|&i| scan.servers[i].ssl_certificates.len() >= 2);
         if plan.challenge_block.is_none() {
             plan.error = Some(format!(
                 "nginx answers {} on no plain-HTTP port {http_port}, where the CA validates http-01: add `listen {http_port};` to the server block at {}",
@@ -150,7 +189,13 @@ pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>
                 plan.block_locations.first().cloned().unwrap_or_default()
             ));
         }
+        let companion = (hybrid && !plan.ip_literal).then(|| Plan {
+            variant: Some(KeyType::Rsa2048),
+            left_out: Vec::new(),
+            ..plan.clone()
+        });
         out.push(plan);
+        out.extend(companion);
     }
     Ok(out)
 }

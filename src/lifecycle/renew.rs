@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use super::lineage::{live_cert, matches, users, LineageMeta};
 use super::outcome::{Failure, Outcome, Status};
-use super::plan;
+use super::plan::{self, Plan};
 use super::policy::{Decision, RenewalState};
 use super::run::Run;
 use super::Error;
@@ -34,6 +34,16 @@ impl Run {
             .into_iter()
             .filter(|(l, m)| matches(l, m, wanted))
             .collect())
+    }
+
+    /// The plan of the server blocks that use a lineage now (the RSA lineage of a hybrid block
+    /// maps to that block's second plan).
+    fn plan_for_lineage(&self, scan: &crate::nginx::discovery::Scan, name: &str) -> Option<Plan> {
+        let (primary, rsa) = plan::split_lineage(name);
+        plan::plans(scan, &[primary.to_owned()], self.settings.http_port)
+            .ok()?
+            .into_iter()
+            .find(|p| p.primary == primary && p.variant.is_some() == rsa)
     }
 
     /// Renews what is due (everything with `force`) among the lineages named, or all of them.
@@ -67,13 +77,7 @@ impl Run {
         for (l, mut meta) in lineages {
             // Issued before but never installed: install it, no order, whatever the schedule.
             if meta.pending_version.is_some() {
-                let plan = plan::plans(
-                    &scan,
-                    std::slice::from_ref(&l.name),
-                    self.settings.http_port,
-                )
-                .ok()
-                .and_then(|p| p.into_iter().next());
+                let plan = self.plan_for_lineage(&scan, &l.name);
                 if let Some(plan) = plan.filter(|p| self.pending_install(p, &meta).is_some()) {
                     tracing::info!("installing {}, issued earlier but not installed", l.name);
                     install_only.push(plan);
@@ -135,14 +139,10 @@ impl Run {
         // The names come from the server blocks now: a block whose names changed gets them.
         let mut to_order = Vec::new();
         for (l, reason) in due {
-            match plan::plans(
-                &scan,
-                std::slice::from_ref(&l.name),
-                self.settings.http_port,
-            ) {
-                Ok(mut p) if !p.is_empty() => {
+            match self.plan_for_lineage(&scan, &l.name) {
+                Some(p) => {
                     tracing::info!("renewing {} ({reason})", l.name);
-                    to_order.push(p.remove(0));
+                    to_order.push(p);
                 }
                 _ if !unreadable.is_empty() => {
                     let meta: LineageMeta = l.load_meta()?;

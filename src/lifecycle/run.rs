@@ -31,6 +31,7 @@ use crate::store::{self, StateLock, Store};
 pub struct Fresh {
     pub plan: Plan,
     pub key_pem: String,
+    pub key_type: acme::KeyType,
     pub chain: acme::CertificateChain,
     /// Issued or Renewed.
     pub status: Status,
@@ -147,13 +148,13 @@ impl Run {
                 outcomes.push(o);
                 continue;
             }
-            let meta = self.meta(&plan.primary)?;
+            let meta = self.meta(&plan.lineage())?;
             if self.pending_install(&plan, &meta).is_some() {
                 // Issued earlier, not installed: install it (no CA involved, no backoff).
                 install_only.push(plan);
                 continue;
             }
-            let cert = live_cert(&self.store.lineage(&plan.primary)).map(|c| c.info);
+            let cert = live_cert(&self.store.lineage(&plan.lineage())).map(|c| c.info);
             let names_differ = cert
                 .as_ref()
                 .is_some_and(|c| !same_names(&c.names, &plan.names));
@@ -271,7 +272,7 @@ impl Run {
     /// install: present, valid for a while, and for the plan's names.
     pub(super) fn pending_install(&self, plan: &Plan, meta: &LineageMeta) -> Option<u32> {
         let v = meta.pending_version?;
-        let l = self.store.lineage(&plan.primary);
+        let l = self.store.lineage(&plan.lineage());
         let cert = super::lineage::version_cert(&l, v)?;
         let valid = cert.info.not_after > OffsetDateTime::now_utc() + time::Duration::hours(1);
         (valid && same_names(&cert.info.names, &plan.names)).then_some(v)
@@ -279,7 +280,7 @@ impl Run {
 
     /// True when every HTTPS listener of the plan's blocks serves the live leaf.
     async fn serves_live(&self, plan: &Plan, scan: &Scan) -> bool {
-        let Some(live) = live_cert(&self.store.lineage(&plan.primary)) else {
+        let Some(live) = live_cert(&self.store.lineage(&plan.lineage())) else {
             return false;
         };
         super::install::verify(scan, plan, Some(&live.leaf_der))
@@ -288,12 +289,14 @@ impl Run {
     }
 
     fn points_at_live(&self, plan: &Plan, scan: &Scan) -> bool {
-        let l = self.store.lineage(&plan.primary);
+        let l = self.store.lineage(&plan.lineage());
         let (fullchain, key) = (l.live_file(store::FULLCHAIN), l.live_file(store::PRIVKEY));
         plan.install_blocks.iter().all(|i| {
             let s = &scan.servers[*i];
-            s.ssl_certificate.as_deref() == Some(&*fullchain.to_string_lossy())
-                && s.ssl_certificate_key.as_deref() == Some(&*key.to_string_lossy())
+            s.ssl_certificates.get(plan.slot()).map(String::as_str)
+                == Some(&*fullchain.to_string_lossy())
+                && s.ssl_certificate_keys.get(plan.slot()).map(String::as_str)
+                    == Some(&*key.to_string_lossy())
         })
     }
 
@@ -326,8 +329,8 @@ impl Run {
                     continue;
                 };
                 match added.iter_mut().find(|(block, _)| *block == b) {
-                    Some((_, names)) => names.push(to_order[i].primary.clone()),
-                    None => added.push((b, vec![to_order[i].primary.clone()])),
+                    Some((_, names)) => names.push(to_order[i].lineage()),
+                    None => added.push((b, vec![to_order[i].lineage()])),
                 }
             }
             for (i, message) in failed.into_iter().rev() {
@@ -586,7 +589,7 @@ impl Run {
                 }
             }
         }
-        fresh.sort_by(|a, b| a.plan.primary.cmp(&b.plan.primary));
+        fresh.sort_by_key(|f| f.plan.lineage());
         Ok(fresh)
     }
 
@@ -653,9 +656,14 @@ impl Run {
             .sign(&plan.names, &csr.der, &solver, &opts)
             .await
             .map_err(|e| Failure::from_acme(&e))?;
-        let renewed = self.store.lineage(&plan.primary).live_fullchain().is_some();
+        let renewed = self
+            .store
+            .lineage(&plan.lineage())
+            .live_fullchain()
+            .is_some();
         Ok(Fresh {
             plan: plan.clone(),
+            key_type: key.key_type(),
             key_pem: key.to_pem(),
             chain,
             status: if renewed {
@@ -671,28 +679,46 @@ impl Run {
         if self.settings.reuse_key {
             if let Some(k) = self
                 .store
-                .lineage(&plan.primary)
+                .lineage(&plan.lineage())
                 .live_key()
                 .and_then(|p| KeyPair::from_pem(&p).ok())
             {
                 return k;
             }
         }
-        KeyPair::generate(self.settings.key_type)
+        KeyPair::generate(self.key_type_for(plan))
+    }
+
+    /// The key type of a plan's certificate: the RSA one of a hybrid block's second pair;
+    /// else the one the lineage has (a renewal keeps it); else the setting (ECDSA for the first
+    /// pair of a hybrid block, whose second pair is the RSA one).
+    fn key_type_for(&self, plan: &Plan) -> acme::KeyType {
+        if let Some(k) = plan.variant {
+            return k;
+        }
+        let kept = self
+            .meta(&plan.lineage())
+            .ok()
+            .filter(|m| m.issued_at.is_some())
+            .and_then(|m| m.key_type.parse::<acme::KeyType>().ok());
+        match kept {
+            Some(k) => k,
+            None => self.settings.key_type,
+        }
     }
 
     /// The ARI CertID of the live certificate this order replaces, if any.
     fn replaces(&self, plan: &Plan) -> Option<String> {
-        live_cert(&self.store.lineage(&plan.primary))?
+        live_cert(&self.store.lineage(&plan.lineage()))?
             .info
             .ari_cert_id
     }
 
     /// An outcome for a plan, with what its lineage holds now.
     pub(super) fn outcome(&self, plan: &Plan, status: Status) -> Outcome {
-        let lineage = self.store.lineage(&plan.primary);
+        let lineage = self.store.lineage(&plan.lineage());
         let live = live_cert(&lineage);
-        let mut o = Outcome::new(&plan.primary, &plan.names, status);
+        let mut o = Outcome::new(&plan.lineage(), &plan.names, status);
         o.not_after = live.as_ref().map(|c| c.info.not_after);
         o.fullchain = Some(lineage.live_file(store::FULLCHAIN)).filter(|p| p.exists());
         o.key = Some(lineage.live_file(store::PRIVKEY)).filter(|p| p.exists());

@@ -32,6 +32,9 @@ pub struct InstallSpec {
     pub key: PathBuf,
     pub https_port: u16,
     pub redirect: bool,
+    /// Which certificate pair of the block to set: 0 the first; 1 the second of a block that
+    /// serves an ECDSA and an RSA certificate (the pair is added when the block has none).
+    pub slot: usize,
 }
 
 /// Why a block cannot be edited.
@@ -173,8 +176,12 @@ pub fn install_edits(
         .ok_or_else(|| EditRefused(format!("{}: server block not found", block.location())))?;
     let fullchain = spec.fullchain.display().to_string();
     let key = spec.key.display().to_string();
-    if block.ssl_certificate.as_deref() == Some(fullchain.as_str())
-        && block.ssl_certificate_key.as_deref() == Some(key.as_str())
+    if block.ssl_certificates.get(spec.slot).map(String::as_str) == Some(fullchain.as_str())
+        && block
+            .ssl_certificate_keys
+            .get(spec.slot)
+            .map(String::as_str)
+            == Some(key.as_str())
     {
         return Ok(Vec::new());
     }
@@ -188,7 +195,7 @@ pub fn install_edits(
     let mut include_edits = Vec::new();
     let text = &cfg.files[server.file].text;
     let indent = child_indent(text, server);
-    for inc in own.iter().filter(|d| d.name == "include") {
+    for inc in own.iter().filter(|d| d.name == "include" && spec.slot == 0) {
         let inside = cfg.expanded(std::slice::from_ref(*inc));
         if !inside.iter().any(|d| is_cert(d)) {
             continue;
@@ -217,26 +224,32 @@ pub fn install_edits(
         });
     }
     let mut edits = include_edits;
-    let mut new_lines = https_listens(&block.listen, spec.https_port);
+    let mut new_lines = if spec.slot == 0 {
+        https_listens(&block.listen, spec.https_port)
+    } else {
+        Vec::new()
+    };
     let cert_line = format!("ssl_certificate {fullchain};");
     let key_line = format!("ssl_certificate_key {key};");
     let mut replaced_cert = false;
     let mut replaced_key = false;
+    let (mut certs_seen, mut keys_seen) = (0, 0);
     for d in own
         .iter()
         .filter(|d| d.name == "ssl_certificate" || d.name == "ssl_certificate_key")
     {
-        let (line, done) = if d.name == "ssl_certificate" {
-            (&cert_line, &mut replaced_cert)
+        let (line, done, seen) = if d.name == "ssl_certificate" {
+            (&cert_line, &mut replaced_cert, &mut certs_seen)
         } else {
-            (&key_line, &mut replaced_key)
+            (&key_line, &mut replaced_key, &mut keys_seen)
         };
-        let text = if *done {
-            // A second certificate (RSA beside ECDSA): keep it visible but off.
-            format!("# {} {}; {MARK}", d.name, d.args.join(" "))
-        } else {
-            format!("{line} {MARK}")
-        };
+        // Only this slot's pair is replaced; the block's other certificate (RSA beside
+        // ECDSA) stays as it is.
+        let index = *seen;
+        *seen += 1;
+        if index != spec.slot {
+            continue;
+        }
         *done = true;
         // A comment after the directive on its line belongs to it (certbot's
         // "# managed by Certbot"): it goes with the replaced directive.
@@ -245,7 +258,7 @@ pub fn install_edits(
             file: server.file,
             start: d.start,
             end,
-            text: end_line(text, text_of(cfg, server), end, &indent),
+            text: end_line(format!("{line} {MARK}"), text_of(cfg, server), end, &indent),
         });
     }
     if !replaced_cert {
@@ -255,6 +268,7 @@ pub fn install_edits(
         new_lines.push(key_line);
     }
     if spec.redirect
+        && spec.slot == 0
         && !expanded
             .iter()
             .any(|d| d.name == "set" && d.args.first().is_some_and(|a| a == "$acme_nginx_redirect"))
@@ -549,6 +563,7 @@ mod tests {
             key: "/var/lib/acme-nginx/certs/a.test/live/privkey.pem".into(),
             https_port: 443,
             redirect,
+            slot: 0,
         }
     }
 
@@ -595,10 +610,9 @@ mod tests {
             ),
             "{out}"
         );
-        assert!(
-            out.contains("# ssl_certificate /old/rsa.pem; # managed"),
-            "{out}"
-        );
+        // The block's second certificate (RSA beside ECDSA) is its own pair: untouched.
+        assert!(out.contains("ssl_certificate /old/rsa.pem;"), "{out}");
+        assert!(!out.contains("# ssl_certificate /old/rsa.pem"), "{out}");
         assert!(
             !out.contains("listen 127.0.0.1:443 ssl; # managed"),
             "{out}"

@@ -116,9 +116,11 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<HttpAn
         .map_err(|_| ProbeError::Timeout { addr })?
 }
 
-/// Accepts any certificate: the caller compares what it got with what it expects.
+/// Accepts any certificate: the caller compares what it got with what it expects. With
+/// `rsa_only` it offers only RSA signature schemes, so a server holding an ECDSA and an RSA
+/// certificate must present the RSA one.
 #[derive(Debug)]
-struct CaptureAny(Arc<rustls::crypto::CryptoProvider>);
+struct CaptureAny(Arc<rustls::crypto::CryptoProvider>, bool);
 
 impl rustls::client::danger::ServerCertVerifier for CaptureAny {
     fn verify_server_cert(
@@ -161,13 +163,39 @@ impl rustls::client::danger::ServerCertVerifier for CaptureAny {
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        let all = self.0.signature_verification_algorithms.supported_schemes();
+        if !self.1 {
+            return all;
+        }
+        all.into_iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    rustls::SignatureScheme::RSA_PKCS1_SHA256
+                        | rustls::SignatureScheme::RSA_PKCS1_SHA384
+                        | rustls::SignatureScheme::RSA_PKCS1_SHA512
+                        | rustls::SignatureScheme::RSA_PSS_SHA256
+                        | rustls::SignatureScheme::RSA_PSS_SHA384
+                        | rustls::SignatureScheme::RSA_PSS_SHA512
+                )
+            })
+            .collect()
     }
 }
 
 /// The leaf certificate (DER) nginx serves at `addr` for SNI `name`. The handshake proves the
 /// server holds the key (its signature is checked against the certificate).
 pub async fn served_certificate(addr: SocketAddr, name: &str) -> Result<Vec<u8>, ProbeError> {
+    served_leaf(addr, name, false).await
+}
+
+/// Like [`served_certificate`], offering only RSA signature schemes: the RSA certificate of a
+/// block that serves an ECDSA and an RSA one.
+pub async fn served_rsa_certificate(addr: SocketAddr, name: &str) -> Result<Vec<u8>, ProbeError> {
+    served_leaf(addr, name, true).await
+}
+
+async fn served_leaf(addr: SocketAddr, name: &str, rsa_only: bool) -> Result<Vec<u8>, ProbeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -177,7 +205,7 @@ pub async fn served_certificate(addr: SocketAddr, name: &str) -> Result<Vec<u8>,
             message: e.to_string(),
         })?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CaptureAny(provider)))
+        .with_custom_certificate_verifier(Arc::new(CaptureAny(provider, rsa_only)))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let server_name =

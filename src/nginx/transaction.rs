@@ -293,6 +293,7 @@ mod tests {
             key: "/l/privkey.pem".into(),
             https_port: 443,
             redirect: false,
+            slot: 0,
         };
         let snippet = dir.path().join("snippets/new.conf");
         let change = Change {

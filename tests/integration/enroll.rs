@@ -664,3 +664,80 @@ fn an_ip_address_gets_a_short_lived_certificate_of_its_own() {
     .unwrap();
     assert_eq!(mixed.names, vec!["mixed.enroll.test".to_string()]);
 }
+
+#[test]
+fn a_block_serving_ecdsa_and_rsa_keeps_both_with_an_rsa_certificate_of_its_own() {
+    let pre = tempfile::tempdir().unwrap();
+    let (_, ec_cert, ec_key) = crate::util::make_tls_cert(pre.path(), &["localhost"]);
+    let (rsa_cert, rsa_key) = (pre.path().join("rsa.pem"), pre.path().join("rsa.key"));
+    crate::util::run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&rsa_key)
+            .arg("-out")
+            .arg(&rsa_cert),
+    );
+    let bed = Bed::start(&format!(
+        "server {{\n    listen 127.0.0.1:{{port}};\n    listen 127.0.0.1:{{https}} ssl;\n    \
+         server_name hyb.enroll.test;\n    \
+         ssl_certificate {};\n    ssl_certificate_key {};\n    \
+         ssl_certificate {};\n    ssl_certificate_key {};\n    \
+         location /.well-known/acme-challenge/ {{ alias {{dir}}/acme-h/; }}\n}}\n",
+        ec_cert.display(),
+        ec_key.display(),
+        rsa_cert.display(),
+        rsa_key.display()
+    ));
+    fs::create_dir_all(bed.nginx.dir.path().join("acme-h")).unwrap();
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        statuses(&json(&out)),
+        vec![
+            ("hyb.enroll.test".into(), "issued".into()),
+            ("hyb.enroll.test_rsa".into(), "issued".into())
+        ]
+    );
+    // Clients offering ECDSA get the ECDSA certificate; RSA-only clients the RSA one.
+    assert_eq!(
+        bed.served("hyb.enroll.test"),
+        leaf(&bed.live("hyb.enroll.test").join("fullchain.pem"))
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", bed.https_port).parse().unwrap();
+    let rsa_served = rt
+        .block_on(acme_nginx::nginx::probe::served_rsa_certificate(
+            addr,
+            "hyb.enroll.test",
+        ))
+        .unwrap();
+    assert_eq!(
+        rsa_served,
+        leaf(&bed.live("hyb.enroll.test_rsa").join("fullchain.pem"))
+    );
+    let key = fs::read_to_string(bed.live("hyb.enroll.test_rsa").join("privkey.pem")).unwrap();
+    assert_eq!(
+        acme_nginx::acme::KeyPair::from_pem(&key)
+            .unwrap()
+            .key_type(),
+        acme_nginx::acme::KeyType::Rsa2048
+    );
+    // Both pairs are ours now, and a second run has nothing to do.
+    let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
+    assert_eq!(conf.matches("ssl_certificate ").count(), 2, "{conf}");
+    assert!(!conf.contains(&rsa_cert.display().to_string()), "{conf}");
+    let out = bed.cmd("enroll", &[]);
+    assert_eq!(
+        statuses(&json(&out)),
+        vec![
+            ("hyb.enroll.test".into(), "up-to-date".into()),
+            ("hyb.enroll.test_rsa".into(), "up-to-date".into())
+        ]
+    );
+}
