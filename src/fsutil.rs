@@ -172,14 +172,17 @@ pub fn open_dir_safely(path: &Path, create: Option<u32>) -> Result<std::os::fd::
     };
     let mut fd = open_root()?;
     let mut here = PathBuf::from("/");
-    let mut todo: VecDeque<OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect();
+    // The names to walk, `..` kept (it is resolved by the walk, never lexically).
+    let names = |p: &Path| -> VecDeque<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut todo = names(path);
     let mut hops = 0;
     // Once the walk has passed through an entry another user could have replaced, nothing
     // below it is trusted, even a directory of root's inside it.
@@ -245,14 +248,7 @@ pub fn open_dir_safely(path: &Path, create: Option<u32>) -> Result<std::os::fd::
                 }
                 let target =
                     PathBuf::from(readlinkat(&fd, name.as_os_str()).map_err(|e| io_err(&next, e))?);
-                let mut parts: VecDeque<OsString> = target
-                    .components()
-                    .filter_map(|c| match c {
-                        Component::Normal(n) => Some(n.to_os_string()),
-                        Component::ParentDir => Some(OsString::from("..")),
-                        _ => None,
-                    })
-                    .collect();
+                let mut parts = names(&target);
                 if target.is_absolute() {
                     fd = open_root()?;
                     here = PathBuf::from("/");

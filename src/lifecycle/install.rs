@@ -130,14 +130,7 @@ impl Run {
         let mut change = Change::default();
         let mut kept = Vec::new();
         for s in staged {
-            let l = self.store.lineage(&s.plan.lineage());
-            let spec = InstallSpec {
-                fullchain: l.live_file(store::FULLCHAIN),
-                key: l.live_file(store::PRIVKEY),
-                https_port: self.settings.https_port,
-                redirect: self.settings.redirect,
-                slot: s.plan.slot(),
-            };
+            let spec = self.install_spec(&s.plan);
             let edits: Result<Vec<_>, _> = s
                 .plan
                 .install_blocks
@@ -227,14 +220,7 @@ impl Run {
                     .find(|b| b.file == old.file && b.line == old.line)
                     .or(scan_now.servers.get(i))
             };
-            let l = self.store.lineage(&s.plan.lineage());
-            let spec = InstallSpec {
-                fullchain: l.live_file(store::FULLCHAIN),
-                key: l.live_file(store::PRIVKEY),
-                https_port: self.settings.https_port,
-                redirect: self.settings.redirect,
-                slot: s.plan.slot(),
-            };
+            let spec = self.install_spec(&s.plan);
             let mut change = Change::default();
             let mut refused = None;
             for &b in &s.plan.install_blocks {
@@ -272,6 +258,18 @@ impl Run {
             return Ok(Vec::new());
         }
         Ok(accepted)
+    }
+
+    /// What a plan's blocks are pointed at: its lineage's live files, in its slot.
+    fn install_spec(&self, plan: &Plan) -> InstallSpec {
+        let l = self.store.lineage(&plan.lineage());
+        InstallSpec {
+            fullchain: l.live_file(store::FULLCHAIN),
+            key: l.live_file(store::PRIVKEY),
+            https_port: self.settings.https_port,
+            redirect: self.settings.redirect,
+            slot: plan.slot(),
+        }
     }
 
     /// Records how a staged certificate ended: installed (nothing pending any more), or not

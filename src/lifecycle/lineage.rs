@@ -46,7 +46,12 @@ pub struct LiveCert {
 
 /// Reads the lineage's live certificate (None when there is none or it does not parse).
 pub fn live_cert(l: &Lineage) -> Option<LiveCert> {
-    let pem = l.live_fullchain()?;
+    cert_in(&l.live_file(store::FULLCHAIN))
+}
+
+/// The leaf of a chain file, parsed.
+fn cert_in(fullchain: &std::path::Path) -> Option<LiveCert> {
+    let pem = std::fs::read(fullchain).ok()?;
     let leaf_der = acme::cert::pem_certificates(&pem)
         .ok()?
         .into_iter()
@@ -59,15 +64,7 @@ pub fn live_cert(l: &Lineage) -> Option<LiveCert> {
 
 /// A stored version's certificate, when it exists and parses.
 pub fn version_cert(l: &Lineage, version: u32) -> Option<LiveCert> {
-    let pem = std::fs::read(l.version_file(version, store::FULLCHAIN)).ok()?;
-    let leaf_der = acme::cert::pem_certificates(&pem)
-        .ok()?
-        .into_iter()
-        .next()?;
-    Some(LiveCert {
-        info: CertInfo::from_der(&leaf_der).ok()?,
-        leaf_der,
-    })
+    cert_in(&l.version_file(version, store::FULLCHAIN))
 }
 
 /// True when the lineage is named by one of `wanted` (its own name or one of its names).

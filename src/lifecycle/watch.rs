@@ -116,11 +116,6 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
         if config_changed {
             config_changed = false;
             let loaded = settings.nginx.load();
-            if let Err(e) = &loaded {
-                tracing::warn!(
-                    "the nginx configuration does not parse; waiting for the next change: {e}"
-                );
-            }
             // A broken configuration keeps what was watched, and what its readable parts
             // include (at least its own directory), so the fix is seen wherever it is made.
             let mut dirs = match &loaded {
@@ -144,8 +139,12 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
                 }
             }
             watching = dirs;
-            if loaded.is_ok() {
-                enroll_if_valid(&settings).await;
+            // Said only once the directories are watched: a fix made right after is seen.
+            match &loaded {
+                Ok(_) => enroll_if_valid(&settings).await,
+                Err(e) => tracing::warn!(
+                    "the nginx configuration does not parse; waiting for the next change: {e}"
+                ),
             }
         }
         if renew_due {
