@@ -8,9 +8,12 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 tests/testbed/setup.sh
 
-# The processes the tests may start, by command name (as ps shows it, 15 characters at most).
+# The processes the tests may start: by command name (as ps shows it, 15 characters at most),
+# and everything run as the worker user (nginx's workers, the attackers of the security tests).
 started_by_tests() {
-  ps -eo pid=,comm= | awk '$2 ~ /^(nginx|pebble|pebble-challtes|acme-nginx)$/ {print $1}' | sort
+  ps -eo pid=,stat=,user=,comm= |
+    awk '$2 !~ /^Z/ && ($4 ~ /^(nginx|pebble|pebble-challtes|acme-nginx|runuser)$/ || $3 == "www-data") {print $1}' |
+    sort
 }
 before=$(mktemp)
 trap 'rm -f "$before"' EXIT

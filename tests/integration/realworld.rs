@@ -275,7 +275,7 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
     let log = work.path().join("nginx.stderr");
     let mut nginx = None;
     if ok_before {
-        let mut child = Command::new(bin("nginx"))
+        let child = Command::new(bin("nginx"))
             .process_group(0)
             .arg("-c")
             .arg(&conf)
@@ -284,6 +284,9 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        // Guarded before waiting: a start that fails must not leave nginx running.
+        let mut guard = NginxGuard(child);
+        let child = &mut guard.0;
         // nginx listens on the http port, or (layouts without one) on the other port.
         let start = std::time::Instant::now();
         while ![ports.http, ports.other]
@@ -298,7 +301,7 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        nginx = Some(NginxGuard(child));
+        nginx = Some(guard);
     }
     let pebble = Pebble::start(PebbleOptions::http_port(ports.http));
     let before = files_under(&root.join("etc/nginx"));

@@ -4,20 +4,24 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{assert_exit, json, worker_user, Bed, ChildGuard};
+use crate::util::{assert_exit, json, worker_user, Bed, GroupGuard};
 
 /// A site whose document root belongs to the worker user.
 const SITE: &str = "server {\n    listen 127.0.0.1:{port};\n    server_name site.sec.test;\n    \
     root {dir}/site;\n}\n";
 
-/// Runs a shell command as the worker user.
+/// Runs a shell command as the worker user, in a process group of its own (so the guard can
+/// end the shell that runuser starts, not only runuser).
 fn as_worker(script: &str) -> Command {
+    use std::os::unix::process::CommandExt;
     let mut c = Command::new("runuser");
-    c.args(["-u", "www-data", "--", "sh", "-c", script]);
+    c.args(["-u", "www-data", "--", "sh", "-c", script])
+        .process_group(0);
     c
 }
 
@@ -93,7 +97,7 @@ fn a_racing_symlink_swap_never_gets_a_file_outside_the_web_root() {
         s = site.display(),
         v = victim.display()
     );
-    let attacker = ChildGuard(
+    let attacker = GroupGuard(
         as_worker(&race)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -143,10 +147,11 @@ fn a_forged_master_of_another_user_is_not_signalled() {
     let bed = Bed::start(SITE);
     owned_site(&bed);
     // A process of www-data's that calls itself an nginx master; the pid file names it.
-    let mut fake = ChildGuard(
+    let mut fake = GroupGuard(
         Command::new("runuser")
             .args(["-u", "www-data", "--", "bash", "-c"])
             .arg("exec -a 'nginx: master process /usr/sbin/nginx' sleep 60")
+            .process_group(0)
             .spawn()
             .unwrap(),
     );
@@ -233,7 +238,7 @@ fn a_site_file_swapped_for_a_link_while_it_is_edited_never_gets_root_files_chown
         s = sites.path().display(),
         v = victim.display()
     );
-    let attacker = ChildGuard(
+    let attacker = GroupGuard(
         as_worker(&race)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -113,6 +113,20 @@ impl Drop for ChildGuard {
 /// How long an nginx master gets to stop its workers and exit.
 const NGINX_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A process group started by a test (a shell loop run as another user through `runuser`, say):
+/// on drop the whole group gets SIGKILL, so no grandchild outlives the test.
+#[derive(Debug)]
+pub struct GroupGuard(pub Child);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        use nix::sys::signal::{killpg, Signal};
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        killpg(pgid, Signal::SIGKILL).ok();
+        self.0.wait().ok();
+    }
+}
+
 /// An nginx master in its own process group, stopped the way nginx stops: SIGTERM to the master,
 /// which stops its workers and exits; only if it has not exited in time does the whole group get
 /// SIGKILL, so no worker is ever left behind reparented to init.
@@ -444,7 +458,7 @@ impl Nginx {
         )
         .unwrap();
         let log = dir.path().join("error.log");
-        let mut child = Command::new(bin("nginx"))
+        let child = Command::new(bin("nginx"))
             .process_group(0)
             .arg("-p")
             .arg(dir.path())
@@ -456,12 +470,14 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_for_port(port, &mut child, "nginx", &log);
+        // Guarded before waiting: a start that times out must not leave nginx running.
+        let mut child = NginxGuard(child);
+        wait_for_port(port, &mut child.0, "nginx", &log);
         Nginx {
             dir,
             port,
             conf,
-            child: NginxGuard(child),
+            child,
         }
     }
 
