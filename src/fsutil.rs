@@ -67,7 +67,8 @@ pub fn write_atomic_owned(
         sync_dir(path)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        // The temporary file is ours and unfinished; the error that matters is the write's.
+        fs::remove_file(&tmp).ok();
     }
     result
 }

@@ -5,6 +5,7 @@
 
 mod account;
 mod assets;
+mod context;
 mod csr;
 mod enroll;
 mod options;
@@ -20,7 +21,9 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use acme_nginx::acme::{self, ClientConfig};
+pub use context::{read_input, write_output, Context};
+
+use acme_nginx::acme;
 use acme_nginx::lifecycle::{self, Outcome};
 use clap::{Args, Parser, Subcommand};
 
@@ -152,93 +155,6 @@ impl CliError {
 /// The result of a command.
 pub type CmdResult = Result<Exit, CliError>;
 
-/// Validated global settings (stage two of argument handling).
-#[derive(Debug, Clone)]
-pub struct Context {
-    /// The directory URL given by `--directory`/`--staging`/environment, if any.
-    pub explicit_directory: Option<String>,
-    /// The directory to use when nothing else names one.
-    pub directory_url: String,
-    pub ca_file: Option<PathBuf>,
-    pub client_config: ClientConfig,
-    pub json: bool,
-    pub non_interactive: bool,
-}
-
-impl Context {
-    fn from_args(g: &GlobalArgs) -> Result<Self, CliError> {
-        let explicit_directory = match (&g.directory, g.staging) {
-            (_, true) => Some(acme::LETSENCRYPT_STAGING.to_owned()),
-            (Some(url), false) => Some(url.clone()),
-            (None, false) => None,
-        };
-        let directory_url = explicit_directory
-            .clone()
-            .unwrap_or_else(|| acme::LETSENCRYPT_PRODUCTION.to_owned());
-        if !(directory_url.starts_with("https://") || directory_url.starts_with("http://")) {
-            return Err(CliError::Usage(format!(
-                "--directory {directory_url:?} is not an http(s) URL"
-            )));
-        }
-        let client_config = match &g.ca_file {
-            Some(path) => ClientConfig::with_ca_file(path)?,
-            None => ClientConfig::default(),
-        };
-        Ok(Self {
-            explicit_directory,
-            directory_url,
-            ca_file: g.ca_file.clone(),
-            client_config,
-            json: g.json,
-            non_interactive: g.non_interactive,
-        })
-    }
-
-    /// Connects to the CA's directory.
-    pub async fn client(&self) -> Result<acme::Client, CliError> {
-        self.client_for(&self.directory_url).await
-    }
-
-    /// Loads the account saved in a state file. The state names its CA; an explicit
-    /// `--directory` that names another CA is an error.
-    pub async fn load_account(
-        &self,
-        state_path: &std::path::Path,
-    ) -> Result<acme::Account, CliError> {
-        let state = lifecycle::account::read_state(state_path)?;
-        if let Some(dir) = &self.explicit_directory {
-            if dir != &state.directory {
-                return Err(CliError::Usage(format!(
-                    "{} holds an account at {}, but --directory names {dir}",
-                    state_path.display(),
-                    state.directory
-                )));
-            }
-        }
-        let client = self.client_for(&state.directory).await?;
-        acme::Account::from_state(client, &state).map_err(|source| {
-            lifecycle::Error::AccountState {
-                path: state_path.to_path_buf(),
-                source,
-            }
-            .into()
-        })
-    }
-
-    /// Connects to a given directory.
-    pub async fn client_for(&self, url: &str) -> Result<acme::Client, CliError> {
-        acme::Client::new(url, &self.client_config)
-            .await
-            .map_err(|source| {
-                lifecycle::Error::Ca {
-                    directory: url.to_owned(),
-                    source,
-                }
-                .into()
-            })
-    }
-}
-
 fn init_tracing(g: &GlobalArgs) {
     let level = match (g.quiet, g.verbose) {
         (true, _) => "error",
@@ -306,21 +222,4 @@ pub fn main() -> ExitCode {
         }
     };
     ExitCode::from(exit as u8)
-}
-
-/// Reads a small input file, naming it in the error.
-pub fn read_input(path: &std::path::Path, what: &str) -> Result<Vec<u8>, CliError> {
-    acme_nginx::fsutil::read_limited(path)
-        .map_err(CliError::io(format!("read {what} {}", path.display())))
-}
-
-/// Writes an output file atomically, naming it in the error.
-pub fn write_output(
-    path: &std::path::Path,
-    data: &[u8],
-    mode: u32,
-    what: &str,
-) -> Result<(), CliError> {
-    acme_nginx::fsutil::write_atomic(path, data, mode)
-        .map_err(CliError::io(format!("write {what} {}", path.display())))
 }
