@@ -67,10 +67,20 @@ impl Run {
         let result = self
             .deploy_under_intent(cfg, scan, fresh, install_only, &mut intent, &mut outcomes)
             .await;
-        // Every staged lineage is settled (served, or rolled back with its version pending).
-        self.store.clear_intent()?;
-        result?;
-        Ok(outcomes)
+        match result {
+            // Every staged lineage is settled (served, or rolled back with its version pending).
+            Ok(()) => {
+                self.store.clear_intent()?;
+                Ok(outcomes)
+            }
+            // Stopped half-way: roll back now what the intent names, as the next run would.
+            Err(e) => {
+                if let Err(r) = super::intent::recover(&self.store) {
+                    tracing::warn!("{}", chain_text(&r));
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn deploy_under_intent(
