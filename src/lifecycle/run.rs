@@ -278,14 +278,17 @@ impl Run {
         (valid && same_names(&cert.info.names, &plan.names)).then_some(v)
     }
 
-    /// True when every HTTPS listener of the plan's blocks serves the live leaf.
+    /// False when an HTTPS listener of the plan's blocks answers with another certificate than
+    /// the live one. A listener that cannot be reached from here (an address of another
+    /// interface) proves nothing either way and does not make the name reinstalled every run.
     async fn serves_live(&self, plan: &Plan, scan: &Scan) -> bool {
         let Some(live) = live_cert(&self.store.lineage(&plan.lineage())) else {
             return false;
         };
-        super::install::verify(scan, plan, Some(&live.leaf_der))
-            .await
-            .is_ok()
+        !matches!(
+            super::install::verify(scan, plan, Some(&live.leaf_der)).await,
+            Err(super::install::VerifyError::Other { .. })
+        )
     }
 
     fn points_at_live(&self, plan: &Plan, scan: &Scan) -> bool {
