@@ -19,6 +19,41 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// `acme-nginx -v watch` for this nginx and pebble, with its own state directory (terms agreed
+/// in its config file) and its log in `STATE/watch.log`.
+fn start_watch(
+    pebble: &Pebble,
+    nginx: &Nginx,
+    dir: &Path,
+    https: u16,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    crate::util::ChildGuard,
+) {
+    let state = tempfile::tempdir().unwrap();
+    fs::write(state.path().join("config.toml"), "agree_tos = true\n").unwrap();
+    let log = state.path().join("watch.log");
+    let child = pebble
+        .cli()
+        .args(["-v", "watch", "--nginx-conf"])
+        .arg(&nginx.conf)
+        .arg("--nginx-prefix")
+        .arg(nginx.dir.path())
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--config-file")
+        .arg(state.path().join("config.toml"))
+        .arg("--hooks-dir")
+        .arg(dir.join("hooks"))
+        .args(["--https-port", &https.to_string()])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (state, log, crate::util::ChildGuard(child))
+}
+
 fn site(name: &str, dir: &Path, port: u16) -> String {
     format!(
         "server {{\n    listen 127.0.0.1:{port};\n    server_name {name};\n    \
@@ -48,28 +83,8 @@ fn watch_enrolls_new_blocks_and_stops_on_sigterm() {
     .unwrap();
     let nginx = Nginx::start_on(port, &format!("include {}/*.conf;\n", sites.display()));
     let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
-    let state = tempfile::tempdir().unwrap();
-    fs::write(state.path().join("config.toml"), "agree_tos = true\n").unwrap();
     let https = crate::util::free_port();
-    let log = state.path().join("watch.log");
-    let child = pebble
-        .cli()
-        .args(["-v", "watch", "--nginx-conf"])
-        .arg(&nginx.conf)
-        .arg("--nginx-prefix")
-        .arg(nginx.dir.path())
-        .arg("--state-dir")
-        .arg(state.path())
-        .arg("--config-file")
-        .arg(state.path().join("config.toml"))
-        .arg("--hooks-dir")
-        .arg(dir.join("hooks"))
-        .args(["--https-port", &https.to_string()])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut guard = crate::util::ChildGuard(child);
+    let (state, log, mut guard) = start_watch(&pebble, &nginx, &dir, https);
     let live = |name: &str| {
         state
             .path()
@@ -187,27 +202,7 @@ fn watch_started_on_a_broken_configuration_picks_up_the_fix() {
     // Broken after nginx started: a second file in the nested include directory.
     fs::write(sites.join("more/broken.conf"), "server {\n").unwrap();
     let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
-    let state = tempfile::tempdir().unwrap();
-    fs::write(state.path().join("config.toml"), "agree_tos = true\n").unwrap();
-    let log = state.path().join("watch.log");
-    let child = pebble
-        .cli()
-        .args(["-v", "watch", "--nginx-conf"])
-        .arg(&nginx.conf)
-        .arg("--nginx-prefix")
-        .arg(nginx.dir.path())
-        .arg("--state-dir")
-        .arg(state.path())
-        .arg("--config-file")
-        .arg(state.path().join("config.toml"))
-        .arg("--hooks-dir")
-        .arg(dir.join("hooks"))
-        .args(["--https-port", &crate::util::free_port().to_string()])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _guard = crate::util::ChildGuard(child);
+    let (state, log, _guard) = start_watch(&pebble, &nginx, &dir, crate::util::free_port());
     wait_for(
         "the parse error in the log",
         Duration::from_secs(30),
