@@ -205,19 +205,20 @@ async fn renew_pass(settings: &Settings) -> Result<Vec<Outcome>, Error> {
         .await
 }
 
-/// Enrolls new server blocks once `nginx -t` accepts the configuration as it is on disk.
+/// Enrolls new server blocks once `nginx -t` accepts the configuration as it is on disk (the
+/// enroll pass checks that before it orders anything).
 async fn enroll_if_valid(settings: &Settings) {
     let pass = async {
         let run = Run::open(settings.clone(), Mode::Live)?;
         let (cfg, scan) = run.load()?;
-        run.settings.nginx.ctl(&cfg, &scan)?.test_config().await?;
         let plans = run.plans(&scan, &[])?;
+        // enroll itself refuses to order while nginx -t fails or nginx does not run.
         run.enroll(cfg, scan, plans).await
     };
     match pass.await {
         Ok(outcomes) => log_outcomes("enroll", &outcomes, Status::UpToDate),
-        Err(Error::NginxControl(e)) => {
-            tracing::warn!("nginx -t refuses the configuration; waiting for the next change: {e}")
+        Err(e @ Error::NginxNotReady { .. }) => {
+            tracing::warn!("{e}; waiting for the next change")
         }
         Err(e) => tracing::warn!("enroll pass failed: {}", super::outcome::chain_text(&e)),
     }
