@@ -59,6 +59,9 @@ pub enum CtlError {
     },
     #[error("nginx did not switch to new workers within {}s after SIGHUP; the reload did not take effect{log}", RELOAD_TIMEOUT.as_secs())]
     ReloadTimeout { log: String },
+    /// The master refused the configuration at the reload (its own words from the error log).
+    #[error("nginx refused the configuration when reloading, and keeps the old one: {0}")]
+    ReloadRefused(String),
 }
 
 /// How to run the nginx binary for this configuration.
@@ -161,6 +164,7 @@ impl NginxCtl {
     pub async fn reload(&self) -> Result<(), CtlError> {
         let master = self.master_pid()?;
         let before = children(master);
+        let log_start = self.error_log_len();
         kill(master, Signal::SIGHUP).map_err(|source| CtlError::Signal {
             pid: master.as_raw(),
             source,
@@ -173,6 +177,11 @@ impl NginxCtl {
             if new_worker && old_retired {
                 return Ok(());
             }
+            // A master that refuses the new configuration (it changed after nginx -t) says so
+            // in its error log and keeps the old one: no need to wait for the deadline.
+            if let Some(line) = self.emerg_since(log_start) {
+                return Err(CtlError::ReloadRefused(line));
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(CtlError::ReloadTimeout {
                     log: self.error_log_tail(),
@@ -180,6 +189,25 @@ impl NginxCtl {
             }
             tokio::time::sleep(RELOAD_POLL).await;
         }
+    }
+
+    fn error_log_len(&self) -> Option<u64> {
+        let path = self.error_log.as_ref()?;
+        std::fs::metadata(path).ok().map(|m| m.len())
+    }
+
+    /// The first `[emerg]` line nginx wrote to its error log after offset `start`.
+    fn emerg_since(&self, start: Option<u64>) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let (path, start) = (self.error_log.as_ref()?, start?);
+        let mut f = std::fs::File::open(path).ok()?;
+        f.seek(SeekFrom::Start(start)).ok()?;
+        let mut text = Vec::new();
+        f.take(64 * 1024).read_to_end(&mut text).ok()?;
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find(|l| l.contains("[emerg]"))
+            .map(str::to_owned)
     }
 
     /// The last lines of nginx's error log, for messages.
@@ -326,5 +354,30 @@ mod tests {
         assert!(err.0.contains("it runs"), "{}", err.0);
         let me = std::env::current_exe().unwrap();
         check_owner_and_exe(std::process::id() as i32, &me).unwrap();
+    }
+
+    #[test]
+    fn an_emerg_written_after_the_signal_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("error.log");
+        std::fs::write(&log, "2026/01/01 [emerg] an old one\n").unwrap();
+        let mut c = ctl(&dir.path().join("pid"), "nginx");
+        c.error_log = Some(log.clone());
+        let start = c.error_log_len();
+        assert_eq!(
+            c.emerg_since(start),
+            None,
+            "what was there before does not count"
+        );
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            b"2026/01/02 [notice] signal 1\n2026/01/02 [emerg] unexpected end of file\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.emerg_since(start).as_deref(),
+            Some("2026/01/02 [emerg] unexpected end of file")
+        );
     }
 }

@@ -149,6 +149,7 @@ fn watch_enrolls_new_blocks_and_stops_on_sigterm() {
     );
     let took = start.elapsed();
     eprintln!("new server block enrolled {took:?} after the file was written");
+    eprintln!("{}", fs::read_to_string(&log).unwrap_or_default());
 
     // SIGTERM: a clean exit, no stray tokens.
     nix::sys::signal::kill(
