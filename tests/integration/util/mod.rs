@@ -542,8 +542,9 @@ pub fn assert_exit(out: &Output, code: i32) {
     assert_eq!(
         out.status.code(),
         Some(code),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "stderr: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
 }
 
