@@ -20,6 +20,12 @@ use crate::nginx::transaction::{self, Change, ChangeError};
 use crate::nginx::Config;
 use crate::store::{self, Issued};
 
+/// How long an old certificate may still be served right after a reload (an old worker that is
+/// shutting down can hold its listening socket for a moment, more so on a loaded host).
+const VERIFY_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often the served certificate is asked again meanwhile.
+const VERIFY_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A certificate waiting for the reload.
 struct Staged {
     plan: Plan,
@@ -406,16 +412,25 @@ pub(super) async fn verify(
             let Some(addr) = loopback_for(l) else {
                 continue;
             };
-            let served = match plan.variant {
-                Some(_) => served_rsa_certificate(addr, &plan.primary).await?,
-                None => served_certificate(addr, &plan.primary).await?,
-            };
-            if served != leaf {
-                return Err(VerifyError::Other {
-                    addr,
-                    name: plan.lineage(),
-                    block: server.location(),
-                });
+            // An old worker that has begun shutting down may still hold its listening socket
+            // for a moment: another certificate counts only after VERIFY_SETTLE.
+            let deadline = tokio::time::Instant::now() + VERIFY_SETTLE;
+            loop {
+                let served = match plan.variant {
+                    Some(_) => served_rsa_certificate(addr, &plan.primary).await?,
+                    None => served_certificate(addr, &plan.primary).await?,
+                };
+                if served == leaf {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(VerifyError::Other {
+                        addr,
+                        name: plan.lineage(),
+                        block: server.location(),
+                    });
+                }
+                tokio::time::sleep(VERIFY_RETRY).await;
             }
             checked += 1;
         }
