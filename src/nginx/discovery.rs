@@ -314,6 +314,25 @@ pub fn scan(cfg: &Config, defaults: &BuildDefaults) -> Scan {
     if https.is_empty() {
         warnings.push("no http block: nothing to enroll".into());
     }
+    // Blocks in a context nginx rejects (an http{} reached through an include inside http{},
+    // a server{} inside a server or location): said where they are, as nginx -t would.
+    cfg.walk(|d, parents| {
+        let misplaced = match d.name.as_str() {
+            "http" => !parents.is_empty(),
+            "server" if d.block.is_some() => parents
+                .last()
+                .is_some_and(|p| matches!(p.name.as_str(), "server" | "location" | "if")),
+            _ => false,
+        };
+        if misplaced {
+            let (line, col) = cfg.line_col(d.file, d.start);
+            warnings.push(format!(
+                "{}:{line}:{col}: \"{}\" directive is not allowed here (nginx -t refuses it; its server blocks are not enrolled)",
+                cfg.files[d.file].path.display(),
+                d.name
+            ));
+        }
+    });
     for http in https {
         let http_children = cfg.expanded(http.children());
         let http_settings: Vec<&Directive> = http_children
@@ -703,5 +722,31 @@ mod tests {
         assert_eq!(pick("other.test"), Some(1));
         assert_eq!(server_for_host(&s, "other.test", 8080), Some(6));
         assert_eq!(server_for_host(&s, "x.test", 81), None);
+    }
+
+    #[test]
+    fn blocks_in_contexts_nginx_rejects_are_reported_where_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("site.conf"),
+            "http {\n  server { listen 80; server_name inner.test; }\n}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            "http {\n  include site.conf;\n  server { listen 80; server_name a.test;\n    server { listen 81; }\n  }\n}\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&dir.path().join("nginx.conf"), &crate::nginx::DiskSource).unwrap();
+        let s = scan(&cfg, &BuildDefaults::default());
+        let text = s.warnings.join("\n");
+        assert!(
+            text.contains("site.conf:1:1: \"http\" directive is not allowed here"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nginx.conf:4:5: \"server\" directive is not allowed here"),
+            "{text}"
+        );
     }
 }
