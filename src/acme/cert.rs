@@ -113,7 +113,9 @@ pub fn to_pem(label: &str, der: &[u8]) -> String {
 
 /// Decodes a CSR given as PEM (`CERTIFICATE REQUEST`) or DER.
 pub fn csr_der(data: &[u8]) -> Result<Vec<u8>, Error> {
-    if data.starts_with(b"-----") || data.iter().take(64).any(|b| *b == b'-') {
+    // DER is a SEQUENCE (0x30); anything else must be PEM text. (Looking for a '-' among the
+    // first bytes, as before, took DER whose key bytes happen to hold 0x2d for PEM.)
+    if data.first() != Some(&0x30) {
         return CertificateSigningRequestDer::from_pem_slice(data)
             .map(|c| c.as_ref().to_vec())
             .map_err(|e| {
@@ -468,6 +470,19 @@ mod tests {
             ari_cert_id(&aki, &serial),
             "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
         );
+    }
+
+    #[test]
+    fn der_csrs_whose_bytes_hold_a_dash_are_still_der() {
+        let names = vec!["a.example.org".to_owned()];
+        let csr = (0..500)
+            .map(|_| create_csr(&KeyPair::generate(KeyType::P256), &names).unwrap())
+            .find(|c| c.der.iter().take(64).any(|b| *b == b'-'))
+            .expect("a CSR with 0x2d among its first bytes");
+        assert_eq!(csr_der(&csr.der).unwrap(), csr.der);
+        let commented = format!("# a CSR\n{}", csr.pem);
+        assert_eq!(csr_der(commented.as_bytes()).unwrap(), csr.der);
+        assert!(csr_der(b"garbage").is_err());
     }
 
     #[test]
