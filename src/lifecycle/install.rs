@@ -14,7 +14,7 @@ use super::Error;
 use crate::acme;
 use crate::hooks::{DeployInfo, Stage};
 use crate::nginx::discovery::Scan;
-use crate::nginx::edit::{self, InstallSpec};
+use crate::nginx::edit::{self, Edit, InstallSpec};
 use crate::nginx::probe::{loopback_for, served_certificate, served_rsa_certificate, ProbeError};
 use crate::nginx::transaction::{self, Change, ChangeError};
 use crate::nginx::Config;
@@ -146,19 +146,12 @@ impl Run {
         let mut change = Change::default();
         let mut kept = Vec::new();
         for s in staged {
-            let spec = self.install_spec(&s.plan);
-            let edits: Result<Vec<_>, _> = s
-                .plan
-                .install_blocks
-                .iter()
-                .map(|&b| edit::install_edits(cfg, &scan.servers[b], &spec))
-                .collect();
-            match edits {
+            match self.edits_for(cfg, scan, &s.plan) {
                 Ok(e) => {
-                    change.edits.extend(e.into_iter().flatten());
+                    change.edits.extend(e);
                     kept.push(s);
                 }
-                Err(e) => outcomes.push(self.fail_and_roll_back(&s, e.0)),
+                Err(why) => outcomes.push(self.fail_and_roll_back(&s, why)),
             }
         }
         if kept.is_empty() {
@@ -177,7 +170,7 @@ impl Run {
             Err(e @ ChangeError::Rejected { .. })
                 if kept.len() > 1 && e.restore_failure().is_none() =>
             {
-                self.one_block_at_a_time(&ctl, scan, kept, &backups, outcomes)
+                self.one_block_at_a_time(&ctl, kept, &backups, outcomes)
                     .await?
             }
             Err(e) => {
@@ -219,7 +212,6 @@ impl Run {
     async fn one_block_at_a_time(
         &self,
         ctl: &crate::nginx::NginxCtl,
-        scan: &Scan,
         kept: Vec<Staged>,
         backups: &std::path::Path,
         outcomes: &mut Vec<Outcome>,
@@ -227,29 +219,20 @@ impl Run {
         let mut accepted = Vec::new();
         let mut applied = Vec::new();
         for s in kept {
+            // Our edits only insert and replace lines inside blocks: the blocks keep their
+            // order, so the plan's block indices hold in the re-read configuration (their line
+            // numbers do not).
             let (cfg_now, scan_now) = self.reread()?;
-            let block_of = |i: usize| {
-                let old = &scan.servers[i];
-                scan_now
-                    .servers
-                    .iter()
-                    .find(|b| b.file == old.file && b.line == old.line)
-                    .or(scan_now.servers.get(i))
-            };
-            let spec = self.install_spec(&s.plan);
-            let mut change = Change::default();
-            let mut refused = None;
-            for &b in &s.plan.install_blocks {
-                match block_of(b).map(|blk| edit::install_edits(&cfg_now, blk, &spec)) {
-                    Some(Ok(e)) => change.edits.extend(e),
-                    Some(Err(e)) => refused = Some(e.0),
-                    None => refused = Some("its server block is gone".into()),
+            let change = match self.edits_for(&cfg_now, &scan_now, &s.plan) {
+                Ok(edits) => Change {
+                    edits,
+                    ..Change::default()
+                },
+                Err(why) => {
+                    outcomes.push(self.fail_and_roll_back(&s, why));
+                    continue;
                 }
-            }
-            if let Some(why) = refused {
-                outcomes.push(self.fail_and_roll_back(&s, why));
-                continue;
-            }
+            };
             match transaction::commit(ctl, &cfg_now, &change, backups, false).await {
                 Ok(a) => {
                     applied.push(a);
@@ -274,6 +257,20 @@ impl Run {
             return Ok(Vec::new());
         }
         Ok(accepted)
+    }
+
+    /// The edits that point a plan's install blocks (indices into `scan`) at its lineage.
+    fn edits_for(&self, cfg: &Config, scan: &Scan, plan: &Plan) -> Result<Vec<Edit>, String> {
+        let spec = self.install_spec(plan);
+        let mut edits = Vec::new();
+        for &b in &plan.install_blocks {
+            let block = scan
+                .servers
+                .get(b)
+                .ok_or_else(|| "its server block is gone".to_owned())?;
+            edits.extend(edit::install_edits(cfg, block, &spec).map_err(|e| e.0)?);
+        }
+        Ok(edits)
     }
 
     /// What a plan's blocks are pointed at: its lineage's live files, in its slot.
