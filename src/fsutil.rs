@@ -279,6 +279,46 @@ pub fn open_dir_safely(path: &Path, create: Option<u32>) -> Result<std::os::fd::
     Ok(fd)
 }
 
+/// Why a file or directory is not safe to run programs from: a user other than root (and
+/// us) owns it, or its group or everyone may write it.
+pub fn writable_by_others(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("cannot be inspected: {e}")),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Some(format!("belongs to uid {}, not to root", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some(format!(
+            "is writable by {} (mode {:o})",
+            if meta.mode() & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            meta.mode() & 0o7777
+        ));
+    }
+    None
+}
+
+/// Why a program file must not run: it (after symlinks) or the directory it really lives in could
+/// be written by another user.
+pub fn unsafe_to_run(path: &Path) -> Option<String> {
+    let real = match std::fs::canonicalize(path) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("{}: {e}", path.display())),
+    };
+    if let Some(why) = writable_by_others(&real) {
+        return Some(format!("{} {why}", real.display()));
+    }
+    let parent = real.parent()?;
+    writable_by_others(parent).map(|why| format!("{} {why}", parent.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,9 +153,14 @@ impl Hooks {
             }
             let dirs_unsafe = [dir.as_path(), stage_dir.as_path()]
                 .into_iter()
-                .find_map(|d| unsafe_reason(d).map(|why| format!("{} {why}", d.display())));
+                .find_map(|d| {
+                    crate::fsutil::writable_by_others(d).map(|why| format!("{} {why}", d.display()))
+                });
             out.extend(files.into_iter().map(|p| {
-                match dirs_unsafe.clone().or_else(|| hook_file_unsafe(&p)) {
+                match dirs_unsafe
+                    .clone()
+                    .or_else(|| crate::fsutil::unsafe_to_run(&p))
+                {
                     Some(why) => HookCommand::Unsafe(p, why),
                     None => HookCommand::File(p),
                 }
@@ -195,45 +200,6 @@ fn executables(dir: &Path) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
-}
-
-/// Why a file or directory is not safe to run hooks from: another user could write it.
-fn unsafe_reason(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) => return Some(format!("cannot be inspected: {e}")),
-    };
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != me {
-        return Some(format!("belongs to uid {}, not to root", meta.uid()));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Some(format!(
-            "is writable by {} (mode {:o})",
-            if meta.mode() & 0o002 != 0 {
-                "everyone"
-            } else {
-                "its group"
-            },
-            meta.mode() & 0o7777
-        ));
-    }
-    None
-}
-
-/// Why a hook file must not run: it (after symlinks) or the directory it really lives in could
-/// be written by another user.
-fn hook_file_unsafe(path: &Path) -> Option<String> {
-    let real = match std::fs::canonicalize(path) {
-        Ok(r) => r,
-        Err(e) => return Some(format!("{}: {e}", path.display())),
-    };
-    if let Some(why) = unsafe_reason(&real) {
-        return Some(format!("{} {why}", real.display()));
-    }
-    let parent = real.parent()?;
-    unsafe_reason(parent).map(|why| format!("{} {why}", parent.display()))
 }
 
 /// One hook to run.

@@ -241,7 +241,7 @@ impl OrderHandle {
                 _ => return Err(authorization_failure(&authz)),
             }
             let challenge = solver
-                .challenge_types()
+                .challenge_types_for(&authz.identifier, authz.wildcard)
                 .iter()
                 .find_map(|kind| authz.challenges.iter().find(|c| &c.kind == kind))
                 .ok_or_else(|| Error::NoSupportedChallenge {

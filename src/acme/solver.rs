@@ -53,6 +53,13 @@ pub trait ChallengeSolver: Send + Sync {
     /// The challenge types this solver can answer, most preferred first.
     fn challenge_types(&self) -> &[ChallengeType];
 
+    /// The challenge types for one authorization, most preferred first; by default
+    /// [`challenge_types`](Self::challenge_types). A solver that answers some identifiers one
+    /// way and others another (dns-01 for wildcards, http-01 for the rest) overrides this.
+    fn challenge_types_for(&self, _identifier: &Identifier, _wildcard: bool) -> &[ChallengeType] {
+        self.challenge_types()
+    }
+
     /// Makes the response available. An error stops the order before the CA is asked to
     /// validate anything, so a solver may check its own work here (a preflight).
     fn fulfill(

@@ -3,7 +3,10 @@
 //! solver, which writes token files into the directory nginx serves
 //! `/.well-known/acme-challenge/` from.
 
+pub mod dav;
+pub mod dns;
 pub mod preflight;
+pub mod route;
 pub mod webroot;
 
 pub use crate::acme::solver::{ChallengeSolver, PendingChallenge, SolverError};

@@ -2,17 +2,22 @@
 //! command-line flags and the configuration file (`/etc/acme-nginx/config.toml`), so the two
 //! cannot drift. Flags win over the file, the file over the defaults.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use acme_nginx::acme::{self, KeyType};
+use acme_nginx::challenge::dav::DavConfig;
+use acme_nginx::challenge::dns::lookup::{self, Resolver};
+use acme_nginx::challenge::dns::{DnsConfig, ProviderConfig, DEFAULT_PROPAGATION_TIMEOUT};
 use acme_nginx::hooks::Hooks;
 use acme_nginx::lifecycle::settings::{
-    DEFAULT_CONCURRENCY, DEFAULT_HOOKS_DIR, DEFAULT_HTTPS_PORT, DEFAULT_HTTP_PORT, DEFAULT_SNIPPET,
-    DEFAULT_STATE_DIR,
+    Challenge, DEFAULT_CONCURRENCY, DEFAULT_HOOKS_DIR, DEFAULT_HTTPS_PORT, DEFAULT_HTTP_PORT,
+    DEFAULT_SNIPPET, DEFAULT_STATE_DIR,
 };
 use acme_nginx::lifecycle::Settings;
 use acme_nginx::nginx;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use super::{CliError, Context};
@@ -143,6 +148,231 @@ pub struct Options {
     /// Directory holding pre.d/, post.d/, deploy.d/ [default: /etc/acme-nginx/hooks].
     #[arg(long, value_name = "DIR", help_heading = "Hooks")]
     pub hooks_dir: Option<PathBuf>,
+
+    /// The challenge names take: http-01, or dns-01 (needs a DNS solver) [default: http-01;
+    /// wildcards always take dns-01].
+    #[arg(long, value_name = "http-01|dns-01", help_heading = "Challenges")]
+    pub challenge: Option<Challenge>,
+    /// The challenge of single names (the file's `[challenges]` table: `"NAME" = "dns-01"`).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub challenges: BTreeMap<String, Challenge>,
+    /// Put http-01 tokens on this WebDAV collection (`URL/TOKEN`) instead of serving them
+    /// from this host's nginx: for names served by other machines.
+    #[arg(long, value_name = "URL", help_heading = "Challenges")]
+    pub http_dav: Option<String>,
+    /// The WebDAV user (basic authentication).
+    #[arg(
+        long,
+        value_name = "USER",
+        requires = "http_dav",
+        help_heading = "Challenges"
+    )]
+    pub http_dav_user: Option<String>,
+    /// A file holding the WebDAV password.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "http_dav_user",
+        help_heading = "Challenges"
+    )]
+    pub http_dav_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(default)]
+    pub dns: DnsOptions,
+}
+
+/// The DNS providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsProvider {
+    /// RFC 2136 dynamic updates (BIND, Knot, PowerDNS, ...), signed with TSIG.
+    Rfc2136,
+    /// The PowerDNS HTTP API.
+    Powerdns,
+    /// A command: `CMD add|del NAME VALUE`.
+    Hook,
+}
+
+/// The DNS solver: flags `--dns-*`, the file's `[dns]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsOptions {
+    /// The DNS provider that makes dns-01 TXT records (enables wildcard names).
+    #[arg(
+        id = "dns_provider",
+        long = "dns",
+        visible_alias = "dns-provider",
+        value_name = "rfc2136|powerdns|hook",
+        help_heading = "DNS"
+    )]
+    pub provider: Option<DnsProvider>,
+    /// rfc2136: the primary server updates go to.
+    #[arg(
+        id = "dns_server",
+        long = "dns-server",
+        value_name = "HOST[:PORT]",
+        help_heading = "DNS"
+    )]
+    pub server: Option<String>,
+    /// rfc2136: the TSIG key file, in BIND's format (`tsig-keygen` output).
+    #[arg(
+        id = "dns_tsig_key",
+        long = "dns-tsig-key",
+        value_name = "FILE",
+        help_heading = "DNS"
+    )]
+    pub tsig_key: Option<PathBuf>,
+    /// The zone to update, instead of the one found from the SOA (or the PowerDNS zone list).
+    #[arg(
+        id = "dns_zone",
+        long = "dns-zone",
+        value_name = "ZONE",
+        help_heading = "DNS"
+    )]
+    pub zone: Option<String>,
+    /// powerdns: the API's base URL (`http://127.0.0.1:8081`).
+    #[arg(
+        id = "dns_api_url",
+        long = "dns-api-url",
+        value_name = "URL",
+        help_heading = "DNS"
+    )]
+    pub api_url: Option<String>,
+    /// powerdns: a file holding the API key.
+    #[arg(
+        id = "dns_api_key_file",
+        long = "dns-api-key-file",
+        value_name = "FILE",
+        help_heading = "DNS"
+    )]
+    pub api_key_file: Option<PathBuf>,
+    /// hook: the command run as `CMD add|del NAME VALUE`.
+    #[arg(
+        id = "dns_hook",
+        long = "dns-hook",
+        value_name = "CMD",
+        help_heading = "DNS"
+    )]
+    pub hook: Option<String>,
+    /// The resolver lookups go to [default: the first nameserver of /etc/resolv.conf].
+    #[arg(
+        id = "dns_resolver",
+        long = "dns-resolver",
+        value_name = "IP[:PORT]",
+        help_heading = "DNS"
+    )]
+    pub resolver: Option<String>,
+    /// The port authoritative servers are asked on [default: 53; another only for test beds].
+    #[arg(
+        id = "dns_authoritative_port",
+        long = "dns-authoritative-port",
+        value_name = "PORT",
+        help_heading = "DNS"
+    )]
+    pub authoritative_port: Option<u16>,
+    /// Seconds to wait for every authoritative server to return a new record [default: 120].
+    #[arg(
+        id = "dns_propagation_timeout",
+        long = "dns-propagation-timeout",
+        value_name = "SECS",
+        help_heading = "DNS"
+    )]
+    pub propagation_timeout: Option<u64>,
+}
+
+impl DnsOptions {
+    fn over(self, file: DnsOptions) -> DnsOptions {
+        DnsOptions {
+            provider: self.provider.or(file.provider),
+            server: self.server.or(file.server),
+            tsig_key: self.tsig_key.or(file.tsig_key),
+            zone: self.zone.or(file.zone),
+            api_url: self.api_url.or(file.api_url),
+            api_key_file: self.api_key_file.or(file.api_key_file),
+            hook: self.hook.or(file.hook),
+            resolver: self.resolver.or(file.resolver),
+            authoritative_port: self.authoritative_port.or(file.authoritative_port),
+            propagation_timeout: self.propagation_timeout.or(file.propagation_timeout),
+        }
+    }
+
+    /// The resolver override, if any.
+    fn resolver(&self) -> Result<Option<Resolver>, CliError> {
+        let port = self.authoritative_port.unwrap_or(lookup::DNS_PORT);
+        match &self.resolver {
+            Some(text) => {
+                let server = lookup::parse_server(text, lookup::DNS_PORT).ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--dns-resolver {text:?}: not an IP address with an optional port"
+                    ))
+                })?;
+                Ok(Some(Resolver {
+                    server,
+                    authoritative_port: port,
+                }))
+            }
+            None if self.authoritative_port.is_some() => Ok(Some(Resolver {
+                authoritative_port: port,
+                ..Resolver::system()
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// The DNS solver's configuration; None without a provider. A provider without what it
+    /// needs, or provider settings without a provider, is a usage error.
+    fn config(&self) -> Result<Option<DnsConfig>, CliError> {
+        let need = |what: &str, flag: &str| {
+            CliError::Usage(format!(
+                "--dns {what} needs --dns-{flag} (or `{}` in the [dns] table)",
+                flag.replace('-', "_")
+            ))
+        };
+        let provider = match self.provider {
+            None => {
+                if self.server.is_some()
+                    || self.tsig_key.is_some()
+                    || self.api_url.is_some()
+                    || self.api_key_file.is_some()
+                    || self.hook.is_some()
+                {
+                    return Err(CliError::Usage(
+                        "DNS provider settings without a provider: add --dns rfc2136|powerdns|hook (or `provider` in the [dns] table)".into(),
+                    ));
+                }
+                return Ok(None);
+            }
+            Some(DnsProvider::Rfc2136) => ProviderConfig::Rfc2136 {
+                server: self
+                    .server
+                    .clone()
+                    .ok_or_else(|| need("rfc2136", "server"))?,
+                tsig_key: self.tsig_key.clone(),
+            },
+            Some(DnsProvider::Powerdns) => ProviderConfig::PowerDns {
+                api_url: self
+                    .api_url
+                    .clone()
+                    .ok_or_else(|| need("powerdns", "api-url"))?,
+                api_key_file: self
+                    .api_key_file
+                    .clone()
+                    .ok_or_else(|| need("powerdns", "api-key-file"))?,
+            },
+            Some(DnsProvider::Hook) => ProviderConfig::Hook {
+                command: self.hook.clone().ok_or_else(|| need("hook", "hook"))?,
+            },
+        };
+        Ok(Some(DnsConfig {
+            provider,
+            zone: self.zone.clone(),
+            resolver: self.resolver()?,
+            propagation_timeout: self
+                .propagation_timeout
+                .map_or(DEFAULT_PROPAGATION_TIMEOUT, Duration::from_secs),
+        }))
+    }
 }
 
 /// Fills each unset field of `$a` from `$b`.
@@ -151,6 +381,8 @@ macro_rules! or_fields {
         Options {
             $($f: $a.$f.or($b.$f),)*
             $($flag: $a.$flag || $b.$flag,)*
+            challenges: if $a.challenges.is_empty() { $b.challenges } else { $a.challenges },
+            dns: $a.dns.over($b.dns),
         }
     };
 }
@@ -162,7 +394,7 @@ impl Options {
             directory, ca_file, config_file, state_dir, nginx_conf, nginx_bin, nginx_prefix,
             nginx_dump, http_port, https_port, challenge_snippet, challenge_dir, email, eab_kid,
             eab_hmac_key, key_type, profile, preferred_chain, concurrency, pre_hook, post_hook,
-            deploy_hook, hooks_dir;
+            deploy_hook, hooks_dir, challenge, http_dav, http_dav_user, http_dav_password_file;
             redirect, agree_tos, reuse_key)
     }
 
@@ -207,6 +439,33 @@ impl Options {
             .state_dir
             .clone()
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let dns = o.dns.config()?;
+        let challenge = o.challenge.unwrap_or_default();
+        let challenges: BTreeMap<String, Challenge> = o
+            .challenges
+            .iter()
+            .map(|(n, c)| (n.trim_end_matches('.').to_ascii_lowercase(), *c))
+            .collect();
+        if dns.is_none() {
+            let asked = (challenge == Challenge::Dns01)
+                .then(|| "--challenge dns-01".to_owned())
+                .or_else(|| {
+                    challenges
+                        .iter()
+                        .find(|(_, c)| **c == Challenge::Dns01)
+                        .map(|(n, _)| format!("[challenges] {n:?} = \"dns-01\""))
+                });
+            if let Some(asked) = asked {
+                return Err(CliError::Usage(format!(
+                    "{asked} needs a DNS solver: add --dns rfc2136|powerdns|hook (or a [dns] table)"
+                )));
+            }
+        }
+        let dav = o.http_dav.clone().map(|url| DavConfig {
+            url,
+            user: o.http_dav_user.clone(),
+            password_file: o.http_dav_password_file.clone(),
+        });
         Ok(Settings {
             directory,
             client_config,
@@ -236,6 +495,11 @@ impl Options {
             state_dir,
             concurrency: o.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
             reuse_key: o.reuse_key,
+            challenge,
+            challenges,
+            resolver: o.dns.resolver()?,
+            dns,
+            dav,
         })
     }
 }

@@ -1,7 +1,11 @@
 //! `acme-nginx scan`: what acme-nginx sees in the nginx configuration.
 
+use std::collections::BTreeMap;
+
+use acme_nginx::lifecycle::plan::Proving;
 use acme_nginx::nginx::discovery::Scan;
 use clap::Args;
+use serde::Serialize;
 
 use super::options::Options;
 use super::{output, CliError, CmdResult, Context, Exit};
@@ -12,25 +16,72 @@ pub struct ScanArgs {
     pub options: Options,
 }
 
+/// The JSON output: the scan, and how each name would be proven.
+#[derive(Serialize)]
+struct ScanOutput<'a> {
+    #[serde(flatten)]
+    scan: &'a Scan,
+    /// Per server block (same order), each name and its challenge.
+    challenges: Vec<BTreeMap<String, String>>,
+}
+
 pub fn run(ctx: &Context, args: ScanArgs) -> CmdResult {
+    let settings = args.options.settings(ctx)?;
+    let proving = settings.proving();
     let (config, scan) = args.options.nginx_paths()?.load_with(false)?;
     // The tree is large and the process ends here: leave it to the OS instead of freeing
     // a hundred thousand nodes one by one.
     std::mem::forget(config);
     if ctx.json {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        serde_json::to_writer(&mut out, &scan)
+        let out_value = ScanOutput {
+            scan: &scan,
+            challenges: scan
+                .servers
+                .iter()
+                .map(|s| {
+                    proving
+                        .block_names(s)
+                        .into_iter()
+                        .map(|n| {
+                            let m = proving.method_for(&n).to_string();
+                            (n, m)
+                        })
+                        .collect()
+                })
+                .collect(),
+        };
+        serde_json::to_writer(&mut out, &out_value)
             .map_err(std::io::Error::from)
             .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
             .and_then(|()| std::io::Write::flush(&mut out))
             .map_err(CliError::Output)?;
     } else {
-        table(&scan)?;
+        table(&scan, &proving)?;
     }
     Ok(Exit::Ok)
 }
 
-fn table(scan: &Scan) -> Result<(), CliError> {
+/// How a block's names are proven: one method, or each name's when they differ.
+fn challenges(s: &acme_nginx::nginx::discovery::ServerBlock, proving: &Proving<'_>) -> String {
+    let names = proving.block_names(s);
+    let methods: Vec<String> = names
+        .iter()
+        .map(|n| proving.method_for(n).to_string())
+        .collect();
+    match methods.first() {
+        None => "-".into(),
+        Some(first) if methods.iter().all(|m| m == first) => first.clone(),
+        Some(_) => names
+            .iter()
+            .zip(&methods)
+            .map(|(n, m)| format!("{n}: {m}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn table(scan: &Scan, proving: &Proving<'_>) -> Result<(), CliError> {
     output::line(format!(
         "nginx: {}  user: {}:{}  pid file: {}",
         scan.nginx_conf.display(),
@@ -38,7 +89,7 @@ fn table(scan: &Scan) -> Result<(), CliError> {
         scan.group,
         scan.pid_file.display()
     ))?;
-    let rows: Vec<[String; 6]> = scan
+    let rows: Vec<[String; 7]> = scan
         .servers
         .iter()
         .map(|s| {
@@ -64,6 +115,7 @@ fn table(scan: &Scan) -> Result<(), CliError> {
                     (None, Some(r)) => format!("- ({})", output::one_line(r)),
                     (None, None) => "-".into(),
                 },
+                challenges(s, proving),
                 s.ssl_certificate.clone().unwrap_or_else(|| "-".into()),
             ]
         })
@@ -74,11 +126,17 @@ fn table(scan: &Scan) -> Result<(), CliError> {
         "NAMES",
         "LISTEN",
         "CHALLENGE DIR",
+        "CHALLENGE",
         "CERTIFICATE",
     ];
     output::table(header, &rows, 60)?;
     for s in &scan.servers {
-        for k in &s.skipped {
+        let names = proving.block_names(s);
+        for k in s
+            .skipped
+            .iter()
+            .filter(|k| !names.contains(&k.name.to_ascii_lowercase()))
+        {
             output::line(format!(
                 "note: {}: skipping {:?}: {}",
                 s.location(),

@@ -400,11 +400,8 @@ pub(super) async fn verify(
 ) -> Result<(), VerifyError> {
     let leaf = leaf.ok_or(VerifyError::NoLeaf)?;
     let mut checked = 0;
-    for server in scan
-        .servers
-        .iter()
-        .filter(|s| s.enrollable.first() == Some(&plan.primary))
-    {
+    let probe_name = plan.probe_name();
+    for server in plan.blocks.iter().filter_map(|&i| scan.servers.get(i)) {
         for l in server.listen.iter().filter(|l| l.ssl) {
             let Some(addr) = loopback_for(l) else {
                 continue;
@@ -414,8 +411,8 @@ pub(super) async fn verify(
             let deadline = tokio::time::Instant::now() + VERIFY_SETTLE;
             loop {
                 let served = match plan.variant {
-                    Some(_) => served_rsa_certificate(addr, &plan.primary).await?,
-                    None => served_certificate(addr, &plan.primary).await?,
+                    Some(_) => served_rsa_certificate(addr, &probe_name).await?,
+                    None => served_certificate(addr, &probe_name).await?,
                 };
                 if served == leaf {
                     break;

@@ -4,10 +4,74 @@
 
 use std::collections::BTreeMap;
 
+use super::settings::Challenge;
 use super::Error;
 use crate::acme::KeyType;
-use crate::nginx::discovery::{server_for_host, Scan};
+use crate::challenge::route::Method;
+use crate::nginx::discovery::{server_for_host, Scan, ServerBlock};
 use crate::nginx::probe::loopback_for;
+
+/// How names are proven: the solvers configured and the operator's choices.
+#[derive(Debug, Clone, Copy)]
+pub struct Proving<'a> {
+    /// A DNS solver is configured: wildcards can be certified, dns-01 can be chosen.
+    pub dns: bool,
+    /// http-01 goes to a WebDAV server instead of this host's nginx.
+    pub dav: bool,
+    pub default: Challenge,
+    pub per_name: &'a BTreeMap<String, Challenge>,
+}
+
+static NO_CHOICES: BTreeMap<String, Challenge> = BTreeMap::new();
+
+impl Proving<'static> {
+    /// Every name by http-01 through this host's nginx.
+    pub fn webroot_only() -> Self {
+        Proving {
+            dns: false,
+            dav: false,
+            default: Challenge::Http01,
+            per_name: &NO_CHOICES,
+        }
+    }
+}
+
+impl Proving<'_> {
+    /// The method of one name: dns-01 for wildcards and for names the operator gives it
+    /// (when a DNS solver is configured; IP addresses cannot take it, RFC 8738), else http-01
+    /// through the WebDAV server if one is configured, else through this host's nginx.
+    pub fn method_for(&self, name: &str) -> Method {
+        if name.starts_with("*.") {
+            return Method::Dns;
+        }
+        let ip = name.parse::<std::net::IpAddr>().is_ok();
+        let choice = self.per_name.get(name).copied().unwrap_or(self.default);
+        match choice {
+            Challenge::Dns01 if self.dns && !ip => Method::Dns,
+            _ if self.dav => Method::Dav,
+            _ => Method::Webroot,
+        }
+    }
+
+    /// The names of a block a certificate can hold: its enrollable names and, with a DNS
+    /// solver, its wildcards (`*.example.org`, and the one `.example.org` stands for).
+    pub fn block_names(&self, s: &ServerBlock) -> Vec<String> {
+        let mut names = s.enrollable.clone();
+        if self.dns {
+            for k in &s.skipped {
+                let n = k.name.to_ascii_lowercase();
+                let n = n.trim_end_matches('.');
+                if n.starts_with("*.")
+                    && crate::acme::types::is_valid_dns_name(n)
+                    && !names.iter().any(|x| x == n)
+                {
+                    names.push(n.to_owned());
+                }
+            }
+        }
+        names
+    }
+}
 
 /// One certificate to get: its names and the server blocks involved.
 #[derive(Debug, Clone)]
@@ -33,6 +97,8 @@ pub struct Plan {
     /// The second certificate of blocks that serve an ECDSA and an RSA certificate (older
     /// clients get the RSA one): its key type. None for the block's first certificate.
     pub variant: Option<KeyType>,
+    /// How each name is proven.
+    pub methods: BTreeMap<String, Method>,
 }
 
 /// What a lineage of the RSA certificate of a hybrid block adds to its primary name (a name
@@ -53,7 +119,25 @@ impl Plan {
     pub fn slot(&self) -> usize {
         usize::from(self.variant.is_some())
     }
+
+    /// True when a name is proven through this host's nginx (the plan needs its challenge
+    /// block).
+    pub fn uses_webroot(&self) -> bool {
+        self.methods.values().any(|m| *m == Method::Webroot)
+    }
+
+    /// A host name to reach the plan's blocks with (SNI, Host): the primary name, or for a
+    /// wildcard one a name it covers.
+    pub fn probe_name(&self) -> String {
+        match self.primary.strip_prefix("*.") {
+            Some(base) => format!("{PROBE_LABEL}.{base}"),
+            None => self.primary.clone(),
+        }
+    }
 }
+
+/// The label put in front of a wildcard primary name's base to probe its blocks with.
+pub const PROBE_LABEL: &str = "acme-nginx-check";
 
 /// The primary name a lineage belongs to, and whether it is a hybrid block's RSA lineage.
 pub fn split_lineage(name: &str) -> (&str, bool) {
@@ -72,13 +156,23 @@ pub const IP_PROFILE: &str = "shortlived";
 /// nginx picks for the primary name on `http_port` (the port the CA validates on): the name's
 /// own block there, else that port's default server; a name nginx answers on no such port
 /// cannot be validated and its plan says what to add.
-pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>, Error> {
+pub fn plans(
+    scan: &Scan,
+    wanted: &[String],
+    http_port: u16,
+    proving: &Proving<'_>,
+) -> Result<Vec<Plan>, Error> {
     let wanted: Vec<String> = wanted
         .iter()
         .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
         .collect();
+    let block_names: Vec<Vec<String>> = scan
+        .servers
+        .iter()
+        .map(|s| proving.block_names(s))
+        .collect();
     for w in &wanted {
-        if !scan.servers.iter().any(|s| s.enrollable.contains(w)) {
+        if !block_names.iter().any(|names| names.contains(w)) {
             let why = scan
                 .servers
                 .iter()
@@ -94,9 +188,9 @@ pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>
     }
     let mut by_primary: BTreeMap<String, Plan> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
-    for (i, s) in scan.servers.iter().enumerate() {
-        if s.enrollable.is_empty()
-            || (!wanted.is_empty() && !s.enrollable.iter().any(|n| wanted.contains(n)))
+    for (i, (s, enrollable)) in scan.servers.iter().zip(&block_names).enumerate() {
+        if enrollable.is_empty()
+            || (!wanted.is_empty() && !enrollable.iter().any(|n| wanted.contains(n)))
         {
             continue;
         }
@@ -104,8 +198,8 @@ pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>
         // into a DNS certificate. A block serves one certificate, so an IP name that shares
         // its block with DNS names is left out.
         let is_ip = |n: &String| n.parse::<std::net::IpAddr>().is_ok();
-        let dns: Vec<String> = s.enrollable.iter().filter(|n| !is_ip(n)).cloned().collect();
-        let ips: Vec<String> = s.enrollable.iter().filter(|n| is_ip(n)).cloned().collect();
+        let dns: Vec<String> = enrollable.iter().filter(|n| !is_ip(n)).cloned().collect();
+        let ips: Vec<String> = enrollable.iter().filter(|n| is_ip(n)).cloned().collect();
         let (names, ip_literal, left_out) = match (dns.is_empty(), ips.len()) {
             (false, _) => (
                 dns,
@@ -141,12 +235,14 @@ pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>
                 ip_literal,
                 left_out: Vec::new(),
                 variant: None,
+                methods: BTreeMap::new(),
             }
         });
         plan.left_out.extend(left_out);
         for n in &names {
             if !plan.names.contains(n) {
                 plan.names.push(n.clone());
+                plan.methods.insert(n.clone(), proving.method_for(n));
             }
         }
         plan.blocks.push(i);
@@ -158,7 +254,13 @@ pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>
             continue;
         };
         let ssl = |i: &usize| scan.servers[*i].listen.iter().any(|l| l.ssl);
-        plan.challenge_block = server_for_host(scan, &plan.primary, http_port).filter(|&i| {
+        // The block nginx answers the first name proven through it with.
+        let via_nginx = plan
+            .names
+            .iter()
+            .find(|n| plan.methods.get(*n) == Some(&Method::Webroot))
+            .unwrap_or(&plan.primary);
+        plan.challenge_block = server_for_host(scan, via_nginx, http_port).filter(|&i| {
             scan.servers[i]
                 .listen
                 .iter()
@@ -182,7 +284,7 @@ pub fn plans(scan: &Scan, wanted: &[String], http_port: u16) -> Result<Vec<Plan>
             .install_blocks
             .iter()
             .any(|&i| scan.servers[i].ssl_certificates.len() >= 2);
-        if plan.challenge_block.is_none() {
+        if plan.challenge_block.is_none() && plan.uses_webroot() {
             plan.error = Some(format!(
                 "nginx answers {} on no plain-HTTP port {http_port}, where the CA validates http-01: add `listen {http_port};` to the server block at {}",
                 plan.primary,
@@ -221,7 +323,7 @@ mod tests {
              server { listen 443 ssl; server_name c.example.org; }\n \
              server { listen 80; server_name _; }\n}",
         );
-        let p = plans(&s, &[], 80).unwrap();
+        let p = plans(&s, &[], 80, &Proving::webroot_only()).unwrap();
         assert_eq!(p.len(), 3);
         assert_eq!(p[0].primary, "a.example.org");
         assert_eq!(p[0].names, vec!["a.example.org", "www.a.example.org"]);
@@ -238,14 +340,20 @@ mod tests {
         // c has no port-80 block of its own: nginx hands its requests to the port's default
         // server (the first block on 80), which answers its challenge.
         assert_eq!(p[2].challenge_block, Some(0));
-        let only_b = plans(&s, &["B.example.org".into()], 80).unwrap();
+        let only_b = plans(&s, &["B.example.org".into()], 80, &Proving::webroot_only()).unwrap();
         assert_eq!(only_b.len(), 1);
         assert!(only_b[0].named);
-        let err = plans(&s, &["_".into()], 80).unwrap_err();
+        let err = plans(&s, &["_".into()], 80, &Proving::webroot_only()).unwrap_err();
         assert!(err.to_string().contains("skips it"), "{err}");
-        assert!(plans(&s, &["nope.example.org".into()], 80).is_err());
+        assert!(plans(
+            &s,
+            &["nope.example.org".into()],
+            80,
+            &Proving::webroot_only()
+        )
+        .is_err());
         // On port 8080 nothing listens: every plan says what to add.
-        let p = plans(&s, &[], 8080).unwrap();
+        let p = plans(&s, &[], 8080, &Proving::webroot_only()).unwrap();
         assert!(p
             .iter()
             .all(|p| p.error.as_deref().unwrap().contains("add `listen 8080;`")));
@@ -257,7 +365,7 @@ mod tests {
             "http {\n server { listen 80; server_name a.example.org 192.0.2.1; }\n \
              server { listen 80; server_name 192.0.2.7 2001:db8::7; }\n}",
         );
-        let p = plans(&s, &[], 80).unwrap();
+        let p = plans(&s, &[], 80, &Proving::webroot_only()).unwrap();
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].names, vec!["a.example.org"]);
         assert!(!p[0].ip_literal);
@@ -266,5 +374,69 @@ mod tests {
         assert_eq!(p[1].names, vec!["192.0.2.7"]);
         assert!(p[1].ip_literal);
         assert_eq!(p[1].left_out[0].0, "2001:db8::7");
+    }
+
+    #[test]
+    fn wildcards_join_their_block_only_with_a_dns_solver() {
+        let s = scan_of(
+            "http {\n server { listen 443 ssl; server_name example.test *.example.test; }\n \
+             server { listen 443 ssl; server_name .other.test; }\n \
+             server { listen 443 ssl; server_name *.only.test; }\n \
+             server { listen 80; server_name plain.test; }\n}",
+        );
+        let without = plans(&s, &[], 80, &Proving::webroot_only()).unwrap();
+        assert_eq!(without.len(), 3);
+        assert!(without
+            .iter()
+            .all(|p| p.names.iter().all(|n| !n.starts_with('*'))));
+
+        let choices = BTreeMap::from([("plain.test".to_owned(), Challenge::Dns01)]);
+        let proving = Proving {
+            dns: true,
+            dav: false,
+            default: Challenge::Http01,
+            per_name: &choices,
+        };
+        let p = plans(&s, &[], 80, &proving).unwrap();
+        let names: Vec<Vec<&str>> = p
+            .iter()
+            .map(|p| p.names.iter().map(String::as_str).collect())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                vec!["example.test", "*.example.test"],
+                vec!["other.test", "*.other.test"],
+                vec!["*.only.test"],
+                vec!["plain.test"],
+            ]
+        );
+        assert_eq!(p[0].methods["example.test"], Method::Webroot);
+        assert_eq!(p[0].methods["*.example.test"], Method::Dns);
+        // Only dns-01: no port-80 block is needed.
+        assert_eq!(p[2].primary, "*.only.test");
+        assert!(p[2].error.is_none(), "{:?}", p[2].error);
+        assert_eq!(p[2].probe_name(), "acme-nginx-check.only.test");
+        assert_eq!(p[3].methods["plain.test"], Method::Dns);
+        assert!(p[3].error.is_none());
+        // A wildcard can be asked for by name.
+        assert_eq!(
+            plans(&s, &["*.only.test".into()], 80, &proving)
+                .unwrap()
+                .len(),
+            1
+        );
+        // With WebDAV, http-01 names go there; IP addresses never take dns-01.
+        let dav = Proving {
+            dav: true,
+            ..proving
+        };
+        assert_eq!(dav.method_for("example.test"), Method::Dav);
+        let all_dns = Proving {
+            default: Challenge::Dns01,
+            ..proving
+        };
+        assert_eq!(all_dns.method_for("192.0.2.1"), Method::Webroot);
+        assert_eq!(all_dns.method_for("a.test"), Method::Dns);
     }
 }

@@ -40,7 +40,7 @@ impl Run {
     /// maps to that block's second plan).
     fn plan_for_lineage(&self, scan: &crate::nginx::discovery::Scan, name: &str) -> Option<Plan> {
         let (primary, rsa) = plan::split_lineage(name);
-        plan::plans(scan, &[primary.to_owned()], self.settings.http_port)
+        self.plans(scan, &[primary.to_owned()])
             .ok()?
             .into_iter()
             .find(|p| p.primary == primary && p.variant.is_some() == rsa)
@@ -50,6 +50,7 @@ impl Run {
     /// A lineage in failure backoff waits unless it is named.
     pub async fn renew(&self, wanted: &[String], force: bool) -> Result<Vec<Outcome>, Error> {
         let lineages = self.lineages(wanted)?;
+        self.remove_leftover_records().await;
         // A part of the configuration that does not parse must not stop the renewal of the
         // blocks that do: it is left out, and lineages only it could place are reported.
         let (cfg, scan, unreadable) = self.settings.nginx.load_lenient()?;

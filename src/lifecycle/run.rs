@@ -10,13 +10,18 @@ use futures_util::stream::{self, StreamExt};
 use time::OffsetDateTime;
 
 use super::lineage::{live_cert, same_names, LineageMeta};
+use super::outcome::chain_text;
 use super::outcome::{Failure, Outcome, Status};
 use super::plan::{self, Plan};
 use super::policy::Decision;
 use super::settings::{snippet_text, Mode, Settings};
 use super::{account, Error};
 use crate::acme::{self, Account, CertInfo, KeyPair, OrderOptions};
+use crate::challenge::dav::DavSolver;
+use crate::challenge::dns::lookup::Resolver;
+use crate::challenge::dns::{Dns, DnsSolver, TxtRecord};
 use crate::challenge::preflight::{check_reachable, ChallengeRoute, PreflightSolver};
+use crate::challenge::route::{Method, Router};
 use crate::challenge::webroot::remove_token_file;
 use crate::hooks::Stage;
 use crate::nginx::discovery::Scan;
@@ -35,6 +40,13 @@ pub struct Fresh {
     pub chain: acme::CertificateChain,
     /// Issued or Renewed.
     pub status: Status,
+}
+
+/// The run's DNS and WebDAV solvers, or why they cannot be used.
+#[derive(Debug)]
+struct Solvers {
+    dns: Option<Result<Dns, String>>,
+    dav: Option<Result<DavSolver, String>>,
 }
 
 /// The worker user's uid, primary gid and groups.
@@ -105,7 +117,12 @@ impl Run {
 
     /// The plans for the named server blocks (all when `wanted` is empty).
     pub fn plans(&self, scan: &Scan, wanted: &[String]) -> Result<Vec<Plan>, Error> {
-        plan::plans(scan, wanted, self.settings.http_port)
+        plan::plans(
+            scan,
+            wanted,
+            self.settings.http_port,
+            &self.settings.proving(),
+        )
     }
 
     pub(super) fn meta(&self, name: &str) -> Result<LineageMeta, Error> {
@@ -130,6 +147,7 @@ impl Run {
         if plans.iter().any(|p| p.error.is_none()) {
             self.check_nginx(&cfg, &scan).await?;
         }
+        self.remove_leftover_records().await;
         let now = OffsetDateTime::now_utc();
         let mut outcomes = Vec::new();
         let mut to_order = Vec::new();
@@ -313,9 +331,10 @@ impl Run {
         let mut outcomes = Vec::new();
         let needs_snippet: Vec<usize> = (0..to_order.len())
             .filter(|i| {
-                to_order[*i]
-                    .challenge_block
-                    .is_some_and(|b| scan.servers[b].acme_challenge_dir.is_none())
+                to_order[*i].uses_webroot()
+                    && to_order[*i]
+                        .challenge_block
+                        .is_some_and(|b| scan.servers[b].acme_challenge_dir.is_none())
             })
             .collect();
         // The blocks that got the snippet in this run, with the plans answered through them.
@@ -569,12 +588,16 @@ impl Run {
             ));
             outcomes.push(o);
         }
+        let solvers = self.solvers(&plans).await;
         let results: Vec<(Plan, Result<Fresh, Failure>)> = stream::iter(plans)
             .map(|plan| {
                 let account = &account;
                 let identity = identity.as_ref();
+                let solvers = &solvers;
                 async move {
-                    let r = self.obtain_one(account, scan, &plan, identity).await;
+                    let r = self
+                        .obtain_one(account, scan, &plan, identity, solvers)
+                        .await;
                     (plan, r)
                 }
             })
@@ -596,53 +619,109 @@ impl Run {
         Ok(fresh)
     }
 
+    /// The DNS and WebDAV solvers the plans need, made once for the run (a key file that
+    /// cannot be read fails the names that need it, not the others).
+    async fn solvers(&self, plans: &[Plan]) -> Solvers {
+        let needs = |m: Method| plans.iter().any(|p| p.methods.values().any(|x| *x == m));
+        let resolver = self.settings.resolver.unwrap_or_else(Resolver::system);
+        let dns = match &self.settings.dns {
+            Some(config) if needs(Method::Dns) => {
+                Some(Dns::new(config).await.map_err(|e| chain_text(&e)))
+            }
+            _ => None,
+        };
+        let dav = match &self.settings.dav {
+            Some(config) if needs(Method::Dav) => Some(
+                DavSolver::new(config, resolver, self.settings.http_port)
+                    .map_err(|e| chain_text(&e)),
+            ),
+            _ => None,
+        };
+        Solvers { dns, dav }
+    }
+
+    /// Removes the DNS records an earlier run made and did not remove (it was killed during
+    /// the validation, or the removal failed); a record that still cannot be removed stays
+    /// journaled for the next run.
+    pub async fn remove_leftover_records(&self) {
+        if !self.mode.writes_state() {
+            return;
+        }
+        let records: Vec<TxtRecord> = match self.store.dns_journal() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{}", chain_text(&e));
+                return;
+            }
+        };
+        if records.is_empty() {
+            return;
+        }
+        let Some(config) = &self.settings.dns else {
+            tracing::warn!(
+                "{} DNS record(s) left by an earlier run cannot be removed: no DNS solver is configured now",
+                records.len()
+            );
+            return;
+        };
+        let dns = match Dns::new(config).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot remove the DNS records an earlier run left: {}",
+                    chain_text(&e)
+                );
+                return;
+            }
+        };
+        for r in records {
+            match dns.remove(&r).await {
+                Ok(()) => {
+                    tracing::info!("removed the TXT record {} {:?} left by an earlier run", r.name, r.value);
+                    if let Err(e) = self.store.unjournal_dns(&r) {
+                        tracing::warn!("{}", chain_text(&e));
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "cannot remove the TXT record {} left by an earlier run (kept for the next run): {}",
+                    r.name,
+                    chain_text(&e)
+                ),
+            }
+        }
+    }
+
     async fn obtain_one(
         &self,
         account: &Account,
         scan: &Scan,
         plan: &Plan,
         identity: Option<&Identity>,
+        solvers: &Solvers,
     ) -> Result<Fresh, Failure> {
-        let block = &scan.servers[plan
-            .challenge_block
-            .ok_or_else(|| Failure::transient("no challenge block"))?];
-        let dir = block.acme_challenge_dir.clone().ok_or_else(|| {
-            Failure::transient(format!(
-                "{}: {}",
-                block.location(),
-                block.acme_challenge_reason.clone().unwrap_or_default()
-            ))
-        })?;
-        if let Some((uid, _, groups)) = identity {
-            check_reachable(&dir, *uid, groups)
-                .map_err(|e| Failure::transient(format!("{}: {e}", block.location())))?;
-        }
-        let listener = block
-            .listen
-            .iter()
-            .filter(|l| !l.ssl && l.port == self.settings.http_port)
-            .find_map(loopback_for)
-            .ok_or_else(|| {
-                Failure::transient(format!(
-                    "{}: no plain-HTTP listener reachable over loopback",
-                    block.location()
-                ))
-            })?;
-        let routes: HashMap<String, ChallengeRoute> = plan
-            .names
-            .iter()
-            .map(|n| {
-                let route = ChallengeRoute {
-                    dir: dir.clone(),
-                    listener,
-                    block: block.location(),
-                };
-                (n.clone(), route)
-            })
-            .collect();
-        let owner = identity.map(|(u, g, _)| (*u, *g));
         let journal = self.mode.writes_state().then(|| self.store.clone());
-        let solver = PreflightSolver::new(routes, owner, journal);
+        let mut router = Router {
+            methods: plan.methods.iter().map(|(n, m)| (n.clone(), *m)).collect(),
+            ..Router::default()
+        };
+        if plan.uses_webroot() {
+            router.webroot = Some(self.webroot_solver(scan, plan, identity, journal.clone())?);
+        }
+        if plan.methods.values().any(|m| *m == Method::Dav) {
+            match &solvers.dav {
+                Some(Ok(dav)) => router.dav = Some(dav),
+                Some(Err(e)) => return Err(Failure::transient(e.clone())),
+                None => return Err(Failure::transient("no WebDAV server is configured")),
+            }
+        }
+        if plan.methods.values().any(|m| *m == Method::Dns) {
+            match &solvers.dns {
+                Some(Ok(dns)) => router.dns = Some(DnsSolver::new(dns, journal)),
+                Some(Err(e)) => return Err(Failure::transient(e.clone())),
+                None => return Err(Failure::transient("no DNS solver is configured")),
+            }
+        }
+        let solver = router;
         let key = self.certificate_key(plan);
         let csr = acme::create_csr(&key, &plan.names).map_err(|e| Failure::from_acme(&e))?;
         let opts = OrderOptions {
@@ -675,6 +754,57 @@ impl Run {
                 Status::Issued
             },
         })
+    }
+
+    /// The http-01 solver through this host's nginx for a plan's names that take it: tokens
+    /// in the challenge block's directory, checked through nginx.
+    fn webroot_solver(
+        &self,
+        scan: &Scan,
+        plan: &Plan,
+        identity: Option<&Identity>,
+        journal: Option<Store>,
+    ) -> Result<PreflightSolver, Failure> {
+        let block = &scan.servers[plan
+            .challenge_block
+            .ok_or_else(|| Failure::transient("no challenge block"))?];
+        let dir = block.acme_challenge_dir.clone().ok_or_else(|| {
+            Failure::transient(format!(
+                "{}: {}",
+                block.location(),
+                block.acme_challenge_reason.clone().unwrap_or_default()
+            ))
+        })?;
+        if let Some((uid, _, groups)) = identity {
+            check_reachable(&dir, *uid, groups)
+                .map_err(|e| Failure::transient(format!("{}: {e}", block.location())))?;
+        }
+        let listener = block
+            .listen
+            .iter()
+            .filter(|l| !l.ssl && l.port == self.settings.http_port)
+            .find_map(loopback_for)
+            .ok_or_else(|| {
+                Failure::transient(format!(
+                    "{}: no plain-HTTP listener reachable over loopback",
+                    block.location()
+                ))
+            })?;
+        let routes: HashMap<String, ChallengeRoute> = plan
+            .names
+            .iter()
+            .filter(|n| plan.methods.get(*n) == Some(&Method::Webroot))
+            .map(|n| {
+                let route = ChallengeRoute {
+                    dir: dir.clone(),
+                    listener,
+                    block: block.location(),
+                };
+                (n.clone(), route)
+            })
+            .collect();
+        let owner = identity.map(|(u, g, _)| (*u, *g));
+        Ok(PreflightSolver::new(routes, owner, journal))
     }
 
     /// A new key per certificate, or the live one when `reuse_key` is set.

@@ -3,7 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
 use crate::acme::{self, KeyType};
+use crate::challenge::dav::DavConfig;
+use crate::challenge::dns::lookup::Resolver;
+use crate::challenge::dns::DnsConfig;
 use crate::hooks::Hooks;
 use crate::nginx;
 
@@ -73,6 +80,40 @@ pub struct Settings {
     pub concurrency: usize,
     /// Keep the private key across renewals.
     pub reuse_key: bool,
+    /// The challenge names take unless `challenges` says otherwise (wildcards always dns-01).
+    pub challenge: Challenge,
+    /// Per-name challenge choices (lowercase names).
+    pub challenges: BTreeMap<String, Challenge>,
+    /// The DNS solver, when one is configured.
+    pub dns: Option<DnsConfig>,
+    /// The WebDAV server http-01 tokens go to instead of this host's nginx.
+    pub dav: Option<DavConfig>,
+    /// The resolver for lookups (DNS solver, WebDAV preflight); the system's when None.
+    pub resolver: Option<Resolver>,
+}
+
+/// The challenge type an operator chooses for names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Challenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "dns-01")]
+    Dns01,
+}
+
+impl std::str::FromStr for Challenge {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http-01" => Ok(Challenge::Http01),
+            "dns-01" => Ok(Challenge::Dns01),
+            other => Err(format!(
+                "{other:?} is not a challenge type (http-01 or dns-01)"
+            )),
+        }
+    }
 }
 
 impl Settings {
@@ -101,6 +142,21 @@ impl Settings {
             snippet: DEFAULT_SNIPPET.into(),
             concurrency: DEFAULT_CONCURRENCY,
             reuse_key: false,
+            challenge: Challenge::Http01,
+            challenges: BTreeMap::new(),
+            dns: None,
+            dav: None,
+            resolver: None,
+        }
+    }
+
+    /// How names are proven: what [`crate::lifecycle::plan::Proving`] needs from the settings.
+    pub fn proving(&self) -> super::plan::Proving<'_> {
+        super::plan::Proving {
+            dns: self.dns.is_some(),
+            dav: self.dav.is_some(),
+            default: self.challenge,
+            per_name: &self.challenges,
         }
     }
 

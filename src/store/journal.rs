@@ -82,6 +82,97 @@ impl Store {
     }
 }
 
+/// The DNS journal is read and rewritten by the solvers of concurrent orders of one run.
+static DNS_JOURNAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Store {
+    fn dns_journal_path(&self) -> PathBuf {
+        self.root.join("dns.journal")
+    }
+
+    fn dns_journal_lines(&self) -> Result<Vec<String>, Error> {
+        let path = self.dns_journal_path();
+        match fs::read_to_string(&path) {
+            Ok(t) => Ok(t
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io("read", &path)(e)),
+        }
+    }
+
+    fn write_dns_journal(&self, lines: &[String]) -> Result<(), Error> {
+        let path = self.dns_journal_path();
+        if lines.is_empty() {
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", &path)(e)),
+                _ => Ok(()),
+            };
+        }
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        crate::fsutil::write_atomic(&path, text.as_bytes(), crate::fsutil::PRIVATE_MODE)
+            .map_err(Error::io("write", &path))
+    }
+
+    fn dns_line<T: serde::Serialize>(&self, record: &T) -> Result<String, Error> {
+        serde_json::to_string(record).map_err(|source| Error::Corrupt {
+            path: self.dns_journal_path(),
+            source,
+        })
+    }
+
+    /// Records a DNS record (the solver's type) before it is made.
+    pub fn journal_dns<T: serde::Serialize>(&self, record: &T) -> Result<(), Error> {
+        let line = self.dns_line(record)?;
+        let _guard = DNS_JOURNAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lines = self.dns_journal_lines()?;
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+        self.write_dns_journal(&lines)
+    }
+
+    /// Forgets a DNS record that was removed.
+    pub fn unjournal_dns<T: serde::Serialize>(&self, record: &T) -> Result<(), Error> {
+        let line = self.dns_line(record)?;
+        let _guard = DNS_JOURNAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lines = self.dns_journal_lines()?;
+        lines.retain(|l| *l != line);
+        self.write_dns_journal(&lines)
+    }
+
+    /// The DNS records an earlier run made and did not remove (it was killed, or the removal
+    /// failed). They stay journaled until [`Store::unjournal_dns`] forgets each. A line that
+    /// does not parse is reported and dropped.
+    pub fn dns_journal<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, Error> {
+        let _guard = DNS_JOURNAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::new();
+        let mut kept = Vec::new();
+        for line in self.dns_journal_lines()? {
+            match serde_json::from_str(&line) {
+                Ok(r) => {
+                    out.push(r);
+                    kept.push(line);
+                }
+                Err(e) => tracing::warn!(
+                    "{}: dropping a line that is not a DNS record ({e})",
+                    self.dns_journal_path().display()
+                ),
+            }
+        }
+        self.write_dns_journal(&kept)?;
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +187,24 @@ mod tests {
         store.journal_token(&b).unwrap();
         assert_eq!(store.take_journal().unwrap(), vec![a, b]);
         assert!(store.take_journal().unwrap().is_empty());
+    }
+
+    #[test]
+    fn dns_records_stay_journaled_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let (a, b) = (vec!["a".to_owned()], vec!["b".to_owned()]);
+        store.journal_dns(&a).unwrap();
+        store.journal_dns(&b).unwrap();
+        store.journal_dns(&a).unwrap();
+        assert_eq!(
+            store.dns_journal::<Vec<String>>().unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        store.unjournal_dns(&a).unwrap();
+        assert_eq!(store.dns_journal::<Vec<String>>().unwrap(), vec![b.clone()]);
+        store.unjournal_dns(&b).unwrap();
+        assert!(store.dns_journal::<Vec<String>>().unwrap().is_empty());
+        assert!(!dir.path().join("state/dns.journal").exists());
     }
 }

@@ -106,9 +106,17 @@ impl Store {
             .flatten()
             .filter_map(Result::ok)
             .filter(|e| e.path().join(lineage::META_FILE).is_file())
-            .map(|e| Lineage {
-                name: e.file_name().to_string_lossy().into_owned(),
-                dir: e.path(),
+            .map(|e| {
+                let dir_name = e.file_name().to_string_lossy().into_owned();
+                // A wildcard's lineage lives in `_.NAME` (no host name starts with `_.`).
+                let name = match dir_name.strip_prefix("_.") {
+                    Some(base) => format!("*.{base}"),
+                    None => dir_name,
+                };
+                Lineage {
+                    name,
+                    dir: e.path(),
+                }
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

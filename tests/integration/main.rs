@@ -6,6 +6,7 @@ mod util;
 
 mod acme_hostile;
 mod acme_pebble;
+mod dns;
 mod enroll;
 mod failures;
 mod nginx_crossplane;

@@ -2,6 +2,8 @@
 //! own temporary directory, each killed (by its own pid) when its guard drops. Binaries come
 //! from `tests/testbed/setup.sh` ($ACME_NGINX_TESTBED, default `.testbed/` in the repo).
 
+pub mod dns;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -170,6 +172,9 @@ pub struct PebbleOptions {
     pub validity_secs: u64,
     /// Alternate root chains pebble offers (Link rel="alternate").
     pub alternate_roots: u32,
+    /// The DNS server pebble resolves and validates with (a real authoritative server);
+    /// pebble-challtestsrv, resolving every name to loopback, when None.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 impl PebbleOptions {
@@ -180,6 +185,7 @@ impl PebbleOptions {
             eab: false,
             validity_secs: 90 * 86400,
             alternate_roots: 0,
+            dns_server: None,
         }
     }
 }
@@ -289,7 +295,12 @@ impl Pebble {
         let mut child = Command::new(bin("pebble"))
             .arg("-config")
             .arg(&cfg)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .args([
+                "-dnsserver",
+                &opts
+                    .dns_server
+                    .map_or(format!("127.0.0.1:{dns_port}"), |a| a.to_string()),
+            ])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", opts.nonce_reject.to_string())
             .env("PEBBLE_AUTHZREUSE", "0")
@@ -588,9 +599,18 @@ impl Bed {
     /// Like [`Bed::start`], with nginx's plain-HTTP port chosen by the caller (for site files
     /// written before nginx starts).
     pub fn start_on(port: u16, servers: &str) -> Bed {
+        Self::start_with(port, servers, |o| o)
+    }
+
+    /// Like [`Bed::start_on`], with pebble's options changed by `pebble`.
+    pub fn start_with(
+        port: u16,
+        servers: &str,
+        pebble: impl FnOnce(PebbleOptions) -> PebbleOptions,
+    ) -> Bed {
         let https_port = free_port();
         let nginx = Nginx::start_on(port, &servers.replace("{https}", &https_port.to_string()));
-        let pebble = Pebble::start(PebbleOptions::http_port(nginx.port));
+        let pebble = Pebble::start(pebble(PebbleOptions::http_port(nginx.port)));
         let state = tempfile::tempdir().unwrap();
         fs::write(
             state.path().join("config.toml"),

@@ -1,0 +1,181 @@
+//! http-01 through WebDAV, for a web server that is not this host (or several behind a
+//! balancer): each token is `PUT` to `URL/TOKEN` (with basic authentication when configured)
+//! and `DELETE`d afterwards. Before the CA is asked, the token is fetched from the name itself,
+//! at every address the name has, on the port the CA validates on.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::dns::lookup::Resolver;
+use crate::acme::{ChallengeSolver, ChallengeType, PendingChallenge, SolverError};
+use crate::nginx::probe::{host_header, http_get};
+
+/// How long one WebDAV request may take.
+pub const DAV_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where tokens are put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DavConfig {
+    /// The collection URL the challenge directory is served from.
+    pub url: String,
+    pub user: Option<String>,
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+/// A WebDAV server that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DavError {
+    #[error("the WebDAV password file {}: {source}", path.display())]
+    Password {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("WebDAV client: {0}")]
+    Client(String),
+}
+
+/// The WebDAV http-01 solver.
+#[derive(Debug)]
+pub struct DavSolver {
+    base: String,
+    auth: Option<(String, String)>,
+    http: reqwest::Client,
+    resolver: Resolver,
+    http_port: u16,
+}
+
+const HTTP01: &[ChallengeType] = &[ChallengeType::Http01];
+
+impl DavSolver {
+    /// A solver putting tokens under `config.url`; the preflight looks names up through
+    /// `resolver` and fetches on `http_port`.
+    pub fn new(config: &DavConfig, resolver: Resolver, http_port: u16) -> Result<Self, DavError> {
+        let password = match &config.password_file {
+            Some(p) => Some(read_password(p)?),
+            None => None,
+        };
+        let auth = config
+            .user
+            .clone()
+            .map(|u| (u, password.unwrap_or_default()));
+        let tls =
+            crate::acme::client::tls_config(None).map_err(|e| DavError::Client(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(DAV_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| DavError::Client(e.to_string()))?;
+        Ok(Self {
+            base: config.url.trim_end_matches('/').to_owned(),
+            auth,
+            http,
+            resolver,
+            http_port,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        body: Option<String>,
+    ) -> Result<u16, SolverError> {
+        let url = format!("{}/{token}", self.base);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some((u, p)) = &self.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            format!(
+                "WebDAV {method} {url}: {}",
+                crate::acme::client::error_chain(&e)
+            )
+        })?;
+        Ok(resp.status().as_u16())
+    }
+
+    /// Fetches the token from every address of the name.
+    async fn preflight(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
+        let host = &ch.identifier.value;
+        let path = ch.http_path();
+        let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, self.http_port)],
+            Err(_) => {
+                let mut name = hickory_proto::rr::Name::from_ascii(host)
+                    .map_err(|e| format!("{host:?} is not a DNS name: {e}"))?;
+                name.set_fqdn(true);
+                self.resolver
+                    .addresses(&name)
+                    .await?
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, self.http_port))
+                    .collect()
+            }
+        };
+        if addrs.is_empty() {
+            return Err(format!("{host} has no address (asked {})", self.resolver.server).into());
+        }
+        for addr in addrs {
+            let answer = http_get(addr, host, &path).await.map_err(|e| {
+                format!(
+                    "preflight of http://{}{path} at {addr} failed: {e}",
+                    host_header(host)
+                )
+            })?;
+            if answer.status != 200 || answer.body.trim_ascii() != ch.key_authorization.as_bytes() {
+                return Err(format!(
+                    "the token put to {}/{} is not served: http://{}{path} at {addr} answered {}",
+                    self.base,
+                    ch.token,
+                    host_header(host),
+                    answer.status
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_password(path: &Path) -> Result<String, DavError> {
+    std::fs::read_to_string(path)
+        .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|source| DavError::Password {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+impl ChallengeSolver for DavSolver {
+    fn challenge_types(&self) -> &[ChallengeType] {
+        HTTP01
+    }
+
+    async fn fulfill(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
+        let status = self
+            .send(
+                reqwest::Method::PUT,
+                &ch.token,
+                Some(ch.key_authorization.clone()),
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(format!("WebDAV PUT {}/{} answered {status}", self.base, ch.token).into());
+        }
+        self.preflight(ch).await
+    }
+
+    async fn clear(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
+        let status = self.send(reqwest::Method::DELETE, &ch.token, None).await?;
+        if (200..300).contains(&status) || status == 404 {
+            Ok(())
+        } else {
+            Err(format!("WebDAV DELETE {}/{} answered {status}", self.base, ch.token).into())
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! dns-01 end to end: a real BIND (`named`) is the authoritative server of the test zones and
+//! the DNS pebble resolves and validates with; acme-nginx updates it with TSIG-signed RFC 2136
+//! messages (or through a hook calling `nsupdate`), waits for it, and removes its records.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::util::dns::{Bind, Zone};
+use crate::util::{assert_exit, json, Bed};
+use acme_nginx::acme::CertInfo;
+
+const WILDCARD_BLOCK: &str = "server {\n    listen 127.0.0.1:{port};\n    \
+    server_name example.test *.example.test;\n    location / { return 200 \"ok\\n\"; }\n}\n";
+
+fn dns_bed(bind: &Bind, servers: &str) -> Bed {
+    let addr = bind.addr();
+    Bed::start_with(crate::util::free_port(), servers, |o| {
+        let mut o = o;
+        o.dns_server = Some(addr);
+        o
+    })
+}
+
+fn args(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
+fn served_names(bed: &Bed, sni: &str) -> Vec<String> {
+    let der = bed.served(sni);
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64_encode(&der)
+    );
+    CertInfo::from_pem(pem.as_bytes()).unwrap().names
+}
+
+fn base64_encode(der: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+#[test]
+fn wildcard_and_base_name_in_one_certificate_through_rfc2136() {
+    let bind = Bind::start(&[Zone::loopback("example.test")]);
+    let bed = dns_bed(&bind, WILDCARD_BLOCK);
+
+    // Without a DNS solver the wildcard is left out, with the reason.
+    let scan = bed.cmd("scan", &[]);
+    assert_exit(&scan, 0);
+    let flags = bind.flags();
+    let scan = bed.cmd("scan", &args(&flags));
+    assert_exit(&scan, 0);
+    let challenges = &json(&scan)["challenges"][0];
+    assert_eq!(challenges["example.test"], "http-01", "{challenges}");
+    assert_eq!(challenges["*.example.test"], "dns-01", "{challenges}");
+
+    let out = bed.cmd("enroll", &args(&flags));
+    assert_exit(&out, 0);
+    let report = json(&out);
+    let cert = &report["certificates"][0];
+    assert_eq!(cert["status"], "issued", "{report}");
+    assert_eq!(
+        cert["names"],
+        serde_json::json!(["example.test", "*.example.test"])
+    );
+
+    // nginx serves it for a name only the wildcard covers.
+    let mut names = served_names(&bed, "a.example.test");
+    names.sort();
+    assert_eq!(names, vec!["*.example.test", "example.test"]);
+    // The TXT records are gone, and so is the journal of them.
+    assert!(bind.dig("_acme-challenge.example.test", "TXT").is_empty());
+    assert!(!bed.state.path().join("dns.journal").exists());
+    // Pebble validated the wildcard through BIND: named logged the signed updates.
+    let log = bind.log();
+    assert!(
+        log.contains("acme-update")
+            && log.contains("adding an RR at '_acme-challenge.example.test' TXT"),
+        "{log}"
+    );
+
+    // A second run has nothing to do.
+    let again = bed.cmd("enroll", &args(&flags));
+    assert_exit(&again, 0);
+    assert_eq!(json(&again)["certificates"][0]["status"], "up-to-date");
+}
+
+#[test]
+fn a_wrong_tsig_secret_fails_only_the_names_that_need_dns() {
+    let bind = Bind::start(&[Zone::loopback("example.test")]);
+    let servers = format!(
+        "{WILDCARD_BLOCK}server {{\n    listen 127.0.0.1:{{port}};\n    server_name plain.example.test;\n    \
+         location / {{ return 200 \"ok\\n\"; }}\n}}\n"
+    );
+    let bed = dns_bed(&bind, &servers);
+    let text = fs::read_to_string(&bind.key_file).unwrap();
+    let wrong = bed.state.path().join("wrong.key");
+    let secret = text.split('"').nth(3).unwrap();
+    fs::write(
+        &wrong,
+        text.replace(secret, "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA=="),
+    )
+    .unwrap();
+    let mut flags = bind.flags();
+    let at = flags.iter().position(|f| f == "--dns-tsig-key").unwrap();
+    flags[at + 1] = wrong.display().to_string();
+
+    let out = bed.cmd("enroll", &args(&flags));
+    assert_exit(&out, 1);
+    let report = json(&out);
+    let by = |n: &str| crate::util::by_name(&report, n);
+    assert_eq!(by("plain.example.test")["status"], "issued", "{report}");
+    let failed = by("example.test");
+    assert_eq!(failed["status"], "failed", "{report}");
+    let message = failed["error"].as_str().unwrap();
+    eprintln!("{message}");
+    assert!(
+        message.contains("NOTAUTH")
+            && message.contains("BADSIG")
+            && message.contains("_acme-challenge.example.test"),
+        "{message}"
+    );
+    assert!(bind.dig("_acme-challenge.example.test", "TXT").is_empty());
+}
+
+#[test]
+fn a_killed_run_leaves_a_record_the_next_run_removes_and_a_lagging_server_is_named() {
+    // lagging.test has a second name server where nothing answers.
+    let bind = Bind::start(&[Zone {
+        name: "lagging.test",
+        records: "@ A 127.0.0.1\n* A 127.0.0.1\n",
+        extra_ns: &[("ns2", "127.0.0.2")],
+    }]);
+    let servers = "server {\n    listen 127.0.0.1:{port};\n    server_name *.lagging.test;\n    \
+                   location / { return 200 \"ok\\n\"; }\n}\n";
+    let bed = dns_bed(&bind, servers);
+    let flags = bind.flags();
+
+    // Killed while it waits for ns2: the record stays.
+    let mut child = bed.command("enroll", &args(&flags)).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bind.dig("_acme-challenge.lagging.test", "TXT").is_empty() {
+        assert!(Instant::now() < deadline, "the record never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert_eq!(bind.dig("_acme-challenge.lagging.test", "TXT").len(), 1);
+    assert!(bed.state.path().join("dns.journal").exists());
+
+    // The next run removes it first, then times out on ns2, naming it, and leaves nothing.
+    let mut next = flags.clone();
+    next.extend(["--dns-propagation-timeout".into(), "2".into()]);
+    let out = bed.cmd("enroll", &args(&next));
+    assert_exit(&out, 1);
+    let report = json(&out);
+    let message = crate::util::by_name(&report, "*.lagging.test")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eprintln!("{message}");
+    assert!(
+        message.contains("ns2.lagging.test.")
+            && message.contains("127.0.0.2")
+            && message.contains("after 2 s"),
+        "{message}"
+    );
+    assert!(
+        bind.dig("_acme-challenge.lagging.test", "TXT").is_empty(),
+        "{}",
+        bind.log()
+    );
+    assert!(!bed.state.path().join("dns.journal").exists());
+    let log = bind.log();
+    assert!(log.matches("deleting an RR").count() >= 2, "{log}");
+}

@@ -1,0 +1,177 @@
+//! A real authoritative DNS server for the dns-01 tests: BIND 9 (`named` from Debian) on a
+//! loopback port, with test zones that a TSIG key may update, and `dig`/`nsupdate` to look at
+//! it from outside acme-nginx.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::{bin, free_port, wait_for_port, ChildGuard};
+
+/// The name of the TSIG key the zones accept updates signed with.
+pub const KEY_NAME: &str = "acme-update";
+
+/// A running `named`.
+pub struct Bind {
+    pub port: u16,
+    pub dir: TempDir,
+    /// The TSIG key file (BIND's format, from `tsig-keygen`).
+    pub key_file: PathBuf,
+    _named: ChildGuard,
+}
+
+/// A zone: its name and its records after the SOA and NS lines (`$ORIGIN` is the zone).
+pub struct Zone<'a> {
+    pub name: &'a str,
+    pub records: &'a str,
+    /// Extra name servers (NAME ADDRESS) besides ns1 at 127.0.0.1.
+    pub extra_ns: &'a [(&'a str, &'a str)],
+}
+
+impl Zone<'_> {
+    /// A zone whose every name (and the apex) is at 127.0.0.1.
+    pub fn loopback(name: &str) -> Zone<'_> {
+        Zone {
+            name,
+            records: "@ A 127.0.0.1\n* A 127.0.0.1\n",
+            extra_ns: &[],
+        }
+    }
+}
+
+impl Bind {
+    /// Starts named with `zones`, each updatable with the key [`KEY_NAME`].
+    pub fn start(zones: &[Zone<'_>]) -> Bind {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let port = free_port();
+        let key = Command::new(bin("tsig-keygen"))
+            .args(["-a", "hmac-sha256", KEY_NAME])
+            .output()
+            .unwrap();
+        assert!(key.status.success());
+        let key_file = d.join("acme-update.key");
+        fs::write(&key_file, &key.stdout).unwrap();
+        let mut conf = format!(
+            "options {{\n directory \"{d}\";\n listen-on port {port} {{ 127.0.0.1; }};\n \
+             listen-on-v6 {{ none; }};\n pid-file \"{d}/named.pid\";\n session-keyfile \"{d}/session.key\";\n \
+             recursion no;\n dnssec-validation no;\n notify no;\n allow-query {{ any; }};\n}};\n\
+             controls {{ }};\ninclude \"{k}\";\n",
+            d = d.display(),
+            k = key_file.display()
+        );
+        for z in zones {
+            let mut ns = format!("@ NS ns1.{n}.\nns1.{n}. A 127.0.0.1\n", n = z.name);
+            for (name, addr) in z.extra_ns {
+                ns.push_str(&format!(
+                    "@ NS {name}.{n}.\n{name}.{n}. A {addr}\n",
+                    n = z.name
+                ));
+            }
+            let file = d.join(format!("{}.zone", z.name));
+            fs::write(
+                &file,
+                format!(
+                    "$ORIGIN {n}.\n$TTL 60\n@ SOA ns1.{n}. hostmaster.{n}. 1 60 60 600 60\n{ns}{}",
+                    z.records,
+                    n = z.name
+                ),
+            )
+            .unwrap();
+            conf.push_str(&format!(
+                "zone \"{n}\" {{ type primary; file \"{f}\"; allow-update {{ key \"{KEY_NAME}\"; }}; }};\n",
+                n = z.name,
+                f = file.display()
+            ));
+        }
+        let conf_file = d.join("named.conf");
+        fs::write(&conf_file, conf).unwrap();
+        let log = d.join("named.log");
+        let mut child = Command::new(bin("named"))
+            .args(["-g", "-c"])
+            .arg(&conf_file)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, &mut child, "named", &log);
+        let bind = Bind {
+            port,
+            dir,
+            key_file,
+            _named: ChildGuard(child),
+        };
+        // Listening comes before the zones are loaded: wait for each SOA.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for z in zones {
+            while bind.dig(z.name, "SOA").is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "named did not load {}: {}",
+                    z.name,
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        bind
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `dig +short` of a name and type, asked directly.
+    pub fn dig(&self, name: &str, rtype: &str) -> Vec<String> {
+        let out = Command::new(bin("dig"))
+            .args([
+                "+short",
+                "+norecurse",
+                "+time=2",
+                "+tries=1",
+                "@127.0.0.1",
+                "-p",
+            ])
+            .arg(self.port.to_string())
+            .args([name, rtype])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .map(|l| l.trim_matches('"').to_owned())
+            .collect()
+    }
+
+    /// The flags that point acme-nginx's rfc2136 solver (and its lookups) at this server.
+    pub fn flags(&self) -> Vec<String> {
+        let mut f = vec![
+            "--dns".into(),
+            "rfc2136".into(),
+            "--dns-server".into(),
+            self.addr().to_string(),
+        ];
+        f.extend(["--dns-tsig-key".into(), self.key_file.display().to_string()]);
+        f.extend(self.lookup_flags());
+        f
+    }
+
+    /// The lookup flags alone (resolver and authoritative port).
+    pub fn lookup_flags(&self) -> Vec<String> {
+        vec![
+            "--dns-resolver".into(),
+            self.addr().to_string(),
+            "--dns-authoritative-port".into(),
+            self.port.to_string(),
+        ]
+    }
+
+    /// named's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
+    }
+}
