@@ -13,7 +13,7 @@ const WILDCARD_BLOCK: &str = "server {\n    listen 127.0.0.1:{port};\n    \
     server_name example.test *.example.test;\n    location / { return 200 \"ok\\n\"; }\n}\n";
 
 fn dns_bed(bind: &Bind, servers: &str) -> Bed {
-    let addr = bind.addr();
+    let addr = bind.resolver();
     Bed::start_with(crate::util::free_port(), servers, |o| {
         let mut o = o;
         o.dns_server = Some(addr);
@@ -39,14 +39,39 @@ fn base64_encode(der: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(der)
 }
 
+/// example.test, whose `_acme-challenge.cname` is delegated to another zone (acme-dns style).
+fn zones() -> [Zone<'static>; 2] {
+    [
+        Zone {
+            name: "example.test",
+            records: "@ A 127.0.0.1\n* A 127.0.0.1\n_acme-challenge.cname CNAME cname.acme.delegated.test.\n",
+            extra_ns: &[],
+        },
+        Zone::loopback("delegated.test"),
+    ]
+}
+
+const CNAME_BLOCK: &str = "server {\n    listen 127.0.0.1:{port};\n    server_name cname.example.test;\n    \
+    location / { return 200 \"ok\\n\"; }\n}\n";
+
 #[test]
 fn wildcard_and_base_name_in_one_certificate_through_rfc2136() {
-    let bind = Bind::start(&[Zone::loopback("example.test")]);
-    let bed = dns_bed(&bind, WILDCARD_BLOCK);
-
+    let bind = Bind::start(&zones());
+    let bed = dns_bed(&bind, &format!("{WILDCARD_BLOCK}{CNAME_BLOCK}"));
     // Without a DNS solver the wildcard is left out, with the reason.
     let scan = bed.cmd("scan", &[]);
     assert_exit(&scan, 0);
+    assert!(
+        json(&scan)["servers"][0]["skipped"].to_string().contains("needs dns-01"),
+        "{}",
+        json(&scan)
+    );
+    // One name takes dns-01 by the configuration file; its record is delegated by a CNAME.
+    fs::write(
+        bed.config_file(),
+        "[challenges]\n\"cname.example.test\" = \"dns-01\"\n",
+    )
+    .unwrap();
     let flags = bind.flags();
     let scan = bed.cmd("scan", &args(&flags));
     assert_exit(&scan, 0);
@@ -57,11 +82,15 @@ fn wildcard_and_base_name_in_one_certificate_through_rfc2136() {
     let out = bed.cmd("enroll", &args(&flags));
     assert_exit(&out, 0);
     let report = json(&out);
-    let cert = &report["certificates"][0];
+    let cert = crate::util::by_name(&report, "example.test");
     assert_eq!(cert["status"], "issued", "{report}");
     assert_eq!(
         cert["names"],
         serde_json::json!(["example.test", "*.example.test"])
+    );
+    assert_eq!(
+        crate::util::by_name(&report, "cname.example.test")["status"],
+        "issued"
     );
 
     // nginx serves it for a name only the wildcard covers.
@@ -78,11 +107,82 @@ fn wildcard_and_base_name_in_one_certificate_through_rfc2136() {
             && log.contains("adding an RR at '_acme-challenge.example.test' TXT"),
         "{log}"
     );
+    // The delegated name was updated in the other zone, never the CNAME's owner.
+    assert!(
+        log.contains("adding an RR at 'cname.acme.delegated.test' TXT"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("'_acme-challenge.cname.example.test' TXT"),
+        "{log}"
+    );
 
     // A second run has nothing to do.
     let again = bed.cmd("enroll", &args(&flags));
     assert_exit(&again, 0);
-    assert_eq!(json(&again)["certificates"][0]["status"], "up-to-date");
+    let again = json(&again);
+    assert!(
+        again["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] == "up-to-date"),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_hook_calling_nsupdate_proves_names_and_a_failing_hook_fails_only_its_name() {
+    let bind = Bind::start(&zones());
+    let servers = "server {\n    listen 127.0.0.1:{port};\n    server_name hook.example.test;\n    \
+                   location / { return 200 \"ok\\n\"; }\n}\n\
+                   server {\n    listen 127.0.0.1:{port};\n    server_name fails.example.test;\n    \
+                   location / { return 200 \"ok\\n\"; }\n}\n";
+    let bed = dns_bed(&bind, &format!("{servers}{CNAME_BLOCK}"));
+    let log = bed.state.path().join("hook.log");
+    let hook = bed.state.path().join("dns-hook");
+    fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n\
+             echo \"$1 $2 $CERTBOT_DOMAIN $CERTBOT_VALIDATION\" >> {log}\n\
+             case \"$CERTBOT_DOMAIN\" in fails.*) echo 'provider says no' >&2; exit 3;; esac\n\
+             if [ \"$1\" = add ]; then op=\"update add $2 60 TXT \\\"$3\\\"\"; else op=\"update delete $2 TXT \\\"$3\\\"\"; fi\n\
+             printf 'server 127.0.0.1 {port}\\n%s\\nsend\\n' \"$op\" | nsupdate -k {key}\n",
+            log = log.display(),
+            port = bind.port,
+            key = bind.key_file.display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut fs::metadata(&hook).unwrap().permissions(), 0o700);
+    fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let mut flags = vec!["--dns".to_owned(), "hook".into(), "--dns-hook".into(), hook.display().to_string()];
+    flags.extend(bind.lookup_flags());
+    flags.extend(["--challenge".into(), "dns-01".into()]);
+
+    let out = bed.cmd("enroll", &args(&flags));
+    assert_exit(&out, 1);
+    let report = json(&out);
+    let by = |n: &str| crate::util::by_name(&report, n);
+    assert_eq!(by("hook.example.test")["status"], "issued", "{report}");
+    assert_eq!(by("cname.example.test")["status"], "issued", "{report}");
+    let failed = by("fails.example.test");
+    assert_eq!(failed["status"], "failed");
+    let message = failed["error"].as_str().unwrap();
+    assert!(
+        message.contains("provider says no") && message.contains("exit status: 3"),
+        "{message}"
+    );
+    let calls = fs::read_to_string(&log).unwrap();
+    // Each add has its del; the CNAME's target was updated; the failing add got no del
+    // (nothing was made)... but the solver still asked to clear it, which is harmless.
+    for name in ["_acme-challenge.hook.example.test.", "cname.acme.delegated.test."] {
+        assert!(calls.contains(&format!("add {name}")), "{calls}");
+        assert!(calls.contains(&format!("del {name}")), "{calls}");
+    }
+    assert!(bind.dig("_acme-challenge.hook.example.test", "TXT").is_empty());
+    assert!(bind.dig("cname.acme.delegated.test", "TXT").is_empty());
 }
 
 #[test]

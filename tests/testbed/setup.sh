@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian 12 machine, idempotently:
-#  - Debian 12 packages: nginx, openssl, ca-certificates, curl, lintian, rpm, systemd;
+#  - Debian 12 packages: nginx, openssl, ca-certificates, curl, lintian, rpm, systemd, bind9
+#    (with its utilities) and pdns-server with the sqlite3 backend for the dns-01 tests;
 #  - cargo-deb and cargo-generate-rpm (cargo install), crossplane (pip);
 #  - the parser's differential corpus: nginx configs from Debian packages (apt-get download);
 #  - with --bench, the peers the benchmarks measure: uacme (Debian 12), pebble 2.4 (Debian 12,
@@ -30,6 +31,13 @@ command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v rpm >/dev/null 2>&1 || missing+=(rpm)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+# dns-01: BIND (authoritative server, tsig-keygen, nsupdate, dig) and PowerDNS with its API.
+[ -x /usr/sbin/named ] || missing+=(bind9)
+command -v tsig-keygen >/dev/null 2>&1 || missing+=(bind9-utils)
+command -v nsupdate >/dev/null 2>&1 || missing+=(bind9-dnsutils)
+[ -x /usr/sbin/pdns_server ] || missing+=(pdns-server)
+ls /usr/lib/*/pdns/libgsqlite3backend.so >/dev/null 2>&1 || missing+=(pdns-backend-sqlite3)
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

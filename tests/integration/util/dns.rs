@@ -15,13 +15,17 @@ use super::{bin, free_port, wait_for_port, ChildGuard};
 /// The name of the TSIG key the zones accept updates signed with.
 pub const KEY_NAME: &str = "acme-update";
 
-/// A running `named`.
+/// A running `named` (authoritative for the test zones) and a second, recursive one that
+/// forwards those zones to it and follows CNAMEs across them, as a CA's resolver does.
 pub struct Bind {
     pub port: u16,
+    /// The recursive resolver's port (what pebble and acme-nginx's lookups use).
+    pub resolver_port: u16,
     pub dir: TempDir,
     /// The TSIG key file (BIND's format, from `tsig-keygen`).
     pub key_file: PathBuf,
     _named: ChildGuard,
+    _resolver: ChildGuard,
 }
 
 /// A zone: its name and its records after the SOA and NS lines (`$ORIGIN` is the zone).
@@ -88,22 +92,33 @@ impl Bind {
                 f = file.display()
             ));
         }
-        let conf_file = d.join("named.conf");
-        fs::write(&conf_file, conf).unwrap();
+        let named = start_named(d, "named", &conf, port);
+        // The resolver caches nothing: every validation sees the authoritative data.
+        let resolver_port = free_port();
+        let rd = d.join("resolver");
+        fs::create_dir(&rd).unwrap();
+        let mut rconf = format!(
+            "options {{\n directory \"{d}\";\n listen-on port {resolver_port} {{ 127.0.0.1; }};\n \
+             listen-on-v6 {{ none; }};\n pid-file \"{d}/named.pid\";\n session-keyfile \"{d}/session.key\";\n \
+             recursion yes;\n allow-recursion {{ any; }};\n dnssec-validation no;\n max-cache-ttl 0;\n max-ncache-ttl 0;\n}};\n\
+             controls {{ }};\n",
+            d = rd.display()
+        );
+        for z in zones {
+            rconf.push_str(&format!(
+                "zone \"{n}\" {{ type forward; forward only; forwarders {{ 127.0.0.1 port {port}; }}; }};\n",
+                n = z.name
+            ));
+        }
+        let resolver = start_named(&rd, "resolver", &rconf, resolver_port);
         let log = d.join("named.log");
-        let mut child = Command::new(bin("named"))
-            .args(["-g", "-c"])
-            .arg(&conf_file)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, &mut child, "named", &log);
         let bind = Bind {
             port,
+            resolver_port,
             dir,
             key_file,
-            _named: ChildGuard(child),
+            _named: named,
+            _resolver: resolver,
         };
         // Listening comes before the zones are loaded: wait for each SOA.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -119,6 +134,11 @@ impl Bind {
             }
         }
         bind
+    }
+
+    /// The recursive resolver.
+    pub fn resolver(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.resolver_port))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -164,7 +184,7 @@ impl Bind {
     pub fn lookup_flags(&self) -> Vec<String> {
         vec![
             "--dns-resolver".into(),
-            self.addr().to_string(),
+            self.resolver().to_string(),
             "--dns-authoritative-port".into(),
             self.port.to_string(),
         ]
@@ -174,4 +194,22 @@ impl Bind {
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
     }
+}
+
+/// Starts `named -g` with `conf` written into `dir`, and waits for its port.
+fn start_named(dir: &std::path::Path, what: &str, conf: &str, port: u16) -> ChildGuard {
+    let conf_file = dir.join("named.conf");
+    fs::write(&conf_file, conf).unwrap();
+    let log = dir.join("named.log");
+    let mut child = Command::new(bin("named"))
+        .args(["-g", "-c"])
+        .arg(&conf_file)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Guarded before waiting: a start that times out must not leave named running.
+    let mut guard = ChildGuard(child);
+    wait_for_port(port, &mut guard.0, what, &log);
+    guard
 }
