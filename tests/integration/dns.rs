@@ -278,3 +278,43 @@ fn a_killed_run_leaves_a_record_the_next_run_removes_and_a_lagging_server_is_nam
     let log = bind.log();
     assert!(log.matches("deleting an RR").count() >= 2, "{log}");
 }
+
+#[test]
+fn a_base_name_and_its_wildcard_both_by_dns_01_through_the_powerdns_api() {
+    let pdns = crate::util::dns::PowerDns::start("pdns.test");
+    let servers = "server {\n    listen 127.0.0.1:{port};\n    server_name .pdns.test;\n    \
+                   location / { return 200 \"ok\\n\"; }\n}\n";
+    let addr = pdns.addr();
+    let bed = Bed::start_with(crate::util::free_port(), servers, |mut o| {
+        o.dns_server = Some(addr);
+        o
+    });
+    // Both names take dns-01: two TXT values on one name, added and removed through the API.
+    let mut flags = pdns.flags();
+    flags.extend(["--challenge".into(), "dns-01".into()]);
+    let out = bed.cmd("enroll", &args(&flags));
+    assert_exit(&out, 0);
+    let report = json(&out);
+    let cert = crate::util::by_name(&report, "pdns.test");
+    assert_eq!(cert["status"], "issued", "{report}\n{}", pdns.log());
+    assert_eq!(cert["names"], serde_json::json!(["pdns.test", "*.pdns.test"]));
+    let mut names = served_names(&bed, "www.pdns.test");
+    names.sort();
+    assert_eq!(names, vec!["*.pdns.test", "pdns.test"]);
+    // Nothing is left in the zone.
+    let zone = crate::util::run_ok(
+        std::process::Command::new("curl")
+            .args(["-sS", "-H", "X-API-Key: acme-nginx-test-api-key"])
+            .arg(format!("{}/api/v1/servers/localhost/zones/pdns.test.", pdns.api_url)),
+    );
+    assert!(zone.contains("\"ns1.pdns.test.\""), "{zone}");
+    assert!(!zone.contains("_acme-challenge"), "{zone}");
+    // A wrong API key fails the renewal with the API's answer.
+    fs::write(&pdns.api_key_file, "wrong\n").unwrap();
+    let mut renew = flags.clone();
+    renew.extend(["--force".into(), "pdns.test".into()]);
+    let out = bed.cmd("renew", &args(&renew));
+    assert_exit(&out, 1);
+    let message = crate::util::by_name(&json(&out), "pdns.test")["error"].to_string();
+    assert!(message.contains("answered 401"), "{message}");
+}

@@ -213,3 +213,95 @@ fn start_named(dir: &std::path::Path, what: &str, conf: &str, port: u16) -> Chil
     wait_for_port(port, &mut guard.0, what, &log);
     guard
 }
+
+/// A running PowerDNS Authoritative server (sqlite3 backend) with its HTTP API, serving one
+/// zone whose every name is at 127.0.0.1.
+pub struct PowerDns {
+    pub port: u16,
+    pub api_url: String,
+    pub api_key_file: PathBuf,
+    pub dir: TempDir,
+    _server: ChildGuard,
+}
+
+impl PowerDns {
+    pub fn start(zone: &str) -> PowerDns {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (port, api_port) = (free_port(), free_port());
+        let db = d.join("pdns.sqlite3");
+        let schema = fs::read_to_string("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql").unwrap();
+        let mut sqlite = Command::new(bin("sqlite3")).arg(&db).stdin(Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(sqlite.stdin.as_mut().unwrap(), schema.as_bytes()).unwrap();
+        drop(sqlite.stdin.take());
+        assert!(sqlite.wait().unwrap().success());
+        let key = "acme-nginx-test-api-key";
+        fs::write(
+            d.join("pdns.conf"),
+            format!(
+                "launch=gsqlite3\ngsqlite3-database={db}\nlocal-address=127.0.0.1\nlocal-port={port}\n\
+                 api=yes\napi-key={key}\nwebserver=yes\nwebserver-address=127.0.0.1\nwebserver-port={api_port}\n\
+                 webserver-allow-from=127.0.0.0/8\nsocket-dir={d}\nguardian=no\ndaemon=no\ndisable-syslog=yes\n\
+                 cache-ttl=0\nnegquery-cache-ttl=0\nquery-cache-ttl=0\nzone-cache-refresh-interval=0\n",
+                db = db.display(),
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let pdnsutil = |args: &[&str]| {
+            let out = Command::new(bin("pdnsutil"))
+                .arg(format!("--config-dir={}", d.display()))
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "pdnsutil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        pdnsutil(&["create-zone", zone, &format!("ns1.{zone}")]);
+        pdnsutil(&["add-record", zone, "ns1", "A", "127.0.0.1"]);
+        pdnsutil(&["add-record", zone, "@", "A", "127.0.0.1"]);
+        pdnsutil(&["add-record", zone, "*", "A", "127.0.0.1"]);
+        let log = d.join("pdns.log");
+        let mut child = Command::new(bin("pdns_server"))
+            .arg(format!("--config-dir={}", d.display()))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for_port(api_port, &mut child, "pdns_server API", &log);
+        let guard = ChildGuard(child);
+        let api_key_file = d.join("api-key");
+        fs::write(&api_key_file, format!("{key}\n")).unwrap();
+        PowerDns {
+            port,
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            api_key_file,
+            dir,
+            _server: guard,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The flags that point acme-nginx's powerdns solver (and its lookups) at this server.
+    pub fn flags(&self) -> Vec<String> {
+        vec![
+            "--dns".into(),
+            "powerdns".into(),
+            "--dns-api-url".into(),
+            self.api_url.clone(),
+            "--dns-api-key-file".into(),
+            self.api_key_file.display().to_string(),
+            "--dns-resolver".into(),
+            self.addr().to_string(),
+            "--dns-authoritative-port".into(),
+            self.port.to_string(),
+        ]
+    }
+
+    /// pdns's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("pdns.log")).unwrap_or_default()
+    }
+}
