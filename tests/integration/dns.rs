@@ -51,7 +51,8 @@ fn zones() -> [Zone<'static>; 2] {
     ]
 }
 
-const CNAME_BLOCK: &str = "server {\n    listen 127.0.0.1:{port};\n    server_name cname.example.test;\n    \
+const CNAME_BLOCK: &str =
+    "server {\n    listen 127.0.0.1:{port};\n    server_name cname.example.test;\n    \
     location / { return 200 \"ok\\n\"; }\n}\n";
 
 #[test]
@@ -62,7 +63,9 @@ fn wildcard_and_base_name_in_one_certificate_through_rfc2136() {
     let scan = bed.cmd("scan", &[]);
     assert_exit(&scan, 0);
     assert!(
-        json(&scan)["servers"][0]["skipped"].to_string().contains("needs dns-01"),
+        json(&scan)["servers"][0]["skipped"]
+            .to_string()
+            .contains("needs dns-01"),
         "{}",
         json(&scan)
     );
@@ -155,9 +158,17 @@ fn a_hook_calling_nsupdate_proves_names_and_a_failing_hook_fails_only_its_name()
         ),
     )
     .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut fs::metadata(&hook).unwrap().permissions(), 0o700);
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut fs::metadata(&hook).unwrap().permissions(),
+        0o700,
+    );
     fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let mut flags = vec!["--dns".to_owned(), "hook".into(), "--dns-hook".into(), hook.display().to_string()];
+    let mut flags = vec![
+        "--dns".to_owned(),
+        "hook".into(),
+        "--dns-hook".into(),
+        hook.display().to_string(),
+    ];
     flags.extend(bind.lookup_flags());
     flags.extend(["--challenge".into(), "dns-01".into()]);
 
@@ -177,11 +188,16 @@ fn a_hook_calling_nsupdate_proves_names_and_a_failing_hook_fails_only_its_name()
     let calls = fs::read_to_string(&log).unwrap();
     // Each add has its del; the CNAME's target was updated; the failing add got no del
     // (nothing was made)... but the solver still asked to clear it, which is harmless.
-    for name in ["_acme-challenge.hook.example.test.", "cname.acme.delegated.test."] {
+    for name in [
+        "_acme-challenge.hook.example.test.",
+        "cname.acme.delegated.test.",
+    ] {
         assert!(calls.contains(&format!("add {name}")), "{calls}");
         assert!(calls.contains(&format!("del {name}")), "{calls}");
     }
-    assert!(bind.dig("_acme-challenge.hook.example.test", "TXT").is_empty());
+    assert!(bind
+        .dig("_acme-challenge.hook.example.test", "TXT")
+        .is_empty());
     assert!(bind.dig("cname.acme.delegated.test", "TXT").is_empty());
 }
 
@@ -297,7 +313,10 @@ fn a_base_name_and_its_wildcard_both_by_dns_01_through_the_powerdns_api() {
     let report = json(&out);
     let cert = crate::util::by_name(&report, "pdns.test");
     assert_eq!(cert["status"], "issued", "{report}\n{}", pdns.log());
-    assert_eq!(cert["names"], serde_json::json!(["pdns.test", "*.pdns.test"]));
+    assert_eq!(
+        cert["names"],
+        serde_json::json!(["pdns.test", "*.pdns.test"])
+    );
     let mut names = served_names(&bed, "www.pdns.test");
     names.sort();
     assert_eq!(names, vec!["*.pdns.test", "pdns.test"]);
@@ -305,7 +324,10 @@ fn a_base_name_and_its_wildcard_both_by_dns_01_through_the_powerdns_api() {
     let zone = crate::util::run_ok(
         std::process::Command::new("curl")
             .args(["-sS", "-H", "X-API-Key: acme-nginx-test-api-key"])
-            .arg(format!("{}/api/v1/servers/localhost/zones/pdns.test.", pdns.api_url)),
+            .arg(format!(
+                "{}/api/v1/servers/localhost/zones/pdns.test.",
+                pdns.api_url
+            )),
     );
     assert!(zone.contains("\"ns1.pdns.test.\""), "{zone}");
     assert!(!zone.contains("_acme-challenge"), "{zone}");
@@ -316,5 +338,85 @@ fn a_base_name_and_its_wildcard_both_by_dns_01_through_the_powerdns_api() {
     let out = bed.cmd("renew", &args(&renew));
     assert_exit(&out, 1);
     let message = crate::util::by_name(&json(&out), "pdns.test")["error"].to_string();
+    assert!(message.contains("answered 401"), "{message}");
+}
+
+#[test]
+fn webdav_http_01_puts_tokens_on_another_web_server() {
+    let bind = Bind::start(&zones());
+    // "web1": the machine that answers port 80 for the name, with a WebDAV upload location
+    // (nginx's dav module, basic authentication) over the directory it serves challenges from.
+    let web1 = crate::util::Nginx::start(
+        "server {\n    listen 127.0.0.1:{port} default_server;\n    server_name dav.example.test;\n    \
+         location /.well-known/acme-challenge/ { root {dir}/www; }\n    \
+         location /upload/ {\n        alias {dir}/www/.well-known/acme-challenge/;\n        \
+         dav_methods PUT DELETE;\n        create_full_put_path on;\n        dav_access user:rw all:r;\n        \
+         auth_basic acme;\n        auth_basic_user_file {dir}/htpasswd;\n    }\n}\n",
+    );
+    let www = web1.dir.path().join("www/.well-known/acme-challenge");
+    fs::create_dir_all(&www).unwrap();
+    fs::create_dir_all(web1.dir.path().join("tmp")).unwrap();
+    if let Some(user) = crate::util::worker_user() {
+        let u = nix::unistd::User::from_name(user).unwrap().unwrap();
+        for d in [
+            web1.dir.path().join("www"),
+            web1.dir.path().join("www/.well-known"),
+            www.clone(),
+            web1.dir.path().join("tmp"),
+        ] {
+            nix::unistd::chown(&d, Some(u.uid), Some(u.gid)).unwrap();
+        }
+    }
+    fs::write(web1.dir.path().join("htpasswd"), "acme:{PLAIN}s3cret\n").unwrap();
+    // This host: the block that gets the certificate, on a port of its own.
+    let servers = "server {\n    listen 127.0.0.1:{port};\n    server_name dav.example.test;\n    \
+                   location / { return 200 \"ok\\n\"; }\n}\n";
+    let (resolver, web1_port) = (bind.resolver(), web1.port);
+    let bed = Bed::start_with(crate::util::free_port(), servers, |mut o| {
+        o.dns_server = Some(resolver);
+        o.http_port = web1_port;
+        o
+    });
+    let password = bed.state.path().join("dav-password");
+    fs::write(&password, "s3cret\n").unwrap();
+    let mut flags = vec![
+        "--http-dav".to_owned(),
+        format!("http://127.0.0.1:{}/upload", web1.port),
+        "--http-dav-user".into(),
+        "acme".into(),
+        "--http-dav-password-file".into(),
+        password.display().to_string(),
+    ];
+    flags.extend(bind.lookup_flags());
+
+    let scan = bed.cmd("scan", &args(&flags));
+    assert_eq!(
+        json(&scan)["challenges"][0]["dav.example.test"],
+        "http-01 (webdav)"
+    );
+    let out = bed.cmd("enroll", &args(&flags));
+    assert_exit(&out, 0);
+    let report = json(&out);
+    assert_eq!(
+        crate::util::by_name(&report, "dav.example.test")["status"],
+        "issued",
+        "{report}"
+    );
+    assert_eq!(
+        served_names(&bed, "dav.example.test"),
+        vec!["dav.example.test"]
+    );
+    // The tokens were deleted from web1; this host's configuration got no challenge snippet.
+    assert_eq!(fs::read_dir(&www).unwrap().count(), 0);
+    assert!(!fs::read_to_string(&bed.nginx.conf)
+        .unwrap()
+        .contains("acme-challenge"));
+
+    // A wrong password: the PUT is refused, the name fails with the server's answer.
+    fs::write(&password, "wrong\n").unwrap();
+    flags.extend(["--force".into(), "dav.example.test".into()]);
+    let out = bed.cmd("renew", &args(&flags));
+    assert_exit(&out, 1);
+    let message = crate::util::by_name(&json(&out), "dav.example.test")["error"].to_string();
     assert!(message.contains("answered 401"), "{message}");
 }

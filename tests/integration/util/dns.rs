@@ -230,8 +230,14 @@ impl PowerDns {
         let d = dir.path();
         let (port, api_port) = (free_port(), free_port());
         let db = d.join("pdns.sqlite3");
-        let schema = fs::read_to_string("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql").unwrap();
-        let mut sqlite = Command::new(bin("sqlite3")).arg(&db).stdin(Stdio::piped()).spawn().unwrap();
+        let schema =
+            fs::read_to_string("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
+                .unwrap();
+        let mut sqlite = Command::new(bin("sqlite3"))
+            .arg(&db)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
         std::io::Write::write_all(sqlite.stdin.as_mut().unwrap(), schema.as_bytes()).unwrap();
         drop(sqlite.stdin.take());
         assert!(sqlite.wait().unwrap().success());
@@ -254,7 +260,11 @@ impl PowerDns {
                 .args(args)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "pdnsutil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "pdnsutil {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         pdnsutil(&["create-zone", zone, &format!("ns1.{zone}")]);
         pdnsutil(&["add-record", zone, "ns1", "A", "127.0.0.1"]);
