@@ -201,7 +201,7 @@ fn start_named(dir: &std::path::Path, what: &str, conf: &str, port: u16) -> Chil
     let conf_file = dir.join("named.conf");
     fs::write(&conf_file, conf).unwrap();
     let log = dir.join("named.log");
-    let mut child = Command::new(bin("named"))
+    let child = Command::new(bin("named"))
         .args(["-g", "-c"])
         .arg(&conf_file)
         .stdout(Stdio::null())
