@@ -54,8 +54,10 @@ def run_rss(argv, env=None, cwd=None):
 
 
 class Testbed:
-    def __init__(self, nginx_http=None, nonce_reject=5, pebble="root"):
-        """pebble: "root" for pebble 2.10 from sid, "pebble24" for Debian 12's pebble 2.4."""
+    def __init__(self, nginx_http=None, nonce_reject=5, pebble="root", dns_server=None):
+        """pebble: "root" for pebble 2.10 from sid, "pebble24" for Debian 12's pebble 2.4;
+        dns_server: the DNS pebble resolves and validates with (default: challtestsrv)."""
+        self.dns_server = dns_server
         self.pebble_bin = os.path.join(TESTBED, pebble, "usr", "bin")
         self.nginx_http = nginx_http
         self.nonce_reject = nonce_reject
@@ -101,8 +103,8 @@ class Testbed:
                     f'"certificate": "{d}/pebble.pem", "privateKey": "{d}/pebble.key", "httpPort": {self.http_port},'
                     f'"tlsPort": {free_port()}, "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}')
         env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT=str(self.nonce_reject))
-        self._spawn([f"{self.pebble_bin}/pebble", "-config", f"{d}/pebble.json", "-dnsserver", f"127.0.0.1:{dns}"],
-                    port, "pebble", env=env)
+        self._spawn([f"{self.pebble_bin}/pebble", "-config", f"{d}/pebble.json", "-dnsserver",
+                     self.dns_server or f"127.0.0.1:{dns}"], port, "pebble", env=env)
         wait_port(mgmt, self.procs[-1], "pebble management")
         self.directory = f"https://127.0.0.1:{port}/dir"
         self.management = f"https://127.0.0.1:{mgmt}"
