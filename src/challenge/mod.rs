@@ -1,7 +1,8 @@
-//! Answering ACME challenges on this host. The [`ChallengeSolver`] trait lives in the ACME module
-//! (the client drives it); the solvers that touch this machine live here: the http-01 webroot
-//! solver, which writes token files into the directory nginx serves
-//! `/.well-known/acme-challenge/` from.
+//! Answering ACME challenges. The [`ChallengeSolver`] trait lives in the ACME module (the client
+//! drives it); the solvers live here: http-01 through this host's nginx (the webroot solver and
+//! its preflight), http-01 through a WebDAV server ([`dav`]), dns-01 through RFC 2136, the
+//! PowerDNS API or a hook ([`dns`]), and the [`route::Router`] that gives each name of an order
+//! its method.
 
 pub mod dav;
 pub mod dns;
