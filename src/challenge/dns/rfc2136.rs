@@ -96,3 +96,55 @@ impl Rfc2136 {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::Name;
+
+    /// What BIND 9.18's `nsupdate -k KEY` sent for
+    /// `update add _acme-challenge.example.test. 60 TXT "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"`
+    /// in zone example.test (captured from a TCP listener; the key is below).
+    const NSUPDATE: &str = "\
+         309428000001000000010001076578616d706c65047465737400000600010f5f61636d652d6368616c6c656e6765c00c\
+         001000010000003c002c2b4c6f71586359563871354f4e624a5178626d52375343544e6f337469415844666f77796a78\
+         416a457558300b61636d652d7570646174650000fa00ff00000000003d0b686d61632d7368613235360000006b0c27fd\
+         012c002048258173e26c9bbebb09ed540b4f0e7fabcfee55432d7b51947ca7aee9965419309400000000";
+    const KEY: &str = "key \"acme-update\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ=\";\n};\n";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn our_signed_update_is_the_one_nsupdate_sends() {
+        let theirs = unhex(NSUPDATE);
+        let key = TsigKey::parse(KEY).unwrap();
+        let signer = key.signer().unwrap();
+        // Our key reading and hickory's TSIG agree with BIND's signature.
+        let (_, time, _) = signer.verify_message_byte(&theirs, None, true).unwrap();
+        // The same update, signed by us at the same time with the same id: the same bytes.
+        let parsed = Message::from_vec(&theirs).unwrap();
+        let zone = Name::from_ascii("example.test.").unwrap();
+        let name = Name::from_ascii("_acme-challenge.example.test.").unwrap();
+        let mut ours = txt_update(
+            &zone,
+            &name,
+            "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0",
+            false,
+        );
+        ours.metadata.id = parsed.id;
+        ours.finalize(&signer, time).unwrap();
+        assert_eq!(ours.to_vec().unwrap(), theirs);
+        // A wrong secret does not verify.
+        let wrong = TsigKey::parse(&KEY.replace("c2Vj", "d3Jv")).unwrap();
+        assert!(wrong
+            .signer()
+            .unwrap()
+            .verify_message_byte(&theirs, None, true)
+            .is_err());
+    }
+}
