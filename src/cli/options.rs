@@ -180,6 +180,12 @@ pub struct Options {
     #[command(flatten)]
     #[serde(default)]
     pub dns: DnsOptions,
+
+    /// Never enroll names matching this glob (`*.internal.example.org`; repeatable; added to
+    /// the file's `exclude` list). A block holding `# acme-nginx: ignore` is left out whole.
+    #[arg(long, value_name = "NAME", help_heading = "Certificates")]
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 /// The DNS providers.
@@ -382,6 +388,7 @@ macro_rules! or_fields {
             $($f: $a.$f.or($b.$f),)*
             $($flag: $a.$flag || $b.$flag,)*
             challenges: if $a.challenges.is_empty() { $b.challenges } else { $a.challenges },
+            exclude: $b.exclude.into_iter().chain($a.exclude).collect(),
             dns: $a.dns.over($b.dns),
         }
     };
@@ -500,6 +507,7 @@ impl Options {
             resolver: o.dns.resolver()?,
             dns,
             dav,
+            exclude: o.exclude,
         })
     }
 }

@@ -23,6 +23,8 @@ struct ScanOutput<'a> {
     scan: &'a Scan,
     /// Per server block (same order), each name and its challenge.
     challenges: Vec<BTreeMap<String, String>>,
+    /// Per server block, the names an exclude pattern leaves out, with the pattern.
+    excluded: Vec<BTreeMap<String, String>>,
 }
 
 pub fn run(ctx: &Context, args: ScanArgs) -> CmdResult {
@@ -47,6 +49,17 @@ pub fn run(ctx: &Context, args: ScanArgs) -> CmdResult {
                             let m = proving.method_for(&n).to_string();
                             (n, m)
                         })
+                        .collect()
+                })
+                .collect(),
+            excluded: scan
+                .servers
+                .iter()
+                .map(|s| {
+                    proving
+                        .excluded_names(s)
+                        .into_iter()
+                        .map(|(n, p)| (n, p.to_owned()))
                         .collect()
                 })
                 .collect(),

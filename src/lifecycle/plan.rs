@@ -20,6 +20,8 @@ pub struct Proving<'a> {
     pub dav: bool,
     pub default: Challenge,
     pub per_name: &'a BTreeMap<String, Challenge>,
+    /// Names left out by the operator: globs (`*.internal.example.org`), case-insensitive.
+    pub exclude: &'a [String],
 }
 
 static NO_CHOICES: BTreeMap<String, Challenge> = BTreeMap::new();
@@ -32,6 +34,7 @@ impl Proving<'static> {
             dav: false,
             default: Challenge::Http01,
             per_name: &NO_CHOICES,
+            exclude: &[],
         }
     }
 }
@@ -53,9 +56,41 @@ impl Proving<'_> {
         }
     }
 
+    /// The exclude pattern that leaves `name` out, if any.
+    pub fn excluded_by(&self, name: &str) -> Option<&str> {
+        let opts = glob::MatchOptions {
+            case_sensitive: false,
+            require_literal_separator: false,
+            require_literal_leading_dot: false,
+        };
+        let name = name.trim_end_matches('.');
+        self.exclude
+            .iter()
+            .find(|p| {
+                glob::Pattern::new(p.trim_end_matches('.'))
+                    .is_ok_and(|g| g.matches_with(name, opts))
+            })
+            .map(String::as_str)
+    }
+
     /// The names of a block a certificate can hold: its enrollable names and, with a DNS
-    /// solver, its wildcards (`*.example.org`, and the one `.example.org` stands for).
+    /// solver, its wildcards (`*.example.org`, and the one `.example.org` stands for); names
+    /// an exclude pattern matches are left out.
     pub fn block_names(&self, s: &ServerBlock) -> Vec<String> {
+        let mut names = self.candidate_names(s);
+        names.retain(|n| self.excluded_by(n).is_none());
+        names
+    }
+
+    /// The names of a block left out by an exclude pattern, with the pattern.
+    pub fn excluded_names<'s>(&'s self, s: &ServerBlock) -> Vec<(String, &'s str)> {
+        self.candidate_names(s)
+            .into_iter()
+            .filter_map(|n| self.excluded_by(&n).map(|p| (n, p)))
+            .collect()
+    }
+
+    fn candidate_names(&self, s: &ServerBlock) -> Vec<String> {
         let mut names = s.enrollable.clone();
         if self.dns {
             for k in &s.skipped {
@@ -172,6 +207,12 @@ pub fn plans(
         .map(|s| proving.block_names(s))
         .collect();
     for w in &wanted {
+        if let Some(pattern) = proving.excluded_by(w) {
+            return Err(Error::UnknownName {
+                name: w.clone(),
+                why: format!(" (excluded by the pattern {pattern:?})"),
+            });
+        }
         if !block_names.iter().any(|names| names.contains(w)) {
             let why = scan
                 .servers
@@ -396,6 +437,7 @@ mod tests {
             dav: false,
             default: Challenge::Http01,
             per_name: &choices,
+            exclude: &[],
         };
         let p = plans(&s, &[], 80, &proving).unwrap();
         let names: Vec<Vec<&str>> = p
@@ -438,5 +480,41 @@ mod tests {
         };
         assert_eq!(all_dns.method_for("192.0.2.1"), Method::Webroot);
         assert_eq!(all_dns.method_for("a.test"), Method::Dns);
+    }
+
+    #[test]
+    fn excluded_names_and_ignored_blocks_are_left_out() {
+        let s = scan_of(
+            "http {\n server { listen 80; server_name a.example.org db.internal.example.org; }\n \
+             server { listen 80; server_name b.example.org;\n  # acme-nginx: ignore\n }\n \
+             server { listen 80; server_name X.Internal.example.org; }\n}",
+        );
+        assert_eq!(
+            s.servers[1].ignored.as_deref(),
+            Some("/etc/nginx/nginx.conf:4")
+        );
+        assert!(s.servers[1].enrollable.is_empty());
+        assert!(s.servers[1].skipped[0]
+            .reason
+            .contains("acme-nginx: ignore"));
+        let exclude = vec!["*.INTERNAL.example.org".to_owned()];
+        let proving = Proving {
+            exclude: &exclude,
+            ..Proving::webroot_only()
+        };
+        let p = plans(&s, &[], 80, &proving).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].names, vec!["a.example.org"]);
+        assert_eq!(
+            proving.excluded_names(&s.servers[0]),
+            vec![(
+                "db.internal.example.org".to_owned(),
+                "*.INTERNAL.example.org"
+            )]
+        );
+        let err = plans(&s, &["x.internal.example.org".into()], 80, &proving).unwrap_err();
+        assert!(err.to_string().contains("excluded"), "{err}");
+        let err = plans(&s, &["b.example.org".into()], 80, &proving).unwrap_err();
+        assert!(err.to_string().contains("acme-nginx: ignore"), "{err}");
     }
 }

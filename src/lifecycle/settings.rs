@@ -90,6 +90,8 @@ pub struct Settings {
     pub dav: Option<DavConfig>,
     /// The resolver for lookups (DNS solver, WebDAV preflight); the system's when None.
     pub resolver: Option<Resolver>,
+    /// Names never enrolled: globs, case-insensitive.
+    pub exclude: Vec<String>,
 }
 
 /// The challenge type an operator chooses for names.
@@ -147,6 +149,7 @@ impl Settings {
             dns: None,
             dav: None,
             resolver: None,
+            exclude: Vec::new(),
         }
     }
 
@@ -157,6 +160,7 @@ impl Settings {
             dav: self.dav.is_some(),
             default: self.challenge,
             per_name: &self.challenges,
+            exclude: &self.exclude,
         }
     }
 

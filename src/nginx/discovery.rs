@@ -192,6 +192,8 @@ pub struct ServerBlock {
     /// True when a server-level `return`/`rewrite` answers the challenge URI before any
     /// location is chosen (an included challenge location could not win).
     pub challenge_answered_at_server_level: bool,
+    /// `file:line` of the block's `# acme-nginx: ignore` marker: none of its names is enrolled.
+    pub ignored: Option<String>,
 }
 
 impl ServerBlock {
@@ -425,11 +427,24 @@ fn server_block(
             implicit: true,
         });
     }
-    let (enrollable, skipped) = classify_names(if server_names.is_empty() {
+    let (mut enrollable, mut skipped) = classify_names(if server_names.is_empty() {
         &[]
     } else {
         &server_names
     });
+    let ignored = ignore_marker(cfg, server);
+    if let Some(at) = &ignored {
+        // The operator's word: no name of this block is enrolled, each says why.
+        let reason = format!("the block is marked `{IGNORE_MARKER}` (at {at})");
+        skipped = server_names
+            .iter()
+            .map(|n| Skipped {
+                name: n.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+        enrollable.clear();
+    }
     let mut certs = conf_paths(cfg, &children, "ssl_certificate");
     let mut keys = conf_paths(cfg, &children, "ssl_certificate_key");
     if certs.is_empty() {
@@ -471,7 +486,24 @@ fn server_block(
         acme_challenge_dir: dir,
         acme_challenge_reason: reason,
         challenge_answered_at_server_level: server_level,
+        ignored,
     }
+}
+
+/// The comment that leaves a server block out of enrollment, written anywhere inside it.
+pub const IGNORE_MARKER: &str = "# acme-nginx: ignore";
+
+/// `file:line` of the ignore marker inside a server block, if it has one: a comment line
+/// `# acme-nginx: ignore` (spaces and case do not matter) between the block's braces.
+fn ignore_marker(cfg: &Config, server: &Directive) -> Option<String> {
+    let file = &cfg.files[server.file];
+    file.markers
+        .iter()
+        .find(|m| {
+            (server.start..server.end).contains(&m.offset)
+                && m.words.first().is_some_and(|w| w == "ignore")
+        })
+        .map(|m| format!("{}:{}", file.path.display(), m.line))
 }
 
 /// The server block nginx hands a plain-HTTP request for `host` on `port` to, as

@@ -99,6 +99,39 @@ pub struct SourceFile {
     pub path: PathBuf,
     pub text: Vec<u8>,
     pub directives: Vec<Directive>,
+    /// acme-nginx's own comments (`# acme-nginx: WORDS`): each one's byte offset and line, and
+    /// its words after `acme-nginx:`, lowercase. Kept when the text is not.
+    pub markers: Vec<Marker>,
+}
+
+/// A `# acme-nginx: WORDS` comment line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub offset: usize,
+    pub line: u32,
+    pub words: Vec<String>,
+}
+
+/// The `# acme-nginx: ...` comment lines of a file's text.
+pub fn markers(text: &[u8]) -> Vec<Marker> {
+    let mut out = Vec::new();
+    let (mut offset, mut line) = (0, 1);
+    for l in text.split_inclusive(|b| *b == b'\n') {
+        let trimmed = l.trim_ascii();
+        if let Some(comment) = trimmed.strip_prefix(b"#") {
+            let comment = String::from_utf8_lossy(comment).to_ascii_lowercase();
+            if let Some(rest) = comment.trim_start().strip_prefix("acme-nginx:") {
+                out.push(Marker {
+                    offset,
+                    line,
+                    words: rest.split_whitespace().map(str::to_owned).collect(),
+                });
+            }
+        }
+        offset += l.len();
+        line += 1;
+    }
+    out
 }
 
 /// A whole configuration: the main file and every file it includes.
@@ -470,8 +503,8 @@ enum LoadFailure {
     Parse(ParseError),
 }
 
-/// A file's text (empty unless kept), its size, and its directives.
-type Loaded = Result<(Vec<u8>, u64, Vec<Directive>), LoadFailure>;
+/// A file's text (empty unless kept), its size, its markers and its directives.
+type Loaded = Result<(Vec<u8>, u64, Vec<Marker>, Vec<Directive>), LoadFailure>;
 
 /// Reads and parses files (no includes followed) on all cores, keeping their order.
 fn read_and_parse_all(source: &dyn Source, paths: &[PathBuf], keep_text: bool) -> Vec<Loaded> {
@@ -481,7 +514,13 @@ fn read_and_parse_all(source: &dyn Source, paths: &[PathBuf], keep_text: bool) -
         })?;
         let directives = parse_text(p, &text, FileId::MAX).map_err(LoadFailure::Parse)?;
         let size = text.len() as u64;
-        Ok((if keep_text { text } else { Vec::new() }, size, directives))
+        let found = markers(&text);
+        Ok((
+            if keep_text { text } else { Vec::new() },
+            size,
+            found,
+            directives,
+        ))
     };
     if paths.len() < PARALLEL_PARSE_MIN_FILES {
         return paths.iter().map(one).collect();
@@ -511,7 +550,8 @@ impl Loader<'_> {
         let id = self.files.len();
         let directives = parse_text(&path, &text, id)?;
         let size = text.len() as u64;
-        self.attach(path, text, size, directives)
+        let found = markers(&text);
+        self.attach(path, text, size, found, directives)
     }
 
     /// Adds a parsed file and links its includes (depth first, with cycle detection).
@@ -520,6 +560,7 @@ impl Loader<'_> {
         path: PathBuf,
         text: Vec<u8>,
         size: u64,
+        markers: Vec<Marker>,
         mut directives: Vec<Directive>,
     ) -> Result<FileId, ParseError> {
         let id = self.files.len();
@@ -539,6 +580,7 @@ impl Loader<'_> {
             path: path.clone(),
             text: Vec::new(),
             directives: Vec::new(),
+            markers,
         });
         self.by_path.insert(path.clone(), id);
         if self.follow_includes {
@@ -631,7 +673,7 @@ impl Loader<'_> {
                 ids.push(id);
                 continue;
             }
-            let (text, size, directives) = match parsed.remove(&p) {
+            let (text, size, found, directives) = match parsed.remove(&p) {
                 Some(Ok(v)) => v,
                 Some(Err(LoadFailure::Read(message))) => return Err(err(message)),
                 Some(Err(LoadFailure::Parse(e))) if self.lenient => {
@@ -641,7 +683,7 @@ impl Loader<'_> {
                 Some(Err(LoadFailure::Parse(e))) => return Err(e),
                 None => return Err(err(format!("{} vanished while loading", p.display()))),
             };
-            ids.push(self.attach(p, text, size, directives)?);
+            ids.push(self.attach(p, text, size, found, directives)?);
         }
         d.includes = ids.into_boxed_slice();
         Ok(())

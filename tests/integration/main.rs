@@ -9,6 +9,7 @@ mod acme_pebble;
 mod dns;
 mod enroll;
 mod failures;
+mod leave_out;
 mod nginx_crossplane;
 mod nginx_fuzz;
 mod nginx_locations;
