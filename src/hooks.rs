@@ -64,7 +64,8 @@ pub struct DeployInfo {
 }
 
 impl DeployInfo {
-    fn env(&self) -> Vec<(&'static str, String)> {
+    /// The environment a deploy hook gets.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
         let domains = self.domains.join(" ");
         vec![
             ("ACME_NGINX_NAME", self.name.clone()),
@@ -77,6 +78,16 @@ impl DeployInfo {
             ("RENEWED_DOMAINS", domains),
         ]
     }
+}
+
+/// The post hook's environment: the names whose certificate was renewed or issued in this
+/// run (`RENEWED_DOMAINS`) and the names that failed (`FAILED_DOMAINS`, as certbot's), each
+/// space-separated.
+pub fn post_env(renewed: &[String], failed: &[String]) -> Vec<(&'static str, String)> {
+    vec![
+        ("RENEWED_DOMAINS", renewed.join(" ")),
+        ("FAILED_DOMAINS", failed.join(" ")),
+    ]
 }
 
 /// True for files a hook directory should not run: hidden files, editor backups and swap files,
@@ -169,11 +180,13 @@ impl Hooks {
         out
     }
 
-    /// Runs a stage's hooks in order. Every hook runs; the failures are returned.
-    pub async fn run(&self, stage: Stage, deploy: Option<&DeployInfo>) -> Vec<HookFailure> {
+    /// Runs a stage's hooks in order, with `env` added to their environment (a deploy hook's
+    /// [`DeployInfo::env`], the post hook's [`post_env`]). Every hook runs; the failures are
+    /// returned.
+    pub async fn run(&self, stage: Stage, env: &[(&'static str, String)]) -> Vec<HookFailure> {
         let mut failures = Vec::new();
         for cmd in self.commands(stage) {
-            if let Err(error) = cmd.run(deploy, self.timeout.unwrap_or(HOOK_TIMEOUT)).await {
+            if let Err(error) = cmd.run(env, self.timeout.unwrap_or(HOOK_TIMEOUT)).await {
                 tracing::warn!(hook = %cmd, "{error}");
                 failures.push(HookFailure {
                     hook: cmd.to_string(),
@@ -223,7 +236,11 @@ impl std::fmt::Display for HookCommand {
 }
 
 impl HookCommand {
-    async fn run(&self, deploy: Option<&DeployInfo>, timeout: Duration) -> Result<(), HookError> {
+    async fn run(
+        &self,
+        env: &[(&'static str, String)],
+        timeout: Duration,
+    ) -> Result<(), HookError> {
         let mut cmd = match self {
             HookCommand::Unsafe(_, why) => return Err(HookError::Unsafe(why.clone())),
             HookCommand::Shell(c) => {
@@ -233,9 +250,7 @@ impl HookCommand {
             }
             HookCommand::File(p) => tokio::process::Command::new(p),
         };
-        if let Some(d) = deploy {
-            cmd.envs(d.env());
-        }
+        cmd.envs(env.iter().map(|(k, v)| (*k, v)));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -351,7 +366,7 @@ mod tests {
             chain: "/l/chain.pem".into(),
             fullchain: "/l/fullchain.pem".into(),
         };
-        let failures = hooks.run(Stage::Deploy, Some(&info)).await;
+        let failures = hooks.run(Stage::Deploy, &info.env()).await;
         assert_eq!(failures.len(), 1);
         assert!(
             failures[0].to_string().contains("exit status: 3"),
@@ -371,7 +386,7 @@ mod tests {
             timeout: Some(Duration::from_millis(200)),
             ..Hooks::default()
         };
-        let failures = hooks.run(Stage::Pre, None).await;
+        let failures = hooks.run(Stage::Pre, &[]).await;
         assert!(
             failures[0].to_string().contains("killed"),
             "{}",
@@ -399,7 +414,7 @@ mod tests {
             dir: Some(dir.path().to_path_buf()),
             ..Hooks::default()
         };
-        let failures = hooks.run(Stage::Pre, None).await;
+        let failures = hooks.run(Stage::Pre, &[]).await;
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "10-ok\n");
         assert_eq!(failures.len(), 2);
         assert!(
@@ -420,7 +435,7 @@ mod tests {
         // A stage directory others can write: nothing in it runs.
         std::fs::set_permissions(&pre_d, std::fs::Permissions::from_mode(0o777)).unwrap();
         std::fs::remove_file(&log).unwrap();
-        let failures = hooks.run(Stage::Pre, None).await;
+        let failures = hooks.run(Stage::Pre, &[]).await;
         assert!(!log.exists());
         assert_eq!(failures.len(), 3);
         assert!(

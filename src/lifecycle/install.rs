@@ -371,7 +371,7 @@ impl Run {
             fullchain: l.live_file(store::FULLCHAIN),
         };
         // Failures are logged by the hook runner: the certificate is live either way.
-        self.settings.hooks.run(Stage::Deploy, Some(&info)).await;
+        self.settings.hooks.run(Stage::Deploy, &info.env()).await;
     }
 }
 

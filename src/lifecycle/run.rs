@@ -217,18 +217,46 @@ impl Run {
         install_only: Vec<Plan>,
     ) -> Result<Vec<Outcome>, Error> {
         let hooks = &self.settings.hooks;
+        let ordered: Vec<String> = to_order
+            .iter()
+            .flat_map(|p| p.names.iter().cloned())
+            .collect();
         if !to_order.is_empty() {
-            let mut failures = hooks.run(Stage::Pre, None).await;
+            let mut failures = hooks.run(Stage::Pre, &[]).await;
             if !failures.is_empty() {
-                hooks.run(Stage::Post, None).await;
+                hooks
+                    .run(Stage::Post, &crate::hooks::post_env(&[], &ordered))
+                    .await;
                 return Err(Error::PreHook(failures.remove(0)));
             }
         }
         let result = self
             .order_and_deploy(&mut cfg, &mut scan, to_order, install_only)
             .await;
-        // Post-hook failures are logged by the hook runner; they change no certificate.
-        hooks.run(Stage::Post, None).await;
+        // The post hook learns what was renewed and what failed (everything ordered, when the
+        // run itself failed). Its failures are logged by the hook runner; they change no
+        // certificate.
+        let names_with = |statuses: &[Status]| -> Vec<String> {
+            result
+                .as_ref()
+                .map(|outcomes| {
+                    outcomes
+                        .iter()
+                        .filter(|o| statuses.contains(&o.status))
+                        .flat_map(|o| o.names.iter().cloned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let renewed = names_with(&[Status::Issued, Status::Renewed]);
+        let failed = if result.is_err() {
+            ordered
+        } else {
+            names_with(&[Status::Failed])
+        };
+        hooks
+            .run(Stage::Post, &crate::hooks::post_env(&renewed, &failed))
+            .await;
         let outcomes = result?;
         self.remember(&outcomes)?;
         Ok(outcomes)

@@ -258,7 +258,7 @@ fn hooks_run_in_order_with_variables() {
         "--pre-hook",
         &format!("echo pre >> {l}"),
         "--post-hook",
-        &format!("echo post >> {l}"),
+        &format!("echo \"post [$RENEWED_DOMAINS] [$FAILED_DOMAINS]\" >> {l}"),
         "--deploy-hook",
         &format!("echo \"deploy $ACME_NGINX_NAME $ACME_NGINX_DOMAINS $(test -s $ACME_NGINX_FULLCHAIN && echo ok)\" >> {l}"),
     ]);
@@ -267,7 +267,7 @@ fn hooks_run_in_order_with_variables() {
     assert_eq!(
         fs::read_to_string(&log).unwrap(),
         format!(
-            "pre\ndeploy hook.enroll.test hook.enroll.test ok\ndir {} hook.enroll.test\npost\n",
+            "pre\ndeploy hook.enroll.test hook.enroll.test ok\ndir {} hook.enroll.test\npost [hook.enroll.test] []\n",
             lineage.display()
         )
     );

@@ -288,10 +288,20 @@ fn a_name_the_ca_refuses_is_not_ordered_again_on_the_next_reload() {
             .error_for_status()
             .unwrap();
     });
-    let out = bed.cmd("enroll", &[]);
+    let post_log = bed.state.path().join("post.log");
+    let post = format!(
+        "echo \"renewed=[$RENEWED_DOMAINS] failed=[$FAILED_DOMAINS]\" >> {}",
+        post_log.display()
+    );
+    let out = bed.cmd("enroll", &["--post-hook", &post]);
     assert_exit(&out, 1);
     let first = by_name(&json(&out), "one.fail.test");
     assert_eq!(first["status"], "failed");
+    // The post hook is told which names failed (certbot's FAILED_DOMAINS).
+    assert_eq!(
+        fs::read_to_string(&post_log).unwrap(),
+        "renewed=[] failed=[one.fail.test]\n"
+    );
     assert!(
         first["error"]
             .as_str()
