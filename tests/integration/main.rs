@@ -15,6 +15,7 @@ mod nginx_fuzz;
 mod nginx_locations;
 mod nginx_parse;
 mod packaging;
+mod proxy;
 mod realworld;
 mod renew;
 mod security;
