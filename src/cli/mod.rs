@@ -10,6 +10,7 @@ mod csr;
 mod enroll;
 mod options;
 mod output;
+mod remove;
 mod renew;
 mod revoke;
 mod scan;
@@ -102,6 +103,8 @@ pub enum Command {
     Enroll(Box<enroll::EnrollArgs>),
     /// Renew the certificates that are due (ARI window, else a third of the lifetime left).
     Renew(Box<renew::RenewArgs>),
+    /// Take certificates out of nginx (restoring what their blocks had) and delete them.
+    Remove(Box<remove::RemoveArgs>),
     /// Show every certificate, when it renews next and why.
     Status(Box<status::StatusArgs>),
     /// Run as a service: enroll new server blocks as they appear, renew on time.
@@ -207,6 +210,7 @@ pub fn main() -> ExitCode {
             Command::Scan(args) => scan::run(&ctx, *args),
             Command::Enroll(args) => enroll::run(&ctx, *args).await,
             Command::Renew(args) => renew::run(&ctx, *args).await,
+            Command::Remove(args) => remove::run(&ctx, *args).await,
             Command::Status(args) => status::run(&ctx, *args),
             Command::Watch(args) => watch::run(&ctx, *args).await,
             Command::Assets(args) => assets::run(args),

@@ -55,7 +55,9 @@ fn print(s: &StatusLine) -> Result<(), CliError> {
     ))?;
     output::line(format!(
         "  used by {}",
-        if s.server_blocks.is_empty() {
+        if s.orphan {
+            "no server block (an orphan: `acme-nginx remove --orphans` deletes it)".into()
+        } else if s.server_blocks.is_empty() {
             "-".into()
         } else {
             s.server_blocks.join(", ")

@@ -6,7 +6,7 @@
 use time::OffsetDateTime;
 
 use super::intent::Intent;
-use super::lineage::LineageMeta;
+use super::lineage::{LineageMeta, Replaced};
 use super::outcome::{chain_text, Failure, Outcome, Status};
 use super::plan::Plan;
 use super::run::{Fresh, Run};
@@ -36,6 +36,9 @@ struct Staged {
     status: Status,
     /// The leaf (DER) nginx must serve afterwards.
     leaf: Option<Vec<u8>>,
+    /// The lines this install replaces in its blocks, remembered once it is served so that
+    /// `remove` can put them back.
+    replaced: Vec<Replaced>,
 }
 
 fn first_cert(pem: &[u8]) -> Option<Vec<u8>> {
@@ -129,6 +132,7 @@ impl Run {
                 version,
                 status: Status::Installed,
                 plan,
+                replaced: Vec::new(),
             });
         }
         if staged.is_empty() {
@@ -145,9 +149,22 @@ impl Run {
         // Edits for blocks that do not point at their lineage yet.
         let mut change = Change::default();
         let mut kept = Vec::new();
-        for s in staged {
+        for mut s in staged {
             match self.edits_for(cfg, scan, &s.plan) {
                 Ok(e) => {
+                    s.replaced = e
+                        .iter()
+                        .filter(|e| e.end > e.start)
+                        .map(|e| Replaced {
+                            file: cfg.files[e.file].path.clone(),
+                            offset: e.start,
+                            original: String::from_utf8_lossy(
+                                &cfg.files[e.file].text[e.start..e.end],
+                            )
+                            .into_owned(),
+                            inserted: e.text.clone(),
+                        })
+                        .collect();
                     change.edits.extend(e);
                     kept.push(s);
                 }
@@ -290,7 +307,11 @@ impl Run {
     fn settle(&self, s: &Staged, installed: bool) -> Result<(), Error> {
         let mut meta = self.meta(&s.plan.lineage())?;
         let pending = if installed { None } else { s.version };
-        if meta.pending_version != pending {
+        if installed && !s.replaced.is_empty() {
+            meta.replaced.extend(s.replaced.iter().cloned());
+            meta.pending_version = pending;
+            self.save_meta(&s.plan.lineage(), &meta)?;
+        } else if meta.pending_version != pending {
             meta.pending_version = pending;
             self.save_meta(&s.plan.lineage(), &meta)?;
         }
@@ -328,6 +349,7 @@ impl Run {
             version: Some(version),
             status: f.status,
             leaf: first_cert(f.chain.pem.as_bytes()),
+            replaced: Vec::new(),
         })
     }
 

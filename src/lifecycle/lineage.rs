@@ -35,6 +35,19 @@ pub struct LineageMeta {
     /// Renewal schedule and failure memory.
     #[serde(flatten)]
     pub renewal: RenewalState,
+    /// The configuration lines installs replaced (not inserted), for `remove` to put back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<Replaced>,
+}
+
+/// Lines of a configuration file an install replaced: what was there and what it wrote.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Replaced {
+    pub file: std::path::PathBuf,
+    /// Where the original text started when it was replaced (later edits may move it).
+    pub offset: usize,
+    pub original: String,
+    pub inserted: String,
 }
 
 /// The live certificate of a lineage, parsed, with its leaf as DER.

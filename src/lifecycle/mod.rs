@@ -8,6 +8,7 @@
 //! - [`run`]: a run holding the state lock: ordering through the preflight solver, then
 //!   [`install`]ing through nginx's change transaction, and `enroll`/`renew` passes;
 //! - [`intent`]: what an install is about to change, so a killed run is rolled back by the next;
+//! - [`remove`]: taking certificates out of their blocks again, restoring what was there;
 //! - [`status`] and [`metrics`]: what the state says, for people and for Prometheus;
 //! - [`watch`]: the long-running service loop.
 
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod plan;
 pub mod policy;
+pub mod remove;
 mod renew;
 pub mod run;
 pub mod settings;

@@ -32,6 +32,8 @@ pub enum Status {
     DryRun,
     /// Left alone (e.g. no server block uses the name any more).
     Skipped,
+    /// Taken out of its server blocks (and deleted, unless kept).
+    Removed,
 }
 
 impl Status {
@@ -47,6 +49,7 @@ impl Status {
             Status::Failed => "failed",
             Status::DryRun => "dry-run",
             Status::Skipped => "skipped",
+            Status::Removed => "removed",
         }
     }
 }

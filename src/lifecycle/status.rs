@@ -24,6 +24,9 @@ pub struct StatusLine {
     pub server_blocks: Vec<String>,
     pub last_error: Option<String>,
     pub failures: u32,
+    /// No server block uses it (when the configuration could be read): `remove --orphans`
+    /// deletes it.
+    pub orphan: bool,
 }
 
 /// The status of the named lineages (all when `wanted` is empty).
@@ -61,6 +64,7 @@ pub fn status(settings: &Settings, wanted: &[String]) -> Result<Vec<StatusLine>,
             server_blocks: scan.as_ref().map(|s| users(s, &l)).unwrap_or_default(),
             last_error: meta.renewal.last_error.clone(),
             failures: meta.renewal.failures,
+            orphan: scan.as_ref().is_some_and(|s| users(s, &l).is_empty()),
         });
     }
     for w in wanted {

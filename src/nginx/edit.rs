@@ -401,6 +401,52 @@ pub fn remove_marked(
         .collect()
 }
 
+/// The edit that puts `original` back where an install wrote `inserted` into `file`: at the
+/// occurrence of `inserted` nearest to `offset` (where it was written; other edits since may
+/// have moved it). None when the file no longer holds `inserted`: it was edited by hand since.
+pub fn restore_edit(
+    cfg: &Config,
+    file: &Path,
+    offset: usize,
+    inserted: &str,
+    original: &str,
+) -> Option<Edit> {
+    let id = cfg.files.iter().position(|f| f.path == file)?;
+    let text = &cfg.files[id].text;
+    let needle = inserted.as_bytes();
+    if needle.is_empty() {
+        return None;
+    }
+    let start = text
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .min_by_key(|i| i.abs_diff(offset))?;
+    Some(Edit {
+        file: id,
+        start,
+        end: start + needle.len(),
+        text: original.to_owned(),
+    })
+}
+
+/// Edits removing every line acme-nginx inserted into a block (marked `# managed by
+/// acme-nginx`), except those overlapping `keep` (ranges other edits of the same change
+/// rewrite).
+pub fn remove_all_marked(cfg: &Config, block: &ServerBlock, keep: &[Edit]) -> Vec<Edit> {
+    remove_marked(cfg, block, |_| true)
+        .into_iter()
+        .filter(|e| {
+            !keep.iter().any(|k| {
+                k.file == e.file
+                    && k.start < e.end.max(e.start + 1)
+                    && e.start < k.end.max(k.start + 1)
+            })
+        })
+        .collect()
+}
+
 /// The edit that includes the challenge snippet in a block.
 pub fn include_edit(
     cfg: &Config,
@@ -825,6 +871,57 @@ mod tests {
         assert!(
             out.contains("return 301 https://$host:8443$request_uri;"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn an_install_is_undone_byte_for_byte_and_hand_edits_are_left() {
+        let src = "http {\n  server {\n    listen 80;\n    server_name a.test;\n    \
+                   ssl_certificate /etc/ssl/old.pem; # theirs\n    ssl_certificate_key /etc/ssl/old.key;\n  }\n}\n";
+        let (cfg, servers) = setup(src);
+        let edits = install_edits(&cfg, &servers[0], &spec(true)).unwrap();
+        let replaced: Vec<(usize, String, String)> = edits
+            .iter()
+            .filter(|e| e.end > e.start)
+            .map(|e| {
+                let original = String::from_utf8_lossy(&cfg.files[e.file].text[e.start..e.end]);
+                (e.start, original.into_owned(), e.text.clone())
+            })
+            .collect();
+        assert_eq!(replaced.len(), 2);
+        let installed =
+            String::from_utf8(render_edits(&cfg, &edits).into_values().next().unwrap().1).unwrap();
+        let undo = |text: &str| {
+            let (cfg, servers) = setup(text);
+            let path = Path::new("/etc/nginx/nginx.conf");
+            let restores: Vec<Edit> = replaced
+                .iter()
+                .filter_map(|(at, orig, ins)| restore_edit(&cfg, path, *at, ins, orig))
+                .collect();
+            let found = restores.len();
+            let mut all = remove_all_marked(&cfg, &servers[0], &restores);
+            all.extend(restores);
+            let out = render_edits(&cfg, &all)
+                .into_values()
+                .next()
+                .map(|(_, n)| n);
+            (
+                String::from_utf8(out.unwrap_or_else(|| text.as_bytes().to_vec())).unwrap(),
+                found,
+            )
+        };
+        assert_eq!(undo(&installed), (src.to_owned(), 2));
+        // The key line was changed by hand since: it stays (and is reported by the caller).
+        let by_hand = installed.replace(
+            "privkey.pem; # managed by acme-nginx",
+            "privkey.pem; # mine now",
+        );
+        let (text, found) = undo(&by_hand);
+        assert_eq!(found, 1);
+        assert!(text.contains("/etc/ssl/old.pem; # theirs"), "{text}");
+        assert!(
+            text.contains("privkey.pem; # mine now") && !text.contains("listen 443"),
+            "{text}"
         );
     }
 }

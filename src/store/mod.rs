@@ -99,6 +99,15 @@ impl Store {
         }
     }
 
+    /// Deletes a lineage's directory (versions, live link, metadata).
+    pub fn remove_lineage(&self, l: &Lineage) -> Result<(), Error> {
+        match fs::remove_dir_all(&l.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &l.dir)(e)),
+        }
+    }
+
     /// Every lineage on disk (a directory holding `lineage.json`), by name.
     pub fn lineages(&self) -> Vec<Lineage> {
         let mut out: Vec<Lineage> = fs::read_dir(self.root.join("certs"))

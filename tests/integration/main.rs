@@ -17,6 +17,7 @@ mod nginx_parse;
 mod packaging;
 mod proxy;
 mod realworld;
+mod remove;
 mod renew;
 mod security;
 mod watch;
