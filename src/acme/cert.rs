@@ -275,6 +275,17 @@ pub fn normalize_names(names: &[String]) -> Result<Vec<String>, Error> {
 /// the CA).
 pub const NOT_BEFORE_SKEW: time::Duration = time::Duration::minutes(10);
 
+/// True when `key` is the private key of the certificate `cert_der` (their public keys are the
+/// same).
+pub fn key_matches(cert_der: &[u8], key: &super::KeyPair) -> Result<bool, Error> {
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| Error::Certificate(format!("invalid certificate: {e}")))?;
+    let csr = create_csr(key, &["key-check.invalid".to_owned()])?;
+    let (_, req) = X509CertificationRequest::from_der(&csr.der)
+        .map_err(|e| Error::Certificate(format!("invalid CSR: {e}")))?;
+    Ok(cert.public_key().raw == req.certification_request_info.subject_pki.raw)
+}
+
 /// Checks what a CA returned before it goes live: the chain holds only certificates, the leaf's
 /// names are exactly the order's (no more, no fewer), its public key is the CSR's, it is valid
 /// now (a notBefore at most [`NOT_BEFORE_SKEW`] ahead), and each certificate is signed by the

@@ -142,6 +142,11 @@ pub fn external_account_binding(
     Ok(json!({ "protected": protected, "payload": payload, "signature": signature }))
 }
 
+/// Decodes base64url without padding (RFC 7515 section 2); padding is tolerated.
+pub fn decode_b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    URL_SAFE_NO_PAD.decode(s.trim_end_matches('='))
+}
+
 /// Decodes base64url or standard base64, with or without padding.
 fn decode_b64_lenient(s: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};

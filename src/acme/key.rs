@@ -200,6 +200,48 @@ impl KeyPair {
         ))
     }
 
+    /// Loads a private key from a JWK (RFC 7517/7518): RSA (`n`, `e`, `d`, `p`, `q`, as
+    /// certbot's `private_key.json` holds its account key) or EC P-256/P-384 (`crv`, `d`).
+    pub fn from_jwk(jwk: &serde_json::Value) -> Result<Self, Error> {
+        let part = |name: &str| -> Result<Vec<u8>, Error> {
+            let text = jwk[name]
+                .as_str()
+                .ok_or_else(|| Error::Key(format!("the JWK has no \"{name}\"")))?;
+            super::jws::decode_b64(text)
+                .map_err(|_| Error::Key(format!("the JWK's \"{name}\" is not base64url")))
+        };
+        match jwk["kty"].as_str() {
+            Some("RSA") => {
+                let big = |name: &str| part(name).map(|b| rsa::BigUint::from_bytes_be(&b));
+                let k = rsa::RsaPrivateKey::from_components(
+                    big("n")?,
+                    big("e")?,
+                    big("d")?,
+                    vec![big("p")?, big("q")?],
+                )
+                .map_err(|e| Error::Key(format!("the RSA JWK is not a valid key: {e}")))?;
+                k.validate()
+                    .map_err(|e| Error::Key(format!("the RSA JWK is not a valid key: {e}")))?;
+                Self::checked_rsa(k)
+            }
+            Some("EC") => {
+                let d = part("d")?;
+                match jwk["crv"].as_str() {
+                    Some("P-256") => p256::ecdsa::SigningKey::from_slice(&d)
+                        .map(Self::from_p256)
+                        .map_err(|e| Error::Key(format!("the P-256 JWK is not a valid key: {e}"))),
+                    Some("P-384") => p384::ecdsa::SigningKey::from_slice(&d)
+                        .map(Self::from_p384)
+                        .map_err(|e| Error::Key(format!("the P-384 JWK is not a valid key: {e}"))),
+                    other => Err(Error::Key(format!("JWK curve {other:?} is not supported"))),
+                }
+            }
+            other => Err(Error::Key(format!(
+                "JWK key type {other:?} is not supported"
+            ))),
+        }
+    }
+
     fn checked_rsa(k: rsa::RsaPrivateKey) -> Result<Self, Error> {
         use rsa::traits::PublicKeyParts;
         let bits = k.n().bits();

@@ -8,6 +8,7 @@ mod assets;
 mod context;
 mod csr;
 mod enroll;
+mod import_certbot;
 mod options;
 mod output;
 mod remove;
@@ -103,6 +104,8 @@ pub enum Command {
     Enroll(Box<enroll::EnrollArgs>),
     /// Renew the certificates that are due (ARI window, else a third of the lifetime left).
     Renew(Box<renew::RenewArgs>),
+    /// Take over certbot's certificates (no new orders): import them and point nginx at them.
+    ImportCertbot(Box<import_certbot::ImportCertbotArgs>),
     /// Take certificates out of nginx (restoring what their blocks had) and delete them.
     Remove(Box<remove::RemoveArgs>),
     /// Show every certificate, when it renews next and why.
@@ -210,6 +213,7 @@ pub fn main() -> ExitCode {
             Command::Scan(args) => scan::run(&ctx, *args),
             Command::Enroll(args) => enroll::run(&ctx, *args).await,
             Command::Renew(args) => renew::run(&ctx, *args).await,
+            Command::ImportCertbot(args) => import_certbot::run(&ctx, *args).await,
             Command::Remove(args) => remove::run(&ctx, *args).await,
             Command::Status(args) => status::run(&ctx, *args),
             Command::Watch(args) => watch::run(&ctx, *args).await,

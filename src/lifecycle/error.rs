@@ -36,6 +36,8 @@ pub enum Error {
     UnknownName { name: String, why: String },
     #[error("no certificate lineage holds {0} (see `acme-nginx status`)")]
     NoLineage(String),
+    #[error("certbot's state cannot be imported: {0}")]
+    Certbot(String),
     #[error("no account yet at {directory}: read the terms of service at {tos} and pass --agree-tos (or set agree_tos = true in the config file)")]
     TermsNotAgreed { directory: String, tos: String },
     #[error("the CA requires external account binding: pass --eab-kid and --eab-hmac-key")]

@@ -35,6 +35,9 @@ pub struct LineageMeta {
     /// Renewal schedule and failure memory.
     #[serde(flatten)]
     pub renewal: RenewalState,
+    /// The certbot renewal configuration this lineage was imported from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<std::path::PathBuf>,
     /// The configuration lines installs replaced (not inserted), for `remove` to put back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced: Vec<Replaced>,

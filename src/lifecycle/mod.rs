@@ -8,11 +8,13 @@
 //! - [`run`]: a run holding the state lock: ordering through the preflight solver, then
 //!   [`install`]ing through nginx's change transaction, and `enroll`/`renew` passes;
 //! - [`intent`]: what an install is about to change, so a killed run is rolled back by the next;
+//! - [`certbot`]: taking over certbot's certificates without new orders;
 //! - [`remove`]: taking certificates out of their blocks again, restoring what was there;
 //! - [`status`] and [`metrics`]: what the state says, for people and for Prometheus;
 //! - [`watch`]: the long-running service loop.
 
 pub mod account;
+pub mod certbot;
 mod error;
 mod install;
 pub mod intent;

@@ -401,6 +401,42 @@ pub fn remove_marked(
         .collect()
 }
 
+/// Edits pointing the directives of a block (its own lines, not included files) whose first
+/// argument is one of `moves`' old paths at the new path: `include`, `ssl_dhparam`,
+/// `ssl_trusted_certificate` and the like naming another tool's files (certbot's
+/// `/etc/letsencrypt/...`). Each becomes `NAME NEW; # managed by acme-nginx`.
+pub fn move_path_edits(cfg: &Config, block: &ServerBlock, moves: &[(String, String)]) -> Vec<Edit> {
+    let Some(server) = find_server(cfg, block) else {
+        return Vec::new();
+    };
+    let text = text_of(cfg, server);
+    let indent = child_indent(text, server);
+    server
+        .children()
+        .iter()
+        .filter(|d| d.file == server.file && d.block.is_none())
+        .filter_map(|d| {
+            let first = d.args.first()?;
+            let first = first.to_string();
+            let (_, new) = moves.iter().find(|(old, _)| *old == first)?;
+            let end = end_of_trailing_comment(text, d.end);
+            let mut args = vec![new.clone()];
+            args.extend(d.args.iter().skip(1).map(|a| a.to_string()));
+            Some(Edit {
+                file: server.file,
+                start: d.start,
+                end,
+                text: end_line(
+                    format!("{} {}; {MARK}", d.name, args.join(" ")),
+                    text,
+                    end,
+                    &indent,
+                ),
+            })
+        })
+        .collect()
+}
+
 /// The edit that puts `original` back where an install wrote `inserted` into `file`: at the
 /// occurrence of `inserted` nearest to `offset` (where it was written; other edits since may
 /// have moved it). None when the file no longer holds `inserted`: it was edited by hand since.

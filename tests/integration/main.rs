@@ -6,6 +6,7 @@ mod util;
 
 mod acme_hostile;
 mod acme_pebble;
+mod certbot;
 mod dns;
 mod enroll;
 mod failures;

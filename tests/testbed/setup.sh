@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian 12 machine, idempotently:
 #  - Debian 12 packages: nginx, openssl, ca-certificates, curl, lintian, rpm, systemd, bind9
-#    (with its utilities) and pdns-server with the sqlite3 backend for the dns-01 tests;
+#    (with its utilities) and pdns-server with the sqlite3 backend for the dns-01 tests,
+#    certbot for the import-certbot test;
 #  - cargo-deb and cargo-generate-rpm (cargo install), crossplane (pip);
 #  - the parser's differential corpus: nginx configs from Debian packages (apt-get download);
 #  - with --bench, the peers the benchmarks measure: uacme (Debian 12), pebble 2.4 (Debian 12,
@@ -38,6 +39,8 @@ command -v nsupdate >/dev/null 2>&1 || missing+=(bind9-dnsutils)
 [ -x /usr/sbin/pdns_server ] || missing+=(pdns-server)
 ls /usr/lib/*/pdns/libgsqlite3backend.so >/dev/null 2>&1 || missing+=(pdns-backend-sqlite3)
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
+# import-certbot: a real certbot issues the certificates acme-nginx takes over.
+command -v certbot >/dev/null 2>&1 || missing+=(certbot)
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

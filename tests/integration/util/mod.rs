@@ -683,6 +683,17 @@ impl Bed {
             .unwrap()
     }
 
+    /// Like [`Bed::served`], None while nothing answers TLS there.
+    pub fn try_served(&self, name: &str) -> Option<Vec<u8>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", self.https_port).parse().unwrap();
+        rt.block_on(acme_nginx::nginx::probe::served_certificate(addr, name))
+            .ok()
+    }
+
     /// Pebble's root, as a file.
     pub fn root(&self) -> PathBuf {
         let rt = tokio::runtime::Builder::new_current_thread()

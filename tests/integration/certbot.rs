@@ -1,0 +1,208 @@
+//! `import-certbot` against a real certbot (Debian's package): certbot issues from pebble into a
+//! temporary configuration directory, nginx serves it the way `certbot --nginx` sets blocks
+//! up, then acme-nginx takes over without a new order.
+
+use std::fs;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::{assert_exit, bin, by_name, json, Bed};
+
+const NAME: &str = "imp.certbot.test";
+
+#[test]
+fn import_certbot_takes_over_without_a_new_order() {
+    // certbot does not retry a rejected nonce: pebble rejects none here.
+    let servers = format!(
+        "server {{\n    listen 127.0.0.1:{{port}};\n    server_name {NAME};\n    \
+         location /.well-known/acme-challenge/ {{ root {{dir}}/www; }}\n    location / {{ return 200 \"imp\\n\"; }}\n}}\n"
+    );
+    let bed = Bed::start_with(crate::util::free_port(), &servers, |mut o| {
+        o.nonce_reject = 0;
+        o
+    });
+    let dir = bed.nginx.dir.path().to_path_buf();
+    fs::create_dir_all(dir.join("www")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let le = work.path().join("letsencrypt");
+    let certbot = Command::new(bin("certbot"))
+        .args([
+            "certonly",
+            "--non-interactive",
+            "--agree-tos",
+            "--register-unsafely-without-email",
+        ])
+        .args(["--server", &bed.pebble.directory])
+        .arg("--config-dir")
+        .arg(&le)
+        .arg("--work-dir")
+        .arg(work.path().join("work"))
+        .arg("--logs-dir")
+        .arg(work.path().join("logs"))
+        .args(["--webroot", "-w"])
+        .arg(dir.join("www"))
+        .args(["-d", NAME])
+        .env("REQUESTS_CA_BUNDLE", &bed.pebble.ca_file)
+        .output()
+        .unwrap();
+    assert!(
+        certbot.status.success(),
+        "certbot: {}",
+        String::from_utf8_lossy(&certbot.stderr)
+    );
+    // What `certbot --nginx` adds to the block, with its shared files.
+    fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/realworld/certbot-proxy/options-ssl-nginx.conf"
+        ),
+        le.join("options-ssl-nginx.conf"),
+    )
+    .unwrap();
+    fs::copy(
+        "/usr/lib/python3/dist-packages/certbot/ssl-dhparams.pem",
+        le.join("ssl-dhparams.pem"),
+    )
+    .unwrap();
+    let live = le.join("live").join(NAME);
+    let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
+    let certbot_lines = format!(
+        "    listen 127.0.0.1:{https} ssl; # managed by Certbot\n    \
+         ssl_certificate {l}/fullchain.pem; # managed by Certbot\n    \
+         ssl_certificate_key {l}/privkey.pem; # managed by Certbot\n    \
+         include {le}/options-ssl-nginx.conf; # managed by Certbot\n    \
+         ssl_dhparam {le}/ssl-dhparams.pem; # managed by Certbot\n",
+        https = bed.https_port,
+        l = live.display(),
+        le = le.display()
+    );
+    let with_tls = conf.replacen(
+        &format!("    server_name {NAME};\n"),
+        &format!("    server_name {NAME};\n{certbot_lines}"),
+        1,
+    );
+    fs::write(&bed.nginx.conf, &with_tls).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bed.nginx.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let certbot_leaf = crate::util::leaf(&live.join("fullchain.pem"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bed.try_served(NAME).as_deref() != Some(&certbot_leaf[..]) {
+        assert!(
+            Instant::now() < deadline,
+            "nginx does not serve certbot's certificate"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A renewal configuration that cannot be read fails alone.
+    fs::write(
+        le.join("renewal/broken.conf"),
+        "version = 2.1.0\nthis is not certbot's format\n",
+    )
+    .unwrap();
+    let orders_before = bed.pebble.log().matches("POST /order-plz").count();
+
+    let dry = bed.cmd(
+        "import-certbot",
+        &["--certbot-dir", le.to_str().unwrap(), "--dry-run"],
+    );
+    assert_exit(&dry, 1);
+    assert_eq!(
+        by_name(&json(&dry), NAME)["status"],
+        "dry-run",
+        "{}",
+        json(&dry)
+    );
+    assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), with_tls);
+
+    let out = bed.cmd("import-certbot", &["--certbot-dir", le.to_str().unwrap()]);
+    assert_exit(&out, 1);
+    let report = json(&out);
+    assert_eq!(by_name(&report, NAME)["status"], "installed", "{report}");
+    let broken = by_name(&report, "broken");
+    assert_eq!(broken["status"], "failed");
+    assert!(
+        broken["error"].as_str().unwrap().contains("broken.conf"),
+        "{broken}"
+    );
+    // The same certificate is served, from our lineage; no order was placed.
+    assert_eq!(bed.served(NAME), certbot_leaf);
+    assert_eq!(
+        crate::util::leaf(&bed.live(NAME).join("fullchain.pem")),
+        certbot_leaf
+    );
+    assert_eq!(
+        bed.pebble.log().matches("POST /order-plz").count(),
+        orders_before
+    );
+    let imported = fs::read_to_string(&bed.nginx.conf).unwrap();
+    assert!(!imported.contains(le.to_str().unwrap()), "{imported}");
+    // certbot's account (an RSA key) is ours now.
+    let regr: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(
+            walk(&le.join("accounts"))
+                .into_iter()
+                .find(|p| p.ends_with("regr.json"))
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let account = walk(&bed.state.path().join("accounts"))
+        .into_iter()
+        .find(|p| p.ends_with("account.json"))
+        .unwrap();
+    let account: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(account).unwrap()).unwrap();
+    assert_eq!(account["account_url"], regr["uri"]);
+
+    // nginx no longer needs /etc/letsencrypt.
+    let moved = work.path().join("letsencrypt.moved");
+    fs::rename(&le, &moved).unwrap();
+    let t = Command::new(bin("nginx"))
+        .arg("-t")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&bed.nginx.conf)
+        .output()
+        .unwrap();
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    fs::rename(&moved, &le).unwrap();
+
+    // A second run changes nothing.
+    fs::remove_file(le.join("renewal/broken.conf")).unwrap();
+    let again = bed.cmd("import-certbot", &["--certbot-dir", le.to_str().unwrap()]);
+    assert_exit(&again, 0);
+    assert_eq!(by_name(&json(&again), NAME)["status"], "up-to-date");
+    assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), imported);
+
+    // Renewal goes on with certbot's account, replacing the imported certificate (ARI).
+    let renewed = bed.cmd("renew", &["--force", NAME]);
+    assert_exit(&renewed, 0);
+    let r = by_name(&json(&renewed), NAME);
+    assert_eq!(r["status"], "renewed", "{r}");
+    assert!(r["replaces"].is_string(), "{r}");
+    assert_ne!(bed.served(NAME), certbot_leaf);
+
+    // Changed our mind: `remove` gives the block back to certbot, byte for byte.
+    let out = bed.cmd("remove", &[NAME]);
+    assert_exit(&out, 0);
+    assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), with_tls);
+    assert_eq!(bed.served(NAME), certbot_leaf);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
