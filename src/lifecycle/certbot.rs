@@ -309,6 +309,17 @@ impl Run {
             meta.issued_at = Some(lineage.info.not_before.unix_timestamp());
             meta.pending_version = Some(version);
             meta.imported_from = Some(conf_path.clone());
+            meta.preferred_chain = lineage
+                .conf
+                .params
+                .get("preferred_chain")
+                .filter(|c| !c.is_empty())
+                .cloned();
+            meta.reuse_key = lineage
+                .conf
+                .params
+                .get("reuse_key")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
             meta.renewal.record_success();
             self.save_meta(&plan.lineage(), &meta)?;
             tracing::info!(
@@ -402,5 +413,64 @@ impl Run {
             self.save_meta(&lineage, &meta)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout certbot 2.x writes (`renewal/example.org.conf`).
+    const CONF: &str = "# renew_before_expiry = 30 days\nversion = 2.1.0\n\
+        archive_dir = /etc/letsencrypt/archive/example.org\n\
+        cert = /etc/letsencrypt/live/example.org/cert.pem\n\
+        privkey = /etc/letsencrypt/live/example.org/privkey.pem\n\
+        chain = /etc/letsencrypt/live/example.org/chain.pem\n\
+        fullchain = /etc/letsencrypt/live/example.org/fullchain.pem\n\n\
+        # Options used in the renewal process\n[renewalparams]\n\
+        account = 0123456789abcdef0123456789abcdef\nauthenticator = nginx\ninstaller = nginx\n\
+        server = https://acme-v02.api.letsencrypt.org/directory\nkey_type = ecdsa\n\
+        preferred_chain = ISRG Root X1\nreuse_key = True\n";
+
+    #[test]
+    fn certbot_renewal_configurations_parse() {
+        let c = RenewalConf::parse(CONF).unwrap();
+        assert_eq!(
+            c.path("fullchain"),
+            Path::new("/etc/letsencrypt/live/example.org/fullchain.pem")
+        );
+        assert_eq!(
+            c.server(),
+            Some("https://acme-v02.api.letsencrypt.org/directory")
+        );
+        assert_eq!(c.params["preferred_chain"], "ISRG Root X1");
+        assert_eq!(c.params["account"], "0123456789abcdef0123456789abcdef");
+        let err = RenewalConf::parse("version = 2\ncert = /x\n").unwrap_err();
+        assert!(err.contains("no `privkey`"), "{err}");
+        let err = RenewalConf::parse("cert /x\n").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn account_keys_come_from_jwks() {
+        // An EC JWK made from a key we know: the same key comes back.
+        let key = KeyPair::generate(acme::KeyType::P256);
+        let pem = key.to_pem();
+        let secret = {
+            use p256::pkcs8::DecodePrivateKey;
+            p256::SecretKey::from_pkcs8_pem(&pem).unwrap()
+        };
+        let jwk = serde_json::json!({
+            "kty": "EC", "crv": "P-256",
+            "d": acme::jws::b64(secret.to_bytes()),
+        });
+        assert_eq!(KeyPair::from_jwk(&jwk).unwrap().to_pem(), pem);
+        for bad in [
+            serde_json::json!({"kty": "oct", "k": "AAAA"}),
+            serde_json::json!({"kty": "RSA", "n": "AQAB"}),
+            serde_json::json!({"kty": "EC", "crv": "P-521", "d": "AAAA"}),
+        ] {
+            assert!(KeyPair::from_jwk(&bad).is_err(), "{bad}");
+        }
     }
 }

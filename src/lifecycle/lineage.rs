@@ -35,6 +35,12 @@ pub struct LineageMeta {
     /// Renewal schedule and failure memory.
     #[serde(flatten)]
     pub renewal: RenewalState,
+    /// This lineage's own choice of chain (certbot's `preferred_chain`), over the setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_chain: Option<String>,
+    /// This lineage keeps its key across renewals (certbot's `reuse_key`), besides the setting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reuse_key: bool,
     /// The certbot renewal configuration this lineage was imported from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_from: Option<std::path::PathBuf>,

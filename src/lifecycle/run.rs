@@ -759,7 +759,11 @@ impl Run {
                 self.settings.profile.clone()
             },
             replaces: self.replaces(plan),
-            preferred_chain: self.settings.preferred_chain.clone(),
+            preferred_chain: self
+                .meta(&plan.lineage())
+                .ok()
+                .and_then(|m| m.preferred_chain)
+                .or(self.settings.preferred_chain.clone()),
             ..OrderOptions::default()
         };
         let chain = account
@@ -837,7 +841,8 @@ impl Run {
 
     /// A new key per certificate, or the live one when `reuse_key` is set.
     fn certificate_key(&self, plan: &Plan) -> KeyPair {
-        if self.settings.reuse_key {
+        let lineage_reuses = self.meta(&plan.lineage()).is_ok_and(|m| m.reuse_key);
+        if self.settings.reuse_key || lineage_reuses {
             if let Some(k) = self
                 .store
                 .lineage(&plan.lineage())
