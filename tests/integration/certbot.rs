@@ -206,3 +206,37 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// RS256 (certbot's account keys) byte for byte as OpenSSL signs it, through python's
+/// `cryptography` (which certbot depends on): RSASSA-PKCS1-v1_5 is deterministic, so the two
+/// signatures over the same JWS signing input must be equal.
+#[test]
+fn rs256_signatures_are_openssl_s() {
+    use acme_nginx::acme::{jws, KeyPair, KeyType};
+    let key = KeyPair::generate(KeyType::Rsa2048);
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("key.pem"), key.to_pem()).unwrap();
+    let input = format!(
+        "{}.{}",
+        jws::b64(br#"{"alg":"RS256","nonce":"abc","url":"https://ca.example/new-order"}"#),
+        jws::b64(br#"{"identifiers":[{"type":"dns","value":"example.org"}]}"#)
+    );
+    fs::write(dir.path().join("input"), &input).unwrap();
+    let script = "import sys\n\
+        from cryptography.hazmat.primitives import hashes, serialization\n\
+        from cryptography.hazmat.primitives.asymmetric import padding\n\
+        k = serialization.load_pem_private_key(open(sys.argv[1], 'rb').read(), None)\n\
+        sys.stdout.buffer.write(k.sign(open(sys.argv[2], 'rb').read(), padding.PKCS1v15(), hashes.SHA256()))\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.path().join("key.pem"))
+        .arg(dir.path().join("input"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(key.sign_raw(input.as_bytes()), out.stdout);
+}
