@@ -96,12 +96,25 @@ fn import_certbot_takes_over_without_a_new_order() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // A renewal configuration that cannot be read fails alone.
+    // A renewal configuration that cannot be read, and one whose key is not its
+    // certificate's, fail alone.
     fs::write(
         le.join("renewal/broken.conf"),
         "version = 2.1.0\nthis is not certbot's format\n",
     )
     .unwrap();
+    let other_key = work.path().join("other-key.pem");
+    let other = acme_nginx::acme::KeyPair::generate(acme_nginx::acme::KeyType::P256);
+    fs::write(&other_key, other.to_pem()).unwrap();
+    let conf_text = fs::read_to_string(le.join(format!("renewal/{NAME}.conf"))).unwrap();
+    let privkey = live.join("privkey.pem").display().to_string();
+    assert!(conf_text.contains(&privkey), "{conf_text}");
+    fs::write(
+        le.join("renewal/mismatch.conf"),
+        conf_text.replace(&privkey, &other_key.display().to_string()),
+    )
+    .unwrap();
+    let before = tree(&le);
     let orders_before = bed.pebble.log().matches("POST /order-plz").count();
 
     let dry = bed.cmd(
@@ -127,6 +140,16 @@ fn import_certbot_takes_over_without_a_new_order() {
         broken["error"].as_str().unwrap().contains("broken.conf"),
         "{broken}"
     );
+    let mismatch = by_name(&report, "mismatch");
+    assert!(
+        mismatch["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not the key of"),
+        "{mismatch}"
+    );
+    // certbot's directory is only read.
+    assert_eq!(tree(&le), before);
     // The same certificate is served, from our lineage; no order was placed.
     assert_eq!(bed.served(NAME), certbot_leaf);
     assert_eq!(
@@ -174,6 +197,7 @@ fn import_certbot_takes_over_without_a_new_order() {
 
     // A second run changes nothing.
     fs::remove_file(le.join("renewal/broken.conf")).unwrap();
+    fs::remove_file(le.join("renewal/mismatch.conf")).unwrap();
     let again = bed.cmd("import-certbot", &["--certbot-dir", le.to_str().unwrap()]);
     assert_exit(&again, 0);
     assert_eq!(by_name(&json(&again), NAME)["status"], "up-to-date");
@@ -192,6 +216,19 @@ fn import_certbot_takes_over_without_a_new_order() {
     assert_exit(&out, 0);
     assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), with_tls);
     assert_eq!(bed.served(NAME), certbot_leaf);
+}
+
+/// Every file under `dir` with its bytes (links read through), for "left untouched".
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = walk(dir)
+        .into_iter()
+        .map(|p| {
+            let data = fs::read(&p).unwrap_or_default();
+            (p, data)
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
