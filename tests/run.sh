@@ -2,7 +2,7 @@
 # Runs every test: installs the test bed (nginx, pebble 2.10 from sid; needs root the first
 # time), then the unit and integration tests against real pebble and nginx processes, then
 # checks that no process the tests started (nginx masters or workers, pebble, challtestsrv,
-# named, pdns_server, acme-nginx) is still alive.
+# named, pdns_server, etcd, acme-nginx) is still alive.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -12,7 +12,7 @@ tests/testbed/setup.sh
 # and everything run as the worker user (nginx's workers, the attackers of the security tests).
 started_by_tests() {
   ps -eo pid=,stat=,user=,comm= |
-    awk '$2 !~ /^Z/ && ($4 ~ /^(nginx|pebble|pebble-challtes|acme-nginx|runuser|named|pdns_server|nsupdate)$/ || $3 == "www-data") {print $1}' |
+    awk '$2 !~ /^Z/ && ($4 ~ /^(nginx|pebble|pebble-challtes|acme-nginx|runuser|named|pdns_server|nsupdate|etcd|certbot)$/ || $3 == "www-data") {print $1}' |
     sort
 }
 before=$(mktemp)

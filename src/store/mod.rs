@@ -4,9 +4,11 @@
 //! renewal policy, plans) belongs to [`crate::lifecycle`].
 
 mod error;
+pub mod etcd;
 mod journal;
 mod lineage;
 mod lock;
+pub mod seal;
 
 use std::fs;
 use std::io;

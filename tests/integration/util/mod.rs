@@ -3,6 +3,7 @@
 //! from `tests/testbed/setup.sh` ($ACME_NGINX_TESTBED, default `.testbed/` in the repo).
 
 pub mod dns;
+pub mod etcd;
 
 use std::fmt::Write as _;
 use std::fs;

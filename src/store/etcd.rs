@@ -1,0 +1,522 @@
+//! A small etcd v3 client over etcd's JSON gateway (`POST /v3/kv/range`, `/v3/kv/put`,
+//! `/v3/kv/txn`, `/v3/lease/*`, `/v3/watch`), on the reqwest client acme-nginx already has: the
+//! key-value calls fleet mode needs, create-if-absent transactions, leases kept alive while a
+//! node works, and watches. Every call goes to the first endpoint that answers (a member that
+//! is down is skipped); a cluster without quorum answers with an error or not at all, and the
+//! call fails within [`ETCD_TIMEOUT`] with a message that says so. Keys and values are bytes
+//! (base64 on the wire, as the gateway wants).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+/// How long one etcd call may take (a cluster without quorum never answers a write).
+pub const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer read from etcd (a prefix holding every lineage of a fleet).
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
+/// A failed etcd call.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("no etcd endpoint answered ({tried}): {last}")]
+    Unreachable { tried: String, last: String },
+    #[error("etcd at {endpoint} refused {call}: {message}")]
+    Refused {
+        endpoint: String,
+        call: String,
+        message: String,
+    },
+    #[error("etcd at {endpoint} answered {call} with something that is not the JSON expected: {message}")]
+    Malformed {
+        endpoint: String,
+        call: String,
+        message: String,
+    },
+    #[error("cannot build the etcd client: {0}")]
+    Client(String),
+}
+
+/// One key-value pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+/// A change a watch reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Put(Kv),
+    Delete(String),
+}
+
+/// How to reach the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdConfig {
+    /// `http(s)://host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// Extra trust anchors (PEM) for the members' HTTPS.
+    pub ca_pem: Option<Vec<u8>>,
+    /// etcd's user and password (its own authentication), if enabled.
+    pub user: Option<(String, String)>,
+}
+
+/// A client of one etcd cluster.
+#[derive(Debug)]
+pub struct Etcd {
+    endpoints: Vec<String>,
+    http: reqwest::Client,
+    user: Option<(String, String)>,
+    token: Mutex<Option<String>>,
+}
+
+fn b64(data: &[u8]) -> String {
+    STANDARD.encode(data)
+}
+
+fn unb64(v: &Value) -> Vec<u8> {
+    v.as_str()
+        .and_then(|s| STANDARD.decode(s).ok())
+        .unwrap_or_default()
+}
+
+/// The gateway writes 64-bit numbers as strings.
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn kv_of(v: &Value) -> Kv {
+    Kv {
+        key: String::from_utf8_lossy(&unb64(&v["key"])).into_owned(),
+        value: unb64(&v["value"]),
+        create_revision: int(&v["create_revision"]),
+        mod_revision: int(&v["mod_revision"]),
+        lease: int(&v["lease"]),
+    }
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Etcd {
+    /// A client for the cluster (no call is made yet).
+    pub fn new(config: &EtcdConfig) -> Result<Etcd, EtcdError> {
+        if config.endpoints.is_empty() {
+            return Err(EtcdError::Client("no etcd endpoint given".into()));
+        }
+        let tls = crate::acme::client::tls_config(config.ca_pem.as_deref())
+            .map_err(|e| EtcdError::Client(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(2))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(|e| EtcdError::Client(e.to_string()))?;
+        Ok(Etcd {
+            endpoints: config
+                .endpoints
+                .iter()
+                .map(|e| e.trim_end_matches('/').to_owned())
+                .collect(),
+            http,
+            user: config.user.clone(),
+            token: Mutex::new(None),
+        })
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers (authenticated first when a
+    /// user is configured).
+    async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        if self.user.is_some() && self.token().is_none() {
+            self.authenticate().await?;
+        }
+        self.call_raw(path, body).await
+    }
+
+    async fn call_raw(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let mut last = String::new();
+        for endpoint in &self.endpoints {
+            let mut req = self
+                .http
+                .post(format!("{endpoint}{path}"))
+                .header("Content-Type", "application/json")
+                .timeout(ETCD_TIMEOUT)
+                .body(body.to_string());
+            if let Some(t) = self.token() {
+                req = req.header("Authorization", t);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("{endpoint}: {}", crate::acme::client::error_chain(&e));
+                    continue;
+                }
+            };
+            let status = resp.status();
+            let bytes = match read_capped(resp).await {
+                Ok(b) => b,
+                Err(e) => {
+                    last = format!("{endpoint}: {e}");
+                    continue;
+                }
+            };
+            let value: Value =
+                serde_json::from_slice(&bytes).map_err(|e| EtcdError::Malformed {
+                    endpoint: endpoint.clone(),
+                    call: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+            if !status.is_success() || value.get("error").is_some() {
+                let message = value["message"]
+                    .as_str()
+                    .or(value["error"].as_str())
+                    .unwrap_or("no message")
+                    .to_owned();
+                // A member without a leader cannot serve; another may.
+                if message.contains("no leader") || message.contains("timed out") {
+                    last = format!("{endpoint}: {message} (the cluster may have lost its quorum)");
+                    continue;
+                }
+                return Err(EtcdError::Refused {
+                    endpoint: endpoint.clone(),
+                    call: path.to_owned(),
+                    message: crate::acme::types::escape_controls(&message),
+                });
+            }
+            return Ok(value);
+        }
+        Err(EtcdError::Unreachable {
+            tried: self.endpoints.join(", "),
+            last,
+        })
+    }
+
+    async fn authenticate(&self) -> Result<(), EtcdError> {
+        let Some((user, password)) = &self.user else {
+            return Ok(());
+        };
+        let v = self
+            .call_raw(
+                "/v3/auth/authenticate",
+                &json!({"name": user, "password": password}),
+            )
+            .await?;
+        *self
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            v["token"].as_str().map(str::to_owned);
+        Ok(())
+    }
+
+    /// The value of one key.
+    pub async fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        let v = self
+            .call("/v3/kv/range", &json!({"key": b64(key.as_bytes())}))
+            .await?;
+        Ok(v["kvs"].as_array().and_then(|a| a.first()).map(kv_of))
+    }
+
+    /// Every key under `prefix`, and the store's revision then (to watch from).
+    pub async fn get_prefix(&self, prefix: &str) -> Result<(Vec<Kv>, i64), EtcdError> {
+        let v = self
+            .call(
+                "/v3/kv/range",
+                &json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}),
+            )
+            .await?;
+        let kvs = v["kvs"]
+            .as_array()
+            .map(|a| a.iter().map(kv_of).collect())
+            .unwrap_or_default();
+        Ok((kvs, int(&v["header"]["revision"])))
+    }
+
+    /// Sets a key (attached to `lease` when given, so it goes when the lease does).
+    pub async fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<(), EtcdError> {
+        let mut body = json!({"key": b64(key.as_bytes()), "value": b64(value)});
+        if let Some(l) = lease {
+            body["lease"] = json!(l.to_string());
+        }
+        self.call("/v3/kv/put", &body).await.map(drop)
+    }
+
+    /// Deletes a key (absent is fine).
+    pub async fn delete(&self, key: &str) -> Result<(), EtcdError> {
+        self.call("/v3/kv/deleterange", &json!({"key": b64(key.as_bytes())}))
+            .await
+            .map(drop)
+    }
+
+    /// Sets a key only if it does not exist: Ok(None) when it was set, Ok(Some(holder)) with
+    /// what is there otherwise (one transaction).
+    pub async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<i64>,
+    ) -> Result<Option<Kv>, EtcdError> {
+        let k = b64(key.as_bytes());
+        let mut put = json!({"key": k, "value": b64(value)});
+        if let Some(l) = lease {
+            put["lease"] = json!(l.to_string());
+        }
+        let v = self
+            .call(
+                "/v3/kv/txn",
+                &json!({
+                    "compare": [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+                    "success": [{"request_put": put}],
+                    "failure": [{"request_range": {"key": k}}],
+                }),
+            )
+            .await?;
+        if v["succeeded"].as_bool() == Some(true) {
+            return Ok(None);
+        }
+        Ok(v["responses"]
+            .as_array()
+            .and_then(|r| r.first())
+            .and_then(|r| r["response_range"]["kvs"].as_array())
+            .and_then(|a| a.first())
+            .map(kv_of))
+    }
+
+    /// A new lease of `ttl`.
+    pub async fn grant(&self, ttl: Duration) -> Result<i64, EtcdError> {
+        let v = self
+            .call(
+                "/v3/lease/grant",
+                &json!({"TTL": ttl.as_secs().to_string()}),
+            )
+            .await?;
+        Ok(int(&v["ID"]))
+    }
+
+    /// Renews a lease; the TTL it has now (0: it had expired).
+    pub async fn keep_alive(&self, lease: i64) -> Result<i64, EtcdError> {
+        let v = self
+            .call("/v3/lease/keepalive", &json!({"ID": lease.to_string()}))
+            .await?;
+        Ok(int(&v["result"]["TTL"]))
+    }
+
+    /// Ends a lease now, deleting its keys.
+    pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
+        self.call("/v3/lease/revoke", &json!({"ID": lease.to_string()}))
+            .await
+            .map(drop)
+    }
+
+    /// Watches every key under `prefix` from `start_revision`, handing each event to
+    /// `on_event` until it returns false or the stream ends (an error then).
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        start_revision: i64,
+        mut on_event: impl FnMut(Event) -> bool,
+    ) -> Result<(), EtcdError> {
+        let body = json!({"create_request": {
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&prefix_end(prefix)),
+            "start_revision": start_revision.to_string(),
+        }});
+        let mut last = String::new();
+        for endpoint in &self.endpoints {
+            let mut req = self
+                .http
+                .post(format!("{endpoint}/v3/watch"))
+                .header("Content-Type", "application/json")
+                .body(body.to_string());
+            if let Some(t) = self.token() {
+                req = req.header("Authorization", t);
+            }
+            let mut resp = match req.send().await {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    last = format!("{endpoint}: status {}", r.status());
+                    continue;
+                }
+                Err(e) => {
+                    last = format!("{endpoint}: {}", crate::acme::client::error_chain(&e));
+                    continue;
+                }
+            };
+            // One JSON object per message, concatenated.
+            let mut buf: Vec<u8> = Vec::new();
+            loop {
+                let chunk = match resp.chunk().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => {
+                        last = format!("{endpoint}: {}", crate::acme::client::error_chain(&e));
+                        break;
+                    }
+                };
+                buf.extend_from_slice(&chunk);
+                let mut stream = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+                let mut consumed = 0;
+                while let Some(Ok(msg)) = stream.next() {
+                    consumed = stream.byte_offset();
+                    for e in msg["result"]["events"].as_array().into_iter().flatten() {
+                        let kv = kv_of(&e["kv"]);
+                        let event = if e["type"].as_str() == Some("DELETE") {
+                            Event::Delete(kv.key)
+                        } else {
+                            Event::Put(kv)
+                        };
+                        if !on_event(event) {
+                            return Ok(());
+                        }
+                    }
+                }
+                buf.drain(..consumed);
+                if buf.len() > MAX_ANSWER {
+                    return Err(EtcdError::Malformed {
+                        endpoint: endpoint.clone(),
+                        call: "/v3/watch".into(),
+                        message: "a watch message larger than the cap".into(),
+                    });
+                }
+            }
+        }
+        Err(EtcdError::Unreachable {
+            tried: self.endpoints.join(", "),
+            last: format!("the watch ended: {last}"),
+        })
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| crate::acme::client::error_chain(&e))?
+    {
+        if out.len() + chunk.len() > MAX_ANSWER {
+            return Err(format!("answer larger than {MAX_ANSWER} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// A lock held by this node: a key created only if absent, attached to a lease that a
+/// background task keeps alive. Dropping it without [`Lock::release`] (a crash) lets the lease
+/// run out, and another node may take the lock after the TTL.
+#[derive(Debug)]
+pub struct Lock {
+    pub key: String,
+    pub lease: i64,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Lock {
+    /// Takes `key` for `owner` with a lease of `ttl`, or returns who holds it.
+    pub async fn acquire(
+        etcd: std::sync::Arc<Etcd>,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Result<Lock, String>, EtcdError> {
+        let lease = etcd.grant(ttl).await?;
+        if let Some(holder) = etcd
+            .put_if_absent(key, owner.as_bytes(), Some(lease))
+            .await?
+        {
+            etcd.revoke(lease).await.ok();
+            return Ok(Err(String::from_utf8_lossy(&holder.value).into_owned()));
+        }
+        let keeper = {
+            let etcd = etcd.clone();
+            tokio::spawn(async move {
+                let every = (ttl / 3).max(Duration::from_millis(500));
+                loop {
+                    tokio::time::sleep(every).await;
+                    match etcd.keep_alive(lease).await {
+                        Ok(0) => {
+                            tracing::warn!("the etcd lease {lease} expired");
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("cannot renew the etcd lease {lease}: {e}"),
+                    }
+                }
+            })
+        };
+        Ok(Ok(Lock {
+            key: key.to_owned(),
+            lease,
+            keeper,
+        }))
+    }
+
+    /// Gives the lock up now.
+    pub async fn release(self, etcd: &Etcd) -> Result<(), EtcdError> {
+        self.keeper.abort();
+        etcd.revoke(self.lease).await
+    }
+
+    /// Stops keeping the lease alive without giving it up (what a crash does), for tests.
+    pub fn abandon(self) {
+        self.keeper.abort();
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ranges_end_after_the_prefix() {
+        assert_eq!(prefix_end("/acme-nginx/"), b"/acme-nginx0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
+    }
+
+    #[test]
+    fn gateway_numbers_are_strings_or_numbers() {
+        assert_eq!(int(&json!("42")), 42);
+        assert_eq!(int(&json!(7)), 7);
+        assert_eq!(int(&json!(null)), 0);
+        let kv = kv_of(&json!({"key": b64(b"k"), "value": b64(b"v"), "mod_revision": "3"}));
+        assert_eq!(
+            (kv.key.as_str(), kv.value.as_slice(), kv.mod_revision),
+            ("k", &b"v"[..], 3)
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! Sealing secrets kept in shared storage: private keys (account and certificate keys) are
+//! stored in etcd only as XChaCha20-Poly1305 ciphertexts under the fleet key, a 32-byte key
+//! file every node holds (base64, mode 0600), so a backup or snapshot of etcd does not leak
+//! them. The etcd key a value lives under is its associated data: a sealed value copied under
+//! another key does not open.
+
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand_core::{OsRng, RngCore};
+
+/// What a sealed value starts with (the format's version).
+const PREFIX: &str = "sealed-v1:";
+
+/// A fleet key that cannot be used, or a value that does not open.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("the fleet key file {}: {message}", path.display())]
+    KeyFile { path: PathBuf, message: String },
+    #[error(
+        "a sealed value under {key} does not open with this fleet key (another key, or changed)"
+    )]
+    Open { key: String },
+    #[error("the value under {key} is not sealed")]
+    NotSealed { key: String },
+}
+
+/// The fleet key.
+#[derive(Clone)]
+pub struct FleetKey(XChaCha20Poly1305);
+
+impl std::fmt::Debug for FleetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetKey(<redacted>)")
+    }
+}
+
+impl FleetKey {
+    /// Reads a key file: 32 random bytes in base64 (`head -c 32 /dev/urandom | base64`). A
+    /// file other users may read is refused.
+    pub fn read(path: &Path) -> Result<FleetKey, SealError> {
+        use std::os::unix::fs::MetadataExt;
+        let bad = |message: String| SealError::KeyFile {
+            path: path.to_path_buf(),
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if meta.mode() & 0o077 != 0 {
+            return Err(bad(format!(
+                "mode {:o} lets other users read it; chmod 600",
+                meta.mode() & 0o777
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let bytes = STANDARD
+            .decode(text.trim())
+            .map_err(|e| bad(format!("not base64: {e}")))?;
+        FleetKey::from_bytes(&bytes).ok_or_else(|| {
+            bad(format!(
+                "{} bytes; a fleet key is 32 (head -c 32 /dev/urandom | base64)",
+                bytes.len()
+            ))
+        })
+    }
+
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<FleetKey> {
+        (bytes.len() == 32).then(|| FleetKey(XChaCha20Poly1305::new(bytes.into())))
+    }
+
+    /// Seals `plaintext` for the storage key `key`.
+    pub fn seal(&self, key: &str, plaintext: &[u8]) -> String {
+        let mut nonce = [0u8; 24];
+        OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .0
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: key.as_bytes(),
+                },
+            )
+            .unwrap_or_default();
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        format!("{PREFIX}{}", STANDARD.encode(out))
+    }
+
+    /// Opens a value sealed for `key`.
+    pub fn open(&self, key: &str, sealed: &str) -> Result<Vec<u8>, SealError> {
+        let data = sealed
+            .strip_prefix(PREFIX)
+            .and_then(|b| STANDARD.decode(b).ok())
+            .filter(|d| d.len() > 24)
+            .ok_or_else(|| SealError::NotSealed {
+                key: key.to_owned(),
+            })?;
+        let (nonce, ct) = data.split_at(24);
+        let nonce: [u8; 24] = nonce.try_into().map_err(|_| SealError::NotSealed {
+            key: key.to_owned(),
+        })?;
+        self.0
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: ct,
+                    aad: key.as_bytes(),
+                },
+            )
+            .map_err(|_| SealError::Open {
+                key: key.to_owned(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn sealed_values_open_only_with_their_key_and_place() {
+        let k = FleetKey::from_bytes(&[7; 32]).unwrap();
+        let pem = b"-----BEGIN PRIVATE KEY-----\nsecret\n";
+        let sealed = k.seal("/acme-nginx/account", pem);
+        assert!(sealed.starts_with(PREFIX));
+        assert!(!sealed.contains("PRIVATE"));
+        assert_ne!(sealed, k.seal("/acme-nginx/account", pem), "nonces repeat");
+        assert_eq!(k.open("/acme-nginx/account", &sealed).unwrap(), pem);
+        // Moved under another key, or opened with another fleet key: refused.
+        assert!(k.open("/acme-nginx/other", &sealed).is_err());
+        let other = FleetKey::from_bytes(&[8; 32]).unwrap();
+        assert!(other.open("/acme-nginx/account", &sealed).is_err());
+        assert!(matches!(
+            k.open("/acme-nginx/account", "plain"),
+            Err(SealError::NotSealed { .. })
+        ));
+    }
+
+    #[test]
+    fn key_files_must_be_private_and_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fleet.key");
+        std::fs::write(&p, format!("{}\n", STANDARD.encode([1u8; 32]))).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(FleetKey::read(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        FleetKey::read(&p).unwrap();
+        std::fs::write(&p, STANDARD.encode([1u8; 16])).unwrap();
+        assert!(FleetKey::read(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("16 bytes"));
+    }
+}
