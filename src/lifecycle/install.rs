@@ -22,9 +22,9 @@ use crate::store::{self, Issued};
 
 /// How long an old certificate may still be served right after a reload (an old worker that is
 /// shutting down can hold its listening socket for a moment, more so on a loaded host).
-const VERIFY_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+pub(super) const VERIFY_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 /// How often the served certificate is asked again meanwhile.
-const VERIFY_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+pub(super) const VERIFY_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A certificate waiting for the reload.
 struct Staged {
@@ -207,6 +207,13 @@ impl Run {
             match verify(&new_scan, &s.plan, s.leaf.as_deref()).await {
                 Ok(()) => {
                     self.settle(s, true)?;
+                    if let Some(info) = s
+                        .leaf
+                        .as_deref()
+                        .and_then(|d| acme::CertInfo::from_der(d).ok())
+                    {
+                        self.fleet_report(&s.plan.lineage(), &info.serial_hex).await;
+                    }
                     self.run_deploy_hooks(&s.plan).await;
                     let mut o = self.outcome(&s.plan, s.status);
                     o.server_blocks = s.plan.block_locations.clone();

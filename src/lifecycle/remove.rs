@@ -220,10 +220,18 @@ impl Run {
                 let Some(addr) = loopback_for(l) else {
                     continue;
                 };
-                if let Ok(served) = served_certificate(addr, &sni).await {
-                    if served == leaf {
+                // An old worker that is shutting down after a reload may still answer for a
+                // moment: only a listener that keeps serving it counts.
+                let deadline = tokio::time::Instant::now() + super::install::VERIFY_SETTLE;
+                loop {
+                    match served_certificate(addr, &sni).await {
+                        Ok(served) if served == leaf => {}
+                        _ => break,
+                    }
+                    if tokio::time::Instant::now() >= deadline {
                         return Some(format!("{addr} ({})", s.location()));
                     }
+                    tokio::time::sleep(super::install::VERIFY_RETRY).await;
                 }
             }
         }
@@ -235,9 +243,15 @@ impl Run {
     async fn revoke(&self, leaf: &[u8]) -> Result<(), acme::Error> {
         let client =
             acme::Client::new(&self.settings.directory, &self.settings.client_config).await?;
-        let account = account::load_or_create(&self.settings, &self.store, true, client)
-            .await
-            .map_err(|e| acme::Error::Certificate(chain_text(&e)))?;
+        let account = account::load_or_create(
+            &self.settings,
+            &self.store,
+            true,
+            client,
+            self.fleet.as_ref(),
+        )
+        .await
+        .map_err(|e| acme::Error::Certificate(chain_text(&e)))?;
         match account.revoke(leaf, Some(REVOKE_REASON)).await {
             Err(acme::Error::Problem { problem, .. })
                 if problem.kind.as_deref() == Some("urn:ietf:params:acme:error:alreadyRevoked") =>
