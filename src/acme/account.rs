@@ -20,7 +20,7 @@ use super::types::{
 pub const DEFAULT_ARI_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 /// What an account needs to be used again later; serialized as JSON with mode 0600.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
     /// The directory URL of the CA.
     pub directory: String,

@@ -6,6 +6,7 @@
 
 pub mod dav;
 pub mod dns;
+pub mod fleet;
 pub mod preflight;
 pub mod route;
 pub mod webroot;

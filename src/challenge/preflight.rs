@@ -31,6 +31,8 @@ pub struct PreflightSolver {
     webroot: WebrootSolver,
     routes: HashMap<String, ChallengeRoute>,
     store: Option<Store>,
+    /// In a fleet: the answer is published for every node, and checked through each.
+    fleet: Option<super::fleet::FleetCheck>,
 }
 
 const HTTP01: &[ChallengeType] = &[ChallengeType::Http01];
@@ -53,7 +55,14 @@ impl PreflightSolver {
             webroot,
             routes,
             store,
+            fleet: None,
         }
+    }
+
+    /// Publishes answers for a fleet's other nodes and checks them there too.
+    pub fn with_fleet(mut self, fleet: super::fleet::FleetCheck) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     fn route(&self, ch: &PendingChallenge) -> Result<&ChallengeRoute, SolverError> {
@@ -70,6 +79,9 @@ impl ChallengeSolver for PreflightSolver {
 
     async fn fulfill(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
         let route = self.route(ch)?;
+        if let Some(fleet) = &self.fleet {
+            fleet.publish(ch).await?;
+        }
         if let Some(store) = &self.store {
             store.journal_token(&route.dir.join(&ch.token))?;
         }
@@ -99,10 +111,21 @@ impl ChallengeSolver for PreflightSolver {
             )
             .into());
         }
+        if let Some(fleet) = &self.fleet {
+            fleet.check_nodes(ch).await?;
+        }
         Ok(())
     }
 
     async fn clear(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
+        if let Some(fleet) = &self.fleet {
+            if let Err(e) = fleet.withdraw(ch).await {
+                tracing::warn!(
+                    "fleet: the answer for {} stays until its lease ends: {e}",
+                    ch.identifier
+                );
+            }
+        }
         self.webroot.remove_token(ch)
     }
 }

@@ -215,7 +215,7 @@ pub fn main() -> ExitCode {
             Command::Renew(args) => renew::run(&ctx, *args).await,
             Command::ImportCertbot(args) => import_certbot::run(&ctx, *args).await,
             Command::Remove(args) => remove::run(&ctx, *args).await,
-            Command::Status(args) => status::run(&ctx, *args),
+            Command::Status(args) => status::run(&ctx, *args).await,
             Command::Watch(args) => watch::run(&ctx, *args).await,
             Command::Assets(args) => assets::run(args),
         }

@@ -11,12 +11,14 @@ use acme_nginx::challenge::dav::DavConfig;
 use acme_nginx::challenge::dns::lookup::{self, Resolver};
 use acme_nginx::challenge::dns::{DnsConfig, ProviderConfig, DEFAULT_PROPAGATION_TIMEOUT};
 use acme_nginx::hooks::Hooks;
+use acme_nginx::lifecycle::fleet::{FleetConfig, DEFAULT_PREFIX};
 use acme_nginx::lifecycle::settings::{
     Challenge, DEFAULT_CONCURRENCY, DEFAULT_HOOKS_DIR, DEFAULT_HTTPS_PORT, DEFAULT_HTTP_PORT,
     DEFAULT_SNIPPET, DEFAULT_STATE_DIR,
 };
 use acme_nginx::lifecycle::Settings;
 use acme_nginx::nginx;
+use acme_nginx::store::etcd::EtcdConfig;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
@@ -181,11 +183,166 @@ pub struct Options {
     #[serde(default)]
     pub dns: DnsOptions,
 
+    #[command(flatten)]
+    #[serde(default)]
+    pub fleet: FleetOptions,
+
     /// Never enroll names matching this glob (`*.internal.example.org`; repeatable; added to
     /// the file's `exclude` list). A block holding `# acme-nginx: ignore` is left out whole.
     #[arg(long, value_name = "NAME", help_heading = "Certificates")]
     #[serde(default)]
     pub exclude: Vec<String>,
+}
+
+/// Fleet mode: flags `--etcd`, `--node`, `--fleet-*`, `--etcd-*`; the file's `[fleet]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetOptions {
+    /// etcd endpoints of the fleet's shared store (`http://10.0.0.1:2379`, comma-separated or
+    /// repeated); enables fleet mode.
+    #[arg(
+        id = "fleet_etcd",
+        long = "etcd",
+        value_name = "URL",
+        value_delimiter = ',',
+        help_heading = "Fleet"
+    )]
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// This node's name in the fleet [default: the host name].
+    #[arg(
+        id = "fleet_node",
+        long = "node",
+        value_name = "NAME",
+        help_heading = "Fleet"
+    )]
+    pub node: Option<String>,
+    /// The key prefix in etcd [default: /acme-nginx/].
+    #[arg(
+        id = "fleet_prefix",
+        long = "fleet-prefix",
+        value_name = "PREFIX",
+        help_heading = "Fleet"
+    )]
+    pub prefix: Option<String>,
+    /// The fleet key every node holds (32 random bytes, base64, mode 0600): private keys are
+    /// stored in etcd sealed with it.
+    #[arg(
+        id = "fleet_key_file",
+        long = "fleet-key-file",
+        value_name = "FILE",
+        help_heading = "Fleet"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// Where the other nodes reach this node's nginx over plain HTTP [default: NODE:HTTP_PORT].
+    #[arg(
+        id = "fleet_address",
+        long = "fleet-address",
+        value_name = "HOST:PORT",
+        help_heading = "Fleet"
+    )]
+    pub address: Option<String>,
+    /// Extra trust anchor (PEM) for etcd's HTTPS.
+    #[arg(
+        id = "fleet_etcd_ca_file",
+        long = "etcd-ca-file",
+        value_name = "FILE",
+        help_heading = "Fleet"
+    )]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// etcd user (etcd's own authentication).
+    #[arg(
+        id = "fleet_etcd_user",
+        long = "etcd-user",
+        value_name = "USER",
+        help_heading = "Fleet"
+    )]
+    pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password.
+    #[arg(
+        id = "fleet_etcd_password_file",
+        long = "etcd-password-file",
+        value_name = "FILE",
+        help_heading = "Fleet"
+    )]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl FleetOptions {
+    fn over(self, file: FleetOptions) -> FleetOptions {
+        FleetOptions {
+            etcd: if self.etcd.is_empty() {
+                file.etcd
+            } else {
+                self.etcd
+            },
+            node: self.node.or(file.node),
+            prefix: self.prefix.or(file.prefix),
+            key_file: self.key_file.or(file.key_file),
+            address: self.address.or(file.address),
+            etcd_ca_file: self.etcd_ca_file.or(file.etcd_ca_file),
+            etcd_user: self.etcd_user.or(file.etcd_user),
+            etcd_password_file: self.etcd_password_file.or(file.etcd_password_file),
+        }
+    }
+
+    /// The fleet's configuration; None without etcd endpoints.
+    fn config(&self, http_port: u16) -> Result<Option<FleetConfig>, CliError> {
+        if self.etcd.is_empty() {
+            return Ok(None);
+        }
+        let key_file = self.key_file.clone().ok_or_else(|| {
+            CliError::Usage(
+                "--etcd needs --fleet-key-file (or `key_file` in the [fleet] table): private keys are stored in etcd sealed with it".into(),
+            )
+        })?;
+        let node = match &self.node {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .map_err(|e| {
+                    CliError::Usage(format!("no --node given and the host name is unknown: {e}"))
+                })?,
+        };
+        let ca_pem = self
+            .etcd_ca_file
+            .as_ref()
+            .map(|p| std::fs::read(p).map_err(CliError::io(format!("read {}", p.display()))))
+            .transpose()?;
+        let user = match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(u), Some(p)) => {
+                let password = std::fs::read_to_string(p)
+                    .map_err(CliError::io(format!("read {}", p.display())))?;
+                Some((
+                    u.clone(),
+                    password.trim_end_matches(['\r', '\n']).to_owned(),
+                ))
+            }
+            (Some(_), None) => {
+                return Err(CliError::Usage(
+                    "--etcd-user needs --etcd-password-file".into(),
+                ))
+            }
+            _ => None,
+        };
+        Ok(Some(FleetConfig {
+            etcd: EtcdConfig {
+                endpoints: self.etcd.clone(),
+                ca_pem,
+                user,
+            },
+            prefix: self
+                .prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+            address: self
+                .address
+                .clone()
+                .unwrap_or_else(|| format!("{node}:{http_port}")),
+            node,
+            key_file,
+        }))
+    }
 }
 
 /// The DNS providers.
@@ -389,6 +546,7 @@ macro_rules! or_fields {
             $($flag: $a.$flag || $b.$flag,)*
             challenges: if $a.challenges.is_empty() { $b.challenges } else { $a.challenges },
             exclude: $b.exclude.into_iter().chain($a.exclude).collect(),
+            fleet: $a.fleet.over($b.fleet),
             dns: $a.dns.over($b.dns),
         }
     };
@@ -508,6 +666,7 @@ impl Options {
             dns,
             dav,
             exclude: o.exclude,
+            fleet: o.fleet.config(o.http_port.unwrap_or(DEFAULT_HTTP_PORT))?,
         })
     }
 }

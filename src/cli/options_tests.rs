@@ -47,6 +47,7 @@ fn shipped_config_file_keys_and_flags_match() {
     let shipped = include_str!("../../packaging/config.toml");
     let mut keys = std::collections::BTreeSet::new();
     let mut dns_keys = std::collections::BTreeSet::new();
+    let mut fleet_keys = std::collections::BTreeSet::new();
     let mut table = String::new();
     for l in shipped.lines().filter_map(|l| l.strip_prefix('#')) {
         if let Some(t) = l.strip_prefix('[') {
@@ -69,6 +70,9 @@ fn shipped_config_file_keys_and_flags_match() {
             }
             "dns" => {
                 dns_keys.insert(k);
+            }
+            "fleet" => {
+                fleet_keys.insert(k);
             }
             _ => {}
         }
@@ -101,11 +105,16 @@ fn shipped_config_file_keys_and_flags_match() {
     let enroll = cli.find_subcommand("enroll").unwrap();
     let flags: Vec<String> = keys
         .iter()
-        .filter(|k| *k != "dns")
+        .filter(|k| *k != "dns" && *k != "fleet")
         .map(|k| k.replace('_', "-"))
         .chain(dns_keys.iter().map(|k| match k.as_str() {
             "provider" => "dns".to_owned(),
             k => format!("dns-{}", k.replace('_', "-")),
+        }))
+        .chain(fleet_keys.iter().map(|k| match k.as_str() {
+            "etcd" | "node" => k.clone(),
+            k if k.starts_with("etcd_") => k.replace('_', "-"),
+            k => format!("fleet-{}", k.replace('_', "-")),
         }))
         .collect();
     for long in &flags {

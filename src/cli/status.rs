@@ -20,10 +20,17 @@ pub struct StatusArgs {
     /// Also write Prometheus metrics to this file.
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+    /// The fleet's view (from etcd): per certificate, what each node serves; lagging and
+    /// silent nodes flagged.
+    #[arg(long)]
+    pub fleet: bool,
 }
 
-pub fn run(ctx: &Context, args: StatusArgs) -> CmdResult {
+pub async fn run(ctx: &Context, args: StatusArgs) -> CmdResult {
     let settings = args.options.settings(ctx)?;
+    if args.fleet {
+        return fleet(ctx, &settings, args.metrics_file.as_deref()).await;
+    }
     let lines = status(&settings, &args.names)?;
     if let Some(path) = &args.metrics_file {
         let store = Store {
@@ -71,4 +78,66 @@ fn print(s: &StatusLine) -> Result<(), CliError> {
         ))?;
     }
     Ok(())
+}
+
+async fn fleet(
+    ctx: &Context,
+    settings: &acme_nginx::lifecycle::Settings,
+    metrics_file: Option<&std::path::Path>,
+) -> CmdResult {
+    use acme_nginx::lifecycle::fleet::{fleet_metrics, fleet_status};
+    let config = settings.fleet.as_ref().ok_or_else(|| {
+        CliError::Usage("--fleet needs the fleet's settings (--etcd, or a [fleet] table)".into())
+    })?;
+    let st = fleet_status(config)
+        .await
+        .map_err(|e| CliError::Lifecycle(e.into()))?;
+    if let Some(path) = metrics_file {
+        acme_nginx::fsutil::write_atomic(
+            path,
+            fleet_metrics(&st).as_bytes(),
+            acme_nginx::fsutil::PUBLIC_MODE,
+        )
+        .map_err(CliError::io(format!("write metrics to {}", path.display())))?;
+    }
+    if ctx.json {
+        output::json(&st)?;
+        return Ok(Exit::Ok);
+    }
+    let when = |t: i64| output::time(time::OffsetDateTime::from_unix_timestamp(t).ok());
+    for n in &st.nodes {
+        output::line(format!(
+            "node {}  {}  last report {}{}",
+            n.name,
+            n.address,
+            when(n.seen),
+            if n.stale {
+                "  (silent for long: STALE)"
+            } else {
+                ""
+            }
+        ))?;
+    }
+    for l in &st.lineages {
+        output::line(format!(
+            "{}  ({})  serial {}  ordered by {} at {}",
+            l.name,
+            l.names.join(", "),
+            l.serial,
+            l.ordered_by,
+            when(l.issued_at)
+        ))?;
+        for n in &l.nodes {
+            output::line(format!(
+                "  {:<16} {}{}",
+                n.node,
+                match (&n.serial, n.since) {
+                    (Some(s), Some(t)) => format!("serves {s} since {}", when(t)),
+                    _ => "has reported nothing".into(),
+                },
+                if n.lagging { "  LAGGING" } else { "" }
+            ))?;
+        }
+    }
+    Ok(Exit::Ok)
 }

@@ -38,6 +38,8 @@ pub enum Error {
     NoLineage(String),
     #[error("certbot's state cannot be imported: {0}")]
     Certbot(String),
+    #[error("the fleet's shared store: {0}")]
+    Fleet(#[from] super::fleet::FleetError),
     #[error("no account yet at {directory}: read the terms of service at {tos} and pass --agree-tos (or set agree_tos = true in the config file)")]
     TermsNotAgreed { directory: String, tos: String },
     #[error("the CA requires external account binding: pass --eab-kid and --eab-hmac-key")]

@@ -9,6 +9,7 @@
 //!   [`install`]ing through nginx's change transaction, and `enroll`/`renew` passes;
 //! - [`intent`]: what an install is about to change, so a killed run is rolled back by the next;
 //! - [`certbot`]: taking over certbot's certificates without new orders;
+//! - [`fleet`]: nodes sharing accounts and certificates through etcd;
 //! - [`remove`]: taking certificates out of their blocks again, restoring what was there;
 //! - [`status`] and [`metrics`]: what the state says, for people and for Prometheus;
 //! - [`watch`]: the long-running service loop.
@@ -16,6 +17,7 @@
 pub mod account;
 pub mod certbot;
 mod error;
+pub mod fleet;
 mod install;
 pub mod intent;
 pub mod lineage;

@@ -49,6 +49,9 @@ impl Run {
     /// Renews what is due (everything with `force`) among the lineages named, or all of them.
     /// A lineage in failure backoff waits unless it is named.
     pub async fn renew(&self, wanted: &[String], force: bool) -> Result<Vec<Outcome>, Error> {
+        // The fleet's certificates first: a renewal another node made is installed, not
+        // ordered again. Without etcd nothing is ordered (the others may be ordering).
+        self.fleet_sync().await?;
         let lineages = self.lineages(wanted)?;
         self.remove_leftover_records().await;
         // A part of the configuration that does not parse must not stop the renewal of the

@@ -47,10 +47,12 @@ pub struct Fresh {
 struct Solvers {
     dns: Option<Result<Dns, String>>,
     dav: Option<Result<DavSolver, String>>,
+    /// In a fleet: the other nodes (name, address) that must serve http-01 answers too.
+    fleet_nodes: Vec<(String, String)>,
 }
 
 /// The worker user's uid, primary gid and groups.
-type Identity = (nix::unistd::Uid, nix::unistd::Gid, Vec<nix::unistd::Gid>);
+pub(super) type Identity = (nix::unistd::Uid, nix::unistd::Gid, Vec<nix::unistd::Gid>);
 
 /// One run of enroll, renew or watch.
 #[derive(Debug)]
@@ -58,6 +60,8 @@ pub struct Run {
     pub settings: Settings,
     pub mode: Mode,
     pub(super) store: Store,
+    /// The fleet's shared store, in fleet mode.
+    pub(super) fleet: Option<super::fleet::Fleet>,
     _lock: Option<StateLock>,
 }
 
@@ -71,10 +75,16 @@ impl Run {
             let store = Store {
                 root: settings.state_dir.clone(),
             };
+            let fleet = settings
+                .fleet
+                .as_ref()
+                .map(super::fleet::Fleet::open)
+                .transpose()?;
             return Ok(Run {
                 settings,
                 mode,
                 store,
+                fleet,
                 _lock: None,
             });
         }
@@ -90,10 +100,16 @@ impl Run {
                 Err(e) => tracing::warn!("{}", super::outcome::chain_text(&e)),
             }
         }
+        let fleet = settings
+            .fleet
+            .as_ref()
+            .map(super::fleet::Fleet::open)
+            .transpose()?;
         Ok(Run {
             settings,
             mode,
             store,
+            fleet,
             _lock: Some(lock),
         })
     }
@@ -148,6 +164,7 @@ impl Run {
             self.check_nginx(&cfg, &scan).await?;
         }
         self.remove_leftover_records().await;
+        self.fleet_sync().await?;
         let now = OffsetDateTime::now_utc();
         let mut outcomes = Vec::new();
         let mut to_order = Vec::new();
@@ -193,6 +210,9 @@ impl Run {
                         || (self.points_at_live(&plan, &scan)
                             && self.serves_live(&plan, &scan).await)
                     {
+                        if let Some(c) = &cert {
+                            self.fleet_report(&plan.lineage(), &c.serial_hex).await;
+                        }
                         outcomes.push(self.outcome(&plan, Status::UpToDate));
                     } else {
                         install_only.push(plan);
@@ -258,7 +278,7 @@ impl Run {
             .run(Stage::Post, &crate::hooks::post_env(&renewed, &failed))
             .await;
         let outcomes = result?;
-        self.remember(&outcomes)?;
+        self.remember(&outcomes).await?;
         Ok(outcomes)
     }
 
@@ -296,7 +316,7 @@ impl Run {
 
     /// Records each failure in its lineage's failure memory (also for names that have no
     /// certificate yet), so the next run backs off.
-    fn remember(&self, outcomes: &[Outcome]) -> Result<(), Error> {
+    async fn remember(&self, outcomes: &[Outcome]) -> Result<(), Error> {
         if !self.mode.writes_state() {
             return Ok(());
         }
@@ -309,6 +329,7 @@ impl Run {
                 }
                 meta.renewal.record_failure(f, now);
                 self.save_meta(&o.name, &meta)?;
+                self.fleet_share_failure(&o.name).await;
             }
         }
         Ok(())
@@ -595,6 +616,7 @@ impl Run {
             &self.store,
             self.mode.writes_state(),
             client,
+            self.fleet.as_ref(),
         )
         .await?;
         let identity = worker_identity(scan);
@@ -616,6 +638,30 @@ impl Run {
             ));
             outcomes.push(o);
         }
+        // In a fleet, one node orders a lineage: the holder of its lock.
+        let mut locks = Vec::new();
+        let plans = match &self.fleet {
+            None => plans,
+            Some(fleet) => {
+                let mut mine = Vec::new();
+                for plan in plans {
+                    match fleet.lock(&plan.lineage()).await? {
+                        Ok(lock) => {
+                            locks.push(lock);
+                            mine.push(plan);
+                        }
+                        Err(holder) => {
+                            let mut o = self.outcome(&plan, Status::Skipped);
+                            o.reason = Some(format!(
+                                "node {holder} of the fleet is ordering it; it is installed here once published"
+                            ));
+                            outcomes.push(o);
+                        }
+                    }
+                }
+                mine
+            }
+        };
         let solvers = self.solvers(&plans).await;
         let results: Vec<(Plan, Result<Fresh, Failure>)> = stream::iter(plans)
             .map(|plan| {
@@ -635,11 +681,32 @@ impl Run {
         let mut fresh = Vec::new();
         for (plan, r) in results {
             match r {
-                Ok(f) => fresh.push(f),
+                Ok(f) => {
+                    // Published before the lock goes: the fleet never orders it twice.
+                    if let Some(fleet) = &self.fleet {
+                        if let Err(e) =
+                            super::fleet::publish_fresh(fleet, &f, &self.settings.directory).await
+                        {
+                            tracing::warn!(
+                                "fleet: cannot publish {} now (published at the next pass): {}",
+                                f.plan.lineage(),
+                                super::outcome::chain_text(&e)
+                            );
+                        }
+                    }
+                    fresh.push(f)
+                }
                 Err(e) => {
                     let mut o = self.outcome(&plan, Status::Failed);
                     o.error = Some(e);
                     outcomes.push(o);
+                }
+            }
+        }
+        if let Some(fleet) = &self.fleet {
+            for lock in locks {
+                if let Err(e) = lock.release(&fleet.etcd).await {
+                    tracing::warn!("fleet: a lock is left to expire: {e}");
                 }
             }
         }
@@ -665,7 +732,25 @@ impl Run {
             ),
             _ => None,
         };
-        Solvers { dns, dav }
+        let fleet_nodes = match &self.fleet {
+            Some(fleet) => match fleet.nodes().await {
+                Ok(nodes) => nodes
+                    .into_iter()
+                    .filter(|(n, _)| *n != fleet.node)
+                    .map(|(n, i)| (n, i.address))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!("fleet: the other nodes are not known: {}", chain_text(&e));
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        Solvers {
+            dns,
+            dav,
+            fleet_nodes,
+        }
     }
 
     /// Removes the DNS records an earlier run made and did not remove (it was killed during
@@ -733,7 +818,15 @@ impl Run {
             ..Router::default()
         };
         if plan.uses_webroot() {
-            router.webroot = Some(self.webroot_solver(scan, plan, identity, journal.clone())?);
+            let mut solver = self.webroot_solver(scan, plan, identity, journal.clone())?;
+            if let Some(fleet) = &self.fleet {
+                solver = solver.with_fleet(crate::challenge::fleet::FleetCheck::new(
+                    fleet.etcd.clone(),
+                    fleet.key("challenges/"),
+                    solvers.fleet_nodes.clone(),
+                ));
+            }
+            router.webroot = Some(solver);
         }
         if plan.methods.values().any(|m| *m == Method::Dav) {
             match &solvers.dav {
@@ -900,7 +993,7 @@ impl Run {
 }
 
 /// The nginx worker user's uid, primary gid and groups.
-fn worker_identity(scan: &Scan) -> Option<Identity> {
+pub(super) fn worker_identity(scan: &Scan) -> Option<Identity> {
     let user = nix::unistd::User::from_name(&scan.user).ok().flatten()?;
     let gid = nix::unistd::Group::from_name(&scan.group)
         .ok()

@@ -92,6 +92,8 @@ pub struct Settings {
     pub resolver: Option<Resolver>,
     /// Names never enrolled: globs, case-insensitive.
     pub exclude: Vec<String>,
+    /// Fleet mode: the shared store in etcd.
+    pub fleet: Option<super::fleet::FleetConfig>,
 }
 
 /// The challenge type an operator chooses for names.
@@ -150,6 +152,7 @@ impl Settings {
             dav: None,
             resolver: None,
             exclude: Vec::new(),
+            fleet: None,
         }
     }
 

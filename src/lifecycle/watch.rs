@@ -106,6 +106,24 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
     })
     .map_err(Error::Watch)?;
     let mut watching: BTreeSet<PathBuf> = BTreeSet::new();
+    // In a fleet, the agent answers published challenges and says when another node published
+    // a certificate (a renewal pass then installs it).
+    let (fleet_tx, mut fleet_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let agent = match &settings.fleet {
+        Some(config) => {
+            let fleet = super::fleet::Fleet::open(config)?;
+            tracing::info!("fleet: node {} at {}", fleet.node, fleet.address);
+            Some(tokio::spawn(super::fleet::agent(
+                settings.clone(),
+                fleet,
+                fleet_tx,
+            )))
+        }
+        None => {
+            drop(fleet_tx);
+            None
+        }
+    };
     tracing::info!(
         "watching {} for new server blocks",
         settings.nginx.conf().display()
@@ -163,6 +181,11 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
                 config_changed = true;
             }
             _ = tokio::time::sleep(sleep) => renew_due = true,
+            Some(()) = fleet_rx.recv() => {
+                // A burst of publishes is one pass.
+                debounce(&mut fleet_rx, Duration::from_millis(200), Duration::from_secs(2)).await;
+                renew_due = true;
+            }
             _ = sighup.recv() => match reload() {
                 Ok(s) => {
                     tracing::info!("SIGHUP: settings read again");
@@ -174,6 +197,9 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
+    }
+    if let Some(a) = agent {
+        a.abort();
     }
     tracing::info!("stopping");
     Ok(())

@@ -10,6 +10,7 @@ mod certbot;
 mod dns;
 mod enroll;
 mod failures;
+mod fleet;
 mod fleet_store;
 mod leave_out;
 mod nginx_crossplane;

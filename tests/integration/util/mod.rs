@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod etcd;
+pub mod fleet;
 
 use std::fmt::Write as _;
 use std::fs;
