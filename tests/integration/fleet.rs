@@ -44,9 +44,9 @@ fn one_enroll_gives_every_node_the_certificate_and_a_node_that_does_not_serve_is
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         let st = json(&bed.cmd(0, "status", &["--fleet"]));
-        let lagging = st["lineages"][0]["nodes"].as_array().map_or(true, |n| {
-            n.len() != 3 || n.iter().any(|n| n["lagging"] == true)
-        });
+        let lagging = st["lineages"][0]["nodes"]
+            .as_array()
+            .is_none_or(|n| n.len() != 3 || n.iter().any(|n| n["lagging"] == true));
         if !lagging {
             break st;
         }
