@@ -21,7 +21,7 @@ const MAX_ANSWER: usize = 64 * 1024 * 1024;
 /// A failed etcd call.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("no etcd endpoint answered ({tried}): {last}")]
+    #[error("no etcd endpoint answered ({tried}): {last}; etcd answers only while most of its members are up (quorum), so nothing is ordered until it does")]
     Unreachable { tried: String, last: String },
     #[error("etcd at {endpoint} refused {call}: {message}")]
     Refused {

@@ -92,3 +92,107 @@ fn one_enroll_gives_every_node_the_certificate_and_a_node_that_does_not_serve_is
         "{error}"
     );
 }
+
+/// Orders pebble finalized so far (one per certificate issued).
+fn finalized(bed: &FleetBed) -> usize {
+    bed.pebble.log().matches("POST /finalize-order/").count()
+}
+
+#[test]
+fn etcd_faults_and_a_killed_orderer() {
+    let mut bed = FleetBed::start();
+    bed.start_agent(1);
+    bed.start_agent(2);
+    bed.add_site(0);
+    let out = bed.cmd(0, "enroll", &[]);
+    assert_exit(&out, 0);
+    bed.add_site(1);
+    bed.add_site(2);
+    bed.wait_all_serve(&bed.live_leaf(0), Duration::from_secs(30));
+
+    // One etcd member down (quorum kept): a renewal is issued and distributed.
+    bed.etcd.stop_member(0);
+    let out = bed.cmd(0, "renew", &["--force", NAME]);
+    assert_exit(&out, 0);
+    let second = bed.live_leaf(0);
+    bed.wait_all_serve(&second, Duration::from_secs(30));
+
+    // Quorum lost: the nodes keep serving; a renewal waits, saying why; it goes on once etcd
+    // is back.
+    bed.etcd.stop_member(1);
+    let out = bed.cmd(0, "renew", &["--force", NAME]);
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("etcd") && stderr.contains("quorum"),
+        "{stderr}"
+    );
+    assert!((0..3).all(|i| bed.served(i).as_deref() == Some(&second[..])));
+    bed.etcd.start_member(0);
+    bed.etcd.start_member(1);
+    bed.etcd.wait_healthy();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = bed.cmd(0, "renew", &["--force", NAME]);
+        if out.status.code() == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let third = bed.live_leaf(0);
+    bed.wait_all_serve(&third, Duration::from_secs(30));
+
+    // The orderer dies mid-order (node 3's agent is down, so it waits in the fleet-wide
+    // preflight, holding the lock): another node completes once the lock's lease ran out,
+    // and one certificate is issued for it.
+    bed.stop_agent(2);
+    let before = finalized(&bed);
+    let mut orderer = bed.command(0, "renew", &["--force", NAME]).spawn().unwrap();
+    let lock = format!("/acme-nginx/locks/{NAME}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bed.etcd.raw_get(&lock).is_empty() {
+        assert!(Instant::now() < deadline, "node 1 never took the lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(orderer.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    orderer.wait().unwrap();
+    let killed = Instant::now();
+    // Every node answers challenges through its agent (node 1 ran only commands so far).
+    bed.start_agent(2);
+    bed.start_agent(0);
+    // Node 2 tries while node 1's lock lives, then takes over.
+    let out = loop {
+        let out = bed.cmd(1, "renew", &["--force", NAME]);
+        let status = by_name(&json(&out), NAME)["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if status != "skipped" {
+            break out;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the lock never went"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_exit(&out, 0);
+    let took = killed.elapsed();
+    eprintln!("fleet: the orderer was killed; another node completed {took:?} later");
+    assert!(
+        took < acme_nginx::lifecycle::fleet::LOCK_TTL + Duration::from_secs(15),
+        "{took:?}"
+    );
+    assert_eq!(finalized(&bed), before + 1);
+    bed.wait_all_serve(&bed.live_leaf(1), Duration::from_secs(30));
+}
