@@ -70,6 +70,57 @@ pub fn watched_dirs(cfg: Option<&Config>, main: &Path) -> BTreeSet<PathBuf> {
     dirs
 }
 
+/// The files whose change matters: every loaded file, the main file, and whatever an include
+/// pattern matches (a new site file). Other files in the watched directories (a log or pid
+/// file next to nginx.conf, editor swap files) do not wake the loop.
+#[derive(Debug, Default)]
+pub struct Relevant {
+    files: BTreeSet<PathBuf>,
+    patterns: Vec<glob::Pattern>,
+    /// The configuration could not be read: every event counts.
+    everything: bool,
+}
+
+impl Relevant {
+    pub fn of(cfg: Option<&Config>, main: &Path) -> Relevant {
+        let Some(cfg) = cfg else {
+            return Relevant {
+                everything: true,
+                ..Relevant::default()
+            };
+        };
+        let mut files: BTreeSet<PathBuf> = cfg.files.iter().map(|f| f.path.clone()).collect();
+        files.insert(main.to_path_buf());
+        let mut patterns = Vec::new();
+        cfg.walk(|d, _| {
+            if d.name == "include" {
+                if let Some(arg) = d.args.first() {
+                    let full = if Path::new(arg.as_str()).is_absolute() {
+                        PathBuf::from(arg.as_str())
+                    } else {
+                        cfg.conf_prefix.join(arg.as_str())
+                    };
+                    if let Ok(p) = glob::Pattern::new(&full.to_string_lossy()) {
+                        patterns.push(p);
+                    }
+                }
+            }
+        });
+        Relevant {
+            files,
+            patterns,
+            everything: false,
+        }
+    }
+
+    /// True when a change of `path` may change the configuration.
+    pub fn matches(&self, path: &Path) -> bool {
+        self.everything
+            || self.files.contains(path)
+            || self.patterns.iter().any(|p| p.matches_path(path))
+    }
+}
+
 /// How long until the renewal policy wants a look at some lineage.
 fn next_renewal(store: &Store) -> Duration {
     let now = OffsetDateTime::now_utc();
@@ -97,15 +148,18 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
         sig(SignalKind::interrupt())?,
         sig(SignalKind::hangup())?,
     );
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-            // The receiver lives as long as the loop; a send can only fail while stopping.
-            tx.send(()).ok();
+        if let Ok(e) = ev {
+            if !matches!(e.kind, notify::EventKind::Access(_)) {
+                // The receiver lives as long as the loop; a send can only fail while stopping.
+                tx.send(e.paths).ok();
+            }
         }
     })
     .map_err(Error::Watch)?;
     let mut watching: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut relevant = Relevant::default();
     // In a fleet, the agent answers published challenges and says when another node published
     // a certificate (a renewal pass then installs it).
     let (fleet_tx, mut fleet_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -137,8 +191,12 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
             // A broken configuration keeps what was watched, and what its readable parts
             // include (at least its own directory), so the fix is seen wherever it is made.
             let mut dirs = match &loaded {
-                Ok((cfg, _)) => watched_dirs(Some(cfg), &settings.nginx.conf()),
+                Ok((cfg, _)) => {
+                    relevant = Relevant::of(Some(cfg), &settings.nginx.conf());
+                    watched_dirs(Some(cfg), &settings.nginx.conf())
+                }
                 Err(_) => {
+                    relevant = Relevant::of(None, &settings.nginx.conf());
                     let readable = settings.nginx.load_lenient().ok();
                     watched_dirs(readable.as_ref().map(|(c, _, _)| c), &settings.nginx.conf())
                 }
@@ -176,9 +234,11 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
             .map(|s| next_renewal(&s))
             .unwrap_or(MAX_RENEW_SLEEP);
         tokio::select! {
-            Some(()) = rx.recv() => {
-                debounce(&mut rx, DEBOUNCE, MAX_DEBOUNCE).await;
-                config_changed = true;
+            Some(paths) = rx.recv() => {
+                if paths.iter().any(|p| relevant.matches(p)) {
+                    debounce(&mut rx, DEBOUNCE, MAX_DEBOUNCE).await;
+                    config_changed = true;
+                }
             }
             _ = tokio::time::sleep(sleep) => renew_due = true,
             Some(()) = fleet_rx.recv() => {
@@ -207,8 +267,8 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
 
 /// Waits until the events have been quiet for `quiet`, but never longer than `max` in all, so a
 /// burst that never stops cannot postpone the work waiting behind it.
-async fn debounce(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+async fn debounce<T>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
     quiet: Duration,
     max: Duration,
 ) {
@@ -219,7 +279,7 @@ async fn debounce(
             return;
         }
         match tokio::time::timeout(quiet.min(left), rx.recv()).await {
-            Ok(Some(())) => continue,
+            Ok(Some(_)) => continue,
             _ => return,
         }
     }
@@ -265,6 +325,22 @@ fn log_outcomes(pass: &str, outcomes: &[Outcome], idle: Status) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_configuration_files_wake_the_loop() {
+        let cfg = Config::parse_str(
+            Path::new("/etc/nginx/nginx.conf"),
+            b"http { include /etc/nginx/sites-enabled/*; include /etc/nginx/conf.d/*.conf; }",
+        )
+        .unwrap();
+        let r = Relevant::of(Some(&cfg), Path::new("/etc/nginx/nginx.conf"));
+        assert!(r.matches(Path::new("/etc/nginx/nginx.conf")));
+        assert!(r.matches(Path::new("/etc/nginx/sites-enabled/new-site")));
+        assert!(r.matches(Path::new("/etc/nginx/conf.d/x.conf")));
+        assert!(!r.matches(Path::new("/etc/nginx/conf.d/x.conf.swp")));
+        assert!(!r.matches(Path::new("/etc/nginx/error.log")));
+        assert!(Relevant::of(None, Path::new("/etc/nginx/nginx.conf")).matches(Path::new("/x")));
+    }
 
     #[tokio::test]
     async fn an_endless_burst_of_events_cannot_postpone_work_beyond_the_limit() {

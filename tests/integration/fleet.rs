@@ -196,3 +196,111 @@ fn etcd_faults_and_a_killed_orderer() {
     assert_eq!(finalized(&bed), before + 1);
     bed.wait_all_serve(&bed.live_leaf(1), Duration::from_secs(30));
 }
+
+/// The fleet benchmark (run with `cargo test --test integration fleet_bench -- --ignored
+/// --nocapture`): ten new sites deployed to three nodes at once until every node serves all
+/// ten (goal < 3 s); one renewal from issuance to the last node serving it (goal < 2 s);
+/// etcd requests per idle node per hour (watches, not polling).
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn fleet_bench() {
+    let mut bed = FleetBed::start();
+    for i in 0..3 {
+        bed.start_agent(i);
+    }
+    let names: Vec<String> = (0..10).map(|i| format!("b{i}.fleet.test")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let start = Instant::now();
+    for i in 0..3 {
+        bed.add_sites(i, &refs);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = names.iter().all(|n| {
+            let first = bed.served_for(0, n);
+            first.is_some()
+                && (1..3).all(|i| bed.served_for(i, n) == first)
+                && std::fs::metadata(bed.nodes[0].state.path().join("certs").join(n)).is_ok()
+        });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            bed.agent_log(0),
+            bed.agent_log(1)
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let ten = start.elapsed();
+    let orders = bed.pebble.log().matches("POST /finalize-order/").count();
+    println!("fleet bench: 10 sites on 3 nodes, deployed to all serving verified: {ten:?} ({orders} certificates issued; goal < 3 s)");
+
+    // A renewal in a quiet fleet (the agents done with the deployment's passes).
+    std::thread::sleep(Duration::from_secs(8));
+    let out = bed.cmd(0, "renew", &["--force", &names[0]]);
+    assert_exit(&out, 0);
+    let issued = Instant::now();
+    let leaf = bed.live_leaf_for(0, &names[0]);
+    loop {
+        if (0..3).all(|i| bed.served_for(i, &names[0]).as_deref() == Some(&leaf[..])) {
+            break;
+        }
+        assert!(issued.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "fleet bench: issuance to the last of 3 nodes serving: {:?} (goal < 2 s)",
+        issued.elapsed()
+    );
+
+    // Idle: count what etcd handles while nothing happens.
+    std::thread::sleep(Duration::from_secs(3));
+    let handled = |b: &FleetBed| -> f64 {
+        b.etcd
+            .client_ports
+            .iter()
+            .map(|p| {
+                let out = std::process::Command::new("curl")
+                    .args(["-s", &format!("http://127.0.0.1:{p}/metrics")])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with("grpc_server_handled_total{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>()
+            })
+            .sum()
+    };
+    let window = Duration::from_secs(
+        std::env::var("FLEET_BENCH_IDLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    let before = handled(&bed);
+    std::thread::sleep(window);
+    let after = handled(&bed);
+    let per_node_hour = (after - before) / 3.0 * (3600.0 / window.as_secs_f64());
+    println!(
+        "fleet bench: etcd requests per idle node per hour: {per_node_hour:.0} ({} in {window:?} for 3 nodes)",
+        after - before
+    );
+    if std::env::var_os("FLEET_BENCH_LOG").is_some() {
+        println!("{}", bed.agent_log(1));
+        for p in &bed.etcd.client_ports {
+            let out = std::process::Command::new("curl")
+                .args(["-s", &format!("http://127.0.0.1:{p}/metrics")])
+                .output()
+                .unwrap();
+            for l in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("grpc_server_handled_total{"))
+            {
+                println!("{p} {l}");
+            }
+        }
+    }
+}

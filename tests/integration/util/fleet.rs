@@ -23,8 +23,13 @@ const DEFAULT_BLOCK: &str = "server {\n    listen 127.0.0.1:{port} default_serve
 
 /// The site's block.
 pub fn site_block(port: u16) -> String {
+    block_for(port, NAME)
+}
+
+/// A block for `name`.
+pub fn block_for(port: u16, name: &str) -> String {
     format!(
-        "server {{\n    listen 127.0.0.1:{port};\n    server_name {NAME};\n    \
+        "server {{\n    listen 127.0.0.1:{port};\n    server_name {name};\n    \
          location /.well-known/acme-challenge/ {{ alias {{dir}}/acme/; }}\n    location / {{ return 200 \"fleet\\n\"; }}\n}}\n"
     )
 }
@@ -158,7 +163,7 @@ impl FleetBed {
         let log = self.nodes[i].state.path().join("agent.log");
         let child: Child = self
             .command(i, "watch", &[])
-            .env("RUST_LOG", "info")
+            .env("ACME_NGINX_LOG", "acme_nginx=info")
             .stdout(Stdio::null())
             .stderr(
                 fs::File::options()
@@ -193,10 +198,18 @@ impl FleetBed {
 
     /// Adds the site's block to node `i`'s configuration (an agent sees the change).
     pub fn add_site(&self, i: usize) {
+        self.add_sites(i, &[NAME]);
+    }
+
+    /// Adds a block for each name to node `i`'s configuration, in one write.
+    pub fn add_sites(&self, i: usize, names: &[&str]) {
         let n = &self.nodes[i];
         let conf = fs::read_to_string(&n.nginx.conf).unwrap();
-        let block =
-            site_block(n.nginx.port).replace("{dir}", &n.nginx.dir.path().display().to_string());
+        let block: String = names
+            .iter()
+            .map(|name| block_for(n.nginx.port, name))
+            .collect::<String>()
+            .replace("{dir}", &n.nginx.dir.path().display().to_string());
         let at = conf.trim_end().rfind('}').unwrap();
         fs::write(
             &n.nginx.conf,
@@ -207,6 +220,11 @@ impl FleetBed {
 
     /// The leaf node `i` serves for the name over TLS, if it answers.
     pub fn served(&self, i: usize) -> Option<Vec<u8>> {
+        self.served_for(i, NAME)
+    }
+
+    /// The leaf node `i` serves for `name` over TLS, if it answers.
+    pub fn served_for(&self, i: usize, name: &str) -> Option<Vec<u8>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -214,7 +232,7 @@ impl FleetBed {
         let addr = format!("127.0.0.1:{}", self.nodes[i].https_port)
             .parse()
             .unwrap();
-        rt.block_on(acme_nginx::nginx::probe::served_certificate(addr, NAME))
+        rt.block_on(acme_nginx::nginx::probe::served_certificate(addr, name))
             .ok()
     }
 
@@ -237,12 +255,17 @@ impl FleetBed {
 
     /// Node `i`'s live leaf.
     pub fn live_leaf(&self, i: usize) -> Vec<u8> {
+        self.live_leaf_for(i, NAME)
+    }
+
+    /// Node `i`'s live leaf of a lineage.
+    pub fn live_leaf_for(&self, i: usize, name: &str) -> Vec<u8> {
         super::leaf(
             &self.nodes[i]
                 .state
                 .path()
                 .join("certs")
-                .join(NAME)
+                .join(name)
                 .join("live/fullchain.pem"),
         )
     }
