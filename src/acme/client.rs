@@ -208,6 +208,15 @@ pub fn parse_link_header(value: &str) -> Vec<(String, String)> {
 
 /// Builds the rustls configuration: system roots plus any extra anchors, ring as the provider.
 pub fn tls_config(extra_roots_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, Error> {
+    tls_config_with_client(extra_roots_pem, None)
+}
+
+/// Like [`tls_config`], presenting a client certificate (PEM chain and PEM private key) to
+/// servers that ask for one (an etcd cluster with `--client-cert-auth`).
+pub fn tls_config_with_client(
+    extra_roots_pem: Option<&[u8]>,
+    client: Option<(&[u8], &[u8])>,
+) -> Result<rustls::ClientConfig, Error> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         // A broken system anchor is not ours to fix; skip it as browsers do.
@@ -227,11 +236,26 @@ pub fn tls_config(extra_roots_pem: Option<&[u8]>) -> Result<rustls::ClientConfig
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    let Some((cert_pem, key_pem)) = client else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Tls(format!("client certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(
+            "the client certificate file holds no PEM certificate".into(),
+        ));
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| Error::Tls(format!("client key: {e}")))?;
+    builder
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| Error::Tls(format!("client certificate and key: {e}")))
 }
 
 #[derive(Debug)]

@@ -250,6 +250,24 @@ pub struct FleetOptions {
         help_heading = "Fleet"
     )]
     pub etcd_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd members that require one.
+    #[arg(
+        id = "fleet_etcd_cert_file",
+        long = "etcd-cert-file",
+        value_name = "FILE",
+        requires = "fleet_etcd_key_file",
+        help_heading = "Fleet"
+    )]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        id = "fleet_etcd_key_file",
+        long = "etcd-key-file",
+        value_name = "FILE",
+        requires = "fleet_etcd_cert_file",
+        help_heading = "Fleet"
+    )]
+    pub etcd_key_file: Option<PathBuf>,
     /// etcd user (etcd's own authentication).
     #[arg(
         id = "fleet_etcd_user",
@@ -281,6 +299,8 @@ impl FleetOptions {
             key_file: self.key_file.or(file.key_file),
             address: self.address.or(file.address),
             etcd_ca_file: self.etcd_ca_file.or(file.etcd_ca_file),
+            etcd_cert_file: self.etcd_cert_file.or(file.etcd_cert_file),
+            etcd_key_file: self.etcd_key_file.or(file.etcd_key_file),
             etcd_user: self.etcd_user.or(file.etcd_user),
             etcd_password_file: self.etcd_password_file.or(file.etcd_password_file),
         }
@@ -325,11 +345,23 @@ impl FleetOptions {
             }
             _ => None,
         };
+        let read =
+            |p: &PathBuf| std::fs::read(p).map_err(CliError::io(format!("read {}", p.display())));
+        let client_cert = match (&self.etcd_cert_file, &self.etcd_key_file) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(CliError::Usage(
+                    "an etcd client certificate needs both etcd_cert_file and etcd_key_file".into(),
+                ))
+            }
+        };
         Ok(Some(FleetConfig {
             etcd: EtcdConfig {
                 endpoints: self.etcd.clone(),
                 ca_pem,
                 user,
+                client_cert,
             },
             prefix: self
                 .prefix

@@ -65,6 +65,8 @@ pub struct EtcdConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// etcd's user and password (its own authentication), if enabled.
     pub user: Option<(String, String)>,
+    /// A client certificate and key (PEM) for members that require one (`--client-cert-auth`).
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A client of one etcd cluster.
@@ -123,8 +125,14 @@ impl Etcd {
         if config.endpoints.is_empty() {
             return Err(EtcdError::Client("no etcd endpoint given".into()));
         }
-        let tls = crate::acme::client::tls_config(config.ca_pem.as_deref())
-            .map_err(|e| EtcdError::Client(e.to_string()))?;
+        let tls = crate::acme::client::tls_config_with_client(
+            config.ca_pem.as_deref(),
+            config
+                .client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .map_err(|e| EtcdError::Client(e.to_string()))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(2))

@@ -167,3 +167,116 @@ fn sealed_keys_are_not_readable_in_etcd() {
     let other = FleetKey::from_bytes(&[43; 32]).unwrap();
     assert!(other.open(path, raw.trim_end()).is_err());
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate it signs (PEM files and
+/// texts).
+struct Tls {
+    ca: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+    client_cert: String,
+    client_key: String,
+}
+
+fn tls_material(dir: &std::path::Path) -> Tls {
+    use acme_nginx::acme::{KeyPair, KeyType};
+    let ca_key = KeyPair::generate(KeyType::P256);
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.serial_number = Some(crate::util::serial());
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "etcd test CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>, cn: &str| {
+        let key = KeyPair::generate(KeyType::P256);
+        let mut p = rcgen::CertificateParams::new(names).unwrap();
+        p.serial_number = Some(crate::util::serial());
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.to_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into()], "etcd");
+    let (client_cert, client_key) = leaf(Vec::new(), "acme-nginx");
+    let t = Tls {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert,
+        client_key,
+    };
+    std::fs::write(&t.ca, ca_cert.pem()).unwrap();
+    std::fs::write(&t.server_cert, server_cert).unwrap();
+    std::fs::write(&t.server_key, server_key).unwrap();
+    t
+}
+
+#[test]
+fn etcd_with_tls_and_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = tls_material(dir.path());
+    let (client, peer) = (crate::util::free_port(), crate::util::free_port());
+    let log = dir.path().join("etcd.log");
+    let mut child = std::process::Command::new(crate::util::bin("etcd"))
+        .args(["--name", "t"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &format!("https://127.0.0.1:{client}"),
+            "--advertise-client-urls",
+            &format!("https://127.0.0.1:{client}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-cluster",
+            &format!("t=http://127.0.0.1:{peer}"),
+            "--client-cert-auth",
+        ])
+        .arg("--trusted-ca-file")
+        .arg(&tls.ca)
+        .arg("--cert-file")
+        .arg(&tls.server_cert)
+        .arg("--key-file")
+        .arg(&tls.server_key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    crate::util::wait_for_port(client, &mut child, "etcd", &log);
+    let _guard = crate::util::ChildGuard(child);
+    let ca_pem = std::fs::read(&tls.ca).unwrap();
+    let endpoints = vec![format!("https://127.0.0.1:{client}")];
+    let with_cert = Etcd::new(&EtcdConfig {
+        endpoints: endpoints.clone(),
+        ca_pem: Some(ca_pem.clone()),
+        client_cert: Some((tls.client_cert.into_bytes(), tls.client_key.into_bytes())),
+        ..EtcdConfig::default()
+    })
+    .unwrap();
+    let without = Etcd::new(&EtcdConfig {
+        endpoints,
+        ca_pem: Some(ca_pem),
+        ..EtcdConfig::default()
+    })
+    .unwrap();
+    rt().block_on(async {
+        // The member needs a moment to elect itself after it listens.
+        let start = Instant::now();
+        loop {
+            match with_cert.put("/t/tls", b"ok", None).await {
+                Ok(()) => break,
+                Err(e) => assert!(start.elapsed() < Duration::from_secs(20), "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(with_cert.get("/t/tls").await.unwrap().unwrap().value, b"ok");
+        let err = without.get("/t/tls").await.unwrap_err().to_string();
+        assert!(err.contains("no etcd endpoint answered"), "{err}");
+    });
+}
