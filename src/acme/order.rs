@@ -134,9 +134,19 @@ impl Account {
         solver: &S,
         opts: &OrderOptions,
     ) -> Result<CertificateChain, Error> {
-        let deadline = Instant::now() + opts.timeout;
+        let mut order = self.create_order(names, opts).await?;
+        order.complete(names, csr_der, solver, opts).await
+    }
+
+    /// Places the order for `names` (with the options' profile and `replaces`; an order the
+    /// CA refuses because of `replaces` is placed again without it).
+    pub async fn create_order(
+        &self,
+        names: &[String],
+        opts: &OrderOptions,
+    ) -> Result<OrderHandle, Error> {
         let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::from_name(n)).collect();
-        let mut order = match self
+        let order = match self
             .new_order(
                 identifiers.clone(),
                 opts.profile.clone(),
@@ -152,7 +162,38 @@ impl Account {
             other => other?,
         };
         tracing::debug!(order = %order.url, status = %order.state.status, "order created");
+        Ok(order)
+    }
 
+    /// An order this account placed earlier, fetched by its URL (to complete it after the
+    /// process that placed it went away).
+    pub async fn order(&self, url: &str) -> Result<OrderHandle, Error> {
+        let (state, _) = self
+            .client
+            .post_json::<(), Order>(self.signer(), url, None)
+            .await?;
+        Ok(OrderHandle {
+            account: self.clone(),
+            url: url.to_owned(),
+            state,
+        })
+    }
+}
+
+impl OrderHandle {
+    /// Takes the order from wherever it is to a checked certificate: authorizations through
+    /// `solver` while pending, finalization with `csr_der` once ready, download once valid.
+    /// Every challenge handed to `solver.fulfill` is handed to `solver.clear` before this
+    /// returns.
+    pub async fn complete<S: ChallengeSolver>(
+        &mut self,
+        names: &[String],
+        csr_der: &[u8],
+        solver: &S,
+        opts: &OrderOptions,
+    ) -> Result<CertificateChain, Error> {
+        let deadline = Instant::now() + opts.timeout;
+        let order = self;
         if order.state.status == OrderStatus::Pending {
             let mut started = Vec::new();
             let outcome =

@@ -647,8 +647,26 @@ impl Run {
                 for plan in plans {
                     match fleet.lock(&plan.lineage()).await? {
                         Ok(lock) => {
-                            locks.push(lock);
-                            mine.push(plan);
+                            // Another node may have published between this pass's sync and
+                            // the lock: then what it published is installed, not ordered again.
+                            let local = live_cert(&self.store.lineage(&plan.lineage()))
+                                .map(|c| c.info.serial_hex);
+                            match fleet.record_of(&plan.lineage()).await? {
+                                Some((serial, node)) if Some(&serial) != local.as_ref() => {
+                                    if let Err(e) = lock.release(&fleet.etcd).await {
+                                        tracing::warn!("fleet: a lock is left to expire: {e}");
+                                    }
+                                    let mut o = self.outcome(&plan, Status::Skipped);
+                                    o.reason = Some(format!(
+                                        "node {node} of the fleet published a certificate for it meanwhile; it is installed at the next pass"
+                                    ));
+                                    outcomes.push(o);
+                                }
+                                _ => {
+                                    locks.push(lock);
+                                    mine.push(plan);
+                                }
+                            }
                         }
                         Err(holder) => {
                             let mut o = self.outcome(&plan, Status::Skipped);
@@ -684,14 +702,19 @@ impl Run {
                 Ok(f) => {
                     // Published before the lock goes: the fleet never orders it twice.
                     if let Some(fleet) = &self.fleet {
-                        if let Err(e) =
-                            super::fleet::publish_fresh(fleet, &f, &self.settings.directory).await
+                        match super::fleet::publish_fresh(fleet, &f, &self.settings.directory).await
                         {
-                            tracing::warn!(
+                            // Published: the order is done for the fleet.
+                            Ok(()) => {
+                                if let Err(e) = fleet.forget_order(&f.plan.lineage()).await {
+                                    tracing::warn!("fleet: {}", super::outcome::chain_text(&e));
+                                }
+                            }
+                            Err(e) => tracing::warn!(
                                 "fleet: cannot publish {} now (published at the next pass): {}",
                                 f.plan.lineage(),
                                 super::outcome::chain_text(&e)
-                            );
+                            ),
                         }
                     }
                     fresh.push(f)
@@ -844,7 +867,6 @@ impl Run {
         }
         let solver = router;
         let key = self.certificate_key(plan);
-        let csr = acme::create_csr(&key, &plan.names).map_err(|e| Failure::from_acme(&e))?;
         let opts = OrderOptions {
             profile: if plan.ip_literal {
                 Some(plan::IP_PROFILE.to_owned())
@@ -859,10 +881,29 @@ impl Run {
                 .or(self.settings.preferred_chain.clone()),
             ..OrderOptions::default()
         };
-        let chain = account
-            .sign(&plan.names, &csr.der, &solver, &opts)
-            .await
-            .map_err(|e| Failure::from_acme(&e))?;
+        let (chain, key) = match &self.fleet {
+            Some(fleet) => {
+                super::fleet::order_once(
+                    fleet,
+                    account,
+                    &plan.lineage(),
+                    &plan.names,
+                    key,
+                    &solver,
+                    &opts,
+                )
+                .await?
+            }
+            None => {
+                let csr =
+                    acme::create_csr(&key, &plan.names).map_err(|e| Failure::from_acme(&e))?;
+                let chain = account
+                    .sign(&plan.names, &csr.der, &solver, &opts)
+                    .await
+                    .map_err(|e| Failure::from_acme(&e))?;
+                (chain, key)
+            }
+        };
         let renewed = self
             .store
             .lineage(&plan.lineage())

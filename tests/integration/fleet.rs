@@ -151,15 +151,48 @@ fn etcd_faults_and_a_killed_orderer() {
     // preflight, holding the lock): another node completes once the lock's lease ran out,
     // and one certificate is issued for it.
     bed.stop_agent(2);
+    // An order an interrupted attempt above left would be completed (its own test covers
+    // that); this part wants node 1 stuck in a fresh order's preflight.
+    let del = std::process::Command::new(crate::util::bin("etcdctl"))
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &bed.etcd.endpoints().join(","),
+            "del",
+            "--prefix",
+            "/acme-nginx/orders/",
+        ])
+        .output()
+        .unwrap();
+    assert!(del.status.success());
     let before = finalized(&bed);
     let mut orderer = bed.command(0, "renew", &["--force", NAME]).spawn().unwrap();
     let lock = format!("/acme-nginx/locks/{NAME}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while bed.etcd.raw_get(&lock).is_empty() {
-        assert!(Instant::now() < deadline, "node 1 never took the lock");
+    // Node 1 holds the lock and has published its answer: it waits for node 3 to serve it.
+    while bed.etcd.raw_get(&lock) != b"n1\n"
+        || std::process::Command::new(crate::util::bin("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &bed.etcd.endpoints().join(","),
+                "get",
+                "--prefix",
+                "--keys-only",
+                "/acme-nginx/challenges/",
+            ])
+            .output()
+            .unwrap()
+            .stdout
+            .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never reached the preflight"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(orderer.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -303,4 +336,114 @@ fn fleet_bench() {
             }
         }
     }
+}
+
+/// Writes http-01 answers into every node's challenge directory (what the nodes' agents do for
+/// a living orderer).
+struct EveryNode(Vec<std::path::PathBuf>);
+
+impl acme_nginx::acme::ChallengeSolver for EveryNode {
+    fn challenge_types(&self) -> &[acme_nginx::acme::ChallengeType] {
+        &[acme_nginx::acme::ChallengeType::Http01]
+    }
+
+    async fn fulfill(
+        &self,
+        ch: &acme_nginx::acme::PendingChallenge,
+    ) -> Result<(), acme_nginx::acme::SolverError> {
+        for d in &self.0 {
+            std::fs::write(d.join(&ch.token), &ch.key_authorization)?;
+        }
+        Ok(())
+    }
+
+    async fn clear(
+        &self,
+        ch: &acme_nginx::acme::PendingChallenge,
+    ) -> Result<(), acme_nginx::acme::SolverError> {
+        for d in &self.0 {
+            std::fs::remove_file(d.join(&ch.token)).ok();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn an_order_the_ca_issued_for_a_node_that_died_is_completed_not_ordered_again() {
+    use acme_nginx::acme::{self, KeyPair, KeyType, OrderOptions};
+    use acme_nginx::lifecycle::fleet::{Fleet, FleetConfig};
+    let mut bed = FleetBed::start();
+    bed.start_agent(1);
+    bed.start_agent(2);
+    bed.add_site(0);
+    assert_exit(&bed.cmd(0, "enroll", &[]), 0);
+    bed.add_site(1);
+    bed.add_site(2);
+    bed.wait_all_serve(&bed.live_leaf(0), Duration::from_secs(30));
+
+    // Node 1 "dies" after the CA issued its renewal and before it published it: the order and
+    // its key are recorded in etcd, the certificate exists at the CA, the fleet does not have it.
+    let fleet = Fleet::open(&FleetConfig {
+        etcd: acme_nginx::store::etcd::EtcdConfig {
+            endpoints: bed.etcd.endpoints(),
+            ..Default::default()
+        },
+        prefix: "/acme-nginx/".into(),
+        node: "n1".into(),
+        key_file: bed.key_file(),
+        address: String::new(),
+    })
+    .unwrap();
+    let names = vec![NAME.to_owned()];
+    let key = KeyPair::generate(KeyType::P256);
+    let dirs: Vec<_> = bed
+        .nodes
+        .iter()
+        .map(|n| n.nginx.dir.path().join("acme"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let issued = rt.block_on(async {
+        let state = fleet.account(&bed.pebble.directory).await.unwrap().unwrap();
+        let client = acme::Client::new(
+            &bed.pebble.directory,
+            &acme::ClientConfig::with_ca_file(&bed.pebble.ca_file).unwrap(),
+        )
+        .await
+        .unwrap();
+        let account = acme::Account::from_state(client, &state).unwrap();
+        let opts = OrderOptions::default();
+        let mut order = account.create_order(&names, &opts).await.unwrap();
+        fleet
+            .record_order(NAME, &order.url, &names, &key.to_pem())
+            .await
+            .unwrap();
+        let csr = acme::create_csr(&key, &names).unwrap();
+        order
+            .complete(&names, &csr.der, &EveryNode(dirs), &opts)
+            .await
+            .unwrap()
+    });
+    let issued_leaf = acme::cert::pem_certificates(issued.pem.as_bytes()).unwrap()[0].clone();
+    let finalized_before = finalized(&bed);
+
+    // Node 2 renews: it completes node 1's order (the certificate the CA issued) instead of
+    // placing a new one, and the fleet serves that certificate.
+    let out = bed.cmd(1, "renew", &["--force", NAME]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        finalized(&bed),
+        finalized_before,
+        "a second certificate was ordered"
+    );
+    assert_eq!(bed.live_leaf(1), issued_leaf);
+    // Node 1 comes back (its agent starts): it catches up with what the fleet did meanwhile.
+    bed.start_agent(0);
+    bed.wait_all_serve(&issued_leaf, Duration::from_secs(30));
+    assert!(bed
+        .etcd
+        .raw_get(&format!("/acme-nginx/orders/{NAME}"))
+        .is_empty());
 }

@@ -155,7 +155,18 @@ impl FleetBed {
     }
 
     pub fn cmd(&self, i: usize, sub: &str, extra: &[&str]) -> Output {
-        run(&mut self.command(i, sub, extra))
+        let out = run(self
+            .command(i, sub, extra)
+            .env("ACME_NGINX_LOG", "acme_nginx=info"));
+        let log = self.nodes[i].state.path().join("commands.log");
+        let mut f = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        std::io::Write::write_all(&mut f, format!("== {sub} {extra:?}\n").as_bytes()).unwrap();
+        std::io::Write::write_all(&mut f, &out.stderr).unwrap();
+        out
     }
 
     /// Starts node `i`'s agent (`acme-nginx watch`) and waits until it registered.
@@ -245,7 +256,8 @@ impl FleetBed {
             }
             assert!(
                 start.elapsed() < within,
-                "not every node serves the certificate; agents:\n{}\n---\n{}",
+                "not every node serves the certificate; node 1's commands:\n{}\nagents:\n{}\n---\n{}",
+                fs::read_to_string(self.nodes[0].state.path().join("commands.log")).unwrap_or_default(),
                 self.agent_log(1),
                 self.agent_log(2)
             );
