@@ -616,7 +616,7 @@ impl Run {
             &self.store,
             self.mode.writes_state(),
             client,
-            self.fleet.as_ref(),
+            self.shared(),
         )
         .await?;
         let identity = worker_identity(scan);
@@ -640,7 +640,7 @@ impl Run {
         }
         // In a fleet, one node orders a lineage: the holder of its lock.
         let mut locks = Vec::new();
-        let plans = match &self.fleet {
+        let plans = match self.shared() {
             None => plans,
             Some(fleet) => {
                 let mut mine = Vec::new();
@@ -701,7 +701,7 @@ impl Run {
             match r {
                 Ok(f) => {
                     // Published before the lock goes: the fleet never orders it twice.
-                    if let Some(fleet) = &self.fleet {
+                    if let Some(fleet) = self.shared() {
                         match super::fleet::publish_fresh(fleet, &f, &self.settings.directory).await
                         {
                             // Published: the order is done for the fleet.
@@ -726,7 +726,7 @@ impl Run {
                 }
             }
         }
-        if let Some(fleet) = &self.fleet {
+        if let Some(fleet) = self.shared() {
             for lock in locks {
                 if let Err(e) = lock.release(&fleet.etcd).await {
                     tracing::warn!("fleet: a lock is left to expire: {e}");
@@ -755,7 +755,7 @@ impl Run {
             ),
             _ => None,
         };
-        let fleet_nodes = match &self.fleet {
+        let fleet_nodes = match self.shared() {
             Some(fleet) => match fleet.nodes().await {
                 Ok(nodes) => nodes
                     .into_iter()
@@ -842,7 +842,7 @@ impl Run {
         };
         if plan.uses_webroot() {
             let mut solver = self.webroot_solver(scan, plan, identity, journal.clone())?;
-            if let Some(fleet) = &self.fleet {
+            if let Some(fleet) = self.shared() {
                 solver = solver.with_fleet(crate::challenge::fleet::FleetCheck::new(
                     fleet.etcd.clone(),
                     fleet.key("challenges/"),
@@ -881,7 +881,7 @@ impl Run {
                 .or(self.settings.preferred_chain.clone()),
             ..OrderOptions::default()
         };
-        let (chain, key) = match &self.fleet {
+        let (chain, key) = match self.shared() {
             Some(fleet) => {
                 super::fleet::order_once(
                     fleet,
@@ -971,6 +971,12 @@ impl Run {
             .collect();
         let owner = identity.map(|(u, g, _)| (*u, *g));
         Ok(PreflightSolver::new(routes, owner, journal))
+    }
+
+    /// The fleet's shared store when this run may change it (not in a dry run: a staging
+    /// certificate is never the fleet's).
+    fn shared(&self) -> Option<&super::fleet::Fleet> {
+        self.fleet.as_ref().filter(|_| self.mode.writes_state())
     }
 
     /// A new key per certificate, or the live one when `reuse_key` is set.
