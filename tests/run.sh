@@ -12,7 +12,7 @@ tests/testbed/setup.sh
 # and everything run as the worker user (nginx's workers, the attackers of the security tests).
 started_by_tests() {
   ps -eo pid=,stat=,user=,comm= |
-    awk '$2 !~ /^Z/ && ($4 ~ /^(nginx|pebble|pebble-challtes|acme-nginx|runuser|named|pdns_server|nsupdate|etcd|certbot)$/ || $3 == "www-data") {print $1}' |
+    awk '$2 !~ /^Z/ && ($4 ~ /^(nginx|pebble|pebble-challtes|acme-nginx|runuser|named|pdns_server|nsupdate|etcd|certbot|haproxy)$/ || $3 == "www-data") {print $1}' |
     sort
 }
 before=$(mktemp)

@@ -2,7 +2,7 @@
 # Installs what the tests need on a fresh Debian 12 machine, idempotently:
 #  - Debian 12 packages: nginx, openssl, ca-certificates, curl, lintian, rpm, systemd, bind9
 #    (with its utilities) and pdns-server with the sqlite3 backend for the dns-01 tests,
-#    certbot for the import-certbot test, etcd-server and etcd-client for the fleet store;
+#    certbot for the import-certbot test, etcd-server, etcd-client and haproxy for the fleet;
 #  - cargo-deb and cargo-generate-rpm (cargo install), crossplane (pip);
 #  - the parser's differential corpus: nginx configs from Debian packages (apt-get download);
 #  - with --bench, the peers the benchmarks measure: uacme (Debian 12), pebble 2.4 (Debian 12,
@@ -44,6 +44,8 @@ command -v certbot >/dev/null 2>&1 || missing+=(certbot)
 # fleet mode: a real etcd cluster (Debian's etcd 3.4) and its etcdctl.
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+# fleet tests: haproxy is the load balancer in front of the nodes.
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
