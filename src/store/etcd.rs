@@ -162,10 +162,20 @@ impl Etcd {
     /// POSTs `body` to `path` on the first endpoint that answers (authenticated first when a
     /// user is configured).
     async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
-        if self.user.is_some() && self.token().is_none() {
+        if self.user.is_none() {
+            return self.call_raw(path, body).await;
+        }
+        if self.token().is_none() {
             self.authenticate().await?;
         }
-        self.call_raw(path, body).await
+        match self.call_raw(path, body).await {
+            // etcd's simple tokens expire (--auth-token-ttl): authenticate again, once.
+            Err(EtcdError::Refused { message, .. }) if message.contains("invalid auth token") => {
+                self.authenticate().await?;
+                self.call_raw(path, body).await
+            }
+            other => other,
+        }
     }
 
     async fn call_raw(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
@@ -230,6 +240,11 @@ impl Etcd {
         let Some((user, password)) = &self.user else {
             return Ok(());
         };
+        // An expired token sent along would be refused too.
+        *self
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let v = self
             .call_raw(
                 "/v3/auth/authenticate",

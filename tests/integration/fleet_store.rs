@@ -280,3 +280,81 @@ fn etcd_with_tls_and_client_certificates() {
         assert!(err.contains("no etcd endpoint answered"), "{err}");
     });
 }
+
+#[test]
+fn etcd_users_authenticate_and_expired_tokens_are_renewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (crate::util::free_port(), crate::util::free_port());
+    let log = dir.path().join("etcd.log");
+    let mut child = std::process::Command::new(crate::util::bin("etcd"))
+        .args(["--name", "a"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-cluster",
+            &format!("a=http://127.0.0.1:{peer}"),
+            // Tokens live one second: the client must authenticate again.
+            "--auth-token",
+            "simple",
+            "--auth-token-ttl",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    crate::util::wait_for_port(client, &mut child, "etcd", &log);
+    let _guard = crate::util::ChildGuard(child);
+    let endpoint = format!("http://127.0.0.1:{client}");
+    let etcdctl = |args: &[&str]| {
+        let start = Instant::now();
+        loop {
+            let out = std::process::Command::new(crate::util::bin("etcdctl"))
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &endpoint])
+                .args(args)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    etcdctl(&["user", "add", "root:s3cret"]);
+    etcdctl(&["auth", "enable"]);
+    let config = |user: Option<(&str, &str)>| EtcdConfig {
+        endpoints: vec![endpoint.clone()],
+        user: user.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        ..EtcdConfig::default()
+    };
+    let with_user = Etcd::new(&config(Some(("root", "s3cret")))).unwrap();
+    let anonymous = Etcd::new(&config(None)).unwrap();
+    let wrong = Etcd::new(&config(Some(("root", "nope")))).unwrap();
+    rt().block_on(async {
+        with_user.put("/t/auth", b"ok", None).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The token expired meanwhile.
+        assert_eq!(
+            with_user.get("/t/auth").await.unwrap().unwrap().value,
+            b"ok"
+        );
+        let err = anonymous.get("/t/auth").await.unwrap_err().to_string();
+        assert!(err.contains("refused"), "{err}");
+        let err = wrong.get("/t/auth").await.unwrap_err().to_string();
+        assert!(err.contains("authentication failed"), "{err}");
+    });
+}
