@@ -113,11 +113,21 @@ impl Relevant {
         }
     }
 
-    /// True when a change of `path` may change the configuration.
+    /// True when a change of `path` may change the configuration. Include patterns match as
+    /// nginx's glob does (a `*` does not match a leading dot: editors' and our own temporary
+    /// files).
     pub fn matches(&self, path: &Path) -> bool {
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: true,
+        };
         self.everything
             || self.files.contains(path)
-            || self.patterns.iter().any(|p| p.matches_path(path))
+            || self
+                .patterns
+                .iter()
+                .any(|p| p.matches_path_with(path, opts))
     }
 }
 
@@ -235,7 +245,11 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
             .unwrap_or(MAX_RENEW_SLEEP);
         tokio::select! {
             Some(paths) = rx.recv() => {
-                if paths.iter().any(|p| relevant.matches(p)) {
+                // Our own edits (an install) echo back as events: only the operator's count.
+                if paths
+                    .iter()
+                    .any(|p| relevant.matches(p) && !crate::nginx::edit::is_our_write(p))
+                {
                     debounce(&mut rx, DEBOUNCE, MAX_DEBOUNCE).await;
                     config_changed = true;
                 }
@@ -338,6 +352,7 @@ mod tests {
         assert!(r.matches(Path::new("/etc/nginx/sites-enabled/new-site")));
         assert!(r.matches(Path::new("/etc/nginx/conf.d/x.conf")));
         assert!(!r.matches(Path::new("/etc/nginx/conf.d/x.conf.swp")));
+        assert!(!r.matches(Path::new("/etc/nginx/sites-enabled/.new-site.tmp-0a1b2c")));
         assert!(!r.matches(Path::new("/etc/nginx/error.log")));
         assert!(Relevant::of(None, Path::new("/etc/nginx/nginx.conf")).matches(Path::new("/x")));
     }

@@ -584,7 +584,38 @@ pub fn write_like(path: &Path, data: &[u8]) -> io::Result<()> {
         data,
         meta.mode() & 0o7777,
         Some((meta.uid(), meta.gid())),
-    )
+    )?;
+    remember_write(path, data);
+    Ok(())
+}
+
+/// What this process last wrote into each configuration file (its SHA-256), so that a
+/// long-running process can tell its own edits from the operator's.
+static OUR_WRITES: std::sync::Mutex<BTreeMap<PathBuf, [u8; 32]>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn remember_write(path: &Path, data: &[u8]) {
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(data).into();
+    OUR_WRITES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(path.to_path_buf(), digest);
+}
+
+/// True when `path` holds exactly what this process last wrote there: a change event for it is
+/// the echo of our own edit, not the operator's.
+pub fn is_our_write(path: &Path) -> bool {
+    use sha2::Digest;
+    let ours = OUR_WRITES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(path)
+        .copied();
+    let Some(ours) = ours else {
+        return false;
+    };
+    fs::read(path).is_ok_and(|data| <[u8; 32]>::from(sha2::Sha256::digest(&data)) == ours)
 }
 
 /// Writes the edited files (the targets of symlinks, not the links), after copying each original
