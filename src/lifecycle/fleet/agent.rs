@@ -1,0 +1,147 @@
+//! The agent: the fleet's part of `watch` on every node.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Fleet, FleetError};
+use crate::lifecycle::outcome::chain_text;
+use std::collections::HashMap;
+
+use crate::challenge::fleet::ChallengeRecord;
+use crate::store::etcd::Event;
+
+/// How long the agent waits before watching again after etcd went away.
+pub const AGENT_RETRY: Duration = Duration::from_secs(2);
+
+/// The agent's part of `watch` in a fleet: registers this node, writes every published
+/// http-01 answer into the challenge directory nginx serves the name from here (and removes it
+/// when it is withdrawn), and signals `lineages_changed` when another node publishes a
+/// certificate (the watch loop then installs it). Runs until the process ends; etcd going away
+/// only pauses it.
+pub async fn agent(
+    settings: crate::lifecycle::Settings,
+    fleet: Fleet,
+    lineages_changed: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    let mut written: HashMap<String, PathBuf> = HashMap::new();
+    loop {
+        if let Err(e) = run_agent(&settings, &fleet, &lineages_changed, &mut written).await {
+            tracing::warn!(
+                "fleet agent: {}; watching again in {} s",
+                chain_text(&e),
+                AGENT_RETRY.as_secs()
+            );
+        }
+        tokio::time::sleep(AGENT_RETRY).await;
+    }
+}
+
+async fn run_agent(
+    settings: &crate::lifecycle::Settings,
+    fleet: &Fleet,
+    lineages_changed: &tokio::sync::mpsc::UnboundedSender<()>,
+    written: &mut HashMap<String, PathBuf>,
+) -> Result<(), FleetError> {
+    let challenges = fleet.key("challenges/");
+    let lineages = fleet.key("lineages/");
+    let (current, revision) = fleet.etcd.get_prefix(&challenges).await?;
+    fleet.register().await?;
+    for kv in current {
+        answer(settings, &kv.key, &kv.value, written);
+    }
+    // A publish missed while away is installed by the pass this triggers.
+    lineages_changed.send(()).ok();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = {
+        let etcd = fleet.etcd.clone();
+        let prefix = fleet.prefix.clone();
+        tokio::spawn(async move {
+            etcd.watch(&prefix, revision + 1, |e| tx.send(e).is_ok())
+                .await
+        })
+    };
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Put(kv) if kv.key.starts_with(&challenges) => {
+                answer(settings, &kv.key, &kv.value, written);
+            }
+            Event::Delete(key) if key.starts_with(&challenges) => {
+                if let Some(path) = written.remove(key.trim_start_matches(&challenges)) {
+                    if let Err(e) = crate::challenge::webroot::remove_token_file(&path) {
+                        tracing::warn!("fleet agent: {}", chain_text(&e));
+                    }
+                }
+            }
+            Event::Put(kv) if kv.key.starts_with(&lineages) => {
+                tracing::info!(
+                    "fleet agent: {} was published",
+                    kv.key.trim_start_matches(&lineages)
+                );
+                lineages_changed.send(()).ok();
+            }
+            _ => {}
+        }
+    }
+    match watch.await {
+        Ok(r) => r.map_err(FleetError::from),
+        Err(e) => Err(FleetError::Record {
+            key: fleet.prefix.clone(),
+            message: format!("the watch stopped: {e}"),
+        }),
+    }
+}
+
+/// Writes one published answer where this node's nginx serves the name's challenges: the
+/// directory of the block nginx picks for the name on the validation port, else the directory
+/// acme-nginx's snippet serves.
+fn answer(
+    settings: &crate::lifecycle::Settings,
+    key: &str,
+    value: &[u8],
+    written: &mut HashMap<String, PathBuf>,
+) {
+    let rec: ChallengeRecord = match serde_json::from_slice(value) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("fleet agent: {key} is not an answer: {e}");
+            return;
+        }
+    };
+    if !crate::acme::jws::is_valid_token(&rec.token) {
+        tracing::warn!("fleet agent: {key} holds a token that is not base64url; not written");
+        return;
+    }
+    let scan = match settings.nginx.load_lenient() {
+        Ok((_, scan, _)) => scan,
+        Err(e) => {
+            tracing::warn!("fleet agent: cannot read nginx's configuration: {e}");
+            return;
+        }
+    };
+    let dir = crate::nginx::discovery::server_for_host(&scan, &rec.name, settings.http_port)
+        .and_then(|i| scan.servers[i].acme_challenge_dir.clone())
+        .unwrap_or_else(|| settings.challenge_dir.clone());
+    let mut solver = crate::challenge::WebrootSolver::per_name().with_dir_for(&rec.name, &dir);
+    if let Some((uid, gid, _)) = crate::lifecycle::run::worker_identity(&scan) {
+        solver = solver.with_owner(uid, gid);
+    }
+    let ch = crate::acme::PendingChallenge {
+        identifier: crate::acme::Identifier::from_name(&rec.name),
+        wildcard: false,
+        kind: crate::acme::ChallengeType::Http01,
+        token: rec.token.clone(),
+        key_authorization: rec.key_authorization.clone(),
+        url: String::new(),
+    };
+    match solver.write_token(&ch) {
+        Ok(path) => {
+            tracing::info!(
+                "fleet agent: answering {} from {}",
+                rec.name,
+                path.display()
+            );
+            written.insert(rec.token, path);
+        }
+        Err(e) => tracing::warn!("fleet agent: cannot write the answer for {}: {e}", rec.name),
+    }
+}

@@ -1,0 +1,128 @@
+//! Orders across a node's death: an order in progress is recorded so a node taking over
+//! completes it.
+
+use serde::{Deserialize, Serialize};
+
+use super::{now, Fleet, FleetError};
+use crate::lifecycle::outcome::chain_text;
+
+/// An order in progress (`orders/NAME`): its URL and the certificate key, sealed, so that a node
+/// taking over after the orderer died completes it (the CA may already have issued) instead of
+/// ordering a second certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub url: String,
+    pub names: Vec<String>,
+    pub key_sealed: String,
+    pub node: String,
+    pub created: i64,
+}
+
+impl Fleet {
+    /// The order a node left for a lineage, with its key (PEM), if any.
+    pub async fn pending_order(
+        &self,
+        lineage: &str,
+    ) -> Result<Option<(OrderRecord, String)>, FleetError> {
+        let key = self.key(&format!("orders/{lineage}"));
+        let Some(kv) = self.etcd.get(&key).await? else {
+            return Ok(None);
+        };
+        let rec: OrderRecord = self.json(&key, &kv.value)?;
+        let pem = String::from_utf8_lossy(&self.key.open(&key, &rec.key_sealed)?).into_owned();
+        Ok(Some((rec, pem)))
+    }
+
+    /// Records an order before it is authorized and finalized.
+    pub async fn record_order(
+        &self,
+        lineage: &str,
+        url: &str,
+        names: &[String],
+        key_pem: &str,
+    ) -> Result<(), FleetError> {
+        let key = self.key(&format!("orders/{lineage}"));
+        let rec = OrderRecord {
+            url: url.to_owned(),
+            names: names.to_vec(),
+            key_sealed: self.key.seal(&key, key_pem.as_bytes()),
+            node: self.node.clone(),
+            created: now(),
+        };
+        let json = serde_json::to_vec(&rec).map_err(|e| FleetError::Record {
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
+        self.etcd.put(&key, &json, None).await?;
+        Ok(())
+    }
+
+    /// Forgets a lineage's order (it was completed and published, or it failed).
+    pub async fn forget_order(&self, lineage: &str) -> Result<(), FleetError> {
+        Ok(self
+            .etcd
+            .delete(&self.key(&format!("orders/{lineage}")))
+            .await?)
+    }
+}
+
+/// Orders a lineage's certificate as the fleet's one orderer: an order another node left (it
+/// died) is completed with that node's key; otherwise a new order is placed and recorded
+/// before it is authorized. Returns the chain and the key it certifies.
+pub(crate) async fn order_once<S: crate::acme::ChallengeSolver>(
+    fleet: &Fleet,
+    account: &crate::acme::Account,
+    lineage: &str,
+    names: &[String],
+    key: crate::acme::KeyPair,
+    solver: &S,
+    opts: &crate::acme::OrderOptions,
+) -> Result<(crate::acme::CertificateChain, crate::acme::KeyPair), crate::lifecycle::Failure> {
+    use crate::acme::{create_csr, KeyPair};
+    use crate::lifecycle::Failure;
+    let fleet_err =
+        |e: FleetError| Failure::transient(format!("the fleet's shared store: {}", chain_text(&e)));
+    if let Some((rec, pem)) = fleet.pending_order(lineage).await.map_err(fleet_err)? {
+        let resumable = crate::lifecycle::lineage::same_names(&rec.names, names);
+        if let (true, Ok(k)) = (resumable, KeyPair::from_pem(&pem)) {
+            match account.order(&rec.url).await {
+                Ok(mut order) => {
+                    tracing::info!(
+                        "fleet: completing the order {} that node {} left for {lineage}",
+                        rec.url,
+                        rec.node
+                    );
+                    let csr = create_csr(&k, names).map_err(|e| Failure::from_acme(&e))?;
+                    match order.complete(names, &csr.der, solver, opts).await {
+                        Ok(chain) => return Ok((chain, k)),
+                        Err(e) => tracing::warn!(
+                            "fleet: the order node {} left cannot be completed ({e}); ordering anew",
+                            rec.node
+                        ),
+                    }
+                }
+                Err(e) => tracing::warn!("fleet: the order node {} left is gone ({e})", rec.node),
+            }
+        }
+        fleet.forget_order(lineage).await.map_err(fleet_err)?;
+    }
+    let mut order = account
+        .create_order(names, opts)
+        .await
+        .map_err(|e| Failure::from_acme(&e))?;
+    fleet
+        .record_order(lineage, &order.url, names, &key.to_pem())
+        .await
+        .map_err(fleet_err)?;
+    let csr = create_csr(&key, names).map_err(|e| Failure::from_acme(&e))?;
+    match order.complete(names, &csr.der, solver, opts).await {
+        Ok(chain) => Ok((chain, key)),
+        Err(e) => {
+            // A failed order is not resumed by the next node.
+            if let Err(f) = fleet.forget_order(lineage).await {
+                tracing::warn!("fleet: {}", chain_text(&f));
+            }
+            Err(Failure::from_acme(&e))
+        }
+    }
+}
