@@ -298,7 +298,10 @@ fn a_killed_run_leaves_a_record_the_next_run_removes_and_a_lagging_server_is_nam
 #[test]
 fn a_base_name_and_its_wildcard_both_by_dns_01_through_the_powerdns_api() {
     let pdns = crate::util::dns::PowerDns::start("pdns.test");
+    // fresh.pdns.test is ordered only with the wrong key below: a name the CA never validated.
     let servers = "server {\n    listen 127.0.0.1:{port};\n    server_name .pdns.test;\n    \
+                   location / { return 200 \"ok\\n\"; }\n}\n\
+                   server {\n    listen 127.0.0.1:{port};\n    server_name fresh.pdns.test;\n    \
                    location / { return 200 \"ok\\n\"; }\n}\n";
     let addr = pdns.addr();
     let bed = Bed::start_with(crate::util::free_port(), servers, |mut o| {
@@ -308,7 +311,9 @@ fn a_base_name_and_its_wildcard_both_by_dns_01_through_the_powerdns_api() {
     // Both names take dns-01: two TXT values on one name, added and removed through the API.
     let mut flags = pdns.flags();
     flags.extend(["--challenge".into(), "dns-01".into()]);
-    let out = bed.cmd("enroll", &args(&flags));
+    let mut first = args(&flags);
+    first.push("pdns.test");
+    let out = bed.cmd("enroll", &first);
     assert_exit(&out, 0);
     let report = json(&out);
     let cert = crate::util::by_name(&report, "pdns.test");
@@ -331,13 +336,13 @@ fn a_base_name_and_its_wildcard_both_by_dns_01_through_the_powerdns_api() {
     );
     assert!(zone.contains("\"ns1.pdns.test.\""), "{zone}");
     assert!(!zone.contains("_acme-challenge"), "{zone}");
-    // A wrong API key fails the renewal with the API's answer.
+    // A wrong API key fails the name with the API's answer.
     fs::write(&pdns.api_key_file, "wrong\n").unwrap();
-    let mut renew = flags.clone();
-    renew.extend(["--force".into(), "pdns.test".into()]);
-    let out = bed.cmd("renew", &args(&renew));
+    let mut again = flags.clone();
+    again.push("fresh.pdns.test".into());
+    let out = bed.cmd("enroll", &args(&again));
     assert_exit(&out, 1);
-    let message = crate::util::by_name(&json(&out), "pdns.test")["error"].to_string();
+    let message = crate::util::by_name(&json(&out), "fresh.pdns.test")["error"].to_string();
     assert!(message.contains("answered 401"), "{message}");
 }
 
@@ -369,7 +374,11 @@ fn webdav_http_01_puts_tokens_on_another_web_server() {
     }
     fs::write(web1.dir.path().join("htpasswd"), "acme:{PLAIN}s3cret\n").unwrap();
     // This host: the block that gets the certificate, on a port of its own.
+    // A second name, ordered only with the wrong password below (a name the CA never
+    // validated, so no earlier authorization can stand in for the refused PUT).
     let servers = "server {\n    listen 127.0.0.1:{port};\n    server_name dav.example.test;\n    \
+                   location / { return 200 \"ok\\n\"; }\n}\n\
+                   server {\n    listen 127.0.0.1:{port};\n    server_name dav2.example.test;\n    \
                    location / { return 200 \"ok\\n\"; }\n}\n";
     let (resolver, web1_port) = (bind.resolver(), web1.port);
     let bed = Bed::start_with(crate::util::free_port(), servers, |mut o| {
@@ -394,7 +403,9 @@ fn webdav_http_01_puts_tokens_on_another_web_server() {
         json(&scan)["challenges"][0]["dav.example.test"],
         "http-01 (webdav)"
     );
-    let out = bed.cmd("enroll", &args(&flags));
+    let mut first = args(&flags);
+    first.push("dav.example.test");
+    let out = bed.cmd("enroll", &first);
     assert_exit(&out, 0);
     let report = json(&out);
     assert_eq!(
@@ -414,9 +425,9 @@ fn webdav_http_01_puts_tokens_on_another_web_server() {
 
     // A wrong password: the PUT is refused, the name fails with the server's answer.
     fs::write(&password, "wrong\n").unwrap();
-    flags.extend(["--force".into(), "dav.example.test".into()]);
-    let out = bed.cmd("renew", &args(&flags));
+    flags.push("dav2.example.test".into());
+    let out = bed.cmd("enroll", &args(&flags));
     assert_exit(&out, 1);
-    let message = crate::util::by_name(&json(&out), "dav.example.test")["error"].to_string();
+    let message = crate::util::by_name(&json(&out), "dav2.example.test")["error"].to_string();
     assert!(message.contains("answered 401"), "{message}");
 }
