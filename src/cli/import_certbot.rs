@@ -73,20 +73,7 @@ fn print(ctx: &Context, outcomes: &[Outcome], timer: Option<&str>) -> Result<(),
     if outcomes.is_empty() {
         output::line("certbot has no renewal configuration to import")?;
     }
-    for o in outcomes {
-        let why = o
-            .error
-            .as_ref()
-            .map(|e| e.message.clone())
-            .or(o.reason.clone())
-            .unwrap_or_else(|| o.server_blocks.join(", "));
-        output::line(format!(
-            "{:<30} {:<10} {}",
-            o.name,
-            o.status,
-            output::one_line(&why)
-        ))?;
-    }
+    output::outcome_lines(outcomes)?;
     if let Some(t) = timer {
         output::line(t)?;
     }

@@ -87,6 +87,25 @@ pub fn one_line(text: &str) -> String {
     escape_controls(&text.replace('\n', "\\n").replace('\r', "\\r"))
 }
 
+/// One line per outcome: name, status, and the error, the reason, or the server blocks.
+pub fn outcome_lines(outcomes: &[acme_nginx::lifecycle::Outcome]) -> Result<(), CliError> {
+    for o in outcomes {
+        let why = o
+            .error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .or(o.reason.clone())
+            .unwrap_or_else(|| o.server_blocks.join(", "));
+        line(format!(
+            "{:<30} {:<10} {}",
+            o.name,
+            o.status,
+            one_line(&why)
+        ))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,19 +49,6 @@ fn print(ctx: &Context, outcomes: &[Outcome]) -> Result<(), CliError> {
     if outcomes.is_empty() {
         return output::line("nothing to remove");
     }
-    for o in outcomes {
-        let why = o
-            .error
-            .as_ref()
-            .map(|e| e.message.clone())
-            .or(o.reason.clone())
-            .unwrap_or_else(|| o.server_blocks.join(", "));
-        output::line(format!(
-            "{:<30} {:<8} {}",
-            o.name,
-            o.status,
-            output::one_line(&why)
-        ))?;
-    }
+    output::outcome_lines(outcomes)?;
     Ok(())
 }

@@ -48,26 +48,33 @@ pub fn watched_dirs(cfg: Option<&Config>, main: &Path) -> BTreeSet<PathBuf> {
             dirs.insert(p.to_path_buf());
         }
     }
+    for full in include_patterns(cfg) {
+        // The deepest directory of the pattern without glob characters.
+        let mut dir = full.parent().map(Path::to_path_buf).unwrap_or_default();
+        while dir.to_string_lossy().contains(['*', '?', '[']) {
+            dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        }
+        if dir.is_dir() {
+            dirs.insert(dir);
+        }
+    }
+    dirs
+}
+
+/// Every `include` pattern of the configuration as an absolute path (relative ones resolved
+/// against nginx's conf prefix).
+fn include_patterns(cfg: &Config) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     cfg.walk(|d, _| {
-        if d.name == "include" {
-            if let Some(arg) = d.args.first() {
-                let full = if Path::new(arg.as_str()).is_absolute() {
-                    PathBuf::from(arg.as_str())
-                } else {
-                    cfg.conf_prefix.join(arg.as_str())
-                };
-                // The deepest directory of the pattern without glob characters.
-                let mut dir = full.parent().map(Path::to_path_buf).unwrap_or_default();
-                while dir.to_string_lossy().contains(['*', '?', '[']) {
-                    dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-                }
-                if dir.is_dir() {
-                    dirs.insert(dir);
-                }
-            }
+        if let (true, Some(arg)) = (d.name == "include", d.args.first()) {
+            out.push(if Path::new(arg.as_str()).is_absolute() {
+                PathBuf::from(arg.as_str())
+            } else {
+                cfg.conf_prefix.join(arg.as_str())
+            });
         }
     });
-    dirs
+    out
 }
 
 /// The files whose change matters: every loaded file, the main file, and whatever an include
@@ -91,21 +98,10 @@ impl Relevant {
         };
         let mut files: BTreeSet<PathBuf> = cfg.files.iter().map(|f| f.path.clone()).collect();
         files.insert(main.to_path_buf());
-        let mut patterns = Vec::new();
-        cfg.walk(|d, _| {
-            if d.name == "include" {
-                if let Some(arg) = d.args.first() {
-                    let full = if Path::new(arg.as_str()).is_absolute() {
-                        PathBuf::from(arg.as_str())
-                    } else {
-                        cfg.conf_prefix.join(arg.as_str())
-                    };
-                    if let Ok(p) = glob::Pattern::new(&full.to_string_lossy()) {
-                        patterns.push(p);
-                    }
-                }
-            }
-        });
+        let patterns = include_patterns(cfg)
+            .iter()
+            .filter_map(|full| glob::Pattern::new(&full.to_string_lossy()).ok())
+            .collect();
         Relevant {
             files,
             patterns,
