@@ -1,9 +1,17 @@
 //! Key pairs for both jobs a client has: signing JWS requests as an account and signing CSRs for
 //! a certificate. ECDSA P-256 and P-384 (RustCrypto's p256/p384) and RSA 2048/3072/4096
-//! (RustCrypto's rsa, PKCS#1 v1.5 with SHA-256: RS256, as certbot's account keys and the RSA
-//! certificates older clients need); rcgen sees our keys through its `SigningKey` trait.
+//! (aws-lc-rs, AWS-LC's constant-time RSA, PKCS#1 v1.5 with SHA-256: RS256, as certbot's account
+//! keys and the RSA certificates older clients need); rcgen sees our keys through its
+//! `SigningKey` trait.
+//!
+//! RustCrypto's `rsa` crate is not used: its private-key operations leak timing
+//! (RUSTSEC-2023-0071, the Marvin attack, no fixed release); `deny.toml` bans it.
 
 use std::fmt;
+use std::sync::Arc;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::KeyPair as _;
 
 use p256::ecdsa::signature::Signer;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
@@ -43,11 +51,12 @@ impl KeyType {
         matches!(self, Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096)
     }
 
-    fn rsa_bits(self) -> usize {
+    fn rsa_size(self) -> aws_lc_rs::rsa::KeySize {
+        use aws_lc_rs::rsa::KeySize;
         match self {
-            Self::Rsa3072 => 3072,
-            Self::Rsa4096 => 4096,
-            _ => 2048,
+            Self::Rsa3072 => KeySize::Rsa3072,
+            Self::Rsa4096 => KeySize::Rsa4096,
+            _ => KeySize::Rsa2048,
         }
     }
 
@@ -93,7 +102,7 @@ impl fmt::Display for KeyType {
 enum Inner {
     P256(p256::ecdsa::SigningKey),
     P384(p384::ecdsa::SigningKey),
-    Rsa(Box<rsa::RsaPrivateKey>),
+    Rsa(Arc<aws_lc_rs::rsa::KeyPair>),
 }
 
 /// An ECDSA private key with its public point.
@@ -118,32 +127,33 @@ impl KeyPair {
             KeyType::P256 => Self::from_p256(p256::ecdsa::SigningKey::random(&mut OsRng)),
             KeyType::P384 => Self::from_p384(p384::ecdsa::SigningKey::random(&mut OsRng)),
             rsa_type => {
-                // Generation fails only for a broken random source or absurd sizes.
-                let k = rsa::RsaPrivateKey::new(&mut OsRng, rsa_type.rsa_bits())
+                // Generation fails only for a broken random source.
+                let k = aws_lc_rs::rsa::KeyPair::generate(rsa_type.rsa_size())
                     .unwrap_or_else(|e| panic!("RSA key generation failed: {e}"));
                 Self::from_rsa(k)
             }
         }
     }
 
-    fn from_rsa(k: rsa::RsaPrivateKey) -> Self {
-        use rsa::pkcs1::EncodeRsaPublicKey;
-        let public = k
-            .to_public_key()
-            .to_pkcs1_der()
-            .map(|d| d.as_bytes().to_vec())
-            .unwrap_or_default();
+    fn from_rsa(k: aws_lc_rs::rsa::KeyPair) -> Self {
+        // The PKCS#1 RSAPublicKey DER: what X.509's subjectPublicKey holds for RSA.
+        let public = k.public_key().as_ref().to_vec();
         Self {
-            inner: Inner::Rsa(Box::new(k)),
+            inner: Inner::Rsa(Arc::new(k)),
             public,
         }
     }
 
-    /// The RSA modulus and public exponent (big-endian), for an RSA key.
+    /// The RSA modulus and public exponent (big-endian, no leading zeros), for an RSA key.
     pub fn rsa_public(&self) -> Option<(Vec<u8>, Vec<u8>)> {
-        use rsa::traits::PublicKeyParts;
         match &self.inner {
-            Inner::Rsa(k) => Some((k.n().to_bytes_be(), k.e().to_bytes_be())),
+            Inner::Rsa(k) => {
+                let public = k.public_key();
+                Some((
+                    public.modulus().big_endian_without_leading_zero().to_vec(),
+                    public.exponent().big_endian_without_leading_zero().to_vec(),
+                ))
+            }
             _ => None,
         }
     }
@@ -186,12 +196,13 @@ impl KeyPair {
         if let Ok(k) = p256::SecretKey::from_sec1_pem(pem) {
             return Ok(Self::from_p256(k.into()));
         }
-        if let Ok(k) = rsa::RsaPrivateKey::from_pkcs8_pem(pem) {
-            return Self::checked_rsa(k);
-        }
-        {
-            use rsa::pkcs1::DecodeRsaPrivateKey;
-            if let Ok(k) = rsa::RsaPrivateKey::from_pkcs1_pem(pem) {
+        if let Ok((label, der)) = p256::pkcs8::der::pem::decode_vec(pem.trim().as_bytes()) {
+            let rsa = match label {
+                "PRIVATE KEY" => aws_lc_rs::rsa::KeyPair::from_pkcs8(&der).ok(),
+                "RSA PRIVATE KEY" => aws_lc_rs::rsa::KeyPair::from_der(&der).ok(),
+                _ => None,
+            };
+            if let Some(k) = rsa {
                 return Self::checked_rsa(k);
             }
         }
@@ -212,15 +223,27 @@ impl KeyPair {
         };
         match jwk["kty"].as_str() {
             Some("RSA") => {
-                let big = |name: &str| part(name).map(|b| rsa::BigUint::from_bytes_be(&b));
-                let k = rsa::RsaPrivateKey::from_components(
-                    big("n")?,
-                    big("e")?,
-                    big("d")?,
-                    vec![big("p")?, big("q")?],
-                )
-                .map_err(|e| Error::Key(format!("the RSA JWK is not a valid key: {e}")))?;
-                k.validate()
+                // RFC 7518 section 6.3.2: with any private parameter beyond `d`, all of them
+                // (the CRT values too) are present; certbot writes all eight.
+                let public = |name: &str| -> Result<Vec<u8>, Error> {
+                    let mut b = part(name)?;
+                    let zeros = b.iter().take_while(|&&x| x == 0).count();
+                    b.drain(..zeros);
+                    Ok(b)
+                };
+                let components = aws_lc_rs::rsa::KeyPairComponents {
+                    public_key: aws_lc_rs::rsa::PublicKeyComponents {
+                        n: public("n")?,
+                        e: public("e")?,
+                    },
+                    d: part("d")?,
+                    p: part("p")?,
+                    q: part("q")?,
+                    dP: part("dp")?,
+                    dQ: part("dq")?,
+                    qInv: part("qi")?,
+                };
+                let k = aws_lc_rs::rsa::KeyPair::from_components(&components)
                     .map_err(|e| Error::Key(format!("the RSA JWK is not a valid key: {e}")))?;
                 Self::checked_rsa(k)
             }
@@ -242,9 +265,8 @@ impl KeyPair {
         }
     }
 
-    fn checked_rsa(k: rsa::RsaPrivateKey) -> Result<Self, Error> {
-        use rsa::traits::PublicKeyParts;
-        let bits = k.n().bits();
+    fn checked_rsa(k: aws_lc_rs::rsa::KeyPair) -> Result<Self, Error> {
+        let bits = k.public_modulus_len() * 8;
         if !(2048..=8192).contains(&bits) {
             return Err(Error::Key(format!(
                 "RSA keys of {bits} bits are refused (2048 to 8192)"
@@ -258,7 +280,17 @@ impl KeyPair {
         let pem = match &self.inner {
             Inner::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
             Inner::P384(k) => k.to_pkcs8_pem(LineEnding::LF),
-            Inner::Rsa(k) => k.to_pkcs8_pem(LineEnding::LF),
+            Inner::Rsa(k) => {
+                return match k.as_der() {
+                    Ok(der) => p256::pkcs8::der::pem::encode_string(
+                        "PRIVATE KEY",
+                        LineEnding::LF,
+                        der.as_ref(),
+                    )
+                    .unwrap_or_else(|e| format!("<pkcs8 encoding failed: {e}>")),
+                    Err(e) => format!("<pkcs8 encoding failed: {e}>"),
+                };
+            }
         };
         // Encoding a valid in-memory key cannot fail; keep a clear message should it ever.
         pem.map(|z| z.to_string())
@@ -267,11 +299,10 @@ impl KeyPair {
 
     /// The curve.
     pub fn key_type(&self) -> KeyType {
-        use rsa::traits::PublicKeyParts;
         match &self.inner {
             Inner::P256(_) => KeyType::P256,
             Inner::P384(_) => KeyType::P384,
-            Inner::Rsa(k) => match k.n().bits() {
+            Inner::Rsa(k) => match k.public_modulus_len() * 8 {
                 0..=2048 => KeyType::Rsa2048,
                 2049..=3072 => KeyType::Rsa3072,
                 _ => KeyType::Rsa4096,
@@ -296,11 +327,20 @@ impl KeyPair {
 
     /// RSASSA-PKCS1-v1_5 with SHA-256 (RS256; the same bytes in a JWS and in a CSR).
     fn sign_rsa(&self, msg: &[u8]) -> Vec<u8> {
-        use rsa::signature::{SignatureEncoding, Signer as _};
         match &self.inner {
-            Inner::Rsa(k) => rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((**k).clone())
-                .sign(msg)
-                .to_vec(),
+            Inner::Rsa(k) => {
+                let mut sig = vec![0; k.public_modulus_len()];
+                let rng = aws_lc_rs::rand::SystemRandom::new();
+                // Signing with a valid key into a buffer of the modulus' size cannot fail;
+                // an empty signature would be refused by whoever checks it.
+                match k.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, msg, &mut sig) {
+                    Ok(()) => sig,
+                    Err(e) => {
+                        tracing::error!("RSA signing failed: {e}");
+                        Vec::new()
+                    }
+                }
+            }
             _ => Vec::new(),
         }
     }
@@ -336,12 +376,12 @@ impl KeyPair {
             Inner::P384(k) => p384::ecdsa::Signature::from_slice(sig)
                 .map(|s| k.verifying_key().verify(msg, &s).is_ok())
                 .unwrap_or(false),
-            Inner::Rsa(k) => {
-                let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(k.to_public_key());
-                rsa::pkcs1v15::Signature::try_from(sig)
-                    .map(|s| rsa::signature::Verifier::verify(&vk, msg, &s).is_ok())
-                    .unwrap_or(false)
-            }
+            Inner::Rsa(k) => aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                k.public_key().as_ref(),
+            )
+            .verify(msg, sig)
+            .is_ok(),
         }
     }
 }
@@ -417,5 +457,33 @@ mod tests {
         assert!(!k.verify_raw(b"hellO", &sig));
         let (n, e) = k.rsa_public().unwrap();
         assert_eq!((n.len(), e), (256, vec![1, 0, 1]));
+    }
+
+    #[test]
+    fn an_rsa_jwk_without_its_crt_values_names_the_missing_one() {
+        let k = KeyPair::generate(KeyType::Rsa2048);
+        let (n, e) = k.rsa_public().unwrap();
+        let jwk = serde_json::json!({
+            "kty": "RSA", "n": super::super::jws::b64(n), "e": super::super::jws::b64(e),
+            "d": "AQAB", "p": "AQAB", "q": "AQAB",
+        });
+        let err = KeyPair::from_jwk(&jwk).unwrap_err().to_string();
+        assert!(err.contains("\"dp\""), "{err}");
+    }
+
+    #[test]
+    fn pkcs1_rsa_pem_is_read() {
+        // `openssl genrsa -traditional` writes PKCS#1 (BEGIN RSA PRIVATE KEY); re-wrap ours so.
+        let k = KeyPair::generate(KeyType::Rsa2048);
+        let (_, pkcs8) = p256::pkcs8::der::pem::decode_vec(k.to_pem().as_bytes()).unwrap();
+        let info = p256::pkcs8::PrivateKeyInfo::try_from(pkcs8.as_slice()).unwrap();
+        let pkcs1 = p256::pkcs8::der::pem::encode_string(
+            "RSA PRIVATE KEY",
+            LineEnding::LF,
+            info.private_key,
+        )
+        .unwrap();
+        let back = KeyPair::from_pem(&pkcs1).unwrap();
+        assert_eq!(back.rsa_public(), k.rsa_public());
     }
 }

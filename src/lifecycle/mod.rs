@@ -6,7 +6,7 @@
 //! - [`plan`]: server blocks grouped into one certificate per primary name;
 //! - [`policy`]: the one renewal policy (ARI window, lifetime rule, backoff), a pure decision;
 //! - [`run`]: a run holding the state lock: ordering through the preflight solver, then
-//!   [`install`]ing through nginx's change transaction, and `enroll`/`renew` passes;
+//!   installing through nginx's change transaction, and `enroll`/`renew` passes;
 //! - [`intent`]: what an install is about to change, so a killed run is rolled back by the next;
 //! - [`certbot`]: taking over certbot's certificates without new orders;
 //! - [`fleet`]: nodes sharing accounts and certificates through etcd;

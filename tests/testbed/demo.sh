@@ -8,7 +8,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 tb=${ACME_NGINX_TESTBED:-$repo/.testbed}
 
-"$here/setup.sh"
+"$here/setup.sh" --demo
 (cd "$repo" && cargo build --release --quiet)
 bin="$repo/target/release/acme-nginx"
 

