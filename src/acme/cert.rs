@@ -291,13 +291,15 @@ pub fn key_matches(cert_der: &[u8], key: &super::KeyPair) -> Result<bool, Error>
 /// now (a notBefore at most [`NOT_BEFORE_SKEW`] ahead), and each certificate is signed by the
 /// next one in the chain.
 pub fn check_issued(
-    chain_pem: &str,
+    ders: &[Vec<u8>],
     names: &[String],
     csr_der: &[u8],
     now: OffsetDateTime,
 ) -> Result<(), Error> {
     let bad = |why: String| Error::BadIssuance(why);
-    let ders = pem_chain_strict(chain_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    if ders.is_empty() {
+        return Err(bad("the chain holds no certificate".into()));
+    }
     let certs: Vec<X509Certificate<'_>> = ders
         .iter()
         .map(|d| X509Certificate::from_der(d).map(|(_, c)| c))
@@ -396,7 +398,12 @@ mod tests {
         let csr = create_csr(&key, &names).unwrap();
         let day = time::Duration::days(1);
         let now = OffsetDateTime::now_utc();
-        let check = |chain: &str| check_issued(chain, &names, &csr.der, now);
+        // As a download does: the PEM parsed strictly into a chain, then checked.
+        let check = |chain: &str| {
+            let chain =
+                super::super::CertificateChain::parse(chain.to_owned(), "https://ca.test/c")?;
+            check_issued(&chain.certificates, &names, &csr.der, now)
+        };
         let (leaf, ca) = issue(&["a.test", "www.a.test"], &key, -day, 90 * day);
         check(&format!("{leaf}{ca}")).unwrap();
         let refused = |chain: String, why: &str| {

@@ -218,7 +218,9 @@ impl KeyPair {
             let text = jwk[name]
                 .as_str()
                 .ok_or_else(|| Error::Key(format!("the JWK has no \"{name}\"")))?;
-            super::jws::decode_b64(text)
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(text.trim_end_matches('='))
                 .map_err(|_| Error::Key(format!("the JWK's \"{name}\" is not base64url")))
         };
         match jwk["kty"].as_str() {

@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::account::Account;
-use super::cert::{pem_certificates, CertInfo};
+use super::cert::CertInfo;
 use super::client::MAX_CHAIN_BODY;
 use super::error::Error;
 use super::jws;
@@ -52,11 +52,16 @@ impl Default for OrderOptions {
     }
 }
 
-/// An issued certificate chain.
+/// An issued certificate chain, parsed once when it is downloaded: everything after uses the
+/// certificates and the leaf's facts from here instead of decoding the PEM again.
 #[derive(Debug, Clone)]
 pub struct CertificateChain {
-    /// The chain as PEM, leaf first.
+    /// The chain as the CA sent it (PEM), leaf first.
     pub pem: String,
+    /// The certificates (DER), leaf first; never empty.
+    pub certificates: Vec<Vec<u8>>,
+    /// The leaf's names, serial, validity and ARI CertID.
+    pub leaf: CertInfo,
     /// The URL it was downloaded from.
     pub url: String,
     /// The order URL.
@@ -68,14 +73,46 @@ pub struct CertificateChain {
 }
 
 impl CertificateChain {
+    /// Parses a PEM chain (leaf first); `url` names where it came from in errors.
+    pub fn parse(pem: String, url: &str) -> Result<CertificateChain, Error> {
+        let malformed = |message: String| Error::Malformed {
+            url: url.to_owned(),
+            message,
+        };
+        // Only certificates: a CA that slips a key or anything else into a chain is refused.
+        let certificates =
+            super::cert::pem_chain_strict(pem.as_bytes()).map_err(|e| malformed(e.to_string()))?;
+        let leaf_der = certificates
+            .first()
+            .ok_or_else(|| malformed("the chain holds no certificate".into()))?;
+        let leaf = CertInfo::from_der(leaf_der)?;
+        Ok(CertificateChain {
+            pem,
+            certificates,
+            leaf,
+            url: url.to_owned(),
+            order_url: String::new(),
+            alternates: 0,
+            replaces: None,
+        })
+    }
+
+    /// The leaf certificate (DER).
+    pub fn leaf_der(&self) -> &[u8] {
+        &self.certificates[0]
+    }
+
     /// The leaf certificate as PEM.
     pub fn leaf_pem(&self) -> String {
-        split_pem(&self.pem).into_iter().next().unwrap_or_default()
+        super::cert::to_pem("CERTIFICATE", self.leaf_der())
     }
 
     /// The intermediates (everything after the leaf) as PEM.
     pub fn chain_pem(&self) -> String {
-        split_pem(&self.pem).into_iter().skip(1).collect()
+        self.certificates[1..]
+            .iter()
+            .map(|der| super::cert::to_pem("CERTIFICATE", der))
+            .collect()
     }
 }
 
@@ -229,7 +266,12 @@ impl OrderHandle {
             });
         }
         let chain = order.download(opts.preferred_chain.as_deref()).await?;
-        super::cert::check_issued(&chain.pem, names, csr_der, time::OffsetDateTime::now_utc())?;
+        super::cert::check_issued(
+            &chain.certificates,
+            names,
+            csr_der,
+            time::OffsetDateTime::now_utc(),
+        )?;
         Ok(chain)
     }
 }
@@ -421,34 +463,33 @@ impl OrderHandle {
                 url: self.url.clone(),
                 message: "order is valid but names no certificate URL".into(),
             })?;
-        let (pem, alternates) = self.fetch_chain(&url).await?;
-        let chain = |pem: String, url: String| CertificateChain {
-            pem,
-            url,
-            order_url: self.url.clone(),
-            alternates: alternates.len(),
-            replaces: self.state.replaces.clone(),
+        let (default, alternates) = self.fetch_chain(&url).await?;
+        let chain = |mut chain: CertificateChain| {
+            chain.order_url = self.url.clone();
+            chain.alternates = alternates.len();
+            chain.replaces = self.state.replaces.clone();
+            chain
         };
         let Some(preferred) = preferred_issuer else {
-            return Ok(chain(pem, url));
+            return Ok(chain(default));
         };
-        if topmost_issuer_is(&pem, preferred) {
-            return Ok(chain(pem, url));
+        if topmost_issuer_is(&default, preferred) {
+            return Ok(chain(default));
         }
         for alt in &alternates {
-            let (alt_pem, _) = self.fetch_chain(alt).await?;
-            if topmost_issuer_is(&alt_pem, preferred) {
-                return Ok(chain(alt_pem, alt.clone()));
+            let (alt_chain, _) = self.fetch_chain(alt).await?;
+            if topmost_issuer_is(&alt_chain, preferred) {
+                return Ok(chain(alt_chain));
             }
         }
         tracing::info!(
             preferred,
             "no chain is issued by the preferred issuer; keeping the default chain"
         );
-        Ok(chain(pem, url))
+        Ok(chain(default))
     }
 
-    async fn fetch_chain(&self, url: &str) -> Result<(String, Vec<String>), Error> {
+    async fn fetch_chain(&self, url: &str) -> Result<(CertificateChain, Vec<String>), Error> {
         let resp = self
             .account
             .client
@@ -458,11 +499,7 @@ impl OrderHandle {
             url: url.to_owned(),
             message: "certificate chain is not UTF-8 PEM".into(),
         })?;
-        pem_certificates(pem.as_bytes()).map_err(|e| Error::Malformed {
-            url: url.to_owned(),
-            message: e.to_string(),
-        })?;
-        Ok((pem, resp.links("alternate")))
+        Ok((CertificateChain::parse(pem, url)?, resp.links("alternate")))
     }
 }
 
@@ -503,12 +540,13 @@ fn authorization_failure(authz: &Authorization) -> Error {
     }
 }
 
-/// True when the last certificate of `pem` was issued by (or is) `name`.
-fn topmost_issuer_is(pem: &str, name: &str) -> bool {
-    let Ok(certs) = pem_certificates(pem.as_bytes()) else {
-        return false;
-    };
-    let Some(top) = certs.last().and_then(|der| CertInfo::from_der(der).ok()) else {
+/// True when the last certificate of the chain was issued by (or is) `name`.
+fn topmost_issuer_is(chain: &CertificateChain, name: &str) -> bool {
+    let Some(top) = chain
+        .certificates
+        .last()
+        .and_then(|der| CertInfo::from_der(der).ok())
+    else {
         return false;
     };
     top.issuer_cn.as_deref() == Some(name) || top.subject_cn.as_deref() == Some(name)
@@ -524,15 +562,28 @@ mod tests {
         let blocks = split_pem(pem);
         assert_eq!(blocks.len(), 2);
         assert!(blocks[0].contains("AAAA") && blocks[1].contains("BBBB"));
-        let chain = CertificateChain {
-            pem: pem.into(),
-            url: String::new(),
-            order_url: String::new(),
-            alternates: 0,
-            replaces: None,
+    }
+
+    #[test]
+    fn a_chain_is_parsed_once_into_leaf_and_intermediates() {
+        let key = crate::acme::KeyPair::generate(crate::acme::KeyType::P256);
+        let cert = |cn: &str| {
+            let mut params = rcgen::CertificateParams::new(vec![cn.to_owned()]).unwrap();
+            params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0a, 0x0b]));
+            params.self_signed(&key).unwrap().pem()
         };
-        assert!(chain.leaf_pem().contains("AAAA") && !chain.leaf_pem().contains("BBBB"));
-        assert!(chain.chain_pem().contains("BBBB") && !chain.chain_pem().contains("AAAA"));
+        let pem = format!("{}{}", cert("leaf.test"), cert("intermediate.test"));
+        let chain = CertificateChain::parse(pem, "https://ca.test/cert/1").unwrap();
+        assert_eq!(chain.certificates.len(), 2);
+        assert_eq!(chain.leaf.names, vec!["leaf.test"]);
+        assert_eq!(chain.leaf.serial_hex, "0a0b");
+        assert_eq!(
+            chain.leaf_pem(),
+            super::super::cert::to_pem("CERTIFICATE", chain.leaf_der())
+        );
+        assert_eq!(split_pem(&chain.chain_pem()).len(), 1);
+        let err = CertificateChain::parse("no pem".into(), "https://ca.test/cert/2").unwrap_err();
+        assert!(err.to_string().contains("https://ca.test/cert/2"), "{err}");
     }
 
     #[tokio::test]

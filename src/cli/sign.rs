@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use acme_nginx::acme::cert::{csr_der, csr_names, normalize_names};
-use acme_nginx::acme::{CertInfo, OrderOptions};
+use acme_nginx::acme::OrderOptions;
 use acme_nginx::challenge::WebrootSolver;
 use acme_nginx::fsutil::PUBLIC_MODE;
 
@@ -71,7 +71,7 @@ pub async fn run(ctx: &Context, args: SignArgs) -> CmdResult {
         .await
         .map_err(CliError::OrderFailed)?;
     write_output(&args.out, chain.pem.as_bytes(), PUBLIC_MODE, "certificate")?;
-    let info = CertInfo::from_pem(chain.pem.as_bytes())?;
+    let info = &chain.leaf;
     if ctx.json {
         output::json(&json!({
             "names": names,

@@ -63,22 +63,8 @@ pub async fn load_or_create(
     store: &Store,
     save: bool,
     client: acme::Client,
-    fleet: Option<&super::fleet::Fleet>,
 ) -> Result<Account, Error> {
     let path = store.account_path(&settings.directory);
-    // In a fleet, every node uses the fleet's account: it replaces a local one.
-    if let Some(fleet) = fleet {
-        if let Some(shared) = fleet.account(&settings.directory).await? {
-            let local = read_state(&path).ok();
-            if save && local.as_ref() != Some(&shared) {
-                write_state(&path, &shared)?;
-            }
-            return Account::from_state(client, &shared).map_err(|source| Error::AccountState {
-                path: path.clone(),
-                source,
-            });
-        }
-    }
     let mut agreed_before = None;
     if path.exists() {
         let state = read_state(&path)?;
@@ -88,12 +74,7 @@ pub async fn load_or_create(
                 source,
             })?;
         match account.fetch().await {
-            Ok(_) => {
-                if let Some(fleet) = fleet {
-                    return share(fleet, account, &path, save).await;
-                }
-                return Ok(account);
-            }
+            Ok(_) => return Ok(account),
             Err(e) if e.is_acme("accountDoesNotExist") => {
                 tracing::warn!(
                     "the CA no longer knows the account {} ({}); registering a new one",
@@ -131,33 +112,9 @@ pub async fn load_or_create(
     if save {
         write_state(&path, &account.to_state())?;
     }
-    match fleet {
-        Some(fleet) => share(fleet, account, &path, save).await,
-        None => Ok(account),
-    }
+    Ok(account)
 }
 
-/// Publishes this node's account as the fleet's; when another node published first, that one
-/// is used (and kept locally) instead.
-async fn share(
-    fleet: &super::fleet::Fleet,
-    account: Account,
-    path: &Path,
-    save: bool,
-) -> Result<Account, Error> {
-    let ours = account.to_state();
-    let shared = fleet.publish_account(&ours).await?;
-    if shared == ours {
-        return Ok(account);
-    }
-    if save {
-        write_state(path, &shared)?;
-    }
-    Account::from_state(account.client().clone(), &shared).map_err(|source| Error::AccountState {
-        path: path.to_path_buf(),
-        source,
-    })
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -212,7 +212,9 @@ impl Run {
                         .as_deref()
                         .and_then(|d| acme::CertInfo::from_der(d).ok())
                     {
-                        self.fleet_report(&s.plan.lineage(), &info.serial_hex).await;
+                        self.coordinator
+                            .report(&s.plan.lineage(), &info.serial_hex)
+                            .await;
                     }
                     self.run_deploy_hooks(&s.plan).await;
                     let mut o = self.outcome(&s.plan, s.status);
@@ -355,7 +357,7 @@ impl Run {
             previous,
             version: Some(version),
             status: f.status,
-            leaf: first_cert(f.chain.pem.as_bytes()),
+            leaf: Some(f.chain.leaf_der().to_vec()),
             replaced: Vec::new(),
         })
     }

@@ -9,6 +9,7 @@
 //!   installing through nginx's change transaction, and `enroll`/`renew` passes;
 //! - [`intent`]: what an install is about to change, so a killed run is rolled back by the next;
 //! - [`certbot`]: taking over certbot's certificates without new orders;
+//! - [`coordinator`]: who else orders these lineages: nobody (a solo host) or a fleet;
 //! - [`fleet`]: nodes sharing accounts and certificates through etcd;
 //! - [`remove`]: taking certificates out of their blocks again, restoring what was there;
 //! - [`status`] and [`metrics`]: what the state says, for people and for Prometheus;
@@ -16,6 +17,7 @@
 
 pub mod account;
 pub mod certbot;
+pub mod coordinator;
 mod error;
 pub mod fleet;
 mod install;
@@ -32,6 +34,7 @@ pub mod settings;
 pub mod status;
 pub mod watch;
 
+pub use coordinator::Coordinator;
 pub use error::Error;
 pub use outcome::{Failure, FailureKind, Outcome, Status};
 pub use plan::Plan;

@@ -4,12 +4,36 @@
 
 use std::collections::BTreeMap;
 
-use super::settings::Challenge;
 use super::Error;
 use crate::acme::KeyType;
 use crate::challenge::route::Method;
 use crate::nginx::discovery::{server_for_host, Scan, ServerBlock};
 use crate::nginx::probe::loopback_for;
+use serde::{Deserialize, Serialize};
+
+/// The challenge type an operator chooses for names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Challenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "dns-01")]
+    Dns01,
+}
+
+impl std::str::FromStr for Challenge {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http-01" => Ok(Challenge::Http01),
+            "dns-01" => Ok(Challenge::Dns01),
+            other => Err(format!(
+                "{other:?} is not a challenge type (http-01 or dns-01)"
+            )),
+        }
+    }
+}
 
 /// How names are proven: the solvers configured and the operator's choices.
 #[derive(Debug, Clone, Copy)]

@@ -7,7 +7,7 @@
 
 use super::lineage::{live_cert, matches, users, LineageMeta};
 use super::outcome::{chain_text, Failure, Outcome, Status};
-use super::{account, Error, Run};
+use super::{Error, Run};
 use crate::acme;
 use crate::nginx::edit::{self, Edit};
 use crate::nginx::probe::{loopback_for, served_certificate};
@@ -243,15 +243,11 @@ impl Run {
     async fn revoke(&self, leaf: &[u8]) -> Result<(), acme::Error> {
         let client =
             acme::Client::new(&self.settings.directory, &self.settings.client_config).await?;
-        let account = account::load_or_create(
-            &self.settings,
-            &self.store,
-            true,
-            client,
-            self.fleet.as_ref(),
-        )
-        .await
-        .map_err(|e| acme::Error::Certificate(chain_text(&e)))?;
+        let account = self
+            .coordinator
+            .account(&self.settings, &self.store, true, client)
+            .await
+            .map_err(|e| acme::Error::Certificate(chain_text(&e)))?;
         match account.revoke(leaf, Some(REVOKE_REASON)).await {
             Err(acme::Error::Problem { problem, .. })
                 if problem.kind.as_deref() == Some("urn:ietf:params:acme:error:alreadyRevoked") =>

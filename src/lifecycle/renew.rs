@@ -51,7 +51,7 @@ impl Run {
     pub async fn renew(&self, wanted: &[String], force: bool) -> Result<Vec<Outcome>, Error> {
         // The fleet's certificates first: a renewal another node made is installed, not
         // ordered again. Without etcd nothing is ordered (the others may be ordering).
-        self.fleet_sync().await?;
+        self.coordinator.sync(&self.store).await?;
         let lineages = self.lineages(wanted)?;
         self.remove_leftover_records().await;
         // A part of the configuration that does not parse must not stop the renewal of the

@@ -9,14 +9,15 @@ use std::collections::HashMap;
 use futures_util::stream::{self, StreamExt};
 use time::OffsetDateTime;
 
+use super::coordinator::{Coordinator, Obtained};
 use super::lineage::{live_cert, same_names, LineageMeta};
 use super::outcome::chain_text;
 use super::outcome::{Failure, Outcome, Status};
 use super::plan::{self, Plan};
 use super::policy::Decision;
 use super::settings::{snippet_text, Mode, Settings};
-use super::{account, Error};
-use crate::acme::{self, Account, CertInfo, KeyPair, OrderOptions};
+use super::Error;
+use crate::acme::{self, Account, KeyPair, OrderOptions};
 use crate::challenge::dav::DavSolver;
 use crate::challenge::dns::lookup::Resolver;
 use crate::challenge::dns::{Dns, DnsSolver, TxtRecord};
@@ -35,6 +36,8 @@ use crate::store::{self, StateLock, Store};
 #[derive(Debug, Clone)]
 pub struct Fresh {
     pub plan: Plan,
+    /// The plan's lineage name.
+    pub lineage: String,
     pub key_pem: String,
     pub key_type: acme::KeyType,
     pub chain: acme::CertificateChain,
@@ -48,11 +51,10 @@ struct Solvers {
     dns: Option<Result<Dns, String>>,
     dav: Option<Result<DavSolver, String>>,
     /// In a fleet: the other nodes (name, address) that must serve http-01 answers too.
-    fleet_nodes: Vec<(String, String)>,
+    fleet_nodes: Option<Vec<(String, String)>>,
 }
 
-/// The worker user's uid, primary gid and groups.
-pub(super) type Identity = (nix::unistd::Uid, nix::unistd::Gid, Vec<nix::unistd::Gid>);
+use crate::nginx::discovery::Identity;
 
 /// One run of enroll, renew or watch.
 #[derive(Debug)]
@@ -60,9 +62,22 @@ pub struct Run {
     pub settings: Settings,
     pub mode: Mode,
     pub(super) store: Store,
-    /// The fleet's shared store, in fleet mode.
-    pub(super) fleet: Option<super::fleet::Fleet>,
+    /// Who else orders these lineages: nobody, or the nodes of a fleet.
+    pub(super) coordinator: Coordinator,
     _lock: Option<StateLock>,
+}
+
+impl Fresh {
+    /// The certificate as the coordinator publishes it.
+    pub fn obtained(&self) -> Obtained<'_> {
+        Obtained {
+            lineage: self.lineage.as_str(),
+            names: &self.plan.names,
+            key_type: self.key_type,
+            key_pem: &self.key_pem,
+            chain: &self.chain,
+        }
+    }
 }
 
 impl Run {
@@ -75,16 +90,12 @@ impl Run {
             let store = Store {
                 root: settings.state_dir.clone(),
             };
-            let fleet = settings
-                .fleet
-                .as_ref()
-                .map(super::fleet::Fleet::open)
-                .transpose()?;
+            let coordinator = Coordinator::open(&settings, mode)?;
             return Ok(Run {
                 settings,
                 mode,
                 store,
-                fleet,
+                coordinator,
                 _lock: None,
             });
         }
@@ -100,18 +111,19 @@ impl Run {
                 Err(e) => tracing::warn!("{}", super::outcome::chain_text(&e)),
             }
         }
-        let fleet = settings
-            .fleet
-            .as_ref()
-            .map(super::fleet::Fleet::open)
-            .transpose()?;
+        let coordinator = Coordinator::open(&settings, mode)?;
         Ok(Run {
             settings,
             mode,
             store,
-            fleet,
+            coordinator,
             _lock: Some(lock),
         })
+    }
+
+    /// Who else orders these lineages (the fleet's shared store for `status --fleet`).
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
     }
 
     /// The state directory.
@@ -164,7 +176,7 @@ impl Run {
             self.check_nginx(&cfg, &scan).await?;
         }
         self.remove_leftover_records().await;
-        self.fleet_sync().await?;
+        self.coordinator.sync(&self.store).await?;
         let now = OffsetDateTime::now_utc();
         let mut outcomes = Vec::new();
         let mut to_order = Vec::new();
@@ -211,7 +223,9 @@ impl Run {
                             && self.serves_live(&plan, &scan).await)
                     {
                         if let Some(c) = &cert {
-                            self.fleet_report(&plan.lineage(), &c.serial_hex).await;
+                            self.coordinator
+                                .report(&plan.lineage(), &c.serial_hex)
+                                .await;
                         }
                         outcomes.push(self.outcome(&plan, Status::UpToDate));
                     } else {
@@ -329,7 +343,7 @@ impl Run {
                 }
                 meta.renewal.record_failure(f, now);
                 self.save_meta(&o.name, &meta)?;
-                self.fleet_share_failure(&o.name).await;
+                self.coordinator.share_failure(&self.store, &o.name).await;
             }
         }
         Ok(())
@@ -447,9 +461,7 @@ impl Run {
         if self.mode == Mode::DryRun {
             for f in &fresh {
                 let mut o = self.outcome(&f.plan, Status::DryRun);
-                o.not_after = CertInfo::from_pem(f.chain.pem.as_bytes())
-                    .ok()
-                    .map(|i| i.not_after);
+                o.not_after = Some(f.chain.leaf.not_after);
                 outcomes.push(o);
             }
             return Ok(outcomes);
@@ -611,15 +623,16 @@ impl Run {
                 directory: self.settings.directory.clone(),
                 source,
             })?;
-        let account = account::load_or_create(
-            &self.settings,
-            &self.store,
-            self.mode.writes_state(),
-            client,
-            self.shared(),
-        )
-        .await?;
-        let identity = worker_identity(scan);
+        let account = self
+            .coordinator
+            .account(
+                &self.settings,
+                &self.store,
+                self.mode.writes_state(),
+                client,
+            )
+            .await?;
+        let identity = scan.worker_identity();
         let short_lived = account
             .client()
             .directory()
@@ -638,48 +651,28 @@ impl Run {
             ));
             outcomes.push(o);
         }
-        // In a fleet, one node orders a lineage: the holder of its lock.
-        let mut locks = Vec::new();
-        let plans = match self.shared() {
-            None => plans,
-            Some(fleet) => {
-                let mut mine = Vec::new();
-                for plan in plans {
-                    match fleet.lock(&plan.lineage()).await? {
-                        Ok(lock) => {
-                            // Another node may have published between this pass's sync and
-                            // the lock: then what it published is installed, not ordered again.
-                            let local = live_cert(&self.store.lineage(&plan.lineage()))
-                                .map(|c| c.info.serial_hex);
-                            match fleet.record_of(&plan.lineage()).await? {
-                                Some((serial, node)) if Some(&serial) != local.as_ref() => {
-                                    if let Err(e) = lock.release(&fleet.etcd).await {
-                                        tracing::warn!("fleet: a lock is left to expire: {e}");
-                                    }
-                                    let mut o = self.outcome(&plan, Status::Skipped);
-                                    o.reason = Some(format!(
-                                        "node {node} of the fleet published a certificate for it meanwhile; it is installed at the next pass"
-                                    ));
-                                    outcomes.push(o);
-                                }
-                                _ => {
-                                    locks.push(lock);
-                                    mine.push(plan);
-                                }
-                            }
-                        }
-                        Err(holder) => {
-                            let mut o = self.outcome(&plan, Status::Skipped);
-                            o.reason = Some(format!(
-                                "node {holder} of the fleet is ordering it; it is installed here once published"
-                            ));
-                            outcomes.push(o);
-                        }
-                    }
+        // One orderer per lineage: a fleet node claims it (its lock) first.
+        let mut claims = Vec::new();
+        let mut mine = Vec::new();
+        for plan in plans {
+            let local = live_cert(&self.store.lineage(&plan.lineage())).map(|c| c.info.serial_hex);
+            let claim = self
+                .coordinator
+                .claim(&plan.lineage(), local.as_deref())
+                .await?;
+            match claim.reason() {
+                None => {
+                    claims.push(claim);
+                    mine.push(plan);
                 }
-                mine
+                Some(why) => {
+                    let mut o = self.outcome(&plan, Status::Skipped);
+                    o.reason = Some(why);
+                    outcomes.push(o);
+                }
             }
-        };
+        }
+        let plans = mine;
         let solvers = self.solvers(&plans).await;
         let results: Vec<(Plan, Result<Fresh, Failure>)> = stream::iter(plans)
             .map(|plan| {
@@ -701,22 +694,9 @@ impl Run {
             match r {
                 Ok(f) => {
                     // Published before the lock goes: the fleet never orders it twice.
-                    if let Some(fleet) = self.shared() {
-                        match super::fleet::publish_fresh(fleet, &f, &self.settings.directory).await
-                        {
-                            // Published: the order is done for the fleet.
-                            Ok(()) => {
-                                if let Err(e) = fleet.forget_order(&f.plan.lineage()).await {
-                                    tracing::warn!("fleet: {}", super::outcome::chain_text(&e));
-                                }
-                            }
-                            Err(e) => tracing::warn!(
-                                "fleet: cannot publish {} now (published at the next pass): {}",
-                                f.plan.lineage(),
-                                super::outcome::chain_text(&e)
-                            ),
-                        }
-                    }
+                    self.coordinator
+                        .publish(f.obtained(), &self.settings.directory)
+                        .await;
                     fresh.push(f)
                 }
                 Err(e) => {
@@ -726,13 +706,7 @@ impl Run {
                 }
             }
         }
-        if let Some(fleet) = self.shared() {
-            for lock in locks {
-                if let Err(e) = lock.release(&fleet.etcd).await {
-                    tracing::warn!("fleet: a lock is left to expire: {e}");
-                }
-            }
-        }
+        self.coordinator.release(claims).await;
         fresh.sort_by_key(|f| f.plan.lineage());
         Ok(fresh)
     }
@@ -755,20 +729,7 @@ impl Run {
             ),
             _ => None,
         };
-        let fleet_nodes = match self.shared() {
-            Some(fleet) => match fleet.nodes().await {
-                Ok(nodes) => nodes
-                    .into_iter()
-                    .filter(|(n, _)| *n != fleet.node)
-                    .map(|(n, i)| (n, i.address))
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!("fleet: the other nodes are not known: {}", chain_text(&e));
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
-        };
+        let fleet_nodes = self.coordinator.other_nodes().await;
         Solvers {
             dns,
             dav,
@@ -842,12 +803,10 @@ impl Run {
         };
         if plan.uses_webroot() {
             let mut solver = self.webroot_solver(scan, plan, identity, journal.clone())?;
-            if let Some(fleet) = self.shared() {
-                solver = solver.with_fleet(crate::challenge::fleet::FleetCheck::new(
-                    fleet.etcd.clone(),
-                    fleet.key("challenges/"),
-                    solvers.fleet_nodes.clone(),
-                ));
+            if let Some(nodes) = &solvers.fleet_nodes {
+                if let Some(check) = self.coordinator.challenge_check(nodes) {
+                    solver = solver.with_fleet(check);
+                }
             }
             router.webroot = Some(solver);
         }
@@ -881,29 +840,10 @@ impl Run {
                 .or(self.settings.preferred_chain.clone()),
             ..OrderOptions::default()
         };
-        let (chain, key) = match self.shared() {
-            Some(fleet) => {
-                super::fleet::order_once(
-                    fleet,
-                    account,
-                    &plan.lineage(),
-                    &plan.names,
-                    key,
-                    &solver,
-                    &opts,
-                )
-                .await?
-            }
-            None => {
-                let csr =
-                    acme::create_csr(&key, &plan.names).map_err(|e| Failure::from_acme(&e))?;
-                let chain = account
-                    .sign(&plan.names, &csr.der, &solver, &opts)
-                    .await
-                    .map_err(|e| Failure::from_acme(&e))?;
-                (chain, key)
-            }
-        };
+        let (chain, key) = self
+            .coordinator
+            .order(account, &plan.lineage(), &plan.names, key, &solver, &opts)
+            .await?;
         let renewed = self
             .store
             .lineage(&plan.lineage())
@@ -911,6 +851,7 @@ impl Run {
             .is_some();
         Ok(Fresh {
             plan: plan.clone(),
+            lineage: plan.lineage(),
             key_type: key.key_type(),
             key_pem: key.to_pem(),
             chain,
@@ -973,12 +914,6 @@ impl Run {
         Ok(PreflightSolver::new(routes, owner, journal))
     }
 
-    /// The fleet's shared store when this run may change it (not in a dry run: a staging
-    /// certificate is never the fleet's).
-    fn shared(&self) -> Option<&super::fleet::Fleet> {
-        self.fleet.as_ref().filter(|_| self.mode.writes_state())
-    }
-
     /// A new key per certificate, or the live one when `reuse_key` is set.
     fn certificate_key(&self, plan: &Plan) -> KeyPair {
         let lineage_reuses = self.meta(&plan.lineage()).is_ok_and(|m| m.reuse_key);
@@ -1037,17 +972,4 @@ impl Run {
         }
         o
     }
-}
-
-/// The nginx worker user's uid, primary gid and groups.
-pub(super) fn worker_identity(scan: &Scan) -> Option<Identity> {
-    let user = nix::unistd::User::from_name(&scan.user).ok().flatten()?;
-    let gid = nix::unistd::Group::from_name(&scan.group)
-        .ok()
-        .flatten()
-        .map_or(user.gid, |g| g.gid);
-    let cname = std::ffi::CString::new(scan.user.clone()).ok()?;
-    let mut groups = nix::unistd::getgrouplist(&cname, gid).unwrap_or_default();
-    groups.push(gid);
-    Some((user.uid, gid, groups))
 }

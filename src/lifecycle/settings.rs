@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
+pub use super::plan::Challenge;
 use crate::acme::{self, KeyType};
 use crate::challenge::dav::DavConfig;
 use crate::challenge::dns::lookup::Resolver;
@@ -94,30 +93,6 @@ pub struct Settings {
     pub exclude: Vec<String>,
     /// Fleet mode: the shared store in etcd.
     pub fleet: Option<super::fleet::FleetConfig>,
-}
-
-/// The challenge type an operator chooses for names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Challenge {
-    #[default]
-    #[serde(rename = "http-01")]
-    Http01,
-    #[serde(rename = "dns-01")]
-    Dns01,
-}
-
-impl std::str::FromStr for Challenge {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "http-01" => Ok(Challenge::Http01),
-            "dns-01" => Ok(Challenge::Dns01),
-            other => Err(format!(
-                "{other:?} is not a challenge type (http-01 or dns-01)"
-            )),
-        }
-    }
 }
 
 impl Settings {

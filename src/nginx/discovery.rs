@@ -214,6 +214,25 @@ pub struct Scan {
     pub warnings: Vec<String>,
 }
 
+/// The worker user's uid, primary gid and groups.
+pub type Identity = (nix::unistd::Uid, nix::unistd::Gid, Vec<nix::unistd::Gid>);
+
+impl Scan {
+    /// The uid, primary gid and groups of the user nginx's workers run as (`user`), when the
+    /// system knows that user.
+    pub fn worker_identity(&self) -> Option<Identity> {
+        let user = nix::unistd::User::from_name(&self.user).ok().flatten()?;
+        let gid = nix::unistd::Group::from_name(&self.group)
+            .ok()
+            .flatten()
+            .map_or(user.gid, |g| g.gid);
+        let cname = std::ffi::CString::new(self.user.clone()).ok()?;
+        let mut groups = nix::unistd::getgrouplist(&cname, gid).unwrap_or_default();
+        groups.push(gid);
+        Some((user.uid, gid, groups))
+    }
+}
+
 /// Sorts the names of a server block into those that can be enrolled (exact host names and IP
 /// addresses, lowercase, deduplicated, in order) and those that cannot, with the reason.
 pub fn classify_names(names: &[String]) -> (Vec<String>, Vec<Skipped>) {

@@ -633,7 +633,7 @@ pub fn apply(cfg: &Config, edits: &[Edit], backup_dir: &Path) -> io::Result<Appl
                     path.display()
                 )));
             }
-            let backup = super::transaction::backup_of(backup_dir, &real);
+            let backup = backup_of(backup_dir, &real);
             if let Some(parent) = backup.parent() {
                 fsutil::create_dir_all_mode(parent, 0o700)?;
             }
@@ -657,6 +657,11 @@ pub fn apply(cfg: &Config, edits: &[Edit], backup_dir: &Path) -> io::Result<Appl
             )),
         },
     }
+}
+
+/// Where [`apply`] keeps the original of `real` inside a backup directory.
+pub fn backup_of(backup_dir: &Path, real: &Path) -> PathBuf {
+    backup_dir.join(real.strip_prefix("/").unwrap_or(real))
 }
 
 #[cfg(test)]

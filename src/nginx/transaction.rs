@@ -68,10 +68,7 @@ impl Change {
     }
 }
 
-/// Where [`edit::apply`] keeps the original of `real` inside a backup directory.
-pub fn backup_of(backup_dir: &Path, real: &Path) -> PathBuf {
-    backup_dir.join(real.strip_prefix("/").unwrap_or(real))
-}
+pub use super::edit::backup_of;
 
 /// Why a change did not take effect; in every case the files are back as they were, unless
 /// `restore` says otherwise.

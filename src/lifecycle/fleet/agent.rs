@@ -122,7 +122,7 @@ fn answer(
         .and_then(|i| scan.servers[i].acme_challenge_dir.clone())
         .unwrap_or_else(|| settings.challenge_dir.clone());
     let mut solver = crate::challenge::WebrootSolver::per_name().with_dir_for(&rec.name, &dir);
-    if let Some((uid, gid, _)) = crate::lifecycle::run::worker_identity(&scan) {
+    if let Some((uid, gid, _)) = scan.worker_identity() {
         solver = solver.with_owner(uid, gid);
     }
     let ch = crate::acme::PendingChallenge {

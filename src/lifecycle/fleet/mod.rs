@@ -25,7 +25,8 @@ pub use agent::{agent, AGENT_RETRY};
 pub(super) use order::order_once;
 pub use order::OrderRecord;
 pub use status::{fleet_metrics, fleet_status, FleetLineage, FleetNode, FleetStatus, NodeServing};
-pub(super) use sync::publish_fresh;
+pub use sync::Obtained;
+pub(super) use sync::{publish_fresh, sync};
 
 use std::path::PathBuf;
 use std::sync::Arc;
