@@ -1,9 +1,9 @@
 //! `acme-nginx enroll`: from an nginx configuration to live, verified HTTPS (see
-//! [`acme_nginx::lifecycle::Run::enroll`]). Interactive runs show the plan and ask first.
+//! [`acme_nginx::lifecycle::Session::enroll`]). Interactive runs show the plan and ask first.
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use acme_nginx::lifecycle::{Mode, Outcome, Plan, Run};
+use acme_nginx::lifecycle::{Mode, Outcome, Plan, Session};
 use clap::Args;
 
 use super::options::Options;
@@ -30,7 +30,7 @@ pub async fn run(ctx: &Context, args: EnrollArgs) -> CmdResult {
         (false, true) => Mode::NoInstall,
         (false, false) => Mode::Live,
     };
-    let run = Run::open(args.options.settings(ctx)?, mode)?;
+    let run = Session::open(args.options.settings(ctx)?, mode)?;
     let (cfg, scan) = run.load()?;
     let plans = run.plans(&scan, &args.names)?;
     if plans.is_empty() {

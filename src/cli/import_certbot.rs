@@ -1,10 +1,10 @@
 //! `acme-nginx import-certbot`: take over certbot's certificates without new orders (see
-//! [`acme_nginx::lifecycle::Run::import_certbot`]).
+//! [`acme_nginx::lifecycle::Session::import_certbot`]).
 
 use std::path::PathBuf;
 
 use acme_nginx::lifecycle::certbot::DEFAULT_CERTBOT_DIR;
-use acme_nginx::lifecycle::{Mode, Outcome, Run, Status};
+use acme_nginx::lifecycle::{Mode, Outcome, Session, Status};
 use clap::Args;
 
 use super::options::Options;
@@ -31,7 +31,7 @@ pub async fn run(ctx: &Context, args: ImportCertbotArgs) -> CmdResult {
     } else {
         Mode::Live
     };
-    let run = Run::open(args.options.settings(ctx)?, mode)?;
+    let run = Session::open(args.options.settings(ctx)?, mode)?;
     let outcomes = run.import_certbot(&args.certbot_dir).await?;
     let imported = outcomes
         .iter()

@@ -1,8 +1,8 @@
 //! `acme-nginx remove`: take certificates out of nginx again and delete them (see
-//! [`acme_nginx::lifecycle::Run::remove`]).
+//! [`acme_nginx::lifecycle::Session::remove`]).
 
 use acme_nginx::lifecycle::remove::RemoveOptions;
-use acme_nginx::lifecycle::{Mode, Outcome, Run};
+use acme_nginx::lifecycle::{Mode, Outcome, Session};
 use clap::Args;
 
 use super::options::Options;
@@ -27,7 +27,7 @@ pub struct RemoveArgs {
 }
 
 pub async fn run(ctx: &Context, args: RemoveArgs) -> CmdResult {
-    let run = Run::open(args.options.settings(ctx)?, Mode::Live)?;
+    let run = Session::open(args.options.settings(ctx)?, Mode::Live)?;
     let outcomes = run
         .remove(
             &args.names,

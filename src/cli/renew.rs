@@ -1,10 +1,10 @@
 //! `acme-nginx renew`: renew what the renewal policy says is due (see
-//! [`acme_nginx::lifecycle::Run::renew`]), and write the metrics file.
+//! [`acme_nginx::lifecycle::Session::renew`]), and write the metrics file.
 
 use std::path::PathBuf;
 
 use acme_nginx::lifecycle::metrics::{write_failed_run, write_metrics};
-use acme_nginx::lifecycle::{Mode, Outcome, Run};
+use acme_nginx::lifecycle::{Mode, Outcome, Session};
 use acme_nginx::store::Store;
 use clap::Args;
 
@@ -39,7 +39,7 @@ pub async fn run(ctx: &Context, args: RenewArgs) -> CmdResult {
     let state = Store {
         root: settings.state_dir.clone(),
     };
-    let result = match Run::open(settings, mode) {
+    let result = match Session::open(settings, mode) {
         Ok(run) => run.renew(&args.names, args.force).await,
         Err(e) => Err(e),
     };

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::lineage::{live_cert, LineageMeta, Replaced};
 use super::outcome::{chain_text, Failure, Outcome, Status};
-use super::{Error, Run};
+use super::{Error, Session};
 use crate::acme::{self, AccountState, CertInfo, KeyPair};
 use crate::nginx::edit::{self, Edit};
 use crate::nginx::transaction::{self, Change};
@@ -166,7 +166,7 @@ fn load_account(certbot: &Path, server: &str, id: &str) -> Result<AccountState, 
     })
 }
 
-impl Run {
+impl Session {
     /// Imports certbot's lineages (those nginx blocks use) from `certbot`, installs them into
     /// their blocks and reports each. In a dry run, says what it would do and changes nothing.
     pub async fn import_certbot(&self, certbot: &Path) -> Result<Vec<Outcome>, Error> {
@@ -197,7 +197,7 @@ impl Run {
                 o
             };
             // Imported before: nothing to do (the blocks point at ours since).
-            if let Some(done) = self.store.lineages().into_iter().find(|l| {
+            if let Some(done) = self.env.store.lineages().into_iter().find(|l| {
                 l.load_meta::<LineageMeta>().is_ok_and(|m| {
                     m.imported_from.as_deref() == Some(conf_path.as_path())
                         && m.pending_version.is_none()
@@ -244,10 +244,10 @@ impl Run {
             };
             plan.install_blocks.retain(|b| blocks.contains(b));
             plan.names = lineage.info.names.clone();
-            let ours = self.store.lineage(&plan.lineage());
+            let ours = self.env.store.lineage(&plan.lineage());
             let meta: LineageMeta = ours.load_meta()?;
             if meta.issued_at.is_some() && meta.pending_version.is_none() {
-                let mut o = self.outcome(&plan, Status::UpToDate);
+                let mut o = self.env.outcome(&plan, Status::UpToDate);
                 o.reason = Some(format!(
                     "already managed by acme-nginx{}",
                     if live_cert(&ours)
@@ -264,10 +264,10 @@ impl Run {
             let server = lineage
                 .conf
                 .server()
-                .unwrap_or(self.settings.directory.as_str())
+                .unwrap_or(self.env.settings.directory.as_str())
                 .to_owned();
-            if !self.mode.writes_state() {
-                let mut o = self.outcome(&plan, Status::DryRun);
+            if !self.env.mode.writes_state() {
+                let mut o = self.env.outcome(&plan, Status::DryRun);
                 o.reason = Some(format!(
                     "would import certbot's {} (serial {}, {}) from {} and point {} at it",
                     lineage.name,
@@ -285,7 +285,7 @@ impl Run {
             }
             // The account first: only the account that ordered a certificate may name it in
             // `replaces` at renewal.
-            let account_path = self.store.account_path(&server);
+            let account_path = self.env.store.account_path(&server);
             if !account_path.exists() {
                 if let Some(id) = lineage.conf.params.get("account") {
                     match load_account(certbot, &server, id) {
@@ -321,7 +321,7 @@ impl Run {
                 .get("reuse_key")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"));
             meta.renewal.record_success();
-            self.save_meta(&plan.lineage(), &meta)?;
+            self.env.save_meta(&plan.lineage(), &meta)?;
             tracing::info!(
                 "imported certbot's {} as version {version} of {}",
                 lineage.name,
@@ -329,7 +329,7 @@ impl Run {
             );
             // certbot's other files in these blocks: its shared TLS settings (copied) and the
             // chain (ours).
-            let shared = self.settings.state_dir.join("certbot");
+            let shared = self.env.settings.state_dir.join("certbot");
             let mut moves = vec![(
                 lineage.conf.path("chain").display().to_string(),
                 ours.live_file(store::CHAIN).display().to_string(),
@@ -353,7 +353,7 @@ impl Run {
         }
         self.move_certbot_paths(certbot, &cfg, &scan, &moves_for)
             .await?;
-        let (cfg, scan) = self.reread()?;
+        let (cfg, scan) = self.env.reread()?;
         outcomes.extend(self.execute(cfg, scan, Vec::new(), installs).await?);
         Ok(outcomes)
     }
@@ -368,7 +368,7 @@ impl Run {
         scan: &crate::nginx::discovery::Scan,
         moves_for: &[BlockMoves],
     ) -> Result<(), Error> {
-        let shared = self.settings.state_dir.join("certbot");
+        let shared = self.env.settings.state_dir.join("certbot");
         let mut change = Change::default();
         let mut per_lineage: Vec<(String, Vec<Edit>)> = Vec::new();
         for (b, moves, lineage) in moves_for {
@@ -391,8 +391,8 @@ impl Run {
                     .map_err(Error::io(format!("write {}", shared.join(f).display())))?;
             }
         }
-        let ctl = self.settings.nginx.ctl(cfg, scan)?;
-        let backups = transaction::new_backup_dir(&self.store.backups_dir());
+        let ctl = self.env.settings.nginx.ctl(cfg, scan)?;
+        let backups = transaction::new_backup_dir(&self.env.store.backups_dir());
         transaction::commit(&ctl, cfg, &change, &backups, true)
             .await
             .map_err(|e| {
@@ -402,7 +402,7 @@ impl Run {
                 ))
             })?;
         for (lineage, edits) in per_lineage {
-            let mut meta = self.meta(&lineage)?;
+            let mut meta = self.env.meta(&lineage)?;
             meta.replaced.extend(edits.iter().map(|e| Replaced {
                 file: cfg.files[e.file].path.clone(),
                 offset: e.start,
@@ -410,7 +410,7 @@ impl Run {
                     String::from_utf8_lossy(&cfg.files[e.file].text[e.start..e.end]).into_owned(),
                 inserted: e.text.clone(),
             }));
-            self.save_meta(&lineage, &meta)?;
+            self.env.save_meta(&lineage, &meta)?;
         }
         Ok(())
     }

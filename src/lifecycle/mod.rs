@@ -5,8 +5,9 @@
 //! - [`settings`]: the resolved settings of a run and its [`Mode`];
 //! - [`plan`]: server blocks grouped into one certificate per primary name;
 //! - [`policy`]: the one renewal policy (ARI window, lifetime rule, backoff), a pure decision;
-//! - [`run`]: a run holding the state lock: ordering through the preflight solver, then
-//!   installing through nginx's change transaction, and `enroll`/`renew` passes;
+//! - [`session`]: one run holding the state lock, its passes (`enroll`, `renew`, `remove`,
+//!   `import-certbot`) as a sequence of [`stages`] sharing one [`env::Env`] (settings, store,
+//!   coordinator, the CA client built once);
 //! - [`intent`]: what an install is about to change, so a killed run is rolled back by the next;
 //! - [`certbot`]: taking over certbot's certificates without new orders;
 //! - [`coordinator`]: who else orders these lineages: nobody (a solo host) or a fleet;
@@ -18,9 +19,9 @@
 pub mod account;
 pub mod certbot;
 pub mod coordinator;
+pub mod env;
 mod error;
 pub mod fleet;
-mod install;
 pub mod intent;
 pub mod lineage;
 pub mod metrics;
@@ -29,8 +30,9 @@ pub mod plan;
 pub mod policy;
 pub mod remove;
 mod renew;
-pub mod run;
+pub mod session;
 pub mod settings;
+pub mod stages;
 pub mod status;
 pub mod watch;
 
@@ -39,5 +41,5 @@ pub use error::Error;
 pub use outcome::{Failure, FailureKind, Outcome, Status};
 pub use plan::Plan;
 pub use policy::{Decision, Reason, RenewalState};
-pub use run::Run;
+pub use session::Session;
 pub use settings::{Mode, Settings};

@@ -133,7 +133,7 @@ impl Proving<'_> {
 }
 
 /// One certificate to get: its names and the server blocks involved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub primary: String,
     pub names: Vec<String>,

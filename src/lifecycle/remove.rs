@@ -7,7 +7,7 @@
 
 use super::lineage::{live_cert, matches, users, LineageMeta};
 use super::outcome::{chain_text, Failure, Outcome, Status};
-use super::{Error, Run};
+use super::{Error, Session};
 use crate::acme;
 use crate::nginx::edit::{self, Edit};
 use crate::nginx::probe::{loopback_for, served_certificate};
@@ -28,7 +28,7 @@ pub struct RemoveOptions {
     pub orphans: bool,
 }
 
-impl Run {
+impl Session {
     /// Removes the lineages named (by lineage or certificate name; a hybrid block's RSA
     /// lineage goes with its primary) and, with `orphans`, those no block uses.
     pub async fn remove(
@@ -37,7 +37,7 @@ impl Run {
         opts: RemoveOptions,
     ) -> Result<Vec<Outcome>, Error> {
         let (cfg, scan) = self.load()?;
-        let all = self.store.lineages();
+        let all = self.env.store.lineages();
         let mut targets: Vec<(Lineage, LineageMeta)> = Vec::new();
         for w in wanted {
             let mut found = false;
@@ -89,7 +89,7 @@ impl Run {
             if ours.is_empty() {
                 continue;
             }
-            let state = self.store.root.display().to_string();
+            let state = self.env.store.root.display().to_string();
             if let Some(other) = s
                 .ssl_certificates
                 .iter()
@@ -110,7 +110,7 @@ impl Run {
         }
         let mut change = Change::default();
         let mut by_hand = Vec::new();
-        if self.mode.edits_nginx() {
+        if self.env.mode.edits_nginx() {
             let mut restores: Vec<Edit> = Vec::new();
             for (l, meta) in &targets {
                 let path = l.live_file(store::FULLCHAIN).display().to_string();
@@ -140,8 +140,8 @@ impl Run {
             tracing::warn!("{w}");
         }
         if !change.edits.is_empty() {
-            let ctl = self.settings.nginx.ctl(&cfg, &scan)?;
-            let backups = transaction::new_backup_dir(&self.store.backups_dir());
+            let ctl = self.env.settings.nginx.ctl(&cfg, &scan)?;
+            let backups = transaction::new_backup_dir(&self.env.store.backups_dir());
             if let Err(e) = transaction::commit(&ctl, &cfg, &change, &backups, true).await {
                 // nginx is as it was; nothing is deleted.
                 let message = chain_text(&e);
@@ -157,7 +157,7 @@ impl Run {
         }
         // No block serves the removed certificates any more (checked where nginx listens on
         // loopback-reachable HTTPS addresses).
-        let (_, new_scan) = self.reread()?;
+        let (_, new_scan) = self.env.reread()?;
         for ((l, meta), leaf) in targets.iter().zip(&leaves) {
             let path = l.live_file(store::FULLCHAIN).display().to_string();
             let mut o = Outcome::new(&l.name, &meta.names, Status::Removed);
@@ -190,7 +190,7 @@ impl Run {
                 }
             }
             if !opts.keep_lineage {
-                self.store.remove_lineage(l)?;
+                self.env.store.remove_lineage(l)?;
                 o.fullchain = None;
                 o.key = None;
             } else {
@@ -222,7 +222,7 @@ impl Run {
                 };
                 // An old worker that is shutting down after a reload may still answer for a
                 // moment: only a listener that keeps serving it counts.
-                let deadline = tokio::time::Instant::now() + super::install::VERIFY_SETTLE;
+                let deadline = tokio::time::Instant::now() + super::stages::verify::VERIFY_SETTLE;
                 loop {
                     match served_certificate(addr, &sni).await {
                         Ok(served) if served == leaf => {}
@@ -231,7 +231,7 @@ impl Run {
                     if tokio::time::Instant::now() >= deadline {
                         return Some(format!("{addr} ({})", s.location()));
                     }
-                    tokio::time::sleep(super::install::VERIFY_RETRY).await;
+                    tokio::time::sleep(super::stages::verify::VERIFY_RETRY).await;
                 }
             }
         }
@@ -241,11 +241,16 @@ impl Run {
     /// Revokes a certificate with the account (reason cessationOfOperation); one the CA
     /// already revoked counts as done.
     async fn revoke(&self, leaf: &[u8]) -> Result<(), acme::Error> {
-        let client =
-            acme::Client::new(&self.settings.directory, &self.settings.client_config).await?;
+        let client = self
+            .env
+            .ca()
+            .await
+            .map_err(|e| acme::Error::Certificate(chain_text(&e)))?
+            .clone();
         let account = self
+            .env
             .coordinator
-            .account(&self.settings, &self.store, true, client)
+            .account(&self.env.settings, &self.env.store, true, client)
             .await
             .map_err(|e| acme::Error::Certificate(chain_text(&e)))?;
         match account.revoke(leaf, Some(REVOKE_REASON)).await {

@@ -8,17 +8,18 @@ use super::lineage::{live_cert, matches, users, LineageMeta};
 use super::outcome::{Failure, Outcome, Status};
 use super::plan::{self, Plan};
 use super::policy::{Decision, RenewalState};
-use super::run::Run;
+use super::session::Session;
+use super::stages::prepare;
 use super::Error;
 use crate::acme;
 use crate::store::{self, Lineage};
 
-impl Run {
+impl Session {
     /// The lineages named by `wanted` (all when empty), with their metadata; a wanted name no
     /// lineage holds is an error.
     pub fn lineages(&self, wanted: &[String]) -> Result<Vec<(Lineage, LineageMeta)>, Error> {
         let mut all = Vec::new();
-        for l in self.store.lineages() {
+        for l in self.env.store.lineages() {
             let meta = l.load_meta()?;
             all.push((l, meta));
         }
@@ -51,28 +52,27 @@ impl Run {
     pub async fn renew(&self, wanted: &[String], force: bool) -> Result<Vec<Outcome>, Error> {
         // The fleet's certificates first: a renewal another node made is installed, not
         // ordered again. Without etcd nothing is ordered (the others may be ordering).
-        self.coordinator.sync(&self.store).await?;
+        self.env.coordinator.sync(&self.env.store).await?;
         let lineages = self.lineages(wanted)?;
-        self.remove_leftover_records().await;
+        prepare::remove_leftover_records(&self.env).await;
         // A part of the configuration that does not parse must not stop the renewal of the
         // blocks that do: it is left out, and lineages only it could place are reported.
-        let (cfg, scan, unreadable) = self.settings.nginx.load_lenient()?;
+        let (cfg, scan, unreadable) = self.env.settings.nginx.load_lenient()?;
         for e in &unreadable {
             tracing::warn!("left out of this renewal: {e}");
         }
         // The CA is only needed for renewalInfo and orders: when it cannot be reached, the
         // lifetime rule decides, and only a due certificate makes the run fail.
-        let client =
-            match acme::Client::new(&self.settings.directory, &self.settings.client_config).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot reach the CA at {} for renewalInfo; using the lifetime rule: {e}",
-                        self.settings.directory
-                    );
-                    None
-                }
-            };
+        let client = match self.env.ca().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(
+                    "{}; using the lifetime rule instead of renewalInfo",
+                    super::outcome::chain_text(&e)
+                );
+                None
+            }
+        };
         let now = OffsetDateTime::now_utc();
         let named = !wanted.is_empty();
         let mut outcomes = Vec::new();
@@ -82,7 +82,7 @@ impl Run {
             // Issued before but never installed: install it, no order, whatever the schedule.
             if meta.pending_version.is_some() {
                 let plan = self.plan_for_lineage(&scan, &l.name);
-                if let Some(plan) = plan.filter(|p| self.pending_install(p, &meta).is_some()) {
+                if let Some(plan) = plan.filter(|p| self.env.pending_install(p, &meta).is_some()) {
                     tracing::info!("installing {}, issued earlier but not installed", l.name);
                     install_only.push(plan);
                     continue;
@@ -99,7 +99,7 @@ impl Run {
                                 ri.retry_after,
                                 now,
                             );
-                            self.save_meta(&l.name, &meta)?;
+                            self.env.save_meta(&l.name, &meta)?;
                         }
                         Ok(None) => {}
                         Err(e) => tracing::warn!(

@@ -15,7 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::lineage::{live_cert, LineageMeta};
 use super::outcome::{Outcome, Status};
-use super::{Error, Mode, Run, Settings};
+use super::{Error, Mode, Session, Settings};
 use crate::nginx::Config;
 use crate::store::Store;
 
@@ -296,7 +296,7 @@ async fn debounce<T>(
 }
 
 async fn renew_pass(settings: &Settings) -> Result<Vec<Outcome>, Error> {
-    Run::open(settings.clone(), Mode::Live)?
+    Session::open(settings.clone(), Mode::Live)?
         .renew(&[], false)
         .await
 }
@@ -305,7 +305,7 @@ async fn renew_pass(settings: &Settings) -> Result<Vec<Outcome>, Error> {
 /// enroll pass checks that before it orders anything).
 async fn enroll_if_valid(settings: &Settings) {
     let pass = async {
-        let run = Run::open(settings.clone(), Mode::Live)?;
+        let run = Session::open(settings.clone(), Mode::Live)?;
         let (cfg, scan) = run.load()?;
         let plans = run.plans(&scan, &[])?;
         // enroll itself refuses to order while nginx -t fails or nginx does not run.

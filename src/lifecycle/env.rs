@@ -1,0 +1,119 @@
+//! What a session's stages share, built once per session: the resolved settings and mode, the
+//! state directory, the coordinator (solo or fleet) and the CA client, whose directory is fetched
+//! at most once however many stages need it. Stages receive `&Env`; none of them reaches back
+//! into the session that called it.
+
+use time::OffsetDateTime;
+use tokio::sync::OnceCell;
+
+use super::coordinator::Coordinator;
+use super::lineage::{live_cert, same_names, LineageMeta};
+use super::outcome::{Outcome, Status};
+use super::plan::{self, Plan};
+use super::settings::{Mode, Settings};
+use super::Error;
+use crate::acme;
+use crate::nginx::discovery::Scan;
+use crate::nginx::Config;
+use crate::store::{self, Store};
+
+/// The collaborators of one session.
+#[derive(Debug)]
+pub struct Env {
+    pub settings: Settings,
+    pub mode: Mode,
+    pub store: Store,
+    /// Who else orders these lineages: nobody, or the nodes of a fleet.
+    pub coordinator: Coordinator,
+    /// The CA client, made (one directory fetch) the first time a stage needs it.
+    ca: OnceCell<acme::Client>,
+}
+
+impl Env {
+    /// The collaborators for these settings (no CA request yet).
+    pub fn new(settings: Settings, mode: Mode, store: Store, coordinator: Coordinator) -> Env {
+        Env {
+            settings,
+            mode,
+            store,
+            coordinator,
+            ca: OnceCell::new(),
+        }
+    }
+
+    /// The CA client: the directory is fetched the first time, then kept for the session. A
+    /// failure is not kept (a later stage asks again).
+    pub async fn ca(&self) -> Result<&acme::Client, Error> {
+        self.ca
+            .get_or_try_init(|| async {
+                acme::Client::new(&self.settings.directory, &self.settings.client_config)
+                    .await
+                    .map_err(|source| Error::Ca {
+                        directory: self.settings.directory.clone(),
+                        source,
+                    })
+            })
+            .await
+    }
+
+    /// Reads and scans nginx's configuration.
+    pub fn load(&self) -> Result<(Config, Scan), Error> {
+        Ok(self.settings.nginx.load()?)
+    }
+
+    /// The plans for the named server blocks (all when `wanted` is empty).
+    pub fn plans(&self, scan: &Scan, wanted: &[String]) -> Result<Vec<Plan>, Error> {
+        plan::plans(
+            scan,
+            wanted,
+            self.settings.http_port,
+            &self.settings.proving(),
+        )
+    }
+
+    pub(crate) fn meta(&self, name: &str) -> Result<LineageMeta, Error> {
+        Ok(self.store.lineage(name).load_meta()?)
+    }
+
+    pub(crate) fn save_meta(&self, name: &str, meta: &LineageMeta) -> Result<(), Error> {
+        if self.mode.writes_state() {
+            self.store.lineage(name).save_meta(meta)?;
+        }
+        Ok(())
+    }
+
+    /// The version issued for this plan but not installed yet, when it is still good to
+    /// install: present, valid for a while, and for the plan's names.
+    pub(crate) fn pending_install(&self, plan: &Plan, meta: &LineageMeta) -> Option<u32> {
+        let v = meta.pending_version?;
+        let l = self.store.lineage(&plan.lineage());
+        let cert = super::lineage::version_cert(&l, v)?;
+        let valid = cert.info.not_after > OffsetDateTime::now_utc() + time::Duration::hours(1);
+        (valid && same_names(&cert.info.names, &plan.names)).then_some(v)
+    }
+
+    /// An outcome for a plan, with what its lineage holds now.
+    pub(crate) fn outcome(&self, plan: &Plan, status: Status) -> Outcome {
+        let lineage = self.store.lineage(&plan.lineage());
+        let live = live_cert(&lineage);
+        let mut o = Outcome::new(&plan.lineage(), &plan.names, status);
+        o.not_after = live.as_ref().map(|c| c.info.not_after);
+        o.fullchain = Some(lineage.live_file(store::FULLCHAIN)).filter(|p| p.exists());
+        o.key = Some(lineage.live_file(store::PRIVKEY)).filter(|p| p.exists());
+        o.server_blocks = plan.block_locations.clone();
+        if status == Status::Renewed {
+            o.replaces = lineage
+                .load_meta::<LineageMeta>()
+                .ok()
+                .and_then(|m| m.last_replaces);
+        }
+        o
+    }
+
+    /// Reads the configuration again after a change, leaving out included files that do not
+    /// parse (they were reported when the run started).
+    pub(crate) fn reread(&self) -> Result<(Config, Scan), Error> {
+        let (cfg, scan, _) = self.settings.nginx.load_lenient()?;
+        Ok((cfg, scan))
+    }
+}

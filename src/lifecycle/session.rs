@@ -1,0 +1,314 @@
+//! A session: one run of enroll, renew, remove, import-certbot or a watch pass. It takes the
+//! state directory's lock, completes or rolls back what a killed run left, builds the
+//! collaborators once ([`Env`]: settings, store, coordinator, CA client) and runs the work as a
+//! sequence of stages, each in its own file under [`super::stages`]:
+//!
+//! triage (pure decisions) -> prepare (nginx ready, challenge snippets) -> order (claims,
+//! solvers, concurrent orders) -> install (versions, edits, one change transaction) -> verify
+//! (TLS proof on every listener) -> record (failure memory, hooks).
+//!
+//! Stages receive the [`Env`] and typed inputs; none calls back into the session.
+
+use time::OffsetDateTime;
+
+use super::coordinator::Coordinator;
+use super::env::Env;
+use super::lineage::live_cert;
+use super::outcome::{chain_text, Failure, Outcome, Status};
+use super::plan::Plan;
+use super::settings::{Mode, Settings};
+use super::stages::triage::{triage, Facts, Verdict};
+use super::stages::{install, order, prepare, record, verify};
+use super::Error;
+use crate::acme;
+use crate::challenge::webroot::remove_token_file;
+use crate::hooks::Stage;
+use crate::nginx::discovery::Scan;
+use crate::nginx::Config;
+use crate::store::{self, StateLock, Store};
+
+/// One run, holding the state directory's lock (not in a dry run).
+#[derive(Debug)]
+pub struct Session {
+    pub(super) env: Env,
+    _lock: Option<StateLock>,
+}
+
+impl Session {
+    /// Opens the state directory, takes its lock and removes challenge tokens an earlier,
+    /// killed run left behind. A dry run creates, locks and writes nothing (it reads what is
+    /// there: the account and the lineages).
+    pub fn open(mut settings: Settings, mode: Mode) -> Result<Session, Error> {
+        if mode == Mode::DryRun {
+            settings.use_staging_for_dry_run();
+            let store = Store {
+                root: settings.state_dir.clone(),
+            };
+            let coordinator = Coordinator::open(&settings, mode)?;
+            return Ok(Session {
+                env: Env::new(settings, mode, store, coordinator),
+                _lock: None,
+            });
+        }
+        let store = Store::open(&settings.state_dir)?;
+        let lock = store.lock(store::LOCK_WAIT)?;
+        super::intent::recover(&store)?;
+        for token in store.take_journal()? {
+            match remove_token_file(&token) {
+                Ok(()) => tracing::info!(
+                    "removed challenge token {} left by an earlier run",
+                    token.display()
+                ),
+                Err(e) => tracing::warn!("{}", chain_text(&e)),
+            }
+        }
+        let coordinator = Coordinator::open(&settings, mode)?;
+        Ok(Session {
+            env: Env::new(settings, mode, store, coordinator),
+            _lock: Some(lock),
+        })
+    }
+
+    /// The settings of this session.
+    pub fn settings(&self) -> &Settings {
+        &self.env.settings
+    }
+
+    /// The mode of this session.
+    pub fn mode(&self) -> Mode {
+        self.env.mode
+    }
+
+    /// Who else orders these lineages (the fleet's shared store for `status --fleet`).
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.env.coordinator
+    }
+
+    /// The state directory.
+    pub fn store(&self) -> &Store {
+        &self.env.store
+    }
+
+    /// Reads and scans nginx's configuration.
+    pub fn load(&self) -> Result<(Config, Scan), Error> {
+        self.env.load()
+    }
+
+    /// The plans for the named server blocks (all when `wanted` is empty).
+    pub fn plans(&self, scan: &Scan, wanted: &[String]) -> Result<Vec<Plan>, Error> {
+        self.env.plans(scan, wanted)
+    }
+
+    /// Orders what the policy says is due (or has no certificate for these names), installs
+    /// what is current but not yet used by its blocks, and reports the rest (`enroll`, `watch`).
+    pub async fn enroll(
+        &self,
+        cfg: Config,
+        scan: Scan,
+        plans: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, Error> {
+        if plans.iter().any(|p| p.error.is_none()) {
+            prepare::check_nginx(&self.env, &cfg, &scan).await?;
+        }
+        prepare::remove_leftover_records(&self.env).await;
+        self.env.coordinator.sync(&self.env.store).await?;
+        let now = OffsetDateTime::now_utc();
+        let mut outcomes = Vec::new();
+        let mut to_order = Vec::new();
+        let mut install_only = Vec::new();
+        for plan in plans {
+            for (name, why) in &plan.left_out {
+                let mut o = Outcome::new(name, std::slice::from_ref(name), Status::Skipped);
+                o.reason = Some(why.clone());
+                o.server_blocks = plan.block_locations.clone();
+                outcomes.push(o);
+            }
+            let lineage = self.env.store.lineage(&plan.lineage());
+            let meta = self.env.meta(&plan.lineage())?;
+            let cert = live_cert(&lineage).map(|c| c.info);
+            let facts = Facts {
+                meta: &meta,
+                cert: cert.as_ref(),
+                pending: self.env.pending_install(&plan, &meta).is_some(),
+            };
+            match triage(&plan, facts, now) {
+                Verdict::Skip(why) => {
+                    let mut o = self.env.outcome(&plan, Status::Skipped);
+                    o.reason = Some(why);
+                    outcomes.push(o);
+                }
+                Verdict::Backoff { until, reason } => {
+                    let mut o = self.env.outcome(&plan, Status::Backoff);
+                    o.next_renewal = Some(until);
+                    o.reason = Some(reason);
+                    outcomes.push(o);
+                }
+                Verdict::Install => install_only.push(plan),
+                Verdict::Current => {
+                    // Installed means: the blocks name the live files and nginx serves them
+                    // (a run killed before its reload left the first without the second).
+                    if !self.env.mode.edits_nginx()
+                        || (verify::points_at_live(&self.env, &plan, &scan)
+                            && verify::serves_live(&self.env, &plan, &scan).await)
+                    {
+                        if let Some(c) = &cert {
+                            self.env
+                                .coordinator
+                                .report(&plan.lineage(), &c.serial_hex)
+                                .await;
+                        }
+                        outcomes.push(self.env.outcome(&plan, Status::UpToDate));
+                    } else {
+                        install_only.push(plan);
+                    }
+                }
+                Verdict::Order => to_order.push(plan),
+            }
+        }
+        if !to_order.is_empty() || !install_only.is_empty() {
+            outcomes.extend(self.execute(cfg, scan, to_order, install_only).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// Orders, installs and deploys, between the pre-hook (only when something is ordered) and
+    /// the post-hook (always); then remembers failures and successes.
+    pub(super) async fn execute(
+        &self,
+        mut cfg: Config,
+        mut scan: Scan,
+        to_order: Vec<Plan>,
+        install_only: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, Error> {
+        let hooks = &self.env.settings.hooks;
+        let ordered: Vec<String> = to_order
+            .iter()
+            .flat_map(|p| p.names.iter().cloned())
+            .collect();
+        if !to_order.is_empty() {
+            let mut failures = hooks.run(Stage::Pre, &[]).await;
+            if !failures.is_empty() {
+                hooks
+                    .run(Stage::Post, &crate::hooks::post_env(&[], &ordered))
+                    .await;
+                return Err(Error::PreHook(failures.remove(0)));
+            }
+        }
+        let result = self
+            .order_and_deploy(&mut cfg, &mut scan, to_order, install_only)
+            .await;
+        // The post hook learns what was renewed and what failed (everything ordered, when the
+        // run itself failed). Its failures are logged by the hook runner; they change no
+        // certificate.
+        let names_with = |statuses: &[Status]| -> Vec<String> {
+            result
+                .as_ref()
+                .map(|outcomes| {
+                    outcomes
+                        .iter()
+                        .filter(|o| statuses.contains(&o.status))
+                        .flat_map(|o| o.names.iter().cloned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let renewed = names_with(&[Status::Issued, Status::Renewed]);
+        let failed = if result.is_err() {
+            ordered
+        } else {
+            names_with(&[Status::Failed])
+        };
+        hooks
+            .run(Stage::Post, &crate::hooks::post_env(&renewed, &failed))
+            .await;
+        let outcomes = result?;
+        record::remember(&self.env, &outcomes).await?;
+        Ok(outcomes)
+    }
+
+    async fn order_and_deploy(
+        &self,
+        cfg: &mut Config,
+        scan: &mut Scan,
+        mut to_order: Vec<Plan>,
+        install_only: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, Error> {
+        let mut outcomes = Vec::new();
+        let needs_snippet: Vec<usize> = (0..to_order.len())
+            .filter(|i| {
+                to_order[*i].uses_webroot()
+                    && to_order[*i]
+                        .challenge_block
+                        .is_some_and(|b| scan.servers[b].acme_challenge_dir.is_none())
+            })
+            .collect();
+        // The blocks that got the snippet in this run, with the plans answered through them.
+        let mut added: Vec<(usize, Vec<String>)> = Vec::new();
+        if !needs_snippet.is_empty() {
+            let failed =
+                prepare::add_snippet(&self.env, cfg, scan, &to_order, &needs_snippet).await?;
+            for &i in &needs_snippet {
+                let (Some(b), false) = (
+                    to_order[i].challenge_block,
+                    failed.iter().any(|(f, _)| *f == i),
+                ) else {
+                    continue;
+                };
+                match added.iter_mut().find(|(block, _)| *block == b) {
+                    Some((_, names)) => names.push(to_order[i].lineage()),
+                    None => added.push((b, vec![to_order[i].lineage()])),
+                }
+            }
+            for (i, message) in failed.into_iter().rev() {
+                let plan = to_order.remove(i);
+                let mut o = self.env.outcome(&plan, Status::Failed);
+                o.error = Some(Failure::transient(message));
+                outcomes.push(o);
+            }
+        }
+        if self.env.mode == Mode::DryRun && self.env.settings.directory != acme::LETSENCRYPT_STAGING
+        {
+            // A dry run orders only from a staging directory: elsewhere an order is real.
+            for plan in to_order {
+                let mut o = self.env.outcome(&plan, Status::DryRun);
+                o.reason = Some(format!(
+                    "no order placed: {} has no staging directory acme-nginx knows, and an order there would be real",
+                    self.env.settings.directory
+                ));
+                outcomes.push(o);
+            }
+            return Ok(outcomes);
+        }
+        let fresh = if to_order.is_empty() {
+            Vec::new()
+        } else {
+            order::obtain(&self.env, scan, to_order, &mut outcomes).await?
+        };
+        // A block whose every name failed gets back what it was before this run: the snippet
+        // it got could shadow a webroot another tool renews through.
+        let undo: Vec<usize> = added
+            .iter()
+            .filter(|(_, names)| {
+                names.iter().all(|n| {
+                    outcomes
+                        .iter()
+                        .any(|o| &o.name == n && o.status == Status::Failed)
+                })
+            })
+            .map(|(b, _)| *b)
+            .collect();
+        if !undo.is_empty() {
+            prepare::remove_snippet(&self.env, cfg, scan, &undo).await?;
+        }
+        if self.env.mode == Mode::DryRun {
+            for f in &fresh {
+                let mut o = self.env.outcome(&f.plan, Status::DryRun);
+                o.not_after = Some(f.chain.leaf.not_after);
+                outcomes.push(o);
+            }
+            return Ok(outcomes);
+        }
+        outcomes.extend(install::deploy(&self.env, cfg, scan, fresh, install_only).await?);
+        Ok(outcomes)
+    }
+}

@@ -1,0 +1,245 @@
+//! Prepare: before anything is ordered, nginx must pass `nginx -t` and run; blocks that serve
+//! no challenge directory get the challenge snippet (and, where a server-level `return` answers
+//! everything, a rewrite that lets challenge requests through), and a block whose names all
+//! failed gets it taken out again; DNS records a killed run left are removed.
+
+use crate::challenge::dns::{Dns, TxtRecord};
+use crate::lifecycle::env::Env;
+use crate::lifecycle::outcome::chain_text;
+use crate::lifecycle::plan::Plan;
+use crate::lifecycle::settings::snippet_text;
+use crate::lifecycle::Error;
+use crate::nginx::discovery::Scan;
+use crate::nginx::edit;
+use crate::nginx::transaction::{self, Change, ChangeError, NewFile};
+use crate::nginx::Config;
+
+/// nginx must pass `nginx -t` and run before anything is ordered: the challenge is proven
+/// through the running nginx, and a run must never leave nginx worse than it found it. A
+/// configuration that fails only because the certificates it names do not exist yet gets
+/// the way out in the message.
+pub(crate) async fn check_nginx(env: &Env, cfg: &Config, scan: &Scan) -> Result<(), Error> {
+    let ctl = env.settings.nginx.ctl(cfg, scan)?;
+    if let Err(e) = ctl.test_config().await {
+        let text = e.to_string();
+        let missing_cert = text.contains("no \"ssl_certificate\" is defined")
+            || (text.contains("cannot load certificate") && text.contains("No such file"));
+        let hint = if missing_cert {
+            "\nThe configuration names certificates that do not exist yet. Take the \
+             certificate lines (and `ssl` on the listen lines) out of the HTTPS blocks, or \
+             disable those blocks, so that nginx -t passes; acme-nginx then gets the \
+             certificates through the port-80 blocks and adds the HTTPS listeners and \
+             certificate lines itself."
+                .to_owned()
+        } else {
+            String::new()
+        };
+        return Err(Error::NginxNotReady {
+            what: format!("nginx refuses its configuration as it is ({text})"),
+            hint,
+        });
+    }
+    ctl.master_running().map_err(|e| Error::NginxNotReady {
+        what: format!("nginx is not running ({e})"),
+        hint: String::new(),
+    })?;
+    Ok(())
+}
+
+/// Includes the challenge snippet into blocks that serve no challenge directory, tests,
+/// reloads and re-scans (one change transaction). Returns the plans (by index) that still
+/// cannot answer, with why.
+pub(crate) async fn add_snippet(
+    env: &Env,
+    cfg: &mut Config,
+    scan: &mut Scan,
+    plans: &[Plan],
+    which: &[usize],
+) -> Result<Vec<(usize, String)>, Error> {
+    let mut failed = Vec::new();
+    let mut change = Change::default();
+    let mut editing = Vec::new();
+    for &i in which {
+        let Some(block) = plans[i].challenge_block.map(|b| &scan.servers[b]) else {
+            continue;
+        };
+        let reason = block.acme_challenge_reason.clone().unwrap_or_default();
+        if !env.mode.edits_nginx() {
+            failed.push((
+                i,
+                format!(
+                    "{}: serves no challenge directory ({reason}) and this run may not edit nginx",
+                    block.location()
+                ),
+            ));
+            continue;
+        }
+        // A block whose server-level return or rewrite answers every request first gets,
+        // before it, a rewrite that lets challenge URIs through to the snippet's location.
+        let override_edit = if block.challenge_answered_at_server_level {
+            Some(edit::challenge_rewrite_edit(cfg, block))
+        } else {
+            None
+        };
+        let edits =
+            edit::include_edit(cfg, block, &env.settings.snippet).and_then(
+                |inc| match override_edit {
+                    Some(rw) => rw.map(|rw| vec![rw, inc]),
+                    None => Ok(vec![inc]),
+                },
+            );
+        match edits {
+            // Another plan answered through the same block (its default server) has it.
+            Ok(e) if change.edits.iter().any(|x| e.contains(x)) => editing.push(i),
+            Ok(e) => {
+                change.edits.extend(e);
+                editing.push(i);
+            }
+            Err(e) => failed.push((i, e.0)),
+        }
+    }
+    if change.edits.is_empty() {
+        return Ok(failed);
+    }
+    // A new snippet file that an include glob of the configuration matches would be loaded
+    // there too (a location where none is allowed, a duplicate one): refuse before writing.
+    let snippet_is_new = env.settings.snippet.symlink_metadata().is_err();
+    if snippet_is_new {
+        if let Some(at) = edit::include_that_would_load(cfg, &env.settings.snippet) {
+            let why = format!(
+                "the challenge snippet {} would also be loaded by the include at {at}; set challenge_snippet to a path no include matches",
+                env.settings.snippet.display()
+            );
+            failed.extend(editing.iter().map(|&i| (i, why.clone())));
+            failed.sort_by_key(|(i, _)| *i);
+            return Ok(failed);
+        }
+    }
+    change.new_files.push(NewFile {
+        path: env.settings.snippet.clone(),
+        contents: snippet_text(&env.settings.challenge_dir).into_bytes(),
+        mode: crate::fsutil::PUBLIC_MODE,
+    });
+    crate::fsutil::create_dir_all_mode(&env.settings.challenge_dir, 0o755).map_err(Error::io(
+        format!("create {}", env.settings.challenge_dir.display()),
+    ))?;
+    let ctl = env.settings.nginx.ctl(cfg, scan)?;
+    let backups = transaction::new_backup_dir(&env.store.backups_dir());
+    match transaction::commit(&ctl, cfg, &change, &backups, true).await {
+        Ok(_) => {}
+        Err(e @ ChangeError::Rejected { .. }) if e.restore_failure().is_none() => {
+            let msg = e.nginx_message().unwrap_or_default().to_owned();
+            failed.extend(editing.iter().map(|&i| {
+                (
+                    i,
+                    format!(
+                        "including {} was refused by nginx -t: {msg}",
+                        env.settings.snippet.display()
+                    ),
+                )
+            }));
+            return Ok(failed);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let (new_cfg, new_scan) = env.reread()?;
+    *cfg = new_cfg;
+    *scan = new_scan;
+    for &i in &editing {
+        let block = plans[i].challenge_block.and_then(|b| scan.servers.get(b));
+        if block.is_none_or(|b| b.acme_challenge_dir.is_none()) {
+            failed.push((i, "the challenge snippet was included but the block still serves no challenge directory".into()));
+        }
+    }
+    failed.sort_by_key(|(i, _)| *i);
+    Ok(failed)
+}
+
+/// Takes the snippet include (and the challenge rewrite) this run added out of `blocks`
+/// again: one change transaction, then a re-scan. A failure is logged: the include it
+/// leaves passed nginx -t and does no harm but to serve the challenge directory.
+pub(crate) async fn remove_snippet(
+    env: &Env,
+    cfg: &mut Config,
+    scan: &mut Scan,
+    blocks: &[usize],
+) -> Result<(), Error> {
+    let snippet = env.settings.snippet.to_string_lossy().into_owned();
+    let mut change = Change::default();
+    for &b in blocks {
+        change
+            .edits
+            .extend(edit::remove_marked(cfg, &scan.servers[b], |d| {
+                (d.name == "include" && d.args.first().is_some_and(|a| *a == snippet))
+                    || edit::is_challenge_rewrite(d)
+            }));
+    }
+    if change.edits.is_empty() {
+        return Ok(());
+    }
+    let ctl = env.settings.nginx.ctl(cfg, scan)?;
+    let backups = transaction::new_backup_dir(&env.store.backups_dir());
+    match transaction::commit(&ctl, cfg, &change, &backups, true).await {
+        Ok(_) => {
+            let (c, s) = env.reread()?;
+            *cfg = c;
+            *scan = s;
+        }
+        Err(e) => tracing::warn!(
+            "cannot take the challenge snippet out of the failed names' blocks again: {}",
+            crate::lifecycle::outcome::chain_text(&e)
+        ),
+    }
+    Ok(())
+}
+
+/// Removes the DNS records an earlier run made and did not remove (it was killed during
+/// the validation, or the removal failed); a record that still cannot be removed stays
+/// journaled for the next run.
+pub(crate) async fn remove_leftover_records(env: &Env) {
+    if !env.mode.writes_state() {
+        return;
+    }
+    let records: Vec<TxtRecord> = match env.store.dns_journal() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("{}", chain_text(&e));
+            return;
+        }
+    };
+    if records.is_empty() {
+        return;
+    }
+    let Some(config) = &env.settings.dns else {
+        tracing::warn!(
+            "{} DNS record(s) left by an earlier run cannot be removed: no DNS solver is configured now",
+            records.len()
+        );
+        return;
+    };
+    let dns = match Dns::new(config).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(
+                "cannot remove the DNS records an earlier run left: {}",
+                chain_text(&e)
+            );
+            return;
+        }
+    };
+    for r in records {
+        match dns.remove(&r).await {
+            Ok(()) => {
+                tracing::info!("removed the TXT record {} {:?} left by an earlier run", r.name, r.value);
+                if let Err(e) = env.store.unjournal_dns(&r) {
+                    tracing::warn!("{}", chain_text(&e));
+                }
+            }
+            Err(e) => tracing::warn!(
+                "cannot remove the TXT record {} left by an earlier run (kept for the next run): {}",
+                r.name,
+                chain_text(&e)
+            ),
+        }
+    }
+}
