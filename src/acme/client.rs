@@ -275,25 +275,15 @@ pub struct Client {
 impl Client {
     /// Fetches the directory and prepares the client.
     pub async fn new(directory_url: &str, config: &ClientConfig) -> Result<Self, Error> {
-        let tls = tls_config(config.extra_roots_pem.as_deref())?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .user_agent(USER_AGENT)
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let first = attempt.previous().first().map(|u| u.scheme() == "http");
-                match redirect_allowed(
-                    first.unwrap_or(false),
-                    attempt.url().scheme(),
-                    attempt.previous().len(),
-                ) {
-                    Ok(()) => attempt.follow(),
-                    Err(why) => attempt.error(why),
-                }
-            }))
-            .build()
-            .map_err(|e| Error::Tls(e.to_string()))?;
+        let http = super::net::client(&super::net::Profile {
+            timeout: Some(REQUEST_TIMEOUT),
+            connect_timeout: CONNECT_TIMEOUT,
+            redirects: super::net::Redirects::Acme,
+            proxy: true,
+            extra_roots_pem: config.extra_roots_pem.as_deref(),
+            client_cert: None,
+            max_body: MAX_CHAIN_BODY,
+        })?;
         let resp = send(&http, Method::GET, directory_url, None, MAX_JSON_BODY).await?;
         if resp.status != 200 {
             return Err(resp.into_error());
@@ -445,25 +435,21 @@ async fn send(
     if let Some(body) = body {
         req = req.header(CONTENT_TYPE, "application/jose+json").body(body);
     }
-    let mut resp = req.send().await.map_err(transport)?;
+    let resp = req.send().await.map_err(transport)?;
     let status: StatusCode = resp.status();
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(Error::TooLarge {
-            url: url.to_owned(),
-            limit,
-        });
-    }
     let headers = resp.headers().clone();
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-        if buf.len() + chunk.len() > limit {
-            return Err(Error::TooLarge {
+    let buf = super::net::read_capped(resp, limit)
+        .await
+        .map_err(|e| match e {
+            super::net::BodyError::TooLarge { limit } => Error::TooLarge {
                 url: url.to_owned(),
                 limit,
-            });
-        }
-        buf.extend_from_slice(&chunk);
-    }
+            },
+            super::net::BodyError::Transport(message) => Error::Transport {
+                url: url.to_owned(),
+                message,
+            },
+        })?;
     Ok(Response {
         url: url.to_owned(),
         status: status.as_u16(),

@@ -21,6 +21,7 @@ pub mod client;
 pub mod error;
 pub mod jws;
 pub mod key;
+pub mod net;
 pub mod order;
 pub mod solver;
 pub mod types;

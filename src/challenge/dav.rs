@@ -3,6 +3,7 @@
 //! and `DELETE`d afterwards. Before the CA is asked, the token is fetched from the name itself,
 //! at every address the name has, on the port the CA validates on.
 
+use crate::acme::net;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use crate::nginx::probe::{host_header, http_get};
 
 /// How long one WebDAV request may take.
 pub const DAV_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer read from the WebDAV server (only its status matters).
+pub const MAX_DAV_BODY: usize = 64 * 1024;
 
 /// Where tokens are put.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,13 +62,7 @@ impl DavSolver {
             .user
             .clone()
             .map(|u| (u, password.unwrap_or_default()));
-        let tls =
-            crate::acme::client::tls_config(None).map_err(|e| DavError::Client(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(DAV_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        let http = net::client(&net::Profile::new(DAV_TIMEOUT, MAX_DAV_BODY))
             .map_err(|e| DavError::Client(e.to_string()))?;
         Ok(Self {
             base: config.url.trim_end_matches('/').to_owned(),

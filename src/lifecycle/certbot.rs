@@ -26,6 +26,35 @@ const MAX_FILE: u64 = 1024 * 1024;
 /// certbot's shared nginx files, copied into the state directory when a block uses them.
 const SHARED_FILES: &[&str] = &["options-ssl-nginx.conf", "ssl-dhparams.pem"];
 
+/// What is wrong with a renewal configuration's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfError {
+    #[error("line {line}: not `key = value`: {text:?}")]
+    NotKeyValue { line: usize, text: String },
+    #[error("no `{0}` path")]
+    Missing(&'static str),
+}
+
+/// Why one certbot lineage or account cannot be imported (the others still are).
+#[derive(Debug, thiserror::Error)]
+pub enum CertbotError {
+    #[error("{}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: larger than {MAX_FILE} bytes", path.display())]
+    TooLarge { path: PathBuf },
+    #[error("{}: {problem}", path.display())]
+    Conf { path: PathBuf, problem: ConfError },
+    #[error("{}: {error}", path.display())]
+    Acme { path: PathBuf, error: acme::Error },
+    #[error("{}: {message}", path.display())]
+    Json { path: PathBuf, message: String },
+    #[error("{} is not the key of {}", key.display(), cert.display())]
+    NotTheKey { key: PathBuf, cert: PathBuf },
+}
+
 /// A certbot renewal configuration (`renewal/NAME.conf`): top-level keys and
 /// `[renewalparams]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,7 +66,7 @@ pub struct RenewalConf {
 impl RenewalConf {
     /// Parses certbot's configobj format (`key = value` lines, `[section]` headers, `#`
     /// comments).
-    pub fn parse(text: &str) -> Result<RenewalConf, String> {
+    pub fn parse(text: &str) -> Result<RenewalConf, ConfError> {
         let mut conf = RenewalConf::default();
         let mut section = String::new();
         for (i, line) in text.lines().enumerate() {
@@ -49,9 +78,10 @@ impl RenewalConf {
                 section = s.trim_end_matches(']').trim().to_owned();
                 continue;
             }
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| format!("line {}: not `key = value`: {line:?}", i + 1))?;
+            let (k, v) = line.split_once('=').ok_or_else(|| ConfError::NotKeyValue {
+                line: i + 1,
+                text: line.to_owned(),
+            })?;
             let (k, v) = (k.trim().to_owned(), v.trim().trim_matches('"').to_owned());
             match section.as_str() {
                 "" => conf.top.insert(k, v),
@@ -61,7 +91,7 @@ impl RenewalConf {
         }
         for key in ["cert", "privkey", "chain", "fullchain"] {
             if !conf.top.contains_key(key) {
-                return Err(format!("no `{key}` path"));
+                return Err(ConfError::Missing(key));
             }
         }
         Ok(conf)
@@ -92,64 +122,71 @@ struct Lineage {
 }
 
 /// Reads a file of certbot's (root's own directory, checked by the caller), capped.
-fn read(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read(path: &Path) -> Result<String, CertbotError> {
+    let io = |error| CertbotError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
     if meta.len() > MAX_FILE {
-        return Err(format!("{}: larger than {MAX_FILE} bytes", path.display()));
+        return Err(CertbotError::TooLarge {
+            path: path.to_path_buf(),
+        });
     }
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::read_to_string(path).map_err(io)
 }
 
-fn load_lineage(name: &str, conf_path: &Path) -> Result<Lineage, String> {
-    let conf = RenewalConf::parse(&read(conf_path)?)
-        .map_err(|e| format!("{}: {e}", conf_path.display()))?;
-    let key_pem = read(&conf.path("privkey"))?;
-    let key = KeyPair::from_pem(&key_pem)
-        .map_err(|e| format!("{}: {e}", conf.path("privkey").display()))?;
-    let fullchain = read(&conf.path("fullchain"))?;
-    let ders = acme::cert::pem_chain_strict(fullchain.as_bytes())
-        .map_err(|e| format!("{}: {e}", conf.path("fullchain").display()))?;
-    let leaf_der = ders
-        .first()
-        .cloned()
-        .ok_or_else(|| format!("{}: no certificate", conf.path("fullchain").display()))?;
-    if !acme::cert::key_matches(&leaf_der, &key).map_err(|e| e.to_string())? {
-        return Err(format!(
-            "{} is not the key of {}",
-            conf.path("privkey").display(),
-            conf.path("fullchain").display()
-        ));
+fn load_lineage(name: &str, conf_path: &Path) -> Result<Lineage, CertbotError> {
+    let conf = RenewalConf::parse(&read(conf_path)?).map_err(|problem| CertbotError::Conf {
+        path: conf_path.to_path_buf(),
+        problem,
+    })?;
+    let acme_err = |path: PathBuf| move |error| CertbotError::Acme { path, error };
+    let (key_path, chain_path) = (conf.path("privkey"), conf.path("fullchain"));
+    let key = KeyPair::from_pem(&read(&key_path)?).map_err(acme_err(key_path.clone()))?;
+    let fullchain = read(&chain_path)?;
+    // The strict parse refuses anything but certificates, and an empty chain.
+    let chain = acme::CertificateChain::parse(fullchain, &chain_path.display().to_string())
+        .map_err(acme_err(chain_path.clone()))?;
+    if !acme::cert::key_matches(chain.leaf_der(), &key).map_err(acme_err(chain_path.clone()))? {
+        return Err(CertbotError::NotTheKey {
+            key: key_path,
+            cert: chain_path,
+        });
     }
-    let info = CertInfo::from_der(&leaf_der).map_err(|e| e.to_string())?;
     Ok(Lineage {
         name: name.to_owned(),
         conf,
         key,
-        leaf_pem: acme::cert::to_pem("CERTIFICATE", &leaf_der),
-        chain_pem: ders[1..]
-            .iter()
-            .map(|d| acme::cert::to_pem("CERTIFICATE", d))
-            .collect(),
-        info,
+        leaf_pem: chain.leaf_pem(),
+        chain_pem: chain.chain_pem(),
+        info: chain.leaf,
     })
 }
 
 /// certbot's account `id` for `server`: `accounts/HOST/PATH/ID/{private_key,regr}.json`.
-fn load_account(certbot: &Path, server: &str, id: &str) -> Result<AccountState, String> {
+fn load_account(certbot: &Path, server: &str, id: &str) -> Result<AccountState, CertbotError> {
     let rest = server
         .split_once("://")
         .map_or(server, |(_, r)| r)
         .trim_end_matches('/');
     let dir = certbot.join("accounts").join(rest).join(id);
-    let jwk: serde_json::Value = serde_json::from_str(&read(&dir.join("private_key.json"))?)
-        .map_err(|e| format!("{}: {e}", dir.join("private_key.json").display()))?;
-    let key = KeyPair::from_jwk(&jwk)
-        .map_err(|e| format!("{}: {e}", dir.join("private_key.json").display()))?;
-    let regr: serde_json::Value = serde_json::from_str(&read(&dir.join("regr.json"))?)
-        .map_err(|e| format!("{}: {e}", dir.join("regr.json").display()))?;
-    let url = regr["uri"]
-        .as_str()
-        .ok_or_else(|| format!("{}: no account \"uri\"", dir.join("regr.json").display()))?;
+    let json = |path: PathBuf| -> Result<serde_json::Value, CertbotError> {
+        serde_json::from_str(&read(&path)?).map_err(|e| CertbotError::Json {
+            path,
+            message: e.to_string(),
+        })
+    };
+    let (key_path, regr_path) = (dir.join("private_key.json"), dir.join("regr.json"));
+    let key = KeyPair::from_jwk(&json(key_path.clone())?).map_err(|error| CertbotError::Acme {
+        path: key_path,
+        error,
+    })?;
+    let regr = json(regr_path.clone())?;
+    let url = regr["uri"].as_str().ok_or_else(|| CertbotError::Json {
+        path: regr_path.clone(),
+        message: "no account \"uri\"".into(),
+    })?;
     let contact = regr["body"]["contact"]
         .as_array()
         .map(|c| {
@@ -213,7 +250,7 @@ impl Session {
             let lineage = match load_lineage(&name, &conf_path) {
                 Ok(l) => l,
                 Err(why) => {
-                    outcomes.push(failed(why));
+                    outcomes.push(failed(why.to_string()));
                     continue;
                 }
             };
@@ -446,9 +483,16 @@ mod tests {
         assert_eq!(c.params["preferred_chain"], "ISRG Root X1");
         assert_eq!(c.params["account"], "0123456789abcdef0123456789abcdef");
         let err = RenewalConf::parse("version = 2\ncert = /x\n").unwrap_err();
-        assert!(err.contains("no `privkey`"), "{err}");
+        assert_eq!(err, ConfError::Missing("privkey"));
+        assert_eq!(err.to_string(), "no `privkey` path");
         let err = RenewalConf::parse("cert /x\n").unwrap_err();
-        assert!(err.contains("line 1"), "{err}");
+        assert_eq!(
+            err,
+            ConfError::NotKeyValue {
+                line: 1,
+                text: "cert /x".into()
+            }
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::settings::{Mode, Settings};
 use super::Error;
 use crate::acme::{self, Account, CertificateChain, ChallengeSolver, KeyPair, OrderOptions};
 use crate::challenge::fleet::FleetCheck;
-use crate::store::etcd::Lock;
+use crate::store::etcd::{Acquired, Lock};
 use crate::store::Store;
 
 /// Who else orders this host's lineages.
@@ -129,8 +129,8 @@ impl Coordinator {
             return Ok(Claim::Mine(None));
         };
         match fleet.lock(lineage).await? {
-            Err(holder) => Ok(Claim::OrderedBy(holder)),
-            Ok(lock) => match fleet.record_of(lineage).await? {
+            Acquired::HeldBy(holder) => Ok(Claim::OrderedBy(holder)),
+            Acquired::Held(lock) => match fleet.record_of(lineage).await? {
                 Some((serial, node)) if Some(serial.as_str()) != local_serial => {
                     if let Err(e) = lock.release(&fleet.etcd).await {
                         tracing::warn!("fleet: a lock is left to expire: {e}");

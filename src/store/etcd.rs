@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 /// How long one etcd call may take (a cluster without quorum never answers a write).
 pub const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound for connecting to one etcd endpoint before the next is tried.
+pub const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest answer read from etcd (a prefix holding every lineage of a fleet).
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
@@ -125,21 +127,21 @@ impl Etcd {
         if config.endpoints.is_empty() {
             return Err(EtcdError::Client("no etcd endpoint given".into()));
         }
-        let tls = crate::acme::client::tls_config_with_client(
-            config.ca_pem.as_deref(),
-            config
+        // Per-request timeouts (watches stream for as long as they last); never a proxy: the
+        // cluster is the fleet's own.
+        let http = crate::acme::net::client(&crate::acme::net::Profile {
+            timeout: None,
+            connect_timeout: ETCD_CONNECT_TIMEOUT,
+            redirects: crate::acme::net::Redirects::Refuse,
+            proxy: false,
+            extra_roots_pem: config.ca_pem.as_deref(),
+            client_cert: config
                 .client_cert
                 .as_ref()
                 .map(|(c, k)| (c.as_slice(), k.as_slice())),
-        )
+            max_body: MAX_ANSWER,
+        })
         .map_err(|e| EtcdError::Client(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .connect_timeout(Duration::from_secs(2))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| EtcdError::Client(e.to_string()))?;
         Ok(Etcd {
             endpoints: config
                 .endpoints
@@ -198,7 +200,7 @@ impl Etcd {
                 }
             };
             let status = resp.status();
-            let bytes = match read_capped(resp).await {
+            let bytes = match crate::acme::net::read_capped(resp, MAX_ANSWER).await {
                 Ok(b) => b,
                 Err(e) => {
                     last = format!("{endpoint}: {e}");
@@ -437,21 +439,6 @@ impl Etcd {
     }
 }
 
-async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| crate::acme::client::error_chain(&e))?
-    {
-        if out.len() + chunk.len() > MAX_ANSWER {
-            return Err(format!("answer larger than {MAX_ANSWER} bytes"));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
-
 /// A lock held by this node: a key created only if absent, attached to a lease that a
 /// background task keeps alive. Dropping it without [`Lock::release`] (a crash) lets the lease
 /// run out, and another node may take the lock after the TTL.
@@ -462,21 +449,50 @@ pub struct Lock {
     keeper: tokio::task::JoinHandle<()>,
 }
 
+/// The outcome of asking for a lock.
+#[derive(Debug)]
+pub enum Acquired {
+    /// Ours until released (or until the lease runs out, should this process die).
+    Held(Lock),
+    /// Another owner holds it.
+    HeldBy(String),
+}
+
+impl Acquired {
+    /// The lock, when it is ours.
+    pub fn held(self) -> Option<Lock> {
+        match self {
+            Acquired::Held(l) => Some(l),
+            Acquired::HeldBy(_) => None,
+        }
+    }
+
+    /// Who holds it, when it is not ours.
+    pub fn holder(&self) -> Option<&str> {
+        match self {
+            Acquired::Held(_) => None,
+            Acquired::HeldBy(h) => Some(h),
+        }
+    }
+}
+
 impl Lock {
-    /// Takes `key` for `owner` with a lease of `ttl`, or returns who holds it.
+    /// Takes `key` for `owner` with a lease of `ttl`, or says who holds it.
     pub async fn acquire(
         etcd: std::sync::Arc<Etcd>,
         key: &str,
         owner: &str,
         ttl: Duration,
-    ) -> Result<Result<Lock, String>, EtcdError> {
+    ) -> Result<Acquired, EtcdError> {
         let lease = etcd.grant(ttl).await?;
         if let Some(holder) = etcd
             .put_if_absent(key, owner.as_bytes(), Some(lease))
             .await?
         {
             etcd.revoke(lease).await.ok();
-            return Ok(Err(String::from_utf8_lossy(&holder.value).into_owned()));
+            return Ok(Acquired::HeldBy(
+                String::from_utf8_lossy(&holder.value).into_owned(),
+            ));
         }
         let keeper = {
             let etcd = etcd.clone();
@@ -495,7 +511,7 @@ impl Lock {
                 }
             })
         };
-        Ok(Ok(Lock {
+        Ok(Acquired::Held(Lock {
             key: key.to_owned(),
             lease,
             keeper,

@@ -51,27 +51,30 @@ fn kv_locks_watches_and_faults_on_a_three_member_cluster() {
         let held = Lock::acquire(etcd.clone(), "/t/locks/a", "node1", ttl)
             .await
             .unwrap()
+            .held()
             .unwrap();
         assert_eq!(
             Lock::acquire(etcd.clone(), "/t/locks/a", "node2", ttl)
                 .await
                 .unwrap()
-                .unwrap_err(),
-            "node1"
+                .holder(),
+            Some("node1")
         );
         // Kept alive past its TTL while held...
         tokio::time::sleep(ttl * 2).await;
         assert!(Lock::acquire(etcd.clone(), "/t/locks/a", "node2", ttl)
             .await
             .unwrap()
-            .is_err());
+            .holder()
+            .is_some());
         // ...and free within the TTL after its holder crashed (no release).
         held.abandon();
         let start = Instant::now();
         let taken = loop {
-            if let Ok(l) = Lock::acquire(etcd.clone(), "/t/locks/a", "node2", ttl)
+            if let Some(l) = Lock::acquire(etcd.clone(), "/t/locks/a", "node2", ttl)
                 .await
                 .unwrap()
+                .held()
             {
                 break l;
             }

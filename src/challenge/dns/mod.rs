@@ -169,11 +169,7 @@ impl Dns {
                     what: format!("the PowerDNS API key file {}", api_key_file.display()),
                     message: e.to_string(),
                 })?;
-                let tls = crate::acme::client::tls_config(None).map_err(|e| DnsError::Config {
-                    what: "TLS for the PowerDNS API".into(),
-                    message: e.to_string(),
-                })?;
-                Provider::PowerDns(PowerDns::new(api_url, &key, tls)?)
+                Provider::PowerDns(PowerDns::new(api_url, &key)?)
             }
             ProviderConfig::Hook { command } => Provider::Hook(DnsHook {
                 command: command.clone(),

@@ -70,20 +70,17 @@ struct ApiRecord {
 
 impl PowerDns {
     /// A client for the API at `url` with the key `key`.
-    pub fn new(url: &str, key: &str, tls: rustls::ClientConfig) -> Result<PowerDns, ApiError> {
+    pub fn new(url: &str, key: &str) -> Result<PowerDns, ApiError> {
         let base = url
             .trim_end_matches('/')
             .trim_end_matches("/api/v1")
             .to_owned();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(API_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ApiError::Http {
-                url: base.clone(),
-                message: e.to_string(),
-            })?;
+        let http =
+            crate::acme::net::client(&crate::acme::net::Profile::new(API_TIMEOUT, MAX_API_BODY))
+                .map_err(|e| ApiError::Http {
+                    url: base.clone(),
+                    message: e.to_string(),
+                })?;
         Ok(PowerDns {
             base,
             key: key.trim().to_owned(),
@@ -115,18 +112,14 @@ impl PowerDns {
                 .header("Content-Type", "application/json")
                 .body(b.to_string());
         }
-        let mut resp = req.send().await.map_err(http)?;
+        let resp = req.send().await.map_err(http)?;
         let status = resp.status().as_u16();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(http)? {
-            if bytes.len() + chunk.len() > MAX_API_BODY {
-                return Err(ApiError::Http {
-                    url: url.to_owned(),
-                    message: format!("answer larger than {MAX_API_BODY} bytes"),
-                });
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = crate::acme::net::read_capped(resp, MAX_API_BODY)
+            .await
+            .map_err(|e| ApiError::Http {
+                url: url.to_owned(),
+                message: e.to_string(),
+            })?;
         if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&bytes);
             return Err(ApiError::Status {

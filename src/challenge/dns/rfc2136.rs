@@ -28,8 +28,8 @@ pub enum UpdateError {
     },
     #[error("{name} is not in the zone {zone}")]
     NotInZone { name: String, zone: String },
-    #[error("the TSIG key cannot sign: {0}")]
-    Key(String),
+    #[error("the TSIG key cannot sign")]
+    Key(#[source] hickory_proto::dnssec::DnsSecError),
 }
 
 /// Updates through one primary server.

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
+use hickory_proto::dnssec::DnsSecError;
 use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
 use hickory_proto::rr::{Name, TSigner};
 
@@ -26,8 +27,34 @@ pub enum KeyFileError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: {message}", path.display())]
-    Invalid { path: PathBuf, message: String },
+    #[error("{}: {problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        problem: KeyParseError,
+    },
+}
+
+/// What is wrong with the text of a key file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyParseError {
+    #[error("no `key \"NAME\" {{ algorithm ...; secret \"...\"; }};` statement")]
+    NoKey,
+    #[error("`key` without a name")]
+    NoName,
+    #[error("`key \"{0}\"` is not followed by `{{`")]
+    NoBlock(String),
+    #[error("the key has no `algorithm`")]
+    NoAlgorithm,
+    #[error("TSIG algorithm {0:?} is not supported (use hmac-sha256, hmac-sha384 or hmac-sha512)")]
+    Algorithm(String),
+    #[error("the key has no `secret`")]
+    NoSecret,
+    #[error("the key's secret is not base64: {0}")]
+    SecretNotBase64(String),
+    #[error("the key's secret is empty")]
+    EmptySecret,
+    #[error("the key name {name:?} is not a DNS name: {message}")]
+    BadName { name: String, message: String },
 }
 
 /// A parsed TSIG key.
@@ -55,23 +82,23 @@ impl TsigKey {
             path: path.to_path_buf(),
             source,
         })?;
-        TsigKey::parse(&text).map_err(|message| KeyFileError::Invalid {
+        TsigKey::parse(&text).map_err(|problem| KeyFileError::Invalid {
             path: path.to_path_buf(),
-            message,
+            problem,
         })
     }
 
     /// Parses the text of a key file.
-    pub fn parse(text: &str) -> Result<TsigKey, String> {
+    pub fn parse(text: &str) -> Result<TsigKey, KeyParseError> {
         let tokens = tokens(text);
         let mut it = tokens.iter().map(String::as_str).peekable();
         while let Some(t) = it.next() {
             if t != "key" {
                 continue;
             }
-            let name = it.next().ok_or("`key` without a name")?;
+            let name = it.next().ok_or(KeyParseError::NoName)?;
             if it.next() != Some("{") {
-                return Err(format!("`key \"{name}\"` is not followed by `{{`"));
+                return Err(KeyParseError::NoBlock(name.to_owned()));
             }
             let (mut algorithm, mut secret) = (None, None);
             loop {
@@ -82,44 +109,41 @@ impl TsigKey {
                     Some(_) => {}
                 }
             }
-            let algorithm = algorithm.ok_or("the key has no `algorithm`")?;
+            let algorithm = algorithm.ok_or(KeyParseError::NoAlgorithm)?;
             let algorithm = match algorithm.to_ascii_lowercase().as_str() {
                 "hmac-sha256" => TsigAlgorithm::HmacSha256,
                 "hmac-sha384" => TsigAlgorithm::HmacSha384,
                 "hmac-sha512" => TsigAlgorithm::HmacSha512,
-                other => {
-                    return Err(format!(
-                        "TSIG algorithm {other:?} is not supported (use hmac-sha256, hmac-sha384 or hmac-sha512)"
-                    ))
-                }
+                other => return Err(KeyParseError::Algorithm(other.to_owned())),
             };
-            let secret = secret.ok_or("the key has no `secret`")?;
+            let secret = secret.ok_or(KeyParseError::NoSecret)?;
             let secret = base64::engine::general_purpose::STANDARD
                 .decode(secret)
-                .map_err(|e| format!("the key's secret is not base64: {e}"))?;
+                .map_err(|e| KeyParseError::SecretNotBase64(e.to_string()))?;
             if secret.is_empty() {
-                return Err("the key's secret is empty".into());
+                return Err(KeyParseError::EmptySecret);
             }
-            let name = Name::from_ascii(name)
-                .map_err(|e| format!("the key name {name:?} is not a DNS name: {e}"))?;
+            let name = Name::from_ascii(name).map_err(|e| KeyParseError::BadName {
+                name: name.to_owned(),
+                message: e.to_string(),
+            })?;
             return Ok(TsigKey {
                 name,
                 algorithm,
                 secret,
             });
         }
-        Err("no `key \"NAME\" { algorithm ...; secret \"...\"; };` statement".into())
+        Err(KeyParseError::NoKey)
     }
 
     /// The signer for messages.
-    pub fn signer(&self) -> Result<TSigner, String> {
+    pub fn signer(&self) -> Result<TSigner, DnsSecError> {
         TSigner::new(
             self.secret.clone(),
             self.algorithm.clone(),
             self.name.clone(),
             TSIG_FUDGE,
         )
-        .map_err(|e| e.to_string())
     }
 }
 
@@ -198,22 +222,38 @@ mod tests {
 
     #[test]
     fn bad_key_files_say_what_is_wrong() {
-        for (text, expect) in [
-            ("", "no `key"),
-            ("key \"k\" { secret \"AAEC\"; };", "no `algorithm`"),
+        let not_base64 = |e: &KeyParseError| matches!(e, KeyParseError::SecretNotBase64(_));
+        for (text, expect, is) in [
+            (
+                "",
+                "no `key",
+                (|e| *e == KeyParseError::NoKey) as fn(&KeyParseError) -> bool,
+            ),
+            ("key \"k\" { secret \"AAEC\"; };", "no `algorithm`", |e| {
+                *e == KeyParseError::NoAlgorithm
+            }),
             (
                 "key \"k\" { algorithm hmac-md5; secret \"AAEC\"; };",
                 "not supported",
+                |e| *e == KeyParseError::Algorithm("hmac-md5".into()),
             ),
-            ("key \"k\" { algorithm hmac-sha256; };", "no `secret`"),
+            (
+                "key \"k\" { algorithm hmac-sha256; };",
+                "no `secret`",
+                |e| *e == KeyParseError::NoSecret,
+            ),
             (
                 "key \"k\" { algorithm hmac-sha256; secret \"!!\"; };",
                 "not base64",
+                not_base64,
             ),
-            ("key \"k\" algorithm", "not followed by"),
+            ("key \"k\" algorithm", "not followed by", |e| {
+                *e == KeyParseError::NoBlock("k".into())
+            }),
         ] {
             let err = TsigKey::parse(text).unwrap_err();
-            assert!(err.contains(expect), "{text:?}: {err}");
+            assert!(is(&err), "{text:?}: {err:?}");
+            assert!(err.to_string().contains(expect), "{text:?}: {err}");
         }
     }
 }

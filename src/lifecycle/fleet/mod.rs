@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 
 use super::policy::RenewalState;
 use crate::acme::AccountState;
-use crate::store::etcd::{Etcd, EtcdConfig, EtcdError, Lock};
+use crate::store::etcd::{Acquired, Etcd, EtcdConfig, EtcdError, Lock};
 use crate::store::seal::{FleetKey, SealError};
 
 /// The lease of an ordering lock: a node that dies mid-order lets go of it this long after its
@@ -262,7 +262,7 @@ impl Fleet {
     }
 
     /// Takes the ordering lock of a lineage, or says which node holds it.
-    pub async fn lock(&self, name: &str) -> Result<Result<Lock, String>, FleetError> {
+    pub async fn lock(&self, name: &str) -> Result<Acquired, FleetError> {
         Ok(Lock::acquire(
             self.etcd.clone(),
             &self.key(&format!("locks/{name}")),

@@ -24,7 +24,10 @@ pub(crate) async fn sync(fleet: &Fleet, store: &local::Store) -> Result<(), Erro
         let newer = meta.issued_at.is_none_or(|t| rec.issued_at >= t);
         if local_serial.as_deref() != Some(rec.serial.as_str()) && newer {
             if let Err(why) = check_record(rec, key_pem) {
-                tracing::warn!("fleet: the record of {name} is not installed: {why}");
+                tracing::warn!(
+                    "fleet: the record of {name} is not installed: {}",
+                    chain_text(&why)
+                );
                 continue;
             }
             let version = l.install(&Issued {
@@ -112,28 +115,38 @@ async fn publish_live(fleet: &Fleet, l: &local::Lineage) -> Result<(), Error> {
     Ok(())
 }
 
+/// Why another node's record is not installed here.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordRejected {
+    #[error("its key or chain does not parse: {0}")]
+    Unreadable(#[source] crate::acme::Error),
+    #[error("its key is not the certificate's")]
+    NotTheKey,
+    #[error("the certificate names {cert} but the record {record}")]
+    Names { cert: String, record: String },
+    #[error("the record's serial is not the certificate's")]
+    Serial,
+}
+
 /// Checks a record from another node before it goes live: the key is the certificate's, the
-/// chain parses, the names are the certificate's.
-fn check_record(rec: &LineageRecord, key_pem: &str) -> Result<(), String> {
-    let key = crate::acme::KeyPair::from_pem(key_pem).map_err(|e| e.to_string())?;
-    let ders = crate::acme::cert::pem_chain_strict(
-        format!("{}{}", rec.cert_pem, rec.chain_pem).as_bytes(),
-    )
-    .map_err(|e| e.to_string())?;
-    let leaf = ders.first().ok_or("no certificate")?;
-    if !crate::acme::cert::key_matches(leaf, &key).map_err(|e| e.to_string())? {
-        return Err("its key is not the certificate's".into());
+/// chain parses (certificates only), the names and serial are the certificate's.
+fn check_record(rec: &LineageRecord, key_pem: &str) -> Result<(), RecordRejected> {
+    let key = crate::acme::KeyPair::from_pem(key_pem).map_err(RecordRejected::Unreadable)?;
+    let chain = CertificateChain::parse(format!("{}{}", rec.cert_pem, rec.chain_pem), &rec.node)
+        .map_err(RecordRejected::Unreadable)?;
+    if !crate::acme::cert::key_matches(chain.leaf_der(), &key)
+        .map_err(RecordRejected::Unreadable)?
+    {
+        return Err(RecordRejected::NotTheKey);
     }
-    let info = crate::acme::CertInfo::from_der(leaf).map_err(|e| e.to_string())?;
-    if !crate::lifecycle::lineage::same_names(&info.names, &rec.names) {
-        return Err(format!(
-            "the certificate names {} but the record {}",
-            info.names.join(", "),
-            rec.names.join(", ")
-        ));
+    if !crate::lifecycle::lineage::same_names(&chain.leaf.names, &rec.names) {
+        return Err(RecordRejected::Names {
+            cert: chain.leaf.names.join(", "),
+            record: rec.names.join(", "),
+        });
     }
-    if info.serial_hex != rec.serial {
-        return Err("the record's serial is not the certificate's".into());
+    if chain.leaf.serial_hex != rec.serial {
+        return Err(RecordRejected::Serial);
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::lifecycle::outcome::{chain_text, Failure, Outcome, Status};
 use crate::lifecycle::plan::Plan;
 use crate::lifecycle::Error;
 use crate::nginx::discovery::Scan;
-use crate::nginx::edit::{self, Edit, InstallSpec};
+use crate::nginx::edit::{self, Edit, EditRefused, InstallSpec};
 use crate::nginx::transaction::{self, Change, ChangeError};
 use crate::nginx::Config;
 use crate::store::{self, Issued};
@@ -167,7 +167,7 @@ async fn deploy_under_intent(
                 change.edits.extend(e);
                 kept.push(s);
             }
-            Err(why) => outcomes.push(fail_and_roll_back(env, &s, why)),
+            Err(why) => outcomes.push(fail_and_roll_back(env, &s, why.0)),
         }
     }
     if kept.is_empty() {
@@ -253,7 +253,7 @@ async fn one_block_at_a_time(
                 ..Change::default()
             },
             Err(why) => {
-                outcomes.push(fail_and_roll_back(env, &s, why));
+                outcomes.push(fail_and_roll_back(env, &s, why.0));
                 continue;
             }
         };
@@ -284,15 +284,15 @@ async fn one_block_at_a_time(
 }
 
 /// The edits that point a plan's install blocks (indices into `scan`) at its lineage.
-fn edits_for(env: &Env, cfg: &Config, scan: &Scan, plan: &Plan) -> Result<Vec<Edit>, String> {
+fn edits_for(env: &Env, cfg: &Config, scan: &Scan, plan: &Plan) -> Result<Vec<Edit>, EditRefused> {
     let spec = install_spec(env, plan);
     let mut edits = Vec::new();
     for &b in &plan.install_blocks {
         let block = scan
             .servers
             .get(b)
-            .ok_or_else(|| "its server block is gone".to_owned())?;
-        edits.extend(edit::install_edits(cfg, block, &spec).map_err(|e| e.0)?);
+            .ok_or_else(|| EditRefused("its server block is gone".to_owned()))?;
+        edits.extend(edit::install_edits(cfg, block, &spec)?);
     }
     Ok(edits)
 }

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use futures_util::stream::{self, StreamExt};
 
 use crate::acme::{self, Account, KeyPair, OrderOptions};
-use crate::challenge::dav::DavSolver;
+use crate::challenge::dav::{DavError, DavSolver};
 use crate::challenge::dns::lookup::Resolver;
-use crate::challenge::dns::{Dns, DnsSolver};
+use crate::challenge::dns::{Dns, DnsError, DnsSolver};
 use crate::challenge::preflight::{check_reachable, ChallengeRoute, PreflightSolver};
 use crate::challenge::route::{Method, Router};
 use crate::lifecycle::coordinator::Obtained;
@@ -38,8 +38,8 @@ pub struct Fresh {
 /// The run's DNS and WebDAV solvers, or why they cannot be used.
 #[derive(Debug)]
 struct Solvers {
-    dns: Option<Result<Dns, String>>,
-    dav: Option<Result<DavSolver, String>>,
+    dns: Option<Result<Dns, DnsError>>,
+    dav: Option<Result<DavSolver, DavError>>,
     /// In a fleet: the other nodes (name, address) that must serve http-01 answers too.
     fleet_nodes: Option<Vec<(String, String)>>,
 }
@@ -152,15 +152,13 @@ async fn solvers(env: &Env, plans: &[Plan]) -> Solvers {
     let needs = |m: Method| plans.iter().any(|p| p.methods.values().any(|x| *x == m));
     let resolver = env.settings.resolver.unwrap_or_else(Resolver::system);
     let dns = match &env.settings.dns {
-        Some(config) if needs(Method::Dns) => {
-            Some(Dns::new(config).await.map_err(|e| chain_text(&e)))
-        }
+        Some(config) if needs(Method::Dns) => Some(Dns::new(config).await),
         _ => None,
     };
     let dav = match &env.settings.dav {
-        Some(config) if needs(Method::Dav) => Some(
-            DavSolver::new(config, resolver, env.settings.http_port).map_err(|e| chain_text(&e)),
-        ),
+        Some(config) if needs(Method::Dav) => {
+            Some(DavSolver::new(config, resolver, env.settings.http_port))
+        }
         _ => None,
     };
     let fleet_nodes = env.coordinator.other_nodes().await;
@@ -196,14 +194,14 @@ async fn obtain_one(
     if plan.methods.values().any(|m| *m == Method::Dav) {
         match &solvers.dav {
             Some(Ok(dav)) => router.dav = Some(dav),
-            Some(Err(e)) => return Err(Failure::transient(e.clone())),
+            Some(Err(e)) => return Err(Failure::transient(chain_text(e))),
             None => return Err(Failure::transient("no WebDAV server is configured")),
         }
     }
     if plan.methods.values().any(|m| *m == Method::Dns) {
         match &solvers.dns {
             Some(Ok(dns)) => router.dns = Some(DnsSolver::new(dns, journal)),
-            Some(Err(e)) => return Err(Failure::transient(e.clone())),
+            Some(Err(e)) => return Err(Failure::transient(chain_text(e))),
             None => return Err(Failure::transient("no DNS solver is configured")),
         }
     }
