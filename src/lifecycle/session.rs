@@ -24,6 +24,7 @@ use crate::acme;
 use crate::challenge::webroot::remove_token_file;
 use crate::hooks::Stage;
 use crate::nginx::discovery::Scan;
+use crate::nginx::transaction;
 use crate::nginx::Config;
 use crate::store::{self, StateLock, Store};
 
@@ -52,6 +53,24 @@ impl Session {
         }
         let store = Store::open(&settings.state_dir)?;
         let lock = store.lock(store::LOCK_WAIT)?;
+        // A change of nginx's files a killed run left half-done is undone first (whatever it
+        // was for), then an install's lineages are pointed back (the intent).
+        let recovered = transaction::recover(&store.backups_dir()).map_err(Error::io(format!(
+            "undo the nginx change an earlier run left unfinished (journal in {})",
+            store.backups_dir().display()
+        )))?;
+        for f in &recovered.restored {
+            tracing::warn!(
+                "an earlier run was interrupted while changing {}: put back as it was",
+                f.display()
+            );
+        }
+        for f in &recovered.removed {
+            tracing::warn!(
+                "an earlier run was interrupted after creating {}: removed",
+                f.display()
+            );
+        }
         super::intent::recover(&store)?;
         for token in store.take_journal()? {
             match remove_token_file(&token) {

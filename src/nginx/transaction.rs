@@ -3,6 +3,12 @@
 //! the change created, reporting a restore that itself failed. If `nginx -t` passed before a
 //! change, it passes after a failed one.
 //!
+//! Before it touches anything a change writes a journal ([`JOURNAL`] in its backup directory:
+//! each file it rewrites with the bytes it had, each file it creates) and removes it when the
+//! change is settled. A process killed in between leaves the journal, and [`recover`] (run by the
+//! next session before anything else) puts those files back, whatever the change was for: an
+//! install, a removal, an import, a challenge snippet.
+//!
 //! The controller is a trait so the failure paths are unit-tested without an nginx.
 
 use std::future::Future;
@@ -16,6 +22,114 @@ use crate::fsutil;
 
 /// Backups of earlier runs kept in the backup directory (the newest; older ones are pruned).
 pub const KEEP_BACKUPS: usize = 20;
+/// The journal of a change in progress, inside its backup directory.
+pub const JOURNAL: &str = "transaction.json";
+
+/// What a change in progress may have changed: enough to undo it without the process that
+/// made it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct Journal {
+    /// Each file the change rewrites (real path) and its bytes before the change (base64).
+    edited: Vec<(PathBuf, String)>,
+    /// Each file it creates.
+    created: Vec<PathBuf>,
+}
+
+impl Journal {
+    fn of(cfg: &Config, change: &Change) -> Journal {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Journal {
+            edited: edit::render_edits(cfg, &change.edits)
+                .into_iter()
+                .map(|(p, (old, _))| (std::fs::canonicalize(&p).unwrap_or(p), b64.encode(old)))
+                .collect(),
+            created: change
+                .new_files
+                .iter()
+                .filter(|f| f.path.symlink_metadata().is_err())
+                .map(|f| f.path.clone())
+                .collect(),
+        }
+    }
+
+    fn write(&self, backup_dir: &Path) -> io::Result<PathBuf> {
+        fsutil::create_dir_all_mode(backup_dir, 0o700)?;
+        let path = backup_dir.join(JOURNAL);
+        let json = serde_json::to_vec(self).map_err(io::Error::other)?;
+        fsutil::write_atomic(&path, &json, 0o600)?;
+        Ok(path)
+    }
+}
+
+/// What [`recover`] put back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Files rewritten with the bytes they had before the interrupted change.
+    pub restored: Vec<PathBuf>,
+    /// Files the interrupted change had created, removed.
+    pub removed: Vec<PathBuf>,
+}
+
+/// Undoes every change a killed process left journaled in the backup directories under
+/// `root`: edited files get their former bytes back (where they differ), created files are
+/// removed, and the journal goes. A journal that cannot be read or a file that cannot be
+/// restored is an error, and the journal stays for the next attempt.
+pub fn recover(root: &Path) -> io::Result<Recovered> {
+    use base64::Engine as _;
+    let mut done = Recovered::default();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(done);
+    };
+    let mut journals: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path().join(JOURNAL))
+        .filter(|p| p.is_file())
+        .collect();
+    journals.sort();
+    for path in journals {
+        let bad = |e: &dyn std::fmt::Display| {
+            io::Error::other(format!("the change journal {}: {e}", path.display()))
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::open(&path)?, MAX_JOURNAL + 1),
+            &mut bytes,
+        )?;
+        if bytes.len() as u64 > MAX_JOURNAL {
+            return Err(bad(&format!("larger than {MAX_JOURNAL} bytes")));
+        }
+        let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| bad(&e))?;
+        for (real, old) in &journal.edited {
+            let old = base64::engine::general_purpose::STANDARD
+                .decode(old)
+                .map_err(|e| bad(&e))?;
+            if std::fs::read(real).ok().as_deref() != Some(old.as_slice()) {
+                edit::write_like(real, &old).map_err(|e| {
+                    io::Error::new(e.kind(), format!("restore {}: {e}", real.display()))
+                })?;
+                done.restored.push(real.clone());
+            }
+        }
+        for f in &journal.created {
+            match std::fs::remove_file(f) {
+                Ok(()) => done.removed.push(f.clone()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("remove {}: {e}", f.display()),
+                    ))
+                }
+            }
+        }
+        std::fs::remove_file(&path)?;
+    }
+    Ok(done)
+}
+
+/// The largest change journal read back.
+const MAX_JOURNAL: u64 = 64 * 1024 * 1024;
 
 /// What a change transaction needs from nginx.
 pub trait Control {
@@ -132,6 +246,34 @@ pub async fn commit<C: Control>(
     backup_dir: &Path,
     reload: bool,
 ) -> Result<Applied, ChangeError> {
+    let journal = Journal::of(cfg, change)
+        .write(backup_dir)
+        .map_err(ChangeError::Apply)?;
+    let result = commit_journaled(ctl, cfg, change, backup_dir, reload).await;
+    // Settled: done, or put back. A restore that failed keeps the journal for the next run.
+    if result
+        .as_ref()
+        .err()
+        .and_then(ChangeError::restore_failure)
+        .is_none()
+    {
+        if let Err(e) = std::fs::remove_file(&journal) {
+            tracing::warn!(
+                "cannot remove the change journal {}: {e}",
+                journal.display()
+            );
+        }
+    }
+    result
+}
+
+async fn commit_journaled<C: Control>(
+    ctl: &C,
+    cfg: &Config,
+    change: &Change,
+    backup_dir: &Path,
+    reload: bool,
+) -> Result<Applied, ChangeError> {
     let mut applied = write_new_files(&change.new_files).map_err(ChangeError::Apply)?;
     match edit::apply(cfg, &change.edits, backup_dir) {
         Ok(a) => applied.originals = a.originals,
@@ -202,10 +344,12 @@ fn prune_backups(root: &Path, keep: usize) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
+    // A backup with a journal belongs to a change not yet undone: never pruned.
     let mut dirs: Vec<PathBuf> = entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
+        .filter(|d| !d.join(JOURNAL).exists())
         .collect();
     dirs.sort();
     let excess = dirs.len().saturating_sub(keep);
@@ -403,5 +547,69 @@ mod tests {
         }
         let left = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(left, KEEP_BACKUPS);
+    }
+
+    /// A controller whose `nginx -t` never answers: the change is stopped there, as a process
+    /// killed while nginx tests would be.
+    struct Hangs;
+
+    impl Control for Hangs {
+        async fn test(&self) -> Result<(), CtlError> {
+            std::future::pending().await
+        }
+
+        async fn reload(&self) -> Result<(), CtlError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_killed_half_way_is_undone_by_recover() {
+        let t = setup();
+        let root = t.dir.path().join("backups");
+        let backups = root.join("1.0-1");
+        // Dropping the commit future mid-way leaves what a SIGKILL would: files changed,
+        // nothing restored, the journal.
+        let killed = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            commit(&Hangs, &t.cfg, &t.change, &backups, true),
+        )
+        .await;
+        assert!(killed.is_err(), "the change was still in nginx -t");
+        assert_ne!(std::fs::read_to_string(&t.site).unwrap(), t.original);
+        assert!(t.snippet.exists());
+        assert!(backups.join(JOURNAL).exists());
+        // The journal keeps its backup from being pruned.
+        prune_backups(&root, 0);
+        assert!(backups.join(JOURNAL).exists());
+
+        let done = recover(&root).unwrap();
+        assert_eq!(std::fs::read_to_string(&t.site).unwrap(), t.original);
+        assert!(!t.snippet.exists());
+        assert_eq!(done.restored, vec![std::fs::canonicalize(&t.site).unwrap()]);
+        assert_eq!(done.removed, vec![t.snippet.clone()]);
+        assert!(!backups.join(JOURNAL).exists());
+        // Nothing left to undo.
+        assert_eq!(recover(&root).unwrap(), Recovered::default());
+    }
+
+    #[tokio::test]
+    async fn a_settled_change_leaves_no_journal() {
+        for (test_ok, reload_ok) in [(true, true), (false, true), (true, false)] {
+            let t = setup();
+            let backups = t.dir.path().join("backups/1.0-1");
+            let _ = commit(
+                &Fake::new(test_ok, reload_ok),
+                &t.cfg,
+                &t.change,
+                &backups,
+                true,
+            )
+            .await;
+            assert!(
+                !backups.join(JOURNAL).exists(),
+                "test {test_ok}, reload {reload_ok}: a journal is left"
+            );
+        }
     }
 }
