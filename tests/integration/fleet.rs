@@ -166,9 +166,17 @@ fn etcd_faults_and_a_killed_orderer() {
         .unwrap();
     assert!(del.status.success());
     let before = finalized(&bed);
-    let mut orderer = bed.command(0, "renew", &["--force", NAME]).spawn().unwrap();
+    // Its log goes to a file (a pipe nobody reads could fill and stall it).
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut orderer = bed
+        .command(0, "renew", &["--force", NAME])
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
     let lock = format!("/acme-nginx/locks/{NAME}");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: under a loaded CI machine the debug binary, etcd and pebble are slow; what
+    // matters is that the orderer gets there, and if it ends first, why.
+    let deadline = Instant::now() + Duration::from_secs(60);
     // Node 1 holds the lock and has published its answer: it waits for node 3 to serve it.
     while bed.etcd.raw_get(&lock) != b"n1\n"
         || std::process::Command::new(crate::util::bin("etcdctl"))
@@ -186,6 +194,10 @@ fn etcd_faults_and_a_killed_orderer() {
             .stdout
             .is_empty()
     {
+        if let Some(status) = orderer.try_wait().unwrap() {
+            let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+            panic!("node 1 ended ({status}) before it reached the preflight:\n{stderr}");
+        }
         assert!(
             Instant::now() < deadline,
             "node 1 never reached the preflight"
