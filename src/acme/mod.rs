@@ -15,25 +15,35 @@
 //! # Ok(()) }
 //! ```
 
-pub mod account;
-pub mod cert;
-pub mod client;
-pub mod error;
-pub mod jws;
-pub mod key;
+mod account;
+mod cert;
+mod client;
+mod error;
+mod jws;
+mod key;
 pub mod net;
-pub mod order;
-pub mod solver;
-pub mod types;
+mod order;
+mod solver;
+mod types;
 
+// The public surface, flat: the types a client of the library needs, each re-exported once.
 pub use account::{renewal_info, Account, AccountState, NewAccountOptions, RenewalInfo};
-pub use cert::{create_csr, CertInfo, Csr};
-pub use client::{Client, ClientConfig};
+pub use cert::{
+    create_csr, csr_der, csr_names, key_matches, normalize_names, pem_certificates,
+    pem_chain_strict, to_pem, CertInfo, Csr,
+};
+pub use client::{tls_config, Client, ClientConfig, USER_AGENT};
 pub use error::Error;
+pub use jws::{b64, decode_b64, is_valid_token, key_authorization, thumbprint};
 pub use key::{KeyPair, KeyType};
-pub use order::{CertificateChain, OrderHandle, OrderOptions};
+pub use order::{split_pem, CertificateChain, OrderHandle, OrderOptions};
 pub use solver::{ChallengeSolver, PendingChallenge, SolverError};
-pub use types::{ChallengeType, Identifier, Problem};
+pub use types::{
+    escape_controls, is_valid_dns_name, AccountResource, AccountStatus, ChallengeType, Identifier,
+    Problem,
+};
+
+pub(crate) use client::error_chain;
 
 /// Let's Encrypt's production directory, the default CA.
 pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";

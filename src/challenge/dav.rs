@@ -87,12 +87,10 @@ impl DavSolver {
         if let Some(b) = body {
             req = req.body(b);
         }
-        let resp = req.send().await.map_err(|e| {
-            format!(
-                "WebDAV {method} {url}: {}",
-                crate::acme::client::error_chain(&e)
-            )
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("WebDAV {method} {url}: {}", crate::acme::error_chain(&e)))?;
         Ok(resp.status().as_u16())
     }
 

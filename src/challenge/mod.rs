@@ -11,5 +11,5 @@ pub mod preflight;
 pub mod route;
 pub mod webroot;
 
-pub use crate::acme::solver::{ChallengeSolver, PendingChallenge, SolverError};
+pub use crate::acme::{ChallengeSolver, PendingChallenge, SolverError};
 pub use webroot::WebrootSolver;

@@ -16,7 +16,7 @@ use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fchmod, Mode};
 use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
 
-use crate::acme::jws::is_valid_token;
+use crate::acme::is_valid_token;
 use crate::acme::{ChallengeSolver, ChallengeType, PendingChallenge, SolverError};
 use crate::fsutil;
 

@@ -94,10 +94,10 @@ pub async fn run(ctx: &Context, cmd: AccountCommand) -> CmdResult {
         }
         AccountCommand::Rollover(args) => {
             let mut account = ctx.load_account(&args.state.state).await?;
-            let old = acme::jws::thumbprint(account.key());
+            let old = acme::thumbprint(account.key());
             account.rollover(KeyPair::generate(args.key_type)).await?;
             write_state(&args.state.state, &account.to_state())?;
-            let new = acme::jws::thumbprint(account.key());
+            let new = acme::thumbprint(account.key());
             if ctx.json {
                 output::json(
                     &json!({"account": account.url(), "old_thumbprint": old, "new_thumbprint": new}),
@@ -149,7 +149,7 @@ async fn register(ctx: &Context, args: RegisterArgs) -> CmdResult {
 fn report(
     ctx: &Context,
     account: &Account,
-    resource: &acme::types::AccountResource,
+    resource: &acme::AccountResource,
 ) -> Result<(), CliError> {
     if ctx.json {
         output::json(&json!({
@@ -158,7 +158,7 @@ fn report(
             "status": resource.status.as_str(),
             "contact": resource.contact,
             "key_type": account.key().key_type().to_string(),
-            "thumbprint": acme::jws::thumbprint(account.key()),
+            "thumbprint": acme::thumbprint(account.key()),
         }))
     } else {
         output::line(format!("account:   {}", account.url()))?;
@@ -168,7 +168,7 @@ fn report(
         output::line(format!(
             "key:       {} ({})",
             account.key().key_type(),
-            acme::jws::thumbprint(account.key())
+            acme::thumbprint(account.key())
         ))
     }
 }

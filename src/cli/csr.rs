@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use acme_nginx::acme::cert::normalize_names;
+use acme_nginx::acme::normalize_names;
 use acme_nginx::acme::{create_csr, KeyPair, KeyType};
 use acme_nginx::fsutil::{PRIVATE_MODE, PUBLIC_MODE};
 

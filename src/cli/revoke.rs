@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use acme_nginx::acme::cert::pem_certificates;
+use acme_nginx::acme::pem_certificates;
 use acme_nginx::acme::CertInfo;
 
 use super::{output, read_input, CliError, CmdResult, Context, Exit};

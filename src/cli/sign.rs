@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use acme_nginx::acme::cert::{csr_der, csr_names, normalize_names};
 use acme_nginx::acme::OrderOptions;
+use acme_nginx::acme::{csr_der, csr_names, normalize_names};
 use acme_nginx::challenge::WebrootSolver;
 use acme_nginx::fsutil::PUBLIC_MODE;
 

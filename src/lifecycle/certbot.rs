@@ -148,7 +148,7 @@ fn load_lineage(name: &str, conf_path: &Path) -> Result<Lineage, CertbotError> {
     // The strict parse refuses anything but certificates, and an empty chain.
     let chain = acme::CertificateChain::parse(fullchain, &chain_path.display().to_string())
         .map_err(acme_err(chain_path.clone()))?;
-    if !acme::cert::key_matches(chain.leaf_der(), &key).map_err(acme_err(chain_path.clone()))? {
+    if !acme::key_matches(chain.leaf_der(), &key).map_err(acme_err(chain_path.clone()))? {
         return Err(CertbotError::NotTheKey {
             key: key_path,
             cert: chain_path,
@@ -506,7 +506,7 @@ mod tests {
         };
         let jwk = serde_json::json!({
             "kty": "EC", "crv": "P-256",
-            "d": acme::jws::b64(secret.to_bytes()),
+            "d": acme::b64(secret.to_bytes()),
         });
         assert_eq!(KeyPair::from_jwk(&jwk).unwrap().to_pem(), pem);
         for bad in [

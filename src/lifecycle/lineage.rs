@@ -74,10 +74,7 @@ pub fn live_cert(l: &Lineage) -> Option<LiveCert> {
 /// The leaf of a chain file, parsed.
 fn cert_in(fullchain: &std::path::Path) -> Option<LiveCert> {
     let pem = std::fs::read(fullchain).ok()?;
-    let leaf_der = acme::cert::pem_certificates(&pem)
-        .ok()?
-        .into_iter()
-        .next()?;
+    let leaf_der = acme::pem_certificates(&pem).ok()?.into_iter().next()?;
     Some(LiveCert {
         info: CertInfo::from_der(&leaf_der).ok()?,
         leaf_der,

@@ -212,7 +212,7 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acme::types::Problem;
+    use crate::acme::Problem;
 
     fn problem(kind: &str) -> Box<Problem> {
         Box::new(

@@ -121,7 +121,7 @@ impl Proving<'_> {
                 let n = k.name.to_ascii_lowercase();
                 let n = n.trim_end_matches('.');
                 if n.starts_with("*.")
-                    && crate::acme::types::is_valid_dns_name(n)
+                    && crate::acme::is_valid_dns_name(n)
                     && !names.iter().any(|x| x == n)
                 {
                     names.push(n.to_owned());

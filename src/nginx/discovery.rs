@@ -284,7 +284,7 @@ pub fn classify_names(names: &[String]) -> (Vec<String>, Vec<Skipped>) {
             skip(raw, "localhost");
         } else if !candidate.contains('.') {
             skip(raw, "not a fully qualified domain name");
-        } else if !crate::acme::types::is_valid_dns_name(&candidate) {
+        } else if !crate::acme::is_valid_dns_name(&candidate) {
             skip(raw, "not a valid DNS name");
         } else if !ok.contains(&candidate) {
             ok.push(candidate);

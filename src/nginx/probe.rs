@@ -85,7 +85,7 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<HttpAn
         let req = format!(
             "GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: {}\r\nConnection: close\r\n\r\n",
             host_header(host),
-            crate::acme::client::USER_AGENT
+            crate::acme::USER_AGENT
         );
         s.write_all(req.as_bytes())
             .await

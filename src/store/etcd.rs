@@ -195,7 +195,7 @@ impl Etcd {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    last = format!("{endpoint}: {}", crate::acme::client::error_chain(&e));
+                    last = format!("{endpoint}: {}", crate::acme::error_chain(&e));
                     continue;
                 }
             };
@@ -227,7 +227,7 @@ impl Etcd {
                 return Err(EtcdError::Refused {
                     endpoint: endpoint.clone(),
                     call: path.to_owned(),
-                    message: crate::acme::types::escape_controls(&message),
+                    message: crate::acme::escape_controls(&message),
                 });
             }
             return Ok(value);
@@ -390,7 +390,7 @@ impl Etcd {
                     continue;
                 }
                 Err(e) => {
-                    last = format!("{endpoint}: {}", crate::acme::client::error_chain(&e));
+                    last = format!("{endpoint}: {}", crate::acme::error_chain(&e));
                     continue;
                 }
             };
@@ -401,7 +401,7 @@ impl Etcd {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(e) => {
-                        last = format!("{endpoint}: {}", crate::acme::client::error_chain(&e));
+                        last = format!("{endpoint}: {}", crate::acme::error_chain(&e));
                         break;
                     }
                 };

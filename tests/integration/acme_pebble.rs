@@ -107,7 +107,7 @@ async fn account_register_find_update_rollover_deactivate() {
     let (mut account, resource) = Account::create(pebble.client().await, key.clone(), &opts)
         .await
         .unwrap();
-    assert_eq!(resource.status, acme::types::AccountStatus::Valid);
+    assert_eq!(resource.status, acme::AccountStatus::Valid);
     assert_eq!(resource.contact, vec!["mailto:one@example.org"]);
 
     // onlyReturnExisting finds the same account by its key.
@@ -144,11 +144,11 @@ async fn account_register_find_update_rollover_deactivate() {
     assert!(err.is_acme("accountDoesNotExist"), "{err}");
     assert_eq!(
         account.fetch().await.unwrap().status,
-        acme::types::AccountStatus::Valid
+        acme::AccountStatus::Valid
     );
 
     let deactivated = account.deactivate().await.unwrap();
-    assert_eq!(deactivated.status, acme::types::AccountStatus::Deactivated);
+    assert_eq!(deactivated.status, acme::AccountStatus::Deactivated);
     let err = account.fetch().await.unwrap_err();
     assert!(
         err.is_acme("unauthorized"),
@@ -429,7 +429,7 @@ async fn ari_window_and_profiles_on_a_fresh_certificate() {
     let chain = sign_with_webroot(&pebble, &webroot, &names("ari", 1), &opts)
         .await
         .unwrap();
-    let leaf = acme::cert::pem_certificates(chain.pem.as_bytes())
+    let leaf = acme::pem_certificates(chain.pem.as_bytes())
         .unwrap()
         .remove(0);
     let info = CertInfo::from_der(&leaf).unwrap();
@@ -569,7 +569,7 @@ async fn alternate_chain_selected_by_issuer_name() {
     .unwrap();
     assert_eq!(default.alternates, 1);
     let top_issuer = |pem: &str| {
-        let certs = acme::cert::pem_certificates(pem.as_bytes()).unwrap();
+        let certs = acme::pem_certificates(pem.as_bytes()).unwrap();
         CertInfo::from_der(certs.last().unwrap())
             .unwrap()
             .issuer_cn

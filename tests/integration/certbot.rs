@@ -249,14 +249,14 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// signatures over the same JWS signing input must be equal.
 #[test]
 fn rs256_signatures_are_openssl_s() {
-    use acme_nginx::acme::{jws, KeyPair, KeyType};
+    use acme_nginx::acme::{b64, KeyPair, KeyType};
     let key = KeyPair::generate(KeyType::Rsa2048);
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("key.pem"), key.to_pem()).unwrap();
     let input = format!(
         "{}.{}",
-        jws::b64(br#"{"alg":"RS256","nonce":"abc","url":"https://ca.example/new-order"}"#),
-        jws::b64(br#"{"identifiers":[{"type":"dns","value":"example.org"}]}"#)
+        b64(br#"{"alg":"RS256","nonce":"abc","url":"https://ca.example/new-order"}"#),
+        b64(br#"{"identifiers":[{"type":"dns","value":"example.org"}]}"#)
     );
     fs::write(dir.path().join("input"), &input).unwrap();
     let script = "import sys\n\

@@ -444,7 +444,7 @@ fn an_order_the_ca_issued_for_a_node_that_died_is_completed_not_ordered_again() 
             .await
             .unwrap()
     });
-    let issued_leaf = acme::cert::pem_certificates(issued.pem.as_bytes()).unwrap()[0].clone();
+    let issued_leaf = acme::pem_certificates(issued.pem.as_bytes()).unwrap()[0].clone();
     let finalized_before = finalized(&bed);
 
     // Node 2 renews: it completes node 1's order (the certificate the CA issued) instead of

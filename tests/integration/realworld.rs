@@ -367,7 +367,7 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
         let served = rt.block_on(acme_nginx::nginx::probe::served_certificate(addr, n));
         let leaf = fs::read(&live)
             .ok()
-            .and_then(|p| acme_nginx::acme::cert::pem_certificates(&p).ok())
+            .and_then(|p| acme_nginx::acme::pem_certificates(&p).ok())
             .map(|mut v| v.remove(0));
         if served.ok() != leaf {
             wrong.push(format!("{n}: nginx does not serve the issued certificate"));
@@ -430,7 +430,7 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
             .flatten()
             .filter(|e| {
                 e.path().is_file()
-                    && acme_nginx::acme::jws::is_valid_token(&e.file_name().to_string_lossy())
+                    && acme_nginx::acme::is_valid_token(&e.file_name().to_string_lossy())
             })
             .collect();
         if !tokens.is_empty() {

@@ -137,9 +137,7 @@ fn watch_enrolls_new_blocks_and_stops_on_sigterm() {
             let Ok(pem) = fs::read(live("new.watch.test")) else {
                 return false;
             };
-            let leaf = acme_nginx::acme::cert::pem_certificates(&pem)
-                .unwrap()
-                .remove(0);
+            let leaf = acme_nginx::acme::pem_certificates(&pem).unwrap().remove(0);
             rt.block_on(acme_nginx::nginx::probe::served_certificate(
                 addr,
                 "new.watch.test",

@@ -100,11 +100,7 @@ impl DnsHook {
             action,
             name: name.to_owned(),
             status: out.status.to_string(),
-            output: crate::acme::types::escape_controls(if text.is_empty() {
-                "no output"
-            } else {
-                &text
-            }),
+            output: crate::acme::escape_controls(if text.is_empty() { "no output" } else { &text }),
         })
     }
 }

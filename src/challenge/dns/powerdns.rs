@@ -101,7 +101,7 @@ impl PowerDns {
     ) -> Result<Vec<u8>, ApiError> {
         let http = |e: reqwest::Error| ApiError::Http {
             url: url.to_owned(),
-            message: crate::acme::client::error_chain(&e),
+            message: crate::acme::error_chain(&e),
         };
         let mut req = self
             .http
@@ -125,7 +125,7 @@ impl PowerDns {
             return Err(ApiError::Status {
                 url: url.to_owned(),
                 status,
-                body: crate::acme::types::escape_controls(
+                body: crate::acme::escape_controls(
                     text.chars().take(300).collect::<String>().trim(),
                 ),
             });

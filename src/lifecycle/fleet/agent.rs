@@ -107,7 +107,7 @@ fn answer(
             return;
         }
     };
-    if !crate::acme::jws::is_valid_token(&rec.token) {
+    if !crate::acme::is_valid_token(&rec.token) {
         tracing::warn!("fleet agent: {key} holds a token that is not base64url; not written");
         return;
     }

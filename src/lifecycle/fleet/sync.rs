@@ -134,9 +134,7 @@ fn check_record(rec: &LineageRecord, key_pem: &str) -> Result<(), RecordRejected
     let key = crate::acme::KeyPair::from_pem(key_pem).map_err(RecordRejected::Unreadable)?;
     let chain = CertificateChain::parse(format!("{}{}", rec.cert_pem, rec.chain_pem), &rec.node)
         .map_err(RecordRejected::Unreadable)?;
-    if !crate::acme::cert::key_matches(chain.leaf_der(), &key)
-        .map_err(RecordRejected::Unreadable)?
-    {
+    if !crate::acme::key_matches(chain.leaf_der(), &key).map_err(RecordRejected::Unreadable)? {
         return Err(RecordRejected::NotTheKey);
     }
     if !crate::lifecycle::lineage::same_names(&chain.leaf.names, &rec.names) {

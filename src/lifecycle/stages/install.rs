@@ -37,7 +37,7 @@ struct Staged {
 }
 
 fn first_cert(pem: &[u8]) -> Option<Vec<u8>> {
-    acme::cert::pem_certificates(pem)
+    acme::pem_certificates(pem)
         .ok()
         .and_then(|v| v.into_iter().next())
 }

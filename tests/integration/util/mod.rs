@@ -341,7 +341,7 @@ impl Pebble {
     pub fn http(&self) -> reqwest::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let pem = fs::read(&self.ca_file).unwrap();
-        let tls = acme::client::tls_config(Some(&pem)).unwrap();
+        let tls = acme::tls_config(Some(&pem)).unwrap();
         reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .build()
@@ -533,7 +533,7 @@ impl Nginx {
 
 /// `openssl verify` of a chain file against a root; returns (success, output).
 pub fn openssl_verify(root: &Path, chain_pem: &str, dir: &Path) -> (bool, String) {
-    let blocks = acme_nginx::acme::order::split_pem(chain_pem);
+    let blocks = acme_nginx::acme::split_pem(chain_pem);
     let leaf = dir.join("verify-leaf.pem");
     let untrusted = dir.join("verify-untrusted.pem");
     fs::write(&leaf, &blocks[0]).unwrap();
@@ -590,7 +590,7 @@ pub fn by_name(report: &serde_json::Value, name: &str) -> serde_json::Value {
 
 /// The leaf certificate (DER) of a PEM chain file.
 pub fn leaf(fullchain: &Path) -> Vec<u8> {
-    acme::cert::pem_certificates(&fs::read(fullchain).unwrap())
+    acme::pem_certificates(&fs::read(fullchain).unwrap())
         .unwrap()
         .remove(0)
 }
