@@ -117,3 +117,67 @@ impl Env {
         Ok((cfg, scan))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acme::{KeyPair, KeyType};
+    use crate::store::Issued;
+
+    /// A self-signed certificate for `names`, valid from a day ago for `days`.
+    fn cert(key: &KeyPair, names: &[&str], days: i64) -> String {
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::days(1);
+        p.not_after = now + time::Duration::days(days);
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[1, 2, 3]));
+        p.self_signed(key).unwrap().pem()
+    }
+
+    /// A version issued earlier but not installed is installed again (no order) only while it
+    /// is still good: present, valid for more than an hour, for the plan's names.
+    #[test]
+    fn a_pending_version_is_installed_only_while_it_is_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::with_defaults("https://ca.test/directory");
+        settings.state_dir = dir.path().to_path_buf();
+        let env = Env::new(
+            settings,
+            Mode::Live,
+            Store::open(dir.path()).unwrap(),
+            Coordinator::Solo,
+        );
+        let plan = Plan {
+            primary: "a.test".into(),
+            names: vec!["a.test".into(), "www.a.test".into()],
+            ..Plan::default()
+        };
+        let key = KeyPair::generate(KeyType::P256);
+        let l = env.store.lineage("a.test");
+        let version = |names: &[&str], days: i64| {
+            l.install(&Issued {
+                key_pem: &key.to_pem(),
+                cert_pem: &cert(&key, names, days),
+                chain_pem: "",
+            })
+            .unwrap()
+        };
+        let good = version(&["a.test", "www.a.test"], 30);
+        let other_names = version(&["a.test"], 30);
+        let expired = version(&["a.test", "www.a.test"], 0);
+        let pending = |v: Option<u32>| {
+            let meta = LineageMeta {
+                pending_version: v,
+                ..LineageMeta::default()
+            };
+            env.pending_install(&plan, &meta)
+        };
+        assert_eq!(pending(Some(good)), Some(good));
+        assert_eq!(pending(Some(other_names)), None, "names differ");
+        assert_eq!(pending(Some(expired)), None, "expires within the hour");
+        assert_eq!(pending(Some(99)), None, "no such version");
+        assert_eq!(pending(None), None);
+    }
+}

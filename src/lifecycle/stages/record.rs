@@ -46,3 +46,88 @@ pub(crate) async fn run_deploy_hooks(env: &Env, plan: &Plan) {
     // Failures are logged by the hook runner: the certificate is live either way.
     env.settings.hooks.run(Stage::Deploy, &info.env()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::coordinator::Coordinator;
+    use crate::lifecycle::outcome::Failure;
+    use crate::lifecycle::settings::{Mode, Settings};
+    use crate::lifecycle::stages::triage::{triage, Facts, Verdict};
+    use crate::store::Store;
+
+    fn env(dir: &std::path::Path, mode: Mode) -> Env {
+        let mut settings = Settings::with_defaults("https://ca.test/directory");
+        settings.state_dir = dir.to_path_buf();
+        let store = Store::open(dir).unwrap();
+        Env::new(settings, mode, store, Coordinator::Solo)
+    }
+
+    fn failed(name: &str) -> Outcome {
+        let mut o = Outcome::new(name, &[name.to_owned()], Status::Failed);
+        o.error = Some(Failure::transient("connection refused"));
+        o
+    }
+
+    fn plan(name: &str) -> Plan {
+        Plan {
+            primary: name.to_owned(),
+            names: vec![name.to_owned()],
+            ..Plan::default()
+        }
+    }
+
+    /// record -> triage: a failure is remembered, and the next session's triage waits for the
+    /// backoff instead of ordering again; a name named on the command line is still tried.
+    #[tokio::test]
+    async fn a_remembered_failure_makes_the_next_triage_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path(), Mode::Live);
+        let now = OffsetDateTime::now_utc();
+        let verdict = |plan: &Plan| {
+            let meta = env.meta("a.test").unwrap();
+            triage(
+                plan,
+                Facts {
+                    meta: &meta,
+                    cert: None,
+                    pending: false,
+                },
+                now,
+            )
+        };
+        assert_eq!(verdict(&plan("a.test")), Verdict::Order);
+        remember(&env, &[failed("a.test")]).await.unwrap();
+        let meta = env.meta("a.test").unwrap();
+        assert_eq!(meta.names, vec!["a.test"], "a name with no certificate yet");
+        match verdict(&plan("a.test")) {
+            Verdict::Backoff { until, reason } => {
+                assert!(until > now);
+                assert!(reason.contains("connection refused"), "{reason}");
+            }
+            other => panic!("expected a backoff, got {other:?}"),
+        }
+        let named = Plan {
+            named: true,
+            ..plan("a.test")
+        };
+        assert_eq!(verdict(&named), Verdict::Order);
+        // Successes and other statuses change nothing.
+        remember(
+            &env,
+            &[Outcome::new("b.test", &["b.test".into()], Status::Issued)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(env.meta("b.test").unwrap().renewal.failures, 0);
+    }
+
+    /// A dry run remembers nothing: the next real run is not held back by it.
+    #[tokio::test]
+    async fn a_dry_run_remembers_no_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path(), Mode::DryRun);
+        remember(&env, &[failed("a.test")]).await.unwrap();
+        assert_eq!(env.meta("a.test").unwrap().renewal.failures, 0);
+    }
+}
