@@ -15,6 +15,7 @@ use super::settings::{Mode, Settings};
 use super::Error;
 use crate::acme::{self, Account, CertificateChain, ChallengeSolver, KeyPair, OrderOptions};
 use crate::challenge::fleet::FleetCheck;
+use crate::challenge::preflight::PreflightSolver;
 use crate::store::etcd::{Acquired, Lock};
 use crate::store::Store;
 
@@ -156,13 +157,13 @@ impl Coordinator {
         }
     }
 
-    /// The other nodes of the fleet (name, `HOST:PORT`) that must serve http-01 answers too;
-    /// `None` on a solo host. Asked once per session; a failure is logged and leaves none.
-    pub async fn other_nodes(&self) -> Option<Vec<(String, String)>> {
+    /// The other nodes of the fleet (name, `HOST:PORT`) that must serve http-01 answers too
+    /// (none on a solo host). Asked once per session; a failure is logged and leaves none.
+    pub async fn other_nodes(&self) -> Vec<(String, String)> {
         let Coordinator::Fleet(fleet) = self else {
-            return None;
+            return Vec::new();
         };
-        Some(match fleet.nodes().await {
+        match fleet.nodes().await {
             Ok(nodes) => nodes
                 .into_iter()
                 .filter(|(n, _)| *n != fleet.node)
@@ -172,20 +173,24 @@ impl Coordinator {
                 tracing::warn!("fleet: the other nodes are not known: {}", chain_text(&e));
                 Vec::new()
             }
-        })
+        }
     }
 
-    /// The preflight's check that `nodes` serve each http-01 answer this node publishes for
-    /// the agents; `None` on a solo host.
-    pub fn challenge_check(&self, nodes: &[(String, String)]) -> Option<FleetCheck> {
-        let Coordinator::Fleet(fleet) = self else {
-            return None;
-        };
-        Some(FleetCheck::new(
-            fleet.etcd.clone(),
-            fleet.key("challenges/"),
-            nodes.to_vec(),
-        ))
+    /// The http-01 solver of this host, made to publish each answer for the fleet's agents and
+    /// to check that every one of `peers` serves it too (a solo host's solver as it is).
+    pub fn answered_everywhere(
+        &self,
+        solver: PreflightSolver,
+        peers: &[(String, String)],
+    ) -> PreflightSolver {
+        match self {
+            Coordinator::Solo => solver,
+            Coordinator::Fleet(fleet) => solver.with_fleet(FleetCheck::new(
+                fleet.etcd.clone(),
+                fleet.key("challenges/"),
+                peers.to_vec(),
+            )),
+        }
     }
 
     /// Orders a certificate for `names` with `key`. A fleet node completes an order another

@@ -40,8 +40,8 @@ pub struct Fresh {
 struct Solvers {
     dns: Option<Result<Dns, DnsError>>,
     dav: Option<Result<DavSolver, DavError>>,
-    /// In a fleet: the other nodes (name, address) that must serve http-01 answers too.
-    fleet_nodes: Option<Vec<(String, String)>>,
+    /// The other hosts (name, address) that must serve http-01 answers too (a fleet's nodes).
+    peers: Vec<(String, String)>,
 }
 
 impl Fresh {
@@ -161,12 +161,8 @@ async fn solvers(env: &Env, plans: &[Plan]) -> Solvers {
         }
         _ => None,
     };
-    let fleet_nodes = env.coordinator.other_nodes().await;
-    Solvers {
-        dns,
-        dav,
-        fleet_nodes,
-    }
+    let peers = env.coordinator.other_nodes().await;
+    Solvers { dns, dav, peers }
 }
 
 async fn obtain_one(
@@ -183,13 +179,8 @@ async fn obtain_one(
         ..Router::default()
     };
     if plan.uses_webroot() {
-        let mut solver = webroot_solver(env, scan, plan, identity, journal.clone())?;
-        if let Some(nodes) = &solvers.fleet_nodes {
-            if let Some(check) = env.coordinator.challenge_check(nodes) {
-                solver = solver.with_fleet(check);
-            }
-        }
-        router.webroot = Some(solver);
+        let solver = webroot_solver(env, scan, plan, identity, journal.clone())?;
+        router.webroot = Some(env.coordinator.answered_everywhere(solver, &solvers.peers));
     }
     if plan.methods.values().any(|m| *m == Method::Dav) {
         match &solvers.dav {
