@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::acme::{PendingChallenge, SolverError};
 use crate::nginx::probe::{host_header, http_get};
 use crate::store::etcd::Etcd;
+use crate::store::seal::FleetKey;
 
 /// The lease of a published answer.
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(120);
@@ -28,10 +29,29 @@ pub struct ChallengeRecord {
     pub key_authorization: String,
 }
 
+impl ChallengeRecord {
+    /// Whether an agent may serve this answer: a token in RFC 8555's base64url alphabet and
+    /// length, a key authorization that is that token, a dot and a SHA-256 JWK thumbprint
+    /// (43 base64url characters), and a name that is a DNS name or an IP address.
+    pub fn is_well_formed(&self) -> bool {
+        let thumbprint = self
+            .key_authorization
+            .strip_prefix(self.token.as_str())
+            .and_then(|rest| rest.strip_prefix('.'));
+        crate::acme::is_valid_token(&self.token)
+            && thumbprint.is_some_and(|t| t.len() == 43 && crate::acme::is_valid_token(t))
+            && (crate::acme::is_valid_dns_name(&self.name)
+                || self.name.parse::<std::net::IpAddr>().is_ok())
+    }
+}
+
 /// Where the fleet's answers go, and the nodes that must serve them.
 #[derive(Debug)]
 pub struct FleetCheck {
     pub etcd: Arc<Etcd>,
+    /// Answers are sealed with it: an agent serves only what a holder of the fleet key
+    /// published.
+    key: FleetKey,
     /// `PREFIX/challenges/`.
     pub key_prefix: String,
     /// The other nodes: name and `HOST:PORT`.
@@ -40,9 +60,15 @@ pub struct FleetCheck {
 }
 
 impl FleetCheck {
-    pub fn new(etcd: Arc<Etcd>, key_prefix: String, nodes: Vec<(String, String)>) -> Self {
+    pub fn new(
+        etcd: Arc<Etcd>,
+        key: FleetKey,
+        key_prefix: String,
+        nodes: Vec<(String, String)>,
+    ) -> Self {
         Self {
             etcd,
+            key,
             key_prefix,
             nodes,
             leases: Mutex::new(HashMap::new()),
@@ -62,10 +88,13 @@ impl FleetCheck {
             key_authorization: ch.key_authorization.clone(),
         };
         let json = serde_json::to_vec(&record)?;
+        let key = format!("{}{}", self.key_prefix, ch.token);
+        // Versioned by time: the lease ends it anyway.
+        let version = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
         self.etcd
             .put(
-                &format!("{}{}", self.key_prefix, ch.token),
-                &json,
+                &key,
+                &self.key.seal_record(&key, version, &json),
                 Some(lease),
             )
             .await?;
@@ -130,5 +159,53 @@ impl FleetCheck {
             failing.join("; ")
         )
         .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_answers_are_served() {
+        let token = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";
+        let thumb = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        let rec = |name: &str, token: &str, ka: &str| ChallengeRecord {
+            name: name.into(),
+            token: token.into(),
+            key_authorization: ka.into(),
+        };
+        assert!(rec("a.test", token, &format!("{token}.{thumb}")).is_well_formed());
+        assert!(rec("127.0.0.1", token, &format!("{token}.{thumb}")).is_well_formed());
+        for (why, bad) in [
+            (
+                "another token",
+                rec("a.test", token, &format!("x{token}.{thumb}")),
+            ),
+            ("no thumbprint", rec("a.test", token, token)),
+            (
+                "short thumbprint",
+                rec("a.test", token, &format!("{token}.abc")),
+            ),
+            (
+                "html",
+                rec(
+                    "a.test",
+                    token,
+                    &format!("{token}.<script>alert(1)</script>xxxxxxxxxxxxxxxx"),
+                ),
+            ),
+            (
+                "path in the token",
+                rec(
+                    "a.test",
+                    "../../x",
+                    "../../x.NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs",
+                ),
+            ),
+            ("not a name", rec("a b", token, &format!("{token}.{thumb}"))),
+        ] {
+            assert!(!bad.is_well_formed(), "{why}");
+        }
     }
 }

@@ -187,6 +187,7 @@ impl Coordinator {
             Coordinator::Solo => solver,
             Coordinator::Fleet(fleet) => solver.with_fleet(FleetCheck::new(
                 fleet.etcd.clone(),
+                fleet.fleet_key().clone(),
                 fleet.key("challenges/"),
                 peers.to_vec(),
             )),
@@ -223,12 +224,23 @@ impl Coordinator {
     /// Publishes a certificate this node obtained, before it is installed here (and before the
     /// lock goes, so the fleet never orders it twice). A failure is logged: the next pass's
     /// sync publishes it.
-    pub async fn publish(&self, obtained: Obtained<'_>, directory: &str) {
+    pub async fn publish(&self, store: &Store, obtained: Obtained<'_>, directory: &str) {
         let Coordinator::Fleet(fleet) = self else {
             return;
         };
         match fleet::publish_fresh(fleet, obtained, directory).await {
-            Ok(()) => {
+            Ok(version) => {
+                // Remembered, so that a replay of an older record is refused here too.
+                let l = store.lineage(obtained.lineage);
+                let saved = l
+                    .load_meta::<super::lineage::LineageMeta>()
+                    .and_then(|mut meta| {
+                        meta.fleet_version = Some(version);
+                        l.save_meta(&meta)
+                    });
+                if let Err(e) = saved {
+                    tracing::warn!("fleet: {}", chain_text(&e));
+                }
                 if let Err(e) = fleet.forget_order(obtained.lineage).await {
                     tracing::warn!("fleet: {}", chain_text(&e));
                 }

@@ -47,6 +47,10 @@ pub struct LineageMeta {
     /// The configuration lines installs replaced (not inserted), for `remove` to put back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced: Vec<Replaced>,
+    /// In a fleet: the highest version of this lineage's record this node published or
+    /// installed; an older version seen later is a replay and is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_version: Option<u64>,
 }
 
 /// Lines of a configuration file an install replaced: what was there and what it wrote.

@@ -14,6 +14,8 @@ use rand_core::{OsRng, RngCore};
 
 /// What a sealed value starts with (the format's version).
 const PREFIX: &str = "sealed-v1:";
+/// What a sealed record starts with: `record-v1:VERSION:BASE64`.
+const RECORD_PREFIX: &str = "record-v1:";
 
 /// A fleet key that cannot be used, or a value that does not open.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,15 @@ pub enum SealError {
     Open { key: String },
     #[error("the value under {key} is not sealed")]
     NotSealed { key: String },
+}
+
+impl SealError {
+    /// True for a value that is not what a holder of this fleet key wrote (not sealed, or
+    /// sealed with another key, under another key or version): someone with write access to
+    /// etcd but not the fleet key, or a node with another fleet key.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self, SealError::Open { .. } | SealError::NotSealed { .. })
+    }
 }
 
 /// The fleet key.
@@ -90,6 +101,62 @@ impl FleetKey {
         format!("{PREFIX}{}", STANDARD.encode(out))
     }
 
+    /// Seals a whole record stored under `key` at `version` (a counter or a time the reader
+    /// compares): both are the associated data, so a record copied under another key, or
+    /// given another version, does not open, and no field of it can be changed or forged
+    /// without the fleet key.
+    pub fn seal_record(&self, key: &str, version: u64, plaintext: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; 24];
+        OsRng.fill_bytes(&mut nonce);
+        let aad = record_aad(key, version);
+        let sealed = self
+            .0
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .unwrap_or_default();
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        format!("{RECORD_PREFIX}{version}:{}", STANDARD.encode(out)).into_bytes()
+    }
+
+    /// Opens a record sealed for `key`: its version and its contents.
+    pub fn open_record(&self, key: &str, value: &[u8]) -> Result<(u64, Vec<u8>), SealError> {
+        let not_sealed = || SealError::NotSealed {
+            key: key.to_owned(),
+        };
+        let text = std::str::from_utf8(value).map_err(|_| not_sealed())?;
+        let (version, b64) = text
+            .strip_prefix(RECORD_PREFIX)
+            .and_then(|rest| rest.split_once(':'))
+            .ok_or_else(not_sealed)?;
+        let version: u64 = version.parse().map_err(|_| not_sealed())?;
+        let data = STANDARD
+            .decode(b64.trim())
+            .ok()
+            .filter(|d| d.len() > 24)
+            .ok_or_else(not_sealed)?;
+        let (nonce, ct) = data.split_at(24);
+        let nonce: [u8; 24] = nonce.try_into().map_err(|_| not_sealed())?;
+        let plain = self
+            .0
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: ct,
+                    aad: &record_aad(key, version),
+                },
+            )
+            .map_err(|_| SealError::Open {
+                key: key.to_owned(),
+            })?;
+        Ok((version, plain))
+    }
+
     /// Opens a value sealed for `key`.
     pub fn open(&self, key: &str, sealed: &str) -> Result<Vec<u8>, SealError> {
         let data = sealed
@@ -117,6 +184,11 @@ impl FleetKey {
     }
 }
 
+/// The associated data of a record: where it lives and its version.
+fn record_aad(key: &str, version: u64) -> Vec<u8> {
+    format!("{key}\n{version}").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +211,35 @@ mod tests {
             k.open("/acme-nginx/account", "plain"),
             Err(SealError::NotSealed { .. })
         ));
+    }
+
+    #[test]
+    fn records_open_only_with_their_key_place_and_version() {
+        let k = FleetKey::from_bytes(&[7; 32]).unwrap();
+        let rec = br#"{"serial":"0a"}"#;
+        let sealed = k.seal_record("/f/lineages/a.test", 3, rec);
+        let text = String::from_utf8(sealed.clone()).unwrap();
+        assert!(text.starts_with("record-v1:3:"), "{text}");
+        assert!(!text.contains("serial"));
+        assert_eq!(
+            k.open_record("/f/lineages/a.test", &sealed).unwrap(),
+            (3, rec.to_vec())
+        );
+        // Another place, a version changed in the clear, another fleet key, a forged
+        // plain record: none opens, and each is untrusted.
+        let moved = k.open_record("/f/lineages/b.test", &sealed).unwrap_err();
+        let bumped = text.replacen("record-v1:3:", "record-v1:9:", 1);
+        let bumped = k
+            .open_record("/f/lineages/a.test", bumped.as_bytes())
+            .unwrap_err();
+        let other = FleetKey::from_bytes(&[8; 32]).unwrap();
+        let stranger = other
+            .open_record("/f/lineages/a.test", &sealed)
+            .unwrap_err();
+        let forged = k.open_record("/f/lineages/a.test", rec).unwrap_err();
+        for e in [moved, bumped, stranger, forged] {
+            assert!(e.is_untrusted(), "{e}");
+        }
     }
 
     #[test]

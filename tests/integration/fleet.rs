@@ -55,11 +55,14 @@ fn one_enroll_gives_every_node_the_certificate_and_a_node_that_does_not_serve_is
     };
     assert_eq!(status["lineages"][0]["name"], NAME);
 
-    // etcd holds no private key in clear.
+    // etcd holds every record sealed: no private key, no field in clear.
     let record =
         String::from_utf8(bed.etcd.raw_get(&format!("/acme-nginx/lineages/{NAME}"))).unwrap();
     assert!(
-        record.contains("\"key_sealed\":\"sealed-v1:") && !record.contains("PRIVATE KEY"),
+        record.starts_with("record-v1:")
+            && !record.contains("PRIVATE KEY")
+            && !record.contains("CERTIFICATE")
+            && !record.contains("serial"),
         "{record}"
     );
     let accounts = std::process::Command::new(crate::util::bin("etcdctl"))
@@ -75,7 +78,7 @@ fn one_enroll_gives_every_node_the_certificate_and_a_node_that_does_not_serve_is
         .unwrap();
     let accounts = String::from_utf8_lossy(&accounts.stdout);
     assert!(
-        accounts.contains("sealed-v1:") && !accounts.contains("PRIVATE KEY"),
+        accounts.contains("record-v1:") && !accounts.contains("PRIVATE KEY"),
         "{accounts}"
     );
 
@@ -91,6 +94,135 @@ fn one_enroll_gives_every_node_the_certificate_and_a_node_that_does_not_serve_is
         error.contains("n3 (127.0.0.1:") && error.contains("not every node"),
         "{error}"
     );
+}
+
+/// Someone who can write to etcd but holds no fleet key: a forged http-01 answer is not
+/// served by any agent, a replayed older lineage record is refused, a forged failure memory,
+/// order record and node record are ignored; each is reported, and renewals still happen.
+#[test]
+fn records_without_the_fleet_key_are_ignored_and_reported() {
+    let mut bed = FleetBed::start();
+    bed.start_agent(1);
+    bed.start_agent(2);
+    bed.add_site(0);
+    assert_exit(&bed.cmd(0, "enroll", &[]), 0);
+    bed.add_site(1);
+    bed.add_site(2);
+    bed.wait_all_serve(&bed.live_leaf(0), Duration::from_secs(30));
+    let lineage = format!("/acme-nginx/lineages/{NAME}");
+    let old_record = bed.etcd.raw_get(&lineage);
+    assert_exit(&bed.cmd(0, "renew", &["--force", NAME]), 0);
+    let current = bed.live_leaf(0);
+    bed.wait_all_serve(&current, Duration::from_secs(30));
+
+    // A forged answer (another account's key authorization) for a token: no agent writes it.
+    let token = "forgedforgedforgedforgedforgedforgedforged1";
+    let forged = format!(
+        r#"{{"name":"{NAME}","token":"{token}","key_authorization":"{token}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}"#
+    );
+    let key = format!("/acme-nginx/challenges/{token}");
+    etcdctl_put(&bed, &key, forged.as_bytes());
+    for i in [1, 2] {
+        wait_for(|| {
+            bed.agent_log(i)
+                .contains(&format!("{key} was not written with this fleet key"))
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", bed.nodes[i].nginx.port)
+            .parse()
+            .unwrap();
+        let answer = rt
+            .block_on(acme_nginx::nginx::probe::http_get(
+                addr,
+                NAME,
+                &format!("/.well-known/acme-challenge/{token}"),
+            ))
+            .unwrap();
+        assert_ne!(
+            answer.status,
+            200,
+            "node {} serves the forged answer",
+            i + 1
+        );
+    }
+
+    // The older record replayed (validly sealed, but an older version): refused, reported;
+    // nothing served changes.
+    etcdctl_put(&bed, &lineage, &old_record);
+    // A failure memory that would stop renewals until 2036, an order record pointing at an
+    // attacker's URL, a node that does not exist: written without the fleet key.
+    etcdctl_put(
+        &bed,
+        &format!("/acme-nginx/renewal/{NAME}"),
+        br#"{"failures":9,"last_error":"forged","last_error_at":2080000000,"retry_not_before":2080000000}"#,
+    );
+    etcdctl_put(
+        &bed,
+        &format!("/acme-nginx/orders/{NAME}"),
+        br#"{"url":"http://127.0.0.1:1/evil","names":["fleet.test"],"key_sealed":"x","node":"n9","created":1}"#,
+    );
+    etcdctl_put(
+        &bed,
+        "/acme-nginx/nodes/evil",
+        br#"{"address":"127.0.0.1:1","seen":2080000000}"#,
+    );
+    let out = bed.cmd(1, "renew", &[]);
+    assert_exit(&out, 0);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("a replay"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "/acme-nginx/renewal/{NAME} was not written with this fleet key"
+        )),
+        "{log}"
+    );
+    assert!((0..3).all(|i| bed.served(i).as_deref() == Some(&current[..])));
+    let status = json(&bed.cmd(1, "status", &[]));
+    let ours = by_name(&status, NAME);
+    assert_ne!(ours["status"], "backoff", "{status}");
+
+    // Renewals still happen, through every real node (the fake one is not asked).
+    let out = bed.cmd(0, "renew", &["--force", NAME]);
+    assert_exit(&out, 0);
+    let log = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        format!("/acme-nginx/orders/{NAME}"),
+        "/acme-nginx/nodes/evil".into(),
+    ] {
+        assert!(
+            log.contains(&format!("{key} was not written with this fleet key")),
+            "{key}: {log}"
+        );
+    }
+    let renewed = bed.live_leaf(0);
+    assert_ne!(renewed, current);
+    bed.wait_all_serve(&renewed, Duration::from_secs(30));
+}
+
+/// Writes a raw value as someone with etcd access but no fleet key would.
+fn etcdctl_put(bed: &FleetBed, key: &str, value: &[u8]) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(crate::util::bin("etcdctl"))
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &bed.etcd.endpoints().join(","), "put", key])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(value).unwrap();
+    assert!(child.wait().unwrap().success(), "etcdctl put {key}");
+}
+
+/// Waits (up to 30 s) until `done` holds.
+fn wait_for(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Orders pebble finalized so far (one per certificate issued).

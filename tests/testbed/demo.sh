@@ -9,8 +9,10 @@ repo=$(cd "$here/../.." && pwd)
 tb=${ACME_NGINX_TESTBED:-$repo/.testbed}
 
 "$here/setup.sh" --demo
-(cd "$repo" && cargo build --release --quiet)
-bin="$repo/target/release/acme-nginx"
+# The debug build: the demo's own run takes seconds either way, an optimized build of every
+# dependency (AWS-LC's C code included) takes minutes more, and `tests/run.sh` reuses this one.
+(cd "$repo" && cargo build --quiet)
+bin="${CARGO_TARGET_DIR:-$repo/target}/debug/acme-nginx"
 
 work=$(mktemp -d /tmp/acme-nginx-demo.XXXXXX)
 chmod 755 "$work"

@@ -47,7 +47,7 @@ async fn run_agent(
     let (current, revision) = fleet.etcd.get_prefix(&challenges).await?;
     fleet.register().await?;
     for kv in current {
-        answer(settings, &kv.key, &kv.value, written);
+        answer(settings, fleet, &kv.key, &kv.value, written);
     }
     // A publish missed while away is installed by the pass this triggers.
     lineages_changed.send(()).ok();
@@ -63,7 +63,7 @@ async fn run_agent(
     while let Some(event) = rx.recv().await {
         match event {
             Event::Put(kv) if kv.key.starts_with(&challenges) => {
-                answer(settings, &kv.key, &kv.value, written);
+                answer(settings, fleet, &kv.key, &kv.value, written);
             }
             Event::Delete(key) if key.starts_with(&challenges) => {
                 if let Some(path) = written.remove(key.trim_start_matches(&challenges)) {
@@ -96,19 +96,27 @@ async fn run_agent(
 /// acme-nginx's snippet serves.
 fn answer(
     settings: &crate::lifecycle::Settings,
+    fleet: &Fleet,
     key: &str,
     value: &[u8],
     written: &mut HashMap<String, PathBuf>,
 ) {
-    let rec: ChallengeRecord = match serde_json::from_slice(value) {
-        Ok(r) => r,
+    // Only what a holder of the fleet key published, under its own token, well formed.
+    let rec: ChallengeRecord = match fleet.open_record(key, value) {
+        Ok((_, r)) => r,
+        Err(e) if e.is_untrusted() => {
+            super::report_untrusted(key);
+            return;
+        }
         Err(e) => {
             tracing::warn!("fleet agent: {key} is not an answer: {e}");
             return;
         }
     };
-    if !crate::acme::is_valid_token(&rec.token) {
-        tracing::warn!("fleet agent: {key} holds a token that is not base64url; not written");
+    if !rec.is_well_formed() || !key.ends_with(&format!("/{}", rec.token)) {
+        tracing::warn!(
+            "fleet agent: {key} is not a well-formed http-01 answer for its token; not written"
+        );
         return;
     }
     let scan = match settings.nginx.load_lenient() {

@@ -73,6 +73,14 @@ pub enum FleetError {
     Record { key: String, message: String },
 }
 
+impl FleetError {
+    /// True for a record that was not written by a holder of the fleet key (ignored and
+    /// reported, never acted on).
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self, FleetError::Seal(e) if e.is_untrusted())
+    }
+}
+
 /// A lineage's current certificate, as the fleet shares it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LineageRecord {
@@ -116,6 +124,19 @@ pub struct Fleet {
     pub address: String,
 }
 
+/// Logs a record that does not open with the fleet key: written by someone with etcd access
+/// but not the key (or a node with another key). It is left out, never acted on.
+pub(crate) fn report_untrusted(key: &str) {
+    tracing::warn!(
+        "fleet: {key} was not written with this fleet key (a forgery, or another fleet key); ignored"
+    );
+}
+
+/// The version of records that are versioned by time: when they were written.
+pub(crate) fn now_version() -> u64 {
+    u64::try_from(now()).unwrap_or_default()
+}
+
 pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -141,15 +162,76 @@ impl Fleet {
         format!("{}{rest}", self.prefix)
     }
 
-    pub(crate) fn json<T: for<'de> Deserialize<'de>>(
+    /// Opens a record: sealed under the fleet key for its etcd key and version (see
+    /// [`crate::store::seal`]); anything else is untrusted.
+    pub(crate) fn open_record<T: for<'de> Deserialize<'de>>(
         &self,
         key: &str,
         value: &[u8],
-    ) -> Result<T, FleetError> {
-        serde_json::from_slice(value).map_err(|e| FleetError::Record {
+    ) -> Result<(u64, T), FleetError> {
+        let (version, plain) = self.key.open_record(key, value)?;
+        let rec = serde_json::from_slice(&plain).map_err(|e| FleetError::Record {
             key: key.to_owned(),
             message: e.to_string(),
-        })
+        })?;
+        Ok((version, rec))
+    }
+
+    /// A record sealed for `key` at `version`.
+    pub(crate) fn seal_record<T: Serialize>(
+        &self,
+        key: &str,
+        version: u64,
+        rec: &T,
+    ) -> Result<Vec<u8>, FleetError> {
+        let json = serde_json::to_vec(rec).map_err(|e| FleetError::Record {
+            key: key.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(self.key.seal_record(key, version, &json))
+    }
+
+    /// The fleet key, for the challenge publisher.
+    pub fn fleet_key(&self) -> &FleetKey {
+        &self.key
+    }
+
+    /// Opens every record under a prefix; a record that does not open is reported and left
+    /// out, never acted on.
+    async fn records<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64, T)>, FleetError> {
+        let (kvs, _) = self.etcd.get_prefix(prefix).await?;
+        let mut out = Vec::new();
+        for kv in kvs {
+            match self.open_record(&kv.key, &kv.value) {
+                Ok((version, rec)) => {
+                    out.push((kv.key.trim_start_matches(prefix).to_owned(), version, rec))
+                }
+                Err(e) if e.is_untrusted() => report_untrusted(&kv.key),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens one record, if present; an untrusted one is reported and counts as absent.
+    async fn record<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(u64, T)>, FleetError> {
+        let Some(kv) = self.etcd.get(key).await? else {
+            return Ok(None);
+        };
+        match self.open_record(key, &kv.value) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.is_untrusted() => {
+                report_untrusted(key);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn account_key(&self, directory: &str) -> String {
@@ -161,89 +243,70 @@ impl Fleet {
     /// The fleet's account for a CA directory, if one was published.
     pub async fn account(&self, directory: &str) -> Result<Option<AccountState>, FleetError> {
         let key = self.account_key(directory);
-        let Some(kv) = self.etcd.get(&key).await? else {
-            return Ok(None);
-        };
-        let text = String::from_utf8_lossy(&kv.value);
-        let plain = self.key.open(&key, &text)?;
-        self.json(&key, &plain).map(Some)
+        Ok(self.record(&key).await?.map(|(_, a)| a))
     }
 
     /// Publishes an account unless another node did first; returns the fleet's account (ours,
     /// or the one that won).
     pub async fn publish_account(&self, state: &AccountState) -> Result<AccountState, FleetError> {
         let key = self.account_key(&state.directory);
-        let json = serde_json::to_vec(state).map_err(|e| FleetError::Record {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
-        let sealed = self.key.seal(&key, &json);
-        match self
-            .etcd
-            .put_if_absent(&key, sealed.as_bytes(), None)
-            .await?
-        {
+        let sealed = self.seal_record(&key, 1, state)?;
+        match self.etcd.put_if_absent(&key, &sealed, None).await? {
             None => Ok(state.clone()),
-            Some(winner) => {
-                let plain = self
-                    .key
-                    .open(&key, &String::from_utf8_lossy(&winner.value))?;
-                self.json(&key, &plain)
-            }
+            // Another node's, or (untrusted) a forgery that stops accounts from being shared
+            // until it is deleted: an error either way, never used.
+            Some(winner) => self.open_record(&key, &winner.value).map(|(_, a)| a),
         }
     }
 
-    /// Every lineage record, with its key opened (PEM).
-    pub async fn lineages(&self) -> Result<Vec<(String, LineageRecord, String)>, FleetError> {
+    /// Every lineage record that opens, with its version and its key opened (PEM).
+    pub async fn lineages(&self) -> Result<Vec<(String, u64, LineageRecord, String)>, FleetError> {
         let prefix = self.key("lineages/");
-        let (kvs, _) = self.etcd.get_prefix(&prefix).await?;
         let mut out = Vec::new();
-        for kv in kvs {
-            let name = kv.key.trim_start_matches(&prefix).to_owned();
-            let rec: LineageRecord = self.json(&kv.key, &kv.value)?;
+        for (name, version, rec) in self.records::<LineageRecord>(&prefix).await? {
+            let key = format!("{prefix}{name}");
             let key_pem =
-                String::from_utf8_lossy(&self.key.open(&kv.key, &rec.key_sealed)?).into_owned();
-            out.push((name, rec, key_pem));
+                String::from_utf8_lossy(&self.key.open(&key, &rec.key_sealed)?).into_owned();
+            out.push((name, version, rec, key_pem));
         }
         Ok(out)
     }
 
-    /// Publishes a lineage's current certificate (its key sealed).
+    /// Publishes a lineage's current certificate (its key sealed) as the record's next
+    /// version: one above the version of the record it replaces, so a replayed older record
+    /// is recognised by every node that saw a newer one. Returns the version.
     pub async fn publish_lineage(
         &self,
         name: &str,
         mut record: LineageRecord,
         key_pem: &str,
-    ) -> Result<(), FleetError> {
+    ) -> Result<u64, FleetError> {
         let key = self.key(&format!("lineages/{name}"));
+        let previous = self
+            .record::<LineageRecord>(&key)
+            .await?
+            .map_or(0, |(v, _)| v);
         record.key_sealed = self.key.seal(&key, key_pem.as_bytes());
-        let json = serde_json::to_vec(&record).map_err(|e| FleetError::Record {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
-        self.etcd.put(&key, &json, None).await?;
-        Ok(())
+        let version = previous + 1;
+        self.etcd
+            .put(&key, &self.seal_record(&key, version, &record)?, None)
+            .await?;
+        Ok(version)
     }
 
-    /// The serial and orderer of a lineage's record, if there is one.
+    /// The serial and orderer of a lineage's record, if there is one that opens.
     pub async fn record_of(&self, name: &str) -> Result<Option<(String, String)>, FleetError> {
         let key = self.key(&format!("lineages/{name}"));
-        match self.etcd.get(&key).await? {
-            Some(kv) => {
-                let rec: LineageRecord = self.json(&key, &kv.value)?;
-                Ok(Some((rec.serial, rec.node)))
-            }
-            None => Ok(None),
-        }
+        Ok(self
+            .record::<LineageRecord>(&key)
+            .await?
+            .map(|(_, rec)| (rec.serial, rec.node)))
     }
 
-    /// The shared failure memory of a lineage.
+    /// The shared failure memory of a lineage (its version is when it was written).
     pub async fn renewal(&self, name: &str) -> Result<Option<RenewalState>, FleetError> {
         let key = self.key(&format!("renewal/{name}"));
-        match self.etcd.get(&key).await? {
-            Some(kv) => self.json(&key, &kv.value).map(Some),
-            None => Ok(None),
-        }
+        Ok(self.record(&key).await?.map(|(_, r)| r))
     }
 
     /// Shares a lineage's failure memory.
@@ -253,11 +316,9 @@ impl Fleet {
         state: &RenewalState,
     ) -> Result<(), FleetError> {
         let key = self.key(&format!("renewal/{name}"));
-        let json = serde_json::to_vec(state).map_err(|e| FleetError::Record {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
-        self.etcd.put(&key, &json, None).await?;
+        self.etcd
+            .put(&key, &self.seal_record(&key, now_version(), state)?, None)
+            .await?;
         Ok(())
     }
 
@@ -279,56 +340,49 @@ impl Fleet {
             seen: now(),
         };
         let key = self.key(&format!("nodes/{}", self.node));
-        let json = serde_json::to_vec(&info).map_err(|e| FleetError::Record {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
-        self.etcd.put(&key, &json, None).await?;
+        self.etcd
+            .put(&key, &self.seal_record(&key, now_version(), &info)?, None)
+            .await?;
         Ok(())
     }
 
     /// Every node that registered, by name.
     pub async fn nodes(&self) -> Result<Vec<(String, NodeInfo)>, FleetError> {
         let prefix = self.key("nodes/");
-        let (kvs, _) = self.etcd.get_prefix(&prefix).await?;
-        kvs.into_iter()
-            .map(|kv| {
-                let name = kv.key.trim_start_matches(&prefix).to_owned();
-                self.json(&kv.key, &kv.value).map(|i| (name, i))
-            })
-            .collect()
+        Ok(self
+            .records::<NodeInfo>(&prefix)
+            .await?
+            .into_iter()
+            .map(|(name, _, info)| (name, info))
+            .collect())
     }
 
     /// Records what this node serves for a lineage.
     pub async fn report_serving(&self, lineage: &str, serial: &str) -> Result<(), FleetError> {
         let key = self.key(&format!("serving/{}/{lineage}", self.node));
-        let json = serde_json::to_vec(&Serving {
+        let serving = Serving {
             serial: serial.to_owned(),
             since: now(),
-        })
-        .map_err(|e| FleetError::Record {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
-        self.etcd.put(&key, &json, None).await?;
+        };
+        self.etcd
+            .put(
+                &key,
+                &self.seal_record(&key, now_version(), &serving)?,
+                None,
+            )
+            .await?;
         self.register().await
     }
 
     /// What every node reported serving: (node, lineage, serving).
     pub async fn serving(&self) -> Result<Vec<(String, String, Serving)>, FleetError> {
         let prefix = self.key("serving/");
-        let (kvs, _) = self.etcd.get_prefix(&prefix).await?;
         let mut out = Vec::new();
-        for kv in kvs {
-            let rest = kv.key.trim_start_matches(&prefix);
+        for (rest, _, serving) in self.records::<Serving>(&prefix).await? {
             let Some((node, lineage)) = rest.split_once('/') else {
                 continue;
             };
-            out.push((
-                node.to_owned(),
-                lineage.to_owned(),
-                self.json(&kv.key, &kv.value)?,
-            ));
+            out.push((node.to_owned(), lineage.to_owned(), serving));
         }
         Ok(out)
     }

@@ -25,10 +25,9 @@ impl Fleet {
         lineage: &str,
     ) -> Result<Option<(OrderRecord, String)>, FleetError> {
         let key = self.key(&format!("orders/{lineage}"));
-        let Some(kv) = self.etcd.get(&key).await? else {
+        let Some((_, rec)) = self.record::<OrderRecord>(&key).await? else {
             return Ok(None);
         };
-        let rec: OrderRecord = self.json(&key, &kv.value)?;
         let pem = String::from_utf8_lossy(&self.key.open(&key, &rec.key_sealed)?).into_owned();
         Ok(Some((rec, pem)))
     }
@@ -49,11 +48,13 @@ impl Fleet {
             node: self.node.clone(),
             created: now(),
         };
-        let json = serde_json::to_vec(&rec).map_err(|e| FleetError::Record {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
-        self.etcd.put(&key, &json, None).await?;
+        self.etcd
+            .put(
+                &key,
+                &self.seal_record(&key, super::now_version(), &rec)?,
+                None,
+            )
+            .await?;
         Ok(())
     }
 

@@ -54,7 +54,7 @@ pub async fn fleet_status(config: &FleetConfig) -> Result<FleetStatus, FleetErro
         .lineages()
         .await?
         .into_iter()
-        .map(|(name, rec, _)| FleetLineage {
+        .map(|(name, _, rec, _)| FleetLineage {
             nodes: nodes
                 .iter()
                 .map(|(node, _)| {

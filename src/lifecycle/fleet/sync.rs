@@ -5,50 +5,54 @@ use super::{now, Fleet, FleetError, LineageRecord};
 use crate::acme::{CertificateChain, KeyType};
 use crate::lifecycle::lineage::{live_cert, LineageMeta};
 use crate::lifecycle::outcome::chain_text;
+use crate::lifecycle::policy::{RenewalState, BACKOFF_MAX};
 use crate::lifecycle::Error;
 use crate::store::{self as local, Issued};
 
 /// Brings the fleet's certificates to this node: every lineage record newer than what this
-/// node has becomes a local version waiting to be installed (checked first: the key must be the
-/// certificate's), the fleet's failure memory replaces an older local one, and a local
-/// certificate newer than its record (a publish that failed) is published again.
+/// node has becomes a local version waiting to be installed (checked first: sealed with the
+/// fleet key, a version above any this node saw, the key the certificate's, a certificate not
+/// older than the one served here), the fleet's failure memory (bounded) replaces an older local
+/// one, and a local certificate newer than its record (a publish that failed) is published
+/// again.
 pub(crate) async fn sync(fleet: &Fleet, store: &local::Store) -> Result<(), Error> {
     fleet.register().await?;
     let records = fleet.lineages().await?;
-    for (name, rec, key_pem) in &records {
+    for (name, version, rec, key_pem) in &records {
         let l = store.lineage(name);
         let mut meta: LineageMeta = l.load_meta()?;
-        let local_serial = live_cert(&l).map(|c| c.info.serial_hex);
-        // The fleet's record wins unless this node's certificate is strictly newer (two
-        // renewals can fall in the same second).
-        let newer = meta.issued_at.is_none_or(|t| rec.issued_at >= t);
-        if local_serial.as_deref() != Some(rec.serial.as_str()) && newer {
-            if let Err(why) = check_record(rec, key_pem) {
-                tracing::warn!(
-                    "fleet: the record of {name} is not installed: {}",
+        let live = live_cert(&l).map(|c| c.info);
+        if live.as_ref().map(|c| c.serial_hex.as_str()) != Some(rec.serial.as_str()) {
+            match accept_record(rec, *version, key_pem, &meta, live.as_ref()) {
+                Err(RecordRejected::Older) => {}
+                Err(why) => tracing::warn!(
+                    "fleet: the record of {name} (version {version}) is not installed: {}",
                     chain_text(&why)
-                );
-                continue;
+                ),
+                Ok(()) => {
+                    let stored = l.install(&Issued {
+                        key_pem,
+                        cert_pem: &rec.cert_pem,
+                        chain_pem: &rec.chain_pem,
+                    })?;
+                    meta.names = rec.names.clone();
+                    meta.directory = rec.directory.clone();
+                    meta.key_type = rec.key_type.clone();
+                    meta.issued_at = Some(rec.issued_at);
+                    meta.pending_version = Some(stored);
+                    meta.fleet_version = Some(*version);
+                    meta.renewal.record_success();
+                    l.save_meta(&meta)?;
+                    tracing::info!(
+                        "fleet: {name} (serial {}, version {version}, ordered by {}) stored as version {stored}, to install",
+                        rec.serial,
+                        rec.node
+                    );
+                }
             }
-            let version = l.install(&Issued {
-                key_pem,
-                cert_pem: &rec.cert_pem,
-                chain_pem: &rec.chain_pem,
-            })?;
-            meta.names = rec.names.clone();
-            meta.directory = rec.directory.clone();
-            meta.key_type = rec.key_type.clone();
-            meta.issued_at = Some(rec.issued_at);
-            meta.pending_version = Some(version);
-            meta.renewal.record_success();
-            l.save_meta(&meta)?;
-            tracing::info!(
-                "fleet: {name} (serial {}, ordered by {}) stored as version {version}, to install",
-                rec.serial,
-                rec.node
-            );
         }
         if let Some(shared) = fleet.renewal(name).await? {
+            let shared = bounded(shared, time::OffsetDateTime::now_utc());
             if shared.last_error_at > meta.renewal.last_error_at {
                 let mut meta: LineageMeta = l.load_meta()?;
                 meta.renewal.failures = shared.failures;
@@ -61,16 +65,17 @@ pub(crate) async fn sync(fleet: &Fleet, store: &local::Store) -> Result<(), Erro
         }
     }
     for l in store.lineages() {
-        let meta: LineageMeta = l.load_meta()?;
-        let published = records
-            .iter()
-            .find(|(n, _, _)| *n == l.name)
-            .map(|(_, r, _)| (r.issued_at, r.serial.clone()));
-        let serial = live_cert(&l).map(|c| c.info.serial_hex);
-        let ours_newer = match (&published, meta.issued_at, &serial) {
-            (_, None, _) | (_, _, None) => false,
-            (None, Some(_), Some(_)) => true,
-            (Some((at, s)), Some(t), Some(ours)) => ours != s && t > *at,
+        let Some(ours) = live_cert(&l).map(|c| c.info) else {
+            continue;
+        };
+        let published = records.iter().find(|(n, ..)| *n == l.name);
+        let ours_newer = match published {
+            None => l.load_meta::<LineageMeta>()?.issued_at.is_some(),
+            Some((_, _, rec, _)) => {
+                rec.serial != ours.serial_hex
+                    && crate::acme::CertInfo::from_pem(rec.cert_pem.as_bytes())
+                        .is_ok_and(|theirs| ours.not_before > theirs.not_before)
+            }
         };
         if ours_newer {
             if let Err(e) = publish_live(fleet, &l).await {
@@ -79,6 +84,18 @@ pub(crate) async fn sync(fleet: &Fleet, store: &local::Store) -> Result<(), Erro
         }
     }
     Ok(())
+}
+
+/// Failure memory from the fleet, bounded as the local one is: no failure in the future, and
+/// no wait longer than the longest backoff past the last failure (a record that says otherwise
+/// is wrong, whoever wrote it).
+fn bounded(mut shared: RenewalState, now: time::OffsetDateTime) -> RenewalState {
+    let now = now.unix_timestamp();
+    let last = shared.last_error_at.map(|t| t.min(now));
+    shared.last_error_at = last;
+    let latest = last.unwrap_or(now) + BACKOFF_MAX.whole_seconds();
+    shared.retry_not_before = shared.retry_not_before.map(|t| t.min(latest));
+    shared
 }
 
 /// Publishes a lineage's live certificate and key as the fleet's.
@@ -110,14 +127,27 @@ async fn publish_live(fleet: &Fleet, l: &local::Lineage) -> Result<(), Error> {
         key_sealed: String::new(),
         node: fleet.node.clone(),
     };
-    fleet.publish_lineage(&l.name, record, &key_pem).await?;
-    tracing::info!("fleet: published {}", l.name);
+    let version = fleet.publish_lineage(&l.name, record, &key_pem).await?;
+    let mut meta: LineageMeta = l.load_meta()?;
+    meta.fleet_version = Some(version);
+    l.save_meta(&meta)?;
+    tracing::info!("fleet: published {} (version {version})", l.name);
     Ok(())
 }
 
 /// Why another node's record is not installed here.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordRejected {
+    /// Not newer than what this node has: nothing to do.
+    #[error("not newer than the certificate this node has")]
+    Older,
+    #[error("version {version} is older than version {seen} this node already saw (a replay)")]
+    Replayed { version: u64, seen: u64 },
+    #[error("its certificate was issued before the one this node serves (notBefore {theirs} < {ours}); never rolled back")]
+    Rollback {
+        theirs: time::OffsetDateTime,
+        ours: time::OffsetDateTime,
+    },
     #[error("its key or chain does not parse: {0}")]
     Unreadable(#[source] crate::acme::Error),
     #[error("its key is not the certificate's")]
@@ -126,6 +156,39 @@ pub enum RecordRejected {
     Names { cert: String, record: String },
     #[error("the record's serial is not the certificate's")]
     Serial,
+}
+
+/// Whether another node's record may go live here: a version above any this node saw, a
+/// certificate not issued before the one it serves, and a sound record.
+fn accept_record(
+    rec: &LineageRecord,
+    version: u64,
+    key_pem: &str,
+    meta: &LineageMeta,
+    live: Option<&crate::acme::CertInfo>,
+) -> Result<(), RecordRejected> {
+    if let Some(seen) = meta.fleet_version {
+        if version < seen {
+            return Err(RecordRejected::Replayed { version, seen });
+        }
+        if version == seen {
+            // The record this node installed or published: another certificate here is
+            // newer (published at the end of the sync).
+            return Err(RecordRejected::Older);
+        }
+    }
+    check_record(rec, key_pem)?;
+    let theirs = crate::acme::CertInfo::from_pem(rec.cert_pem.as_bytes())
+        .map_err(RecordRejected::Unreadable)?;
+    if let Some(ours) = live {
+        if theirs.not_before < ours.not_before {
+            return Err(RecordRejected::Rollback {
+                theirs: theirs.not_before,
+                ours: ours.not_before,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks a record from another node before it goes live: the key is the certificate's, the
@@ -164,7 +227,7 @@ pub(crate) async fn publish_fresh(
     fleet: &Fleet,
     obtained: Obtained<'_>,
     directory: &str,
-) -> Result<(), FleetError> {
+) -> Result<u64, FleetError> {
     let chain = obtained.chain;
     let record = LineageRecord {
         names: obtained.names.to_vec(),
@@ -180,4 +243,33 @@ pub(crate) async fn publish_fresh(
     fleet
         .publish_lineage(obtained.lineage, record, obtained.key_pem)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::{Duration, OffsetDateTime};
+
+    #[test]
+    fn fleet_failure_memory_is_bounded() {
+        let now = OffsetDateTime::now_utc();
+        let t = now.unix_timestamp();
+        let forged = RenewalState {
+            failures: 9,
+            last_error_at: Some(t + 10 * 365 * 86_400),
+            retry_not_before: Some(t + 10 * 365 * 86_400),
+            ..RenewalState::default()
+        };
+        let b = bounded(forged, now);
+        assert_eq!(b.last_error_at, Some(t), "no failure in the future");
+        assert_eq!(b.retry_not_before, Some(t + BACKOFF_MAX.whole_seconds()));
+        let fair = RenewalState {
+            failures: 1,
+            last_error_at: Some(t - 60),
+            retry_not_before: Some(t + 240),
+            ..RenewalState::default()
+        };
+        assert_eq!(bounded(fair.clone(), now), fair);
+        assert!(BACKOFF_MAX <= Duration::days(1));
+    }
 }

@@ -130,7 +130,7 @@ pub(crate) async fn obtain(
             Ok(f) => {
                 // Published before the lock goes: the fleet never orders it twice.
                 env.coordinator
-                    .publish(f.obtained(), &env.settings.directory)
+                    .publish(&env.store, f.obtained(), &env.settings.directory)
                     .await;
                 fresh.push(f)
             }
