@@ -175,23 +175,37 @@ impl Account {
         order.complete(names, csr_der, solver, opts).await
     }
 
-    /// Places the order for `names` (with the options' profile and `replaces`; an order the
-    /// CA refuses because of `replaces` is placed again without it).
+    /// Places the order for `names` (with the options' profile and `replaces`). An order the
+    /// CA refuses because of `replaces` is placed again without it; one the CA failed on
+    /// (a 5xx problem) while looking up what it replaces is tried once more after
+    /// [`REPLACES_RETRY_WAIT`] (a CA may not have indexed a certificate it issued a moment
+    /// ago; pebble has that race), then without `replaces`.
     pub async fn create_order(
         &self,
         names: &[String],
         opts: &OrderOptions,
     ) -> Result<OrderHandle, Error> {
         let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::from_name(n)).collect();
-        let order = match self
-            .new_order(
+        let place = || {
+            self.new_order(
                 identifiers.clone(),
                 opts.profile.clone(),
                 opts.replaces.clone(),
             )
-            .await
-        {
-            Err(e) if opts.replaces.is_some() && refusal_of_replaces(&e) => {
+        };
+        let first = match place().await {
+            Err(e) if opts.replaces.is_some() && server_failed(&e) => {
+                tracing::warn!(
+                    "the CA failed on an order with `replaces` ({e}); trying again in {} ms",
+                    REPLACES_RETRY_WAIT.as_millis()
+                );
+                tokio::time::sleep(REPLACES_RETRY_WAIT).await;
+                place().await
+            }
+            other => other,
+        };
+        let order = match first {
+            Err(e) if opts.replaces.is_some() && (refusal_of_replaces(&e) || server_failed(&e)) => {
                 tracing::warn!("the CA refused `replaces` ({e}); ordering without it");
                 self.new_order(identifiers, opts.profile.clone(), None)
                     .await?
@@ -274,6 +288,14 @@ impl OrderHandle {
         )?;
         Ok(chain)
     }
+}
+
+/// How long before an order the CA failed on (5xx) while handling `replaces` is placed again.
+pub const REPLACES_RETRY_WAIT: Duration = Duration::from_secs(1);
+
+/// True when the CA answered with a server-side problem (HTTP 5xx).
+fn server_failed(e: &Error) -> bool {
+    matches!(e, Error::Problem { status, .. } if *status >= 500)
 }
 
 /// True when a newOrder error looks like the CA refusing the `replaces` field (RFC 9773 names

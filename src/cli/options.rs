@@ -367,10 +367,8 @@ impl FleetOptions {
                 .prefix
                 .clone()
                 .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
-            address: self
-                .address
-                .clone()
-                .unwrap_or_else(|| format!("{node}:{http_port}")),
+            address: acme_nginx::lifecycle::fleet::node_address(self.address.as_deref(), http_port)
+                .map_err(|e| CliError::Usage(e.to_string()))?,
             node,
             key_file,
         }))

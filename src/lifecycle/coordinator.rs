@@ -143,6 +143,42 @@ impl Coordinator {
         }
     }
 
+    /// Records, under a claim, that this node sets out to order `lineage`: should it die
+    /// before publishing, another node completes it. A failure to record is an error: the
+    /// order is not placed.
+    pub async fn intend(&self, lineage: &str, names: &[String]) -> Result<(), Failure> {
+        let Coordinator::Fleet(fleet) = self else {
+            return Ok(());
+        };
+        fleet.record_intent(lineage, names).await.map_err(|e| {
+            Failure::transient(format!("the fleet's shared store: {}", chain_text(&e)))
+        })
+    }
+
+    /// Forgets the intent of an order that failed (the failure memory decides what next).
+    pub async fn abandon(&self, lineage: &str) {
+        let Coordinator::Fleet(fleet) = self else {
+            return;
+        };
+        if let Err(e) = fleet.forget_intent(lineage).await {
+            tracing::warn!("fleet: {}", chain_text(&e));
+        }
+    }
+
+    /// The lineages another node set out to order and did not finish, with that node: they
+    /// are ordered now (resuming the order it recorded) whatever the renewal policy says.
+    pub async fn unfinished(&self) -> Result<Vec<(String, String)>, Error> {
+        let Coordinator::Fleet(fleet) = self else {
+            return Ok(Vec::new());
+        };
+        Ok(fleet
+            .unfinished()
+            .await?
+            .into_iter()
+            .map(|(lineage, rec)| (lineage, rec.node))
+            .collect())
+    }
+
     /// Lets go of the claims taken (a failure only lets the lock expire with its lease).
     pub async fn release(&self, claims: Vec<Claim>) {
         let Coordinator::Fleet(fleet) = self else {
@@ -230,6 +266,9 @@ impl Coordinator {
         };
         match fleet::publish_fresh(fleet, obtained, directory).await {
             Ok(version) => {
+                if let Err(e) = fleet.forget_intent(obtained.lineage).await {
+                    tracing::warn!("fleet: {}", chain_text(&e));
+                }
                 // Remembered, so that a replay of an older record is refused here too.
                 let l = store.lineage(obtained.lineage);
                 let saved = l

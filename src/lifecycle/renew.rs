@@ -73,6 +73,9 @@ impl Session {
                 None
             }
         };
+        // What another node set out to renew and did not finish (it died): renewed now, due
+        // or not, so the fleet finishes what any node started.
+        let unfinished = self.env.coordinator.unfinished().await?;
         let now = OffsetDateTime::now_utc();
         let named = !wanted.is_empty();
         let mut outcomes = Vec::new();
@@ -132,6 +135,16 @@ impl Session {
                     ..base
                 }),
                 _ if force => due.push((l, "forced".to_owned())),
+                _ if unfinished.iter().any(|(n, _)| *n == l.name) => {
+                    let node = unfinished
+                        .iter()
+                        .find(|(n, _)| *n == l.name)
+                        .map_or("", |(_, node)| node.as_str());
+                    due.push((
+                        l,
+                        format!("node {node} of the fleet set out to renew it and did not finish"),
+                    ));
+                }
                 Decision::Due(reason) => due.push((l, reason.to_string())),
                 Decision::NotDue { at, reason } => outcomes.push(Outcome {
                     next_renewal: Some(at),

@@ -131,6 +131,7 @@ impl Session {
         }
         prepare::remove_leftover_records(&self.env).await;
         self.env.coordinator.sync(&self.env.store).await?;
+        let unfinished = self.env.coordinator.unfinished().await?;
         let now = OffsetDateTime::now_utc();
         let mut outcomes = Vec::new();
         let mut to_order = Vec::new();
@@ -149,6 +150,7 @@ impl Session {
                 meta: &meta,
                 cert: cert.as_ref(),
                 pending: self.env.pending_install(&plan, &meta).is_some(),
+                unfinished: unfinished.iter().any(|(n, _)| *n == plan.lineage()),
             };
             match triage(&plan, facts, now) {
                 Verdict::Skip(why) => {

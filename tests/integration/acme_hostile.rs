@@ -16,7 +16,9 @@ use tokio::net::TcpListener;
 /// "send bytes forever".
 type Route = (u16, Vec<(&'static str, String)>, Option<String>);
 
-async fn serve(routes: impl Fn(&str, &str, &str) -> Route + Send + Sync + 'static) -> String {
+/// Serves `routes` (method, path, base URL, request body) on a loopback port; returns the
+/// base URL.
+async fn serve(routes: impl Fn(&str, &str, &str, &str) -> Route + Send + Sync + 'static) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let routes = Arc::new(routes);
@@ -59,7 +61,8 @@ async fn serve(routes: impl Fn(&str, &str, &str) -> Route + Send + Sync + 'stati
                 let mut first = text.split_whitespace();
                 let method = first.next().unwrap_or("").to_owned();
                 let path = first.next().unwrap_or("").to_owned();
-                let (status, headers, body) = routes(&method, &path, &base);
+                let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                let (status, headers, body) = routes(&method, &path, &base, body);
                 let mut head = format!(
                     "HTTP/1.1 {status} X\r\nConnection: close\r\nReplay-Nonce: nonce{}\r\n",
                     rand_suffix()
@@ -103,7 +106,7 @@ fn directory(base: &str) -> String {
 
 #[tokio::test]
 async fn endless_directory_is_cut_off() {
-    let base = serve(|_, _, _| (200, vec![], None)).await;
+    let base = serve(|_, _, _, _| (200, vec![], None)).await;
     let err = acme::Client::new(&format!("{base}/dir"), &ClientConfig::default())
         .await
         .unwrap_err();
@@ -113,7 +116,7 @@ async fn endless_directory_is_cut_off() {
 
 #[tokio::test]
 async fn garbage_json_and_bare_500_name_the_url() {
-    let base = serve(|_, path, _| match path {
+    let base = serve(|_, path, _, _| match path {
         "/dir" => (200, vec![], Some("{\"newNonce\": 12,".into())),
         _ => (500, vec![], Some("<html>oops</html>".into())),
     })
@@ -137,7 +140,7 @@ async fn garbage_json_and_bare_500_name_the_url() {
 
 #[tokio::test]
 async fn rate_limit_carries_retry_after_and_the_problem() {
-    let base = serve(|method, path, base| match (method, path) {
+    let base = serve(|method, path, base, _| match (method, path) {
         ("GET", "/dir") => (200, vec![], Some(directory(base))),
         ("HEAD", "/nonce") => (200, vec![], Some(String::new())),
         _ => (
@@ -172,7 +175,7 @@ async fn rate_limit_carries_retry_after_and_the_problem() {
 
 #[tokio::test]
 async fn path_token_never_reaches_the_disk() {
-    let base = serve(|method, path, base| match (method, path) {
+    let base = serve(|method, path, base, _| match (method, path) {
         ("GET", "/dir") => (200, vec![], Some(directory(base))),
         ("HEAD", "/nonce") => (200, vec![], Some(String::new())),
         ("POST", "/acct") => (201, vec![("Location", format!("{base}/acct/1"))], Some(r#"{"status":"valid"}"#.into())),
@@ -217,4 +220,71 @@ async fn path_token_never_reaches_the_disk() {
     assert!(err.to_string().contains("not base64url"), "{err}");
     assert!(!webroot.exists(), "the solver was called");
     assert!(!dir.path().join("a/escaped").exists());
+}
+
+/// A CA that fails (500) on an order naming what it replaces, as pebble does while it has not
+/// yet indexed a certificate it just issued: the order is tried once more, then placed
+/// without `replaces`, and the renewal goes on.
+#[tokio::test]
+async fn an_order_the_ca_fails_on_with_replaces_is_placed_again_then_without() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let with = Arc::new(AtomicUsize::new(0));
+    let without = Arc::new(AtomicUsize::new(0));
+    let (w, wo) = (with.clone(), without.clone());
+    let base = serve(move |method, path, base, body| match (method, path) {
+        ("GET", "/dir") => (200, vec![], Some(directory(base))),
+        ("HEAD", "/nonce") => (200, vec![], Some(String::new())),
+        ("POST", "/acct") => (201, vec![("Location", format!("{base}/acct/1"))], Some(r#"{"status":"valid"}"#.into())),
+        ("POST", "/order") => {
+            let payload: serde_json::Value = serde_json::from_str(body)
+                .ok()
+                .and_then(|jws: serde_json::Value| {
+                    acme::decode_b64(jws["payload"].as_str()?).ok()
+                })
+                .and_then(|p| serde_json::from_slice(&p).ok())
+                .unwrap_or_default();
+            if payload.get("replaces").is_some() {
+                w.fetch_add(1, Ordering::SeqCst);
+                (
+                    500,
+                    vec![],
+                    Some(r#"{"type":"urn:ietf:params:acme:error:serverInternal","detail":"could not find order resulting in the given certificate serial number"}"#.into()),
+                )
+            } else {
+                wo.fetch_add(1, Ordering::SeqCst);
+                (
+                    201,
+                    vec![("Location", format!("{base}/order/1"))],
+                    Some(format!(r#"{{"status":"pending","authorizations":[],"finalize":"{base}/fin"}}"#)),
+                )
+            }
+        }
+        _ => (404, vec![], Some("{}".into())),
+    })
+    .await;
+    let client = acme::Client::new(&format!("{base}/dir"), &ClientConfig::default())
+        .await
+        .unwrap();
+    let (account, _) = Account::create(
+        client,
+        KeyPair::generate(KeyType::P256),
+        &NewAccountOptions::default(),
+    )
+    .await
+    .unwrap();
+    let opts = OrderOptions {
+        replaces: Some("aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE".into()),
+        ..OrderOptions::default()
+    };
+    let order = account
+        .create_order(&["a.test".to_owned()], &opts)
+        .await
+        .unwrap();
+    assert_eq!(order.url, format!("{base}/order/1"));
+    assert_eq!(
+        with.load(Ordering::SeqCst),
+        2,
+        "tried again once with replaces"
+    );
+    assert_eq!(without.load(Ordering::SeqCst), 1, "then without");
 }

@@ -202,6 +202,52 @@ fn records_without_the_fleet_key_are_ignored_and_reported() {
     bed.wait_all_serve(&renewed, Duration::from_secs(30));
 }
 
+/// A node that recorded its intent to renew and died before finishing (here: before it
+/// placed the order) leaves the renewal to the fleet: the next node whose pass finds the
+/// intent with the lock free renews it, although its own policy says it is not due, and exactly
+/// one certificate results.
+#[test]
+fn a_renewal_a_dead_node_set_out_to_do_is_finished_by_another() {
+    let mut bed = FleetBed::start();
+    bed.start_agent(1);
+    bed.start_agent(2);
+    bed.add_site(0);
+    assert_exit(&bed.cmd(0, "enroll", &[]), 0);
+    bed.add_site(1);
+    bed.add_site(2);
+    let first = bed.live_leaf(0);
+    bed.wait_all_serve(&first, Duration::from_secs(30));
+    let before = finalized(&bed);
+
+    // Node 1's command died; its nginx and its agent go on answering challenges.
+    bed.start_agent(0);
+    // What node 1 wrote under its lock before dying (sealed with the fleet key it holds).
+    let key = acme_nginx::store::seal::FleetKey::read(&bed.key_file()).unwrap();
+    let intent = format!("/acme-nginx/intents/{NAME}");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let record = serde_json::json!({"names": [NAME], "node": "n1", "deadline": now + 3600});
+    etcdctl_put(
+        &bed,
+        &intent,
+        &key.seal_record(&intent, now as u64, record.to_string().as_bytes()),
+    );
+
+    let out = bed.cmd(2, "renew", &[]);
+    assert_exit(&out, 0);
+    let report = json(&out);
+    assert_eq!(by_name(&report, NAME)["status"], "renewed", "{report}");
+    assert_eq!(finalized(&bed), before + 1);
+    let renewed = bed.live_leaf(2);
+    assert_ne!(renewed, first);
+    bed.wait_all_serve(&renewed, Duration::from_secs(30));
+    // Finished: the intent is gone, and the next pass anywhere has nothing to do.
+    assert!(bed.etcd.raw_get(&intent).is_empty());
+    let out = bed.cmd(1, "renew", &[]);
+    assert_exit(&out, 0);
+    assert_eq!(by_name(&json(&out), NAME)["status"], "not-due");
+    assert_eq!(finalized(&bed), before + 1);
+}
+
 /// Writes a raw value as someone with etcd access but no fleet key would.
 fn etcdctl_put(bed: &FleetBed, key: &str, value: &[u8]) {
     use std::io::Write;

@@ -82,8 +82,16 @@ fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
     );
     assert_exit(&out, 1);
     let report = json(&out);
-    assert_eq!(by_name(&report, "a.renew.test")["status"], "failed");
-    assert_eq!(by_name(&report, "b.renew.test")["status"], "renewed");
+    assert_eq!(
+        by_name(&report, "a.renew.test")["status"],
+        "failed",
+        "{report}"
+    );
+    assert_eq!(
+        by_name(&report, "b.renew.test")["status"],
+        "renewed",
+        "{report}"
+    );
     assert_eq!(
         bed.served("a.renew.test"),
         new_a,
@@ -100,7 +108,11 @@ fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
     let a = by_name(&report, "a.renew.test");
     assert_eq!(a["status"], "backoff", "{a}");
     assert!(a["next_renewal"].as_str().is_some());
-    assert_eq!(by_name(&report, "b.renew.test")["status"], "renewed");
+    assert_eq!(
+        by_name(&report, "b.renew.test")["status"],
+        "renewed",
+        "{report}"
+    );
 
     // status reports all of it.
     let out = bed.cmd("status", &[]);
@@ -154,7 +166,11 @@ fn revoked_certificate_is_renewed_at_once_by_ari() {
     let out = bed.cmd("renew", &[]);
     assert_exit(&out, 0);
     let report = json(&out);
-    assert_eq!(by_name(&report, "a.renew.test")["status"], "not-due");
+    assert_eq!(
+        by_name(&report, "a.renew.test")["status"],
+        "not-due",
+        "{report}"
+    );
     assert_eq!(
         by_name(&report, "b.renew.test")["status"],
         "renewed",

@@ -23,7 +23,7 @@ mod sync;
 
 pub use agent::{agent, AGENT_RETRY};
 pub(super) use order::order_once;
-pub use order::OrderRecord;
+pub use order::{IntentRecord, OrderRecord, INTENT_DEADLINE};
 pub use status::{fleet_metrics, fleet_status, FleetLineage, FleetNode, FleetStatus, NodeServing};
 pub use sync::Obtained;
 pub(super) use sync::{publish_fresh, sync};
@@ -122,6 +122,89 @@ pub struct Fleet {
     pub prefix: String,
     pub node: String,
     pub address: String,
+}
+
+/// Why a node's address cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error("the fleet address {0:?} is not HOST:PORT")]
+    NotHostPort(String),
+    #[error("the fleet address {address:?}: {host} does not resolve here ({message}); set `address` in the [fleet] table (or --fleet-address) to HOST:PORT the other nodes reach this node's nginx at")]
+    Unresolved {
+        address: String,
+        host: String,
+        message: String,
+    },
+    #[error("this host has no address but loopback for the other nodes to reach it by; set `address` in the [fleet] table (or --fleet-address) to HOST:PORT")]
+    NoAddress,
+}
+
+/// This node's address as the other nodes reach it: `address` when given (its host must
+/// resolve), else the host's primary address (the first non-loopback IPv4 address of an
+/// interface that is up, else such an IPv6 one) and the port nginx answers the name on.
+pub fn node_address(address: Option<&str>, http_port: u16) -> Result<String, AddressError> {
+    if let Some(a) = address {
+        let (host, port) = a
+            .rsplit_once(':')
+            .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            .ok_or_else(|| AddressError::NotHostPort(a.to_owned()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<std::net::IpAddr>().is_err() {
+            use std::net::ToSocketAddrs;
+            let first = (host, port.parse::<u16>().unwrap_or(80))
+                .to_socket_addrs()
+                .map(|mut it| it.next());
+            let message = match first {
+                Ok(Some(_)) => None,
+                Ok(None) => Some("no address".to_owned()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(message) = message {
+                return Err(AddressError::Unresolved {
+                    address: a.to_owned(),
+                    host: host.to_owned(),
+                    message,
+                });
+            }
+        }
+        return Ok(a.to_owned());
+    }
+    let interfaces: Vec<(std::net::IpAddr, bool)> = nix::ifaddrs::getifaddrs()
+        .map(|it| {
+            it.filter_map(|i| {
+                let ip = i.address.as_ref().and_then(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+                })?;
+                let up = i.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
+                Some((ip, up))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let ip = primary_address(&interfaces).ok_or(AddressError::NoAddress)?;
+    Ok(std::net::SocketAddr::new(ip, http_port).to_string())
+}
+
+/// The first non-loopback, non-link-local IPv4 address of an interface that is up, else such
+/// an IPv6 address.
+fn primary_address(interfaces: &[(std::net::IpAddr, bool)]) -> Option<std::net::IpAddr> {
+    let usable = |ip: &std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) => {
+            !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified()
+        }
+        std::net::IpAddr::V6(v6) => {
+            !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
+        }
+    };
+    let up = || {
+        interfaces
+            .iter()
+            .filter(|(ip, up)| *up && usable(ip))
+            .map(|(ip, _)| *ip)
+    };
+    up().find(std::net::IpAddr::is_ipv4).or_else(|| up().next())
 }
 
 /// Logs a record that does not open with the fleet key: written by someone with etcd access
@@ -385,5 +468,67 @@ impl Fleet {
             out.push((node.to_owned(), lineage.to_owned(), serving));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_address_is_the_primary_non_loopback_one() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let table = [
+            (
+                vec![(ip("127.0.0.1"), true), (ip("192.0.2.7"), true)],
+                Some(ip("192.0.2.7")),
+            ),
+            (
+                vec![(ip("192.0.2.7"), false), (ip("198.51.100.2"), true)],
+                Some(ip("198.51.100.2")),
+            ),
+            (
+                vec![(ip("2001:db8::5"), true), (ip("203.0.113.9"), true)],
+                Some(ip("203.0.113.9")),
+            ),
+            (
+                vec![(ip("fe80::1"), true), (ip("2001:db8::5"), true)],
+                Some(ip("2001:db8::5")),
+            ),
+            (
+                vec![
+                    (ip("127.0.0.1"), true),
+                    (ip("169.254.3.3"), true),
+                    (ip("::1"), true),
+                ],
+                None,
+            ),
+        ];
+        for (interfaces, want) in table {
+            assert_eq!(primary_address(&interfaces), want, "{interfaces:?}");
+        }
+    }
+
+    #[test]
+    fn a_given_address_must_be_host_port_and_resolve() {
+        assert_eq!(
+            node_address(Some("192.0.2.7:80"), 1).unwrap(),
+            "192.0.2.7:80"
+        );
+        assert_eq!(
+            node_address(Some("[2001:db8::1]:80"), 1).unwrap(),
+            "[2001:db8::1]:80"
+        );
+        assert_eq!(
+            node_address(Some("localhost:8080"), 1).unwrap(),
+            "localhost:8080"
+        );
+        assert!(matches!(
+            node_address(Some("web-bravo"), 80),
+            Err(AddressError::NotHostPort(_))
+        ));
+        let e = node_address(Some("no-such-node.invalid:80"), 80).unwrap_err();
+        assert!(matches!(e, AddressError::Unresolved { .. }), "{e}");
+        assert!(e.to_string().contains("set `address`"), "{e}");
     }
 }

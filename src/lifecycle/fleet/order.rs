@@ -18,7 +18,63 @@ pub struct OrderRecord {
     pub created: i64,
 }
 
+/// A renewal a node set out to do (`intents/NAME`), recorded under the lineage's lock before
+/// anything is asked of the CA. Should that node die, whichever node next finds it with the
+/// lock free completes it, due or not by its own policy; it goes when the certificate is
+/// published or the order failed (the failure memory then decides).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IntentRecord {
+    pub names: Vec<String>,
+    pub node: String,
+    /// Unix time after which it is stale (ignored and removed).
+    pub deadline: i64,
+}
+
+/// How long an unfinished renewal is taken over by other nodes.
+pub const INTENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 impl Fleet {
+    /// Records that this node is about to order a lineage (under its lock).
+    pub async fn record_intent(&self, lineage: &str, names: &[String]) -> Result<(), FleetError> {
+        let key = self.key(&format!("intents/{lineage}"));
+        let rec = IntentRecord {
+            names: names.to_vec(),
+            node: self.node.clone(),
+            deadline: now() + INTENT_DEADLINE.as_secs() as i64,
+        };
+        self.etcd
+            .put(
+                &key,
+                &self.seal_record(&key, super::now_version(), &rec)?,
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The renewals nodes set out to do and did not finish: lineage and the node. Stale ones
+    /// are removed.
+    pub async fn unfinished(&self) -> Result<Vec<(String, IntentRecord)>, FleetError> {
+        let prefix = self.key("intents/");
+        let mut out = Vec::new();
+        for (lineage, _, rec) in self.records::<IntentRecord>(&prefix).await? {
+            if rec.deadline < now() {
+                self.forget_intent(&lineage).await?;
+                continue;
+            }
+            out.push((lineage, rec));
+        }
+        Ok(out)
+    }
+
+    /// Forgets a lineage's intent (done, or failed).
+    pub async fn forget_intent(&self, lineage: &str) -> Result<(), FleetError> {
+        Ok(self
+            .etcd
+            .delete(&self.key(&format!("intents/{lineage}")))
+            .await?)
+    }
+
     /// The order a node left for a lineage, with its key (PEM), if any.
     pub async fn pending_order(
         &self,

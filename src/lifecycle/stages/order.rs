@@ -117,7 +117,10 @@ pub(crate) async fn obtain(
             let identity = identity.as_ref();
             let solvers = &solvers;
             async move {
-                let r = obtain_one(env, account, scan, &plan, identity, solvers).await;
+                let r = match env.coordinator.intend(&plan.lineage(), &plan.names).await {
+                    Ok(()) => obtain_one(env, account, scan, &plan, identity, solvers).await,
+                    Err(e) => Err(e),
+                };
                 (plan, r)
             }
         })
@@ -135,6 +138,7 @@ pub(crate) async fn obtain(
                 fresh.push(f)
             }
             Err(e) => {
+                env.coordinator.abandon(&plan.lineage()).await;
                 let mut o = env.outcome(&plan, Status::Failed);
                 o.error = Some(e);
                 outcomes.push(o);

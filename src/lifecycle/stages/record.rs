@@ -92,6 +92,7 @@ mod tests {
                     meta: &meta,
                     cert: None,
                     pending: false,
+                    unfinished: false,
                 },
                 now,
             )

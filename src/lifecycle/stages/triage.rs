@@ -18,6 +18,8 @@ pub struct Facts<'a> {
     pub cert: Option<&'a CertInfo>,
     /// A version issued earlier, not installed yet, and still good to install.
     pub pending: bool,
+    /// Another node of the fleet set out to order it and did not finish.
+    pub unfinished: bool,
 }
 
 /// What to do with one plan.
@@ -58,7 +60,7 @@ pub fn triage(plan: &Plan, facts: Facts<'_>, now: OffsetDateTime) -> Verdict {
                 facts.meta.renewal.last_error.as_deref().unwrap_or("-")
             ),
         },
-        Decision::NotDue { .. } if !names_differ => Verdict::Current,
+        Decision::NotDue { .. } if !names_differ && !facts.unfinished => Verdict::Current,
         _ => Verdict::Order,
     }
 }
@@ -116,6 +118,7 @@ mod tests {
             meta,
             cert,
             pending,
+            unfinished: false,
         };
         let rows: Vec<(&str, &Plan, Facts<'_>, Verdict)> = vec![
             (
@@ -153,6 +156,15 @@ mod tests {
                 &ab,
                 facts(&backing_off, Some(&old), true),
                 Verdict::Install,
+            ),
+            (
+                "current, but another node set out to renew it and died",
+                &ab,
+                Facts {
+                    unfinished: true,
+                    ..facts(&none, Some(&fresh), false)
+                },
+                Verdict::Order,
             ),
             (
                 "named while backing off",
