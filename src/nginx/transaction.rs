@@ -29,28 +29,71 @@ pub const JOURNAL: &str = "transaction.json";
 /// made it.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 struct Journal {
-    /// Each file the change rewrites (real path) and its bytes before the change (base64).
-    edited: Vec<(PathBuf, String)>,
+    /// Each file the change rewrites.
+    edited: Vec<Edited>,
     /// Each file it creates.
-    created: Vec<PathBuf>,
+    created: Vec<Created>,
+}
+
+/// A file a change rewrites: put back only while it holds exactly what the change wrote (a
+/// file someone changed since, or a path that now leads elsewhere, is left alone).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct Edited {
+    /// The real path (links resolved when the change was journaled).
+    path: PathBuf,
+    /// Its bytes before the change (base64).
+    old: String,
+    /// SHA-256 (hex) of what the change writes.
+    new_sha256: String,
+}
+
+/// A file a change creates: removed only while it holds what the change wrote.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct Created {
+    path: PathBuf,
+    sha256: String,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Journal {
-    fn of(cfg: &Config, change: &Change) -> Journal {
+    /// The journal of `change`. Each file it edits must hold, at its real path, what the
+    /// configuration was read as (the check `edit::apply` makes again): a file swapped since
+    /// (for a link to another file, say) refuses the change before anything is written.
+    fn of(cfg: &Config, change: &Change) -> io::Result<Journal> {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
-        Journal {
-            edited: edit::render_edits(cfg, &change.edits)
-                .into_iter()
-                .map(|(p, (old, _))| (std::fs::canonicalize(&p).unwrap_or(p), b64.encode(old)))
-                .collect(),
-            created: change
-                .new_files
-                .iter()
-                .filter(|f| f.path.symlink_metadata().is_err())
-                .map(|f| f.path.clone())
-                .collect(),
+        let mut edited = Vec::new();
+        for (p, (old, new)) in edit::render_edits(cfg, &change.edits) {
+            let real = std::fs::canonicalize(&p)?;
+            if std::fs::read(&real)? != old {
+                return Err(io::Error::other(format!(
+                    "{} changed on disk since it was read; not editing it",
+                    p.display()
+                )));
+            }
+            edited.push(Edited {
+                path: real,
+                old: b64.encode(old),
+                new_sha256: sha256_hex(&new),
+            });
         }
+        let created = change
+            .new_files
+            .iter()
+            .filter(|f| f.path.symlink_metadata().is_err())
+            .map(|f| Created {
+                path: f.path.clone(),
+                sha256: sha256_hex(&f.contents),
+            })
+            .collect();
+        Ok(Journal { edited, created })
     }
 
     fn write(&self, backup_dir: &Path) -> io::Result<PathBuf> {
@@ -100,25 +143,53 @@ pub fn recover(root: &Path) -> io::Result<Recovered> {
             return Err(bad(&format!("larger than {MAX_JOURNAL} bytes")));
         }
         let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| bad(&e))?;
-        for (real, old) in &journal.edited {
+        for e in &journal.edited {
             let old = base64::engine::general_purpose::STANDARD
-                .decode(old)
+                .decode(&e.old)
                 .map_err(|e| bad(&e))?;
-            if std::fs::read(real).ok().as_deref() != Some(old.as_slice()) {
-                edit::write_like(real, &old).map_err(|e| {
-                    io::Error::new(e.kind(), format!("restore {}: {e}", real.display()))
-                })?;
-                done.restored.push(real.clone());
+            // Only what this change wrote is put back: never through a path that now leads
+            // to another file, never over someone's later edit.
+            let Ok(current) = std::fs::symlink_metadata(&e.path).and_then(|m| {
+                if m.is_file() {
+                    std::fs::read(&e.path)
+                } else {
+                    Err(io::Error::other("not a regular file"))
+                }
+            }) else {
+                tracing::warn!(
+                    "{} is no longer the file the interrupted change edited; left as it is",
+                    e.path.display()
+                );
+                continue;
+            };
+            if current == old {
+                continue;
             }
+            if sha256_hex(&current) != e.new_sha256 {
+                tracing::warn!(
+                    "{} changed since the interrupted change; left as it is",
+                    e.path.display()
+                );
+                continue;
+            }
+            edit::write_like(&e.path, &old).map_err(|err| {
+                io::Error::new(err.kind(), format!("restore {}: {err}", e.path.display()))
+            })?;
+            done.restored.push(e.path.clone());
         }
         for f in &journal.created {
-            match std::fs::remove_file(f) {
-                Ok(()) => done.removed.push(f.clone()),
+            let ours = std::fs::symlink_metadata(&f.path).is_ok_and(|m| m.is_file())
+                && std::fs::read(&f.path).is_ok_and(|d| sha256_hex(&d) == f.sha256);
+            if !ours {
+                continue;
+            }
+            match std::fs::remove_file(&f.path) {
+                Ok(()) => done.removed.push(f.path.clone()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(io::Error::new(
                         e.kind(),
-                        format!("remove {}: {e}", f.display()),
+                        format!("remove {}: {e}", f.path.display()),
                     ))
                 }
             }
@@ -247,7 +318,7 @@ pub async fn commit<C: Control>(
     reload: bool,
 ) -> Result<Applied, ChangeError> {
     let journal = Journal::of(cfg, change)
-        .write(backup_dir)
+        .and_then(|j| j.write(backup_dir))
         .map_err(ChangeError::Apply)?;
     let result = commit_journaled(ctl, cfg, change, backup_dir, reload).await;
     // Settled: done, or put back. A restore that failed keeps the journal for the next run.
@@ -591,6 +662,55 @@ mod tests {
         assert!(!backups.join(JOURNAL).exists());
         // Nothing left to undo.
         assert_eq!(recover(&root).unwrap(), Recovered::default());
+    }
+
+    /// The journal puts back only what its change wrote: a file swapped for a link to another
+    /// file, or edited by someone since, is left alone (no write through the link).
+    #[tokio::test]
+    async fn recover_never_writes_through_a_swapped_path_or_over_a_later_edit() {
+        for swap in [true, false] {
+            let t = setup();
+            let root = t.dir.path().join("backups");
+            let killed = tokio::time::timeout(
+                std::time::Duration::from_millis(50),
+                commit(&Hangs, &t.cfg, &t.change, &root.join("1.0-1"), true),
+            )
+            .await;
+            assert!(killed.is_err());
+            let victim = t.dir.path().join("victim");
+            std::fs::write(&victim, "root only\n").unwrap();
+            if swap {
+                std::fs::remove_file(&t.site).unwrap();
+                std::os::unix::fs::symlink(&victim, &t.site).unwrap();
+            } else {
+                std::fs::write(&t.site, "edited by hand\n").unwrap();
+            }
+            let done = recover(&root).unwrap();
+            assert!(done.restored.is_empty(), "swap {swap}: {done:?}");
+            assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root only\n");
+            if !swap {
+                assert_eq!(std::fs::read_to_string(&t.site).unwrap(), "edited by hand\n");
+            }
+        }
+    }
+
+    /// A file that is not what the configuration was read as (here: swapped for a link to
+    /// another file) refuses the change before anything is written.
+    #[tokio::test]
+    async fn a_file_swapped_before_the_change_is_not_journaled_or_edited() {
+        let t = setup();
+        let victim = t.dir.path().join("victim");
+        std::fs::write(&victim, "root only\n").unwrap();
+        std::fs::remove_file(&t.site).unwrap();
+        std::os::unix::fs::symlink(&victim, &t.site).unwrap();
+        let backups = t.dir.path().join("backups/1.0-1");
+        let err = commit(&Fake::new(true, true), &t.cfg, &t.change, &backups, true)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot change"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root only\n");
+        assert!(!backups.join(JOURNAL).exists());
+        assert!(!t.snippet.exists());
     }
 
     #[tokio::test]
