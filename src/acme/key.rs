@@ -70,8 +70,13 @@ impl KeyType {
     }
 }
 
+/// A key type name that is none of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown key type {0:?}: expected p256, p384, rsa2048, rsa3072 or rsa4096")]
+pub struct UnknownKeyType(pub String);
+
 impl std::str::FromStr for KeyType {
-    type Err = String;
+    type Err = UnknownKeyType;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "p256" | "p-256" | "ec256" | "es256" => Ok(Self::P256),
@@ -79,9 +84,7 @@ impl std::str::FromStr for KeyType {
             "rsa2048" | "rsa" => Ok(Self::Rsa2048),
             "rsa3072" => Ok(Self::Rsa3072),
             "rsa4096" => Ok(Self::Rsa4096),
-            other => Err(format!(
-                "unknown key type {other:?}: expected p256, p384, rsa2048, rsa3072 or rsa4096"
-            )),
+            other => Err(UnknownKeyType(other.to_owned())),
         }
     }
 }

@@ -35,7 +35,7 @@ pub use cert::{
 pub use client::{tls_config, Client, ClientConfig, USER_AGENT};
 pub use error::Error;
 pub use jws::{b64, decode_b64, is_valid_token, key_authorization, thumbprint};
-pub use key::{KeyPair, KeyType};
+pub use key::{KeyPair, KeyType, UnknownKeyType};
 pub use order::{split_pem, CertificateChain, OrderHandle, OrderOptions};
 pub use solver::{ChallengeSolver, PendingChallenge, SolverError};
 pub use types::{

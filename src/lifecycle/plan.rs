@@ -21,16 +21,19 @@ pub enum Challenge {
     Dns01,
 }
 
+/// A challenge type name that is none of the two an operator may choose.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a challenge type (http-01 or dns-01)")]
+pub struct UnknownChallenge(pub String);
+
 impl std::str::FromStr for Challenge {
-    type Err = String;
+    type Err = UnknownChallenge;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "http-01" => Ok(Challenge::Http01),
             "dns-01" => Ok(Challenge::Dns01),
-            other => Err(format!(
-                "{other:?} is not a challenge type (http-01 or dns-01)"
-            )),
+            other => Err(UnknownChallenge(other.to_owned())),
         }
     }
 }
