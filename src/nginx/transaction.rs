@@ -689,7 +689,10 @@ mod tests {
             assert!(done.restored.is_empty(), "swap {swap}: {done:?}");
             assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root only\n");
             if !swap {
-                assert_eq!(std::fs::read_to_string(&t.site).unwrap(), "edited by hand\n");
+                assert_eq!(
+                    std::fs::read_to_string(&t.site).unwrap(),
+                    "edited by hand\n"
+                );
             }
         }
     }

@@ -92,6 +92,21 @@ async fn serve(routes: impl Fn(&str, &str, &str, &str) -> Route + Send + Sync + 
     base
 }
 
+/// A new account at the stand-in CA at `base`.
+async fn account_at(base: &str) -> Account {
+    let client = acme::Client::new(&format!("{base}/dir"), &ClientConfig::default())
+        .await
+        .unwrap();
+    let (account, _) = Account::create(
+        client,
+        KeyPair::generate(KeyType::P256),
+        &NewAccountOptions::default(),
+    )
+    .await
+    .unwrap();
+    account
+}
+
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -194,16 +209,7 @@ async fn path_token_never_reaches_the_disk() {
         _ => (404, vec![], Some("{}".into())),
     })
     .await;
-    let client = acme::Client::new(&format!("{base}/dir"), &ClientConfig::default())
-        .await
-        .unwrap();
-    let (account, _) = Account::create(
-        client,
-        KeyPair::generate(KeyType::P256),
-        &NewAccountOptions::default(),
-    )
-    .await
-    .unwrap();
+    let account = account_at(&base).await;
     let dir = tempfile::tempdir().unwrap();
     let webroot = dir.path().join("a/b/c/webroot");
     let names = vec!["a.test".to_owned()];
@@ -262,16 +268,7 @@ async fn an_order_the_ca_fails_on_with_replaces_is_placed_again_then_without() {
         _ => (404, vec![], Some("{}".into())),
     })
     .await;
-    let client = acme::Client::new(&format!("{base}/dir"), &ClientConfig::default())
-        .await
-        .unwrap();
-    let (account, _) = Account::create(
-        client,
-        KeyPair::generate(KeyType::P256),
-        &NewAccountOptions::default(),
-    )
-    .await
-    .unwrap();
+    let account = account_at(&base).await;
     let opts = OrderOptions {
         replaces: Some("aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE".into()),
         ..OrderOptions::default()

@@ -101,14 +101,7 @@ fn one_enroll_gives_every_node_the_certificate_and_a_node_that_does_not_serve_is
 /// order record and node record are ignored; each is reported, and renewals still happen.
 #[test]
 fn records_without_the_fleet_key_are_ignored_and_reported() {
-    let mut bed = FleetBed::start();
-    bed.start_agent(1);
-    bed.start_agent(2);
-    bed.add_site(0);
-    assert_exit(&bed.cmd(0, "enroll", &[]), 0);
-    bed.add_site(1);
-    bed.add_site(2);
-    bed.wait_all_serve(&bed.live_leaf(0), Duration::from_secs(30));
+    let bed = FleetBed::enrolled();
     let lineage = format!("/acme-nginx/lineages/{NAME}");
     let old_record = bed.etcd.raw_get(&lineage);
     assert_exit(&bed.cmd(0, "renew", &["--force", NAME]), 0);
@@ -208,15 +201,8 @@ fn records_without_the_fleet_key_are_ignored_and_reported() {
 /// one certificate results.
 #[test]
 fn a_renewal_a_dead_node_set_out_to_do_is_finished_by_another() {
-    let mut bed = FleetBed::start();
-    bed.start_agent(1);
-    bed.start_agent(2);
-    bed.add_site(0);
-    assert_exit(&bed.cmd(0, "enroll", &[]), 0);
-    bed.add_site(1);
-    bed.add_site(2);
+    let mut bed = FleetBed::enrolled();
     let first = bed.live_leaf(0);
-    bed.wait_all_serve(&first, Duration::from_secs(30));
     let before = finalized(&bed);
 
     // Node 1's command died; its nginx and its agent go on answering challenges.
@@ -278,15 +264,7 @@ fn finalized(bed: &FleetBed) -> usize {
 
 #[test]
 fn etcd_faults_and_a_killed_orderer() {
-    let mut bed = FleetBed::start();
-    bed.start_agent(1);
-    bed.start_agent(2);
-    bed.add_site(0);
-    let out = bed.cmd(0, "enroll", &[]);
-    assert_exit(&out, 0);
-    bed.add_site(1);
-    bed.add_site(2);
-    bed.wait_all_serve(&bed.live_leaf(0), Duration::from_secs(30));
+    let mut bed = FleetBed::enrolled();
 
     // One etcd member down (quorum kept): a renewal is issued and distributed.
     bed.etcd.stop_member(0);
@@ -568,14 +546,7 @@ impl acme_nginx::acme::ChallengeSolver for EveryNode {
 fn an_order_the_ca_issued_for_a_node_that_died_is_completed_not_ordered_again() {
     use acme_nginx::acme::{self, KeyPair, KeyType, OrderOptions};
     use acme_nginx::lifecycle::fleet::{Fleet, FleetConfig};
-    let mut bed = FleetBed::start();
-    bed.start_agent(1);
-    bed.start_agent(2);
-    bed.add_site(0);
-    assert_exit(&bed.cmd(0, "enroll", &[]), 0);
-    bed.add_site(1);
-    bed.add_site(2);
-    bed.wait_all_serve(&bed.live_leaf(0), Duration::from_secs(30));
+    let mut bed = FleetBed::enrolled();
 
     // Node 1 "dies" after the CA issued its renewal and before it published it: the order and
     // its key are recorded in etcd, the certificate exists at the CA, the fleet does not have it.

@@ -274,6 +274,17 @@ impl Fleet {
         Ok(self.key.seal_record(key, version, &json))
     }
 
+    /// Writes a record sealed for its key at `version`.
+    pub(crate) async fn put_record<T: Serialize>(
+        &self,
+        key: &str,
+        version: u64,
+        rec: &T,
+    ) -> Result<(), FleetError> {
+        let sealed = self.seal_record(key, version, rec)?;
+        Ok(self.etcd.put(key, &sealed, None).await?)
+    }
+
     /// The fleet key, for the challenge publisher.
     pub fn fleet_key(&self) -> &FleetKey {
         &self.key
@@ -371,9 +382,7 @@ impl Fleet {
             .map_or(0, |(v, _)| v);
         record.key_sealed = self.key.seal(&key, key_pem.as_bytes());
         let version = previous + 1;
-        self.etcd
-            .put(&key, &self.seal_record(&key, version, &record)?, None)
-            .await?;
+        self.put_record(&key, version, &record).await?;
         Ok(version)
     }
 
@@ -399,9 +408,7 @@ impl Fleet {
         state: &RenewalState,
     ) -> Result<(), FleetError> {
         let key = self.key(&format!("renewal/{name}"));
-        self.etcd
-            .put(&key, &self.seal_record(&key, now_version(), state)?, None)
-            .await?;
+        self.put_record(&key, now_version(), state).await?;
         Ok(())
     }
 
@@ -423,9 +430,7 @@ impl Fleet {
             seen: now(),
         };
         let key = self.key(&format!("nodes/{}", self.node));
-        self.etcd
-            .put(&key, &self.seal_record(&key, now_version(), &info)?, None)
-            .await?;
+        self.put_record(&key, now_version(), &info).await?;
         Ok(())
     }
 
@@ -447,13 +452,7 @@ impl Fleet {
             serial: serial.to_owned(),
             since: now(),
         };
-        self.etcd
-            .put(
-                &key,
-                &self.seal_record(&key, now_version(), &serving)?,
-                None,
-            )
-            .await?;
+        self.put_record(&key, now_version(), &serving).await?;
         self.register().await
     }
 

@@ -42,13 +42,7 @@ impl Fleet {
             node: self.node.clone(),
             deadline: now() + INTENT_DEADLINE.as_secs() as i64,
         };
-        self.etcd
-            .put(
-                &key,
-                &self.seal_record(&key, super::now_version(), &rec)?,
-                None,
-            )
-            .await?;
+        self.put_record(&key, super::now_version(), &rec).await?;
         Ok(())
     }
 
@@ -104,13 +98,7 @@ impl Fleet {
             node: self.node.clone(),
             created: now(),
         };
-        self.etcd
-            .put(
-                &key,
-                &self.seal_record(&key, super::now_version(), &rec)?,
-                None,
-            )
-            .await?;
+        self.put_record(&key, super::now_version(), &rec).await?;
         Ok(())
     }
 

@@ -247,6 +247,20 @@ impl FleetBed {
             .ok()
     }
 
+    /// A bed where node 1 enrolled the site and every node serves it: agents on nodes 2 and 3
+    /// (node 1 runs commands only), the site on all three.
+    pub fn enrolled() -> FleetBed {
+        let mut bed = FleetBed::start();
+        bed.start_agent(1);
+        bed.start_agent(2);
+        bed.add_site(0);
+        crate::util::assert_exit(&bed.cmd(0, "enroll", &[]), 0);
+        bed.add_site(1);
+        bed.add_site(2);
+        bed.wait_all_serve(&bed.live_leaf(0), Duration::from_secs(30));
+        bed
+    }
+
     /// Waits until every node serves `leaf`; how long it took.
     pub fn wait_all_serve(&self, leaf: &[u8], within: Duration) -> Duration {
         let start = Instant::now();
