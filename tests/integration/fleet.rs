@@ -218,16 +218,29 @@ fn a_renewal_a_dead_node_set_out_to_do_is_finished_by_another() {
         &key.seal_record(&intent, now as u64, record.to_string().as_bytes()),
     );
 
+    // Node 3's pass renews it, unless node 1's agent (back up, running its own pass) took it
+    // over first and holds the lock: either way, one node does.
     let out = bed.cmd(2, "renew", &[]);
     assert_exit(&out, 0);
     let report = json(&out);
-    assert_eq!(by_name(&report, NAME)["status"], "renewed", "{report}");
+    let ours = by_name(&report, NAME);
+    assert!(
+        ours["status"] == "renewed"
+            || (ours["status"] == "skipped"
+                && ours["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("is ordering it"))),
+        "{report}"
+    );
+    // The fleet converges on one new certificate, and exactly one was issued.
+    wait_for(|| {
+        let served: Vec<_> = (0..3).map(|i| bed.served(i)).collect();
+        served[0].as_deref().is_some_and(|l| l != first.as_slice())
+            && served.iter().all(|s| *s == served[0])
+    });
     assert_eq!(finalized(&bed), before + 1);
-    let renewed = bed.live_leaf(2);
-    assert_ne!(renewed, first);
-    bed.wait_all_serve(&renewed, Duration::from_secs(30));
     // Finished: the intent is gone, and the next pass anywhere has nothing to do.
-    assert!(bed.etcd.raw_get(&intent).is_empty());
+    wait_for(|| bed.etcd.raw_get(&intent).is_empty());
     let out = bed.cmd(1, "renew", &[]);
     assert_exit(&out, 0);
     assert_eq!(by_name(&json(&out), NAME)["status"], "not-due");
