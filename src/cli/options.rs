@@ -234,7 +234,8 @@ pub struct FleetOptions {
         help_heading = "Fleet"
     )]
     pub key_file: Option<PathBuf>,
-    /// Where the other nodes reach this node's nginx over plain HTTP [default: NODE:HTTP_PORT].
+    /// Where the other nodes reach this node's nginx over plain HTTP [default: the host's
+    /// primary non-loopback address and HTTP_PORT; a host name given must resolve].
     #[arg(
         id = "fleet_address",
         long = "fleet-address",
