@@ -8,6 +8,7 @@ mod assets;
 mod context;
 mod csr;
 mod enroll;
+mod fleet;
 mod import_certbot;
 mod options;
 mod output;
@@ -112,6 +113,9 @@ pub enum Command {
     Status(Box<status::StatusArgs>),
     /// Run as a service: enroll new server blocks as they appear, renew on time.
     Watch(Box<watch::WatchArgs>),
+    /// Fleet housekeeping: forget a node that is gone for good.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     Assets(assets::AssetsArgs),
@@ -216,6 +220,7 @@ pub fn main() -> ExitCode {
             Command::ImportCertbot(args) => import_certbot::run(&ctx, *args).await,
             Command::Remove(args) => remove::run(&ctx, *args).await,
             Command::Status(args) => status::run(&ctx, *args).await,
+            Command::Fleet(command) => fleet::run(&ctx, command).await,
             Command::Watch(args) => watch::run(&ctx, *args).await,
             Command::Assets(args) => assets::run(args),
         }

@@ -105,6 +105,11 @@ async fn fleet(
         return Ok(Exit::Ok);
     }
     let when = |t: i64| output::time(time::OffsetDateTime::from_unix_timestamp(t).ok());
+    for key in &st.untrusted {
+        output::line(format!(
+            "untrusted record {key}: not written with this fleet key; ignored by every node"
+        ))?;
+    }
     for n in &st.nodes {
         output::line(format!(
             "node {}  {}  last report {}{}",

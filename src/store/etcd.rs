@@ -300,6 +300,16 @@ impl Etcd {
             .map(drop)
     }
 
+    /// Deletes every key under a prefix.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), EtcdError> {
+        self.call(
+            "/v3/kv/deleterange",
+            &json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Sets a key only if it does not exist: Ok(None) when it was set, Ok(Some(holder)) with
     /// what is there otherwise (one transaction).
     pub async fn put_if_absent(

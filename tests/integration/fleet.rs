@@ -94,6 +94,31 @@ fn one_enroll_gives_every_node_the_certificate_and_a_node_that_does_not_serve_is
         error.contains("n3 (127.0.0.1:") && error.contains("not every node"),
         "{error}"
     );
+
+    // Node 3 is gone for good: forgotten, it leaves the fleet's view. A node cannot forget
+    // itself (it would register again).
+    let out = bed.cmd(0, "fleet forget", &["n3"]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["forgotten"], true);
+    let st = json(&bed.cmd(0, "status", &["--fleet"]));
+    let nodes: Vec<&str> = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(nodes, ["n1", "n2"], "{st}");
+    assert!(
+        st["lineages"][0]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["node"] != "n3"),
+        "{st}"
+    );
+    let out = bed.cmd(0, "fleet forget", &["n1"]);
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("n1 is this node"));
 }
 
 /// Someone who can write to etcd but holds no fleet key: a forged http-01 answer is not
@@ -173,6 +198,23 @@ fn records_without_the_fleet_key_are_ignored_and_reported() {
         "{log}"
     );
     assert!((0..3).all(|i| bed.served(i).as_deref() == Some(&current[..])));
+    // status --fleet names every record it cannot trust.
+    let st = json(&bed.cmd(1, "status", &["--fleet"]));
+    for key in [
+        key.clone(),
+        format!("/acme-nginx/renewal/{NAME}"),
+        format!("/acme-nginx/orders/{NAME}"),
+        "/acme-nginx/nodes/evil".into(),
+    ] {
+        assert!(
+            st["untrusted"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| *k == *key),
+            "{key}: {st}"
+        );
+    }
     let status = json(&bed.cmd(1, "status", &[]));
     let ours = by_name(&status, NAME);
     assert_ne!(ours["status"], "backoff", "{status}");

@@ -24,7 +24,10 @@ mod sync;
 pub use agent::{agent, AGENT_RETRY};
 pub(super) use order::order_once;
 pub use order::{IntentRecord, OrderRecord, INTENT_DEADLINE};
-pub use status::{fleet_metrics, fleet_status, FleetLineage, FleetNode, FleetStatus, NodeServing};
+pub use status::{
+    fleet_metrics, fleet_status, forget_node, FleetLineage, FleetNode, FleetStatus, ForgetError,
+    NodeServing,
+};
 pub use sync::Obtained;
 pub(super) use sync::{publish_fresh, sync};
 
@@ -442,6 +445,32 @@ impl Fleet {
             .await?
             .into_iter()
             .map(|(name, _, info)| (name, info))
+            .collect())
+    }
+
+    /// Forgets a node that is gone for good: its record and what it reported serving. The
+    /// preflight stops asking it, `status --fleet` stops listing it. A node that still runs
+    /// registers again at its next pass.
+    pub async fn forget_node(&self, node: &str) -> Result<bool, FleetError> {
+        let key = self.key(&format!("nodes/{node}"));
+        let known = self.etcd.get(&key).await?.is_some();
+        self.etcd.delete(&key).await?;
+        self.etcd
+            .delete_prefix(&self.key(&format!("serving/{node}/")))
+            .await?;
+        Ok(known)
+    }
+
+    /// The keys under the prefix that do not open with the fleet key (locks, which hold only a
+    /// node's name, aside): written by someone without it, ignored everywhere.
+    pub async fn untrusted(&self) -> Result<Vec<String>, FleetError> {
+        let (kvs, _) = self.etcd.get_prefix(&self.prefix).await?;
+        let locks = self.key("locks/");
+        Ok(kvs
+            .into_iter()
+            .filter(|kv| !kv.key.starts_with(&locks))
+            .filter(|kv| self.key.open_record(&kv.key, &kv.value).is_err())
+            .map(|kv| kv.key)
             .collect())
     }
 

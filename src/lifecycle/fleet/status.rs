@@ -41,6 +41,8 @@ pub struct FleetNode {
 pub struct FleetStatus {
     pub lineages: Vec<FleetLineage>,
     pub nodes: Vec<FleetNode>,
+    /// Keys that do not open with the fleet key: ignored by every node.
+    pub untrusted: Vec<String>,
 }
 
 /// Reads the fleet's state (no lock, nothing written).
@@ -78,6 +80,7 @@ pub async fn fleet_status(config: &FleetConfig) -> Result<FleetStatus, FleetErro
         })
         .collect();
     Ok(FleetStatus {
+        untrusted: fleet.untrusted().await?,
         lineages,
         nodes: nodes
             .into_iter()
@@ -121,4 +124,23 @@ pub fn fleet_metrics(status: &FleetStatus) -> String {
         ));
     }
     out
+}
+
+/// Forgets a node that is gone for good (see [`Fleet::forget_node`]). Refuses this node
+/// itself: it would register again at its next pass. Returns whether the node was known.
+pub async fn forget_node(config: &FleetConfig, node: &str) -> Result<bool, ForgetError> {
+    if node == config.node {
+        return Err(ForgetError::ThisNode(node.to_owned()));
+    }
+    let fleet = Fleet::open(config)?;
+    Ok(fleet.forget_node(node).await?)
+}
+
+/// Why a node cannot be forgotten.
+#[derive(Debug, thiserror::Error)]
+pub enum ForgetError {
+    #[error("{0} is this node: it registers again at its next pass; stop it, then forget it from another node")]
+    ThisNode(String),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
 }

@@ -124,8 +124,9 @@ impl FleetBed {
             fs::write(&config, "# every setting comes from flags\n").unwrap();
         }
         let mut cmd = self.pebble.cli();
+        // A subcommand of a command ("fleet forget") comes before the options.
         cmd.arg("--json")
-            .arg(sub)
+            .args(sub.split(' '))
             .arg("--nginx-conf")
             .arg(&n.nginx.conf)
             .arg("--nginx-prefix")
