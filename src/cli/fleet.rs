@@ -11,7 +11,7 @@ use super::{output, CliError, CmdResult, Context, Exit};
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
     /// Forget a node that is gone for good (its record and its reports).
-    Forget(ForgetArgs),
+    Forget(Box<ForgetArgs>),
 }
 
 #[derive(Debug, Args)]
