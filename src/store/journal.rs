@@ -52,7 +52,18 @@ impl Store {
 
     /// Records a token path before it is written.
     pub fn journal_token(&self, path: &Path) -> Result<(), Error> {
-        let journal = self.journal_path();
+        self.journal_token_in(&self.journal_path(), path)
+    }
+
+    /// The fleet agent's own token journal (apart from the runs' one: a run's start must not
+    /// take the answers the agent serves for another node's order).
+    pub fn agent_journal(&self) -> PathBuf {
+        self.root.join("agent-tokens.journal")
+    }
+
+    /// Records a token path in the journal `journal` before it is written.
+    pub fn journal_token_in(&self, journal: &Path, path: &Path) -> Result<(), Error> {
+        let journal = journal.to_path_buf();
         let mut f = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -67,7 +78,12 @@ impl Store {
     /// them) and empties the journal. Removing the files is the caller's: through a safely opened
     /// directory, never by path.
     pub fn take_journal(&self) -> Result<Vec<PathBuf>, Error> {
-        let journal = self.journal_path();
+        self.take_journal_in(&self.journal_path())
+    }
+
+    /// Like [`Store::take_journal`], for the journal `journal`.
+    pub fn take_journal_in(&self, journal: &Path) -> Result<Vec<PathBuf>, Error> {
+        let journal = journal.to_path_buf();
         let text = match fs::read_to_string(&journal) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -289,6 +289,55 @@ fn a_renewal_a_dead_node_set_out_to_do_is_finished_by_another() {
     assert_eq!(finalized(&bed), before + 1);
 }
 
+/// An agent killed while it serves an answer leaves a file behind; journaled before it was
+/// written, it is removed when the agent starts again.
+#[test]
+fn an_answer_a_killed_agent_left_is_removed_when_it_starts_again() {
+    let mut bed = FleetBed::start();
+    bed.start_agent(1);
+    let key = acme_nginx::store::seal::FleetKey::read(&bed.key_file()).unwrap();
+    let token = "leftleftleftleftleftleftleftleftleftleftle1";
+    let etcd_key = format!("/acme-nginx/challenges/{token}");
+    let answer = serde_json::json!({
+        "name": NAME,
+        "token": token,
+        "key_authorization": format!("{token}.{}", "A".repeat(43)),
+    });
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    etcdctl_put(
+        &bed,
+        &etcd_key,
+        &key.seal_record(&etcd_key, now, answer.to_string().as_bytes()),
+    );
+    wait_for(|| {
+        bed.agent_log(1)
+            .contains(&format!("answering {NAME} from "))
+    });
+    let log = bed.agent_log(1);
+    let path = log
+        .lines()
+        .find_map(|l| l.split(&format!("answering {NAME} from ")).nth(1))
+        .map(|p| std::path::PathBuf::from(p.trim()))
+        .unwrap();
+    assert!(path.ends_with(token) && path.exists(), "{}", path.display());
+    // Killed (SIGKILL) while serving it; the answer is withdrawn meanwhile.
+    bed.stop_agent(1);
+    std::process::Command::new(crate::util::bin("etcdctl"))
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &bed.etcd.endpoints().join(","),
+            "del",
+            &etcd_key,
+        ])
+        .output()
+        .unwrap();
+    assert!(path.exists(), "a killed agent removes nothing");
+    bed.start_agent(1);
+    wait_for(|| !path.exists());
+    assert!(bed.agent_log(1).contains("removed the answer"));
+}
+
 /// Writes a raw value as someone with etcd access but no fleet key would.
 fn etcdctl_put(bed: &FleetBed, key: &str, value: &[u8]) {
     use std::io::Write;

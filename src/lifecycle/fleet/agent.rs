@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use crate::challenge::fleet::ChallengeRecord;
 use crate::store::etcd::Event;
 
+/// The most answers an agent serves at once for one name (an order has one http-01
+/// challenge per name; a few orders may overlap across nodes).
+pub const MAX_ANSWERS_PER_NAME: usize = 8;
 /// How long the agent waits before watching again after etcd went away.
 pub const AGENT_RETRY: Duration = Duration::from_secs(2);
 
@@ -23,9 +26,31 @@ pub async fn agent(
     fleet: Fleet,
     lineages_changed: tokio::sync::mpsc::UnboundedSender<()>,
 ) {
-    let mut written: HashMap<String, PathBuf> = HashMap::new();
+    let mut written: HashMap<String, (String, PathBuf)> = HashMap::new();
+    // Answers a killed agent left: journaled before they were written, removed now.
+    let store = crate::store::Store::open(&settings.state_dir).unwrap_or_else(|e| {
+        tracing::warn!("fleet agent: {}", chain_text(&e));
+        crate::store::Store {
+            root: settings.state_dir.clone(),
+        }
+    });
+    match store.take_journal_in(&store.agent_journal()) {
+        Ok(left) => {
+            for path in left {
+                match crate::challenge::webroot::remove_token_file(&path) {
+                    Ok(()) => tracing::info!(
+                        "fleet agent: removed the answer {} an earlier agent left",
+                        path.display()
+                    ),
+                    Err(e) => tracing::warn!("fleet agent: {}", chain_text(&e)),
+                }
+            }
+        }
+        Err(e) => tracing::warn!("fleet agent: {}", chain_text(&e)),
+    }
     loop {
-        if let Err(e) = run_agent(&settings, &fleet, &lineages_changed, &mut written).await {
+        if let Err(e) = run_agent(&settings, &store, &fleet, &lineages_changed, &mut written).await
+        {
             tracing::warn!(
                 "fleet agent: {}; watching again in {} s",
                 chain_text(&e),
@@ -38,16 +63,17 @@ pub async fn agent(
 
 async fn run_agent(
     settings: &crate::lifecycle::Settings,
+    store: &crate::store::Store,
     fleet: &Fleet,
     lineages_changed: &tokio::sync::mpsc::UnboundedSender<()>,
-    written: &mut HashMap<String, PathBuf>,
+    written: &mut HashMap<String, (String, PathBuf)>,
 ) -> Result<(), FleetError> {
     let challenges = fleet.key("challenges/");
     let lineages = fleet.key("lineages/");
     let (current, revision) = fleet.etcd.get_prefix(&challenges).await?;
     fleet.register().await?;
     for kv in current {
-        answer(settings, fleet, &kv.key, &kv.value, written);
+        answer(settings, store, fleet, &kv.key, &kv.value, written);
     }
     // A publish missed while away is installed by the pass this triggers.
     lineages_changed.send(()).ok();
@@ -63,10 +89,10 @@ async fn run_agent(
     while let Some(event) = rx.recv().await {
         match event {
             Event::Put(kv) if kv.key.starts_with(&challenges) => {
-                answer(settings, fleet, &kv.key, &kv.value, written);
+                answer(settings, store, fleet, &kv.key, &kv.value, written);
             }
             Event::Delete(key) if key.starts_with(&challenges) => {
-                if let Some(path) = written.remove(key.trim_start_matches(&challenges)) {
+                if let Some((_, path)) = written.remove(key.trim_start_matches(&challenges)) {
                     if let Err(e) = crate::challenge::webroot::remove_token_file(&path) {
                         tracing::warn!("fleet agent: {}", chain_text(&e));
                     }
@@ -96,10 +122,11 @@ async fn run_agent(
 /// acme-nginx's snippet serves.
 fn answer(
     settings: &crate::lifecycle::Settings,
+    store: &crate::store::Store,
     fleet: &Fleet,
     key: &str,
     value: &[u8],
-    written: &mut HashMap<String, PathBuf>,
+    written: &mut HashMap<String, (String, PathBuf)>,
 ) {
     // Only what a holder of the fleet key published, under its own token, well formed.
     let rec: ChallengeRecord = match fleet.open_record(key, value) {
@@ -116,6 +143,13 @@ fn answer(
     if !rec.is_well_formed() || !key.ends_with(&format!("/{}", rec.token)) {
         tracing::warn!(
             "fleet agent: {key} is not a well-formed http-01 answer for its token; not written"
+        );
+        return;
+    }
+    if written.values().filter(|(n, _)| *n == rec.name).count() >= MAX_ANSWERS_PER_NAME {
+        tracing::warn!(
+            "fleet agent: {} already has {MAX_ANSWERS_PER_NAME} answers published; {key} is not written",
+            rec.name
         );
         return;
     }
@@ -141,6 +175,15 @@ fn answer(
         key_authorization: rec.key_authorization.clone(),
         url: String::new(),
     };
+    // Journaled first: an agent killed now has its answer removed when it starts again.
+    if let Err(e) = store.journal_token_in(&store.agent_journal(), &dir.join(&rec.token)) {
+        tracing::warn!(
+            "fleet agent: not answering {}: {}",
+            rec.name,
+            chain_text(&e)
+        );
+        return;
+    }
     match solver.write_token(&ch) {
         Ok(path) => {
             tracing::info!(
@@ -148,7 +191,7 @@ fn answer(
                 rec.name,
                 path.display()
             );
-            written.insert(rec.token, path);
+            written.insert(rec.token, (rec.name, path));
         }
         Err(e) => tracing::warn!("fleet agent: cannot write the answer for {}: {e}", rec.name),
     }
