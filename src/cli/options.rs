@@ -11,7 +11,7 @@ use acme_nginx::challenge::dav::DavConfig;
 use acme_nginx::challenge::dns::lookup::{self, Resolver};
 use acme_nginx::challenge::dns::{DnsConfig, ProviderConfig, DEFAULT_PROPAGATION_TIMEOUT};
 use acme_nginx::hooks::Hooks;
-use acme_nginx::lifecycle::fleet::{FleetConfig, DEFAULT_PREFIX};
+use acme_nginx::lifecycle::fleet::{FleetConfig, DEFAULT_PREFIX, NODE_STALE_AFTER};
 use acme_nginx::lifecycle::settings::{
     Challenge, DEFAULT_CONCURRENCY, DEFAULT_HOOKS_DIR, DEFAULT_HTTPS_PORT, DEFAULT_HTTP_PORT,
     DEFAULT_SNIPPET, DEFAULT_STATE_DIR,
@@ -285,6 +285,15 @@ pub struct FleetOptions {
         help_heading = "Fleet"
     )]
     pub etcd_password_file: Option<PathBuf>,
+    /// Seconds without a report after which `status --fleet` marks a node silent
+    /// [default: 129600, 36 hours].
+    #[arg(
+        id = "fleet_silent_after",
+        long = "fleet-silent-after",
+        value_name = "SECONDS",
+        help_heading = "Fleet"
+    )]
+    pub silent_after: Option<u64>,
 }
 
 impl FleetOptions {
@@ -304,6 +313,7 @@ impl FleetOptions {
             etcd_key_file: self.etcd_key_file.or(file.etcd_key_file),
             etcd_user: self.etcd_user.or(file.etcd_user),
             etcd_password_file: self.etcd_password_file.or(file.etcd_password_file),
+            silent_after: self.silent_after.or(file.silent_after),
         }
     }
 
@@ -372,6 +382,9 @@ impl FleetOptions {
                 .map_err(|e| CliError::Usage(e.to_string()))?,
             node,
             key_file,
+            silent_after: self
+                .silent_after
+                .map_or(NODE_STALE_AFTER, std::time::Duration::from_secs),
         }))
     }
 }

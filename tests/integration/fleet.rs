@@ -95,6 +95,19 @@ fn one_enroll_gives_every_node_the_certificate_and_a_node_that_does_not_serve_is
         "{error}"
     );
 
+    // Silent for longer than `silent_after` (here 0 s: as soon as a second has passed since
+    // its last report): flagged; with the default 36 hours, not.
+    let stale = |extra: &[&str]| -> bool {
+        let st = json(&bed.cmd(0, "status", &[&["--fleet"], extra].concat()));
+        st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "n3" && n["stale"] == true)
+    };
+    wait_for(|| stale(&["--fleet-silent-after", "0"]));
+    assert!(!stale(&[]));
+
     // Node 3 is gone for good: forgotten, it leaves the fleet's view. A node cannot forget
     // itself (it would register again).
     let out = bed.cmd(0, "fleet forget", &["n3"]);
@@ -663,6 +676,7 @@ fn an_order_the_ca_issued_for_a_node_that_died_is_completed_not_ordered_again() 
         node: "n1".into(),
         key_file: bed.key_file(),
         address: String::new(),
+        silent_after: acme_nginx::lifecycle::fleet::NODE_STALE_AFTER,
     })
     .unwrap();
     let names = vec![NAME.to_owned()];

@@ -46,7 +46,8 @@ use crate::store::seal::{FleetKey, SealError};
 /// The lease of an ordering lock: a node that dies mid-order lets go of it this long after its
 /// last renewal (the lease is renewed every third of it while the node works).
 pub const LOCK_TTL: Duration = Duration::from_secs(10);
-/// A node that has not reported for this long is flagged by `status --fleet`.
+/// A node that has not reported for this long is flagged by `status --fleet` (the default of
+/// `silent_after`).
 pub const NODE_STALE_AFTER: Duration = Duration::from_secs(36 * 3600);
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "/acme-nginx/";
@@ -63,6 +64,8 @@ pub struct FleetConfig {
     /// `HOST:PORT` where the other nodes (and the orderer's preflight) reach this node's nginx
     /// over plain HTTP.
     pub address: String,
+    /// How long without a report before `status --fleet` marks a node silent.
+    pub silent_after: Duration,
 }
 
 /// A failure of the shared store.

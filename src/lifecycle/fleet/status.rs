@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{now, Fleet, FleetConfig, FleetError, NODE_STALE_AFTER};
+use super::{now, Fleet, FleetConfig, FleetError};
 
 /// One node's view of a lineage.
 #[derive(Debug, Clone, Serialize)]
@@ -32,7 +32,7 @@ pub struct FleetNode {
     pub name: String,
     pub address: String,
     pub seen: i64,
-    /// It has not reported for [`NODE_STALE_AFTER`].
+    /// It has not reported for the fleet's `silent_after` (36 hours unless set).
     pub stale: bool,
 }
 
@@ -51,7 +51,7 @@ pub async fn fleet_status(config: &FleetConfig) -> Result<FleetStatus, FleetErro
     let nodes = fleet.nodes().await?;
     let serving = fleet.serving().await?;
     let now = now();
-    let stale_after = i64::try_from(NODE_STALE_AFTER.as_secs()).unwrap_or(i64::MAX);
+    let stale_after = i64::try_from(config.silent_after.as_secs()).unwrap_or(i64::MAX);
     let lineages = fleet
         .lineages()
         .await?
