@@ -373,8 +373,10 @@ impl Fleet {
     }
 
     /// Publishes a lineage's current certificate (its key sealed) as the record's next
-    /// version: one above the version of the record it replaces, so a replayed older record
-    /// is recognised by every node that saw a newer one. Returns the version.
+    /// version: above the version of the record it replaces and not below the current time in
+    /// seconds, so a replayed older record is recognised by every node that saw a newer one,
+    /// even after the record was deleted or overwritten by someone without the fleet key.
+    /// Returns the version.
     pub async fn publish_lineage(
         &self,
         name: &str,
@@ -387,7 +389,7 @@ impl Fleet {
             .await?
             .map_or(0, |(v, _)| v);
         record.key_sealed = self.key.seal(&key, key_pem.as_bytes());
-        let version = previous + 1;
+        let version = (previous + 1).max(now_version());
         self.put_record(&key, version, &record).await?;
         Ok(version)
     }
