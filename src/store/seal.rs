@@ -84,21 +84,7 @@ impl FleetKey {
 
     /// Seals `plaintext` for the storage key `key`.
     pub fn seal(&self, key: &str, plaintext: &[u8]) -> String {
-        let mut nonce = [0u8; 24];
-        OsRng.fill_bytes(&mut nonce);
-        let sealed = self
-            .0
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: key.as_bytes(),
-                },
-            )
-            .unwrap_or_default();
-        let mut out = nonce.to_vec();
-        out.extend(sealed);
-        format!("{PREFIX}{}", STANDARD.encode(out))
+        format!("{PREFIX}{}", self.encrypt(key.as_bytes(), plaintext))
     }
 
     /// Seals a whole record stored under `key` at `version` (a counter or a time the reader
@@ -106,22 +92,8 @@ impl FleetKey {
     /// given another version, does not open, and no field of it can be changed or forged
     /// without the fleet key.
     pub fn seal_record(&self, key: &str, version: u64, plaintext: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; 24];
-        OsRng.fill_bytes(&mut nonce);
-        let aad = record_aad(key, version);
-        let sealed = self
-            .0
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
-        let mut out = nonce.to_vec();
-        out.extend(sealed);
-        format!("{RECORD_PREFIX}{version}:{}", STANDARD.encode(out)).into_bytes()
+        let sealed = self.encrypt(&record_aad(key, version), plaintext);
+        format!("{RECORD_PREFIX}{version}:{sealed}").into_bytes()
     }
 
     /// Opens a record sealed for `key`: its version and its contents.
@@ -135,33 +107,45 @@ impl FleetKey {
             .and_then(|rest| rest.split_once(':'))
             .ok_or_else(not_sealed)?;
         let version: u64 = version.parse().map_err(|_| not_sealed())?;
-        let data = STANDARD
-            .decode(b64.trim())
-            .ok()
-            .filter(|d| d.len() > 24)
-            .ok_or_else(not_sealed)?;
-        let (nonce, ct) = data.split_at(24);
-        let nonce: [u8; 24] = nonce.try_into().map_err(|_| not_sealed())?;
-        let plain = self
-            .0
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: ct,
-                    aad: &record_aad(key, version),
-                },
-            )
-            .map_err(|_| SealError::Open {
-                key: key.to_owned(),
-            })?;
+        let plain = self.decrypt(key, &record_aad(key, version), b64.trim())?;
         Ok((version, plain))
     }
 
     /// Opens a value sealed for `key`.
     pub fn open(&self, key: &str, sealed: &str) -> Result<Vec<u8>, SealError> {
-        let data = sealed
+        let b64 = sealed
             .strip_prefix(PREFIX)
-            .and_then(|b| STANDARD.decode(b).ok())
+            .ok_or_else(|| SealError::NotSealed {
+                key: key.to_owned(),
+            })?;
+        self.decrypt(key, key.as_bytes(), b64)
+    }
+
+    /// A fresh nonce and the ciphertext of `plaintext` with `aad`, base64.
+    fn encrypt(&self, aad: &[u8], plaintext: &[u8]) -> String {
+        let mut nonce = [0u8; 24];
+        OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .0
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .unwrap_or_default();
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        STANDARD.encode(out)
+    }
+
+    /// The plaintext of what [`FleetKey::encrypt`] made with `aad` (`key` names the value in
+    /// errors).
+    fn decrypt(&self, key: &str, aad: &[u8], b64: &str) -> Result<Vec<u8>, SealError> {
+        let data = STANDARD
+            .decode(b64)
+            .ok()
             .filter(|d| d.len() > 24)
             .ok_or_else(|| SealError::NotSealed {
                 key: key.to_owned(),
@@ -171,13 +155,7 @@ impl FleetKey {
             key: key.to_owned(),
         })?;
         self.0
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: ct,
-                    aad: key.as_bytes(),
-                },
-            )
+            .decrypt(&XNonce::from(nonce), Payload { msg: ct, aad })
             .map_err(|_| SealError::Open {
                 key: key.to_owned(),
             })
