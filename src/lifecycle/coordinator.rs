@@ -264,20 +264,9 @@ impl Coordinator {
         let Coordinator::Fleet(fleet) = self else {
             return;
         };
-        match fleet::publish_fresh(fleet, obtained, directory).await {
-            Ok(version) => {
+        match fleet::publish_fresh(fleet, store, obtained, directory).await {
+            Ok(()) => {
                 if let Err(e) = fleet.forget_intent(obtained.lineage).await {
-                    tracing::warn!("fleet: {}", chain_text(&e));
-                }
-                // Remembered, so that a replay of an older record is refused here too.
-                let l = store.lineage(obtained.lineage);
-                let saved = l
-                    .load_meta::<super::lineage::LineageMeta>()
-                    .and_then(|mut meta| {
-                        meta.fleet_version = Some(version);
-                        l.save_meta(&meta)
-                    });
-                if let Err(e) = saved {
                     tracing::warn!("fleet: {}", chain_text(&e));
                 }
                 if let Err(e) = fleet.forget_order(obtained.lineage).await {

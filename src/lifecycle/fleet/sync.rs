@@ -128,9 +128,7 @@ async fn publish_live(fleet: &Fleet, l: &local::Lineage) -> Result<(), Error> {
         node: fleet.node.clone(),
     };
     let version = fleet.publish_lineage(&l.name, record, &key_pem).await?;
-    let mut meta: LineageMeta = l.load_meta()?;
-    meta.fleet_version = Some(version);
-    l.save_meta(&meta)?;
+    remember_version(l, version)?;
     tracing::info!("fleet: published {} (version {version})", l.name);
     Ok(())
 }
@@ -225,9 +223,10 @@ pub struct Obtained<'a> {
 /// Publishes a certificate this node just obtained (before it is installed here).
 pub(crate) async fn publish_fresh(
     fleet: &Fleet,
+    store: &local::Store,
     obtained: Obtained<'_>,
     directory: &str,
-) -> Result<u64, FleetError> {
+) -> Result<(), FleetError> {
     let chain = obtained.chain;
     let record = LineageRecord {
         names: obtained.names.to_vec(),
@@ -240,9 +239,22 @@ pub(crate) async fn publish_fresh(
         key_sealed: String::new(),
         node: fleet.node.clone(),
     };
-    fleet
+    let version = fleet
         .publish_lineage(obtained.lineage, record, obtained.key_pem)
-        .await
+        .await?;
+    // Published either way; a version not remembered only weakens the replay check here.
+    if let Err(e) = remember_version(&store.lineage(obtained.lineage), version) {
+        tracing::warn!("fleet: {}", chain_text(&e));
+    }
+    Ok(())
+}
+
+/// Remembers the version of the record this node published, so a replay of an older one is
+/// refused here too.
+fn remember_version(l: &local::Lineage, version: u64) -> Result<(), local::Error> {
+    let mut meta: LineageMeta = l.load_meta()?;
+    meta.fleet_version = Some(version);
+    l.save_meta(&meta)
 }
 
 #[cfg(test)]
