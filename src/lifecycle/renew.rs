@@ -127,6 +127,10 @@ impl Session {
             base.key = Some(l.live_file(store::PRIVKEY));
             base.server_blocks = users(&scan, &l);
             base.not_after = cert.map(|c| c.not_after);
+            let left_by = unfinished
+                .iter()
+                .find(|(n, _)| *n == l.name)
+                .map(|(_, node)| node);
             match decision {
                 Decision::Backoff { until, failures } => outcomes.push(Outcome {
                     status: Status::Backoff,
@@ -135,11 +139,8 @@ impl Session {
                     ..base
                 }),
                 _ if force => due.push((l, "forced".to_owned())),
-                _ if unfinished.iter().any(|(n, _)| *n == l.name) => {
-                    let node = unfinished
-                        .iter()
-                        .find(|(n, _)| *n == l.name)
-                        .map_or("", |(_, node)| node.as_str());
+                _ if left_by.is_some() => {
+                    let node = left_by.map_or("", String::as_str);
                     due.push((
                         l,
                         format!("node {node} of the fleet set out to renew it and did not finish"),
