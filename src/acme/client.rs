@@ -282,7 +282,6 @@ impl Client {
             proxy: true,
             extra_roots_pem: config.extra_roots_pem.as_deref(),
             client_cert: None,
-            max_body: MAX_CHAIN_BODY,
         })?;
         let resp = send(&http, Method::GET, directory_url, None, MAX_JSON_BODY).await?;
         if resp.status != 200 {

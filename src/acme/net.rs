@@ -3,7 +3,7 @@
 //! PowerDNS's API). Each gets a [`Profile`]: its timeouts, whether it follows redirects (only
 //! the CA, and only as RFC 8555 allows), whether it goes through the environment's proxy (only
 //! the CA and the operator's services, never etcd inside the fleet), its TLS roots and client
-//! certificate, and the largest answer it reads.
+//! certificate. [`read_capped`] reads an answer up to the cap its caller sets for it.
 
 use std::time::Duration;
 
@@ -35,14 +35,12 @@ pub struct Profile<'a> {
     pub extra_roots_pem: Option<&'a [u8]>,
     /// A client certificate chain and key (PEM) for servers that ask for one.
     pub client_cert: Option<(&'a [u8], &'a [u8])>,
-    /// The largest answer body read.
-    pub max_body: usize,
 }
 
 impl Profile<'_> {
-    /// A profile with this timeout and answer cap: no redirects, the proxy from the
-    /// environment, the system's roots, a 10 s connect timeout.
-    pub fn new(timeout: Duration, max_body: usize) -> Profile<'static> {
+    /// A profile with this timeout: no redirects, the proxy from the environment, the
+    /// system's roots, a 10 s connect timeout.
+    pub fn new(timeout: Duration) -> Profile<'static> {
         Profile {
             timeout: Some(timeout),
             connect_timeout: CONNECT_TIMEOUT,
@@ -50,7 +48,6 @@ impl Profile<'_> {
             proxy: true,
             extra_roots_pem: None,
             client_cert: None,
-            max_body,
         }
     }
 }

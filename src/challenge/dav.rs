@@ -14,8 +14,6 @@ use crate::nginx::probe::{host_header, http_get};
 
 /// How long one WebDAV request may take.
 pub const DAV_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest answer read from the WebDAV server (only its status matters).
-pub const MAX_DAV_BODY: usize = 64 * 1024;
 
 /// Where tokens are put.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +60,7 @@ impl DavSolver {
             .user
             .clone()
             .map(|u| (u, password.unwrap_or_default()));
-        let http = net::client(&net::Profile::new(DAV_TIMEOUT, MAX_DAV_BODY))
+        let http = net::client(&net::Profile::new(DAV_TIMEOUT))
             .map_err(|e| DavError::Client(e.to_string()))?;
         Ok(Self {
             base: config.url.trim_end_matches('/').to_owned(),

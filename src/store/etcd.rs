@@ -139,7 +139,6 @@ impl Etcd {
                 .client_cert
                 .as_ref()
                 .map(|(c, k)| (c.as_slice(), k.as_slice())),
-            max_body: MAX_ANSWER,
         })
         .map_err(|e| EtcdError::Client(e.to_string()))?;
         Ok(Etcd {

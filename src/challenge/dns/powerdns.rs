@@ -75,12 +75,12 @@ impl PowerDns {
             .trim_end_matches('/')
             .trim_end_matches("/api/v1")
             .to_owned();
-        let http =
-            crate::acme::net::client(&crate::acme::net::Profile::new(API_TIMEOUT, MAX_API_BODY))
-                .map_err(|e| ApiError::Http {
-                    url: base.clone(),
-                    message: e.to_string(),
-                })?;
+        let http = crate::acme::net::client(&crate::acme::net::Profile::new(API_TIMEOUT)).map_err(
+            |e| ApiError::Http {
+                url: base.clone(),
+                message: e.to_string(),
+            },
+        )?;
         Ok(PowerDns {
             base,
             key: key.trim().to_owned(),
