@@ -1,9 +1,7 @@
 //! `acme-nginx scan`: what acme-nginx sees in the nginx configuration.
 
-use std::collections::BTreeMap;
-
 use acme_nginx::lifecycle::plan::Proving;
-use acme_nginx::nginx::discovery::Scan;
+use acme_nginx::nginx::discovery::{Scan, ServerBlock};
 use clap::Args;
 use serde::Serialize;
 
@@ -16,53 +14,102 @@ pub struct ScanArgs {
     pub options: Options,
 }
 
-/// The JSON output: the scan, and how each name would be proven.
+/// The JSON output: the scan, each server block carrying how each of its names would be
+/// proven and which names an exclude pattern leaves out. Computed while it is written (a tree
+/// of 10,000 blocks would otherwise hold a map per block).
 #[derive(Serialize)]
 struct ScanOutput<'a> {
-    #[serde(flatten)]
+    nginx_conf: &'a std::path::Path,
+    user: &'a str,
+    group: &'a str,
+    pid_file: &'a std::path::Path,
+    servers: Servers<'a>,
+    warnings: &'a [String],
+}
+
+/// The server blocks with their names' methods and exclusions.
+struct Servers<'a> {
     scan: &'a Scan,
-    /// Per server block (same order), each name and its challenge.
-    challenges: Vec<BTreeMap<String, String>>,
-    /// Per server block, the names an exclude pattern leaves out, with the pattern.
-    excluded: Vec<BTreeMap<String, String>>,
+    proving: &'a Proving<'a>,
+    /// Per block (same order), the names an exclude pattern left out, with the pattern.
+    excluded: Vec<Vec<(String, String)>>,
+}
+
+/// One server block as `scan --json` shows it.
+#[derive(Serialize)]
+struct ServerOut<'a> {
+    #[serde(flatten)]
+    block: &'a ServerBlock,
+    /// Each name a certificate would hold and how it would be proven.
+    challenges: NameMap,
+    /// Each name an exclude pattern leaves out, with the pattern.
+    excluded: NameMap,
+}
+
+/// Names and one value each, written as a JSON object in order.
+struct NameMap(Vec<(String, String)>);
+
+impl Serialize for NameMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl Serialize for Servers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let blocks = self.scan.servers.iter().zip(&self.excluded);
+        s.collect_seq(blocks.map(|(block, excluded)| {
+            let challenges = self
+                .proving
+                .block_names(block)
+                .into_iter()
+                .map(|n| {
+                    let m = self.proving.method_for(&n).to_string();
+                    (n, m)
+                })
+                .collect();
+            ServerOut {
+                block,
+                challenges: NameMap(challenges),
+                excluded: NameMap(excluded.clone()),
+            }
+        }))
+    }
 }
 
 pub fn run(ctx: &Context, args: ScanArgs) -> CmdResult {
     let settings = args.options.settings(ctx)?;
     let proving = settings.proving();
-    let (config, scan) = args.options.nginx_paths()?.load_with(false)?;
+    let (config, mut scan) = args.options.nginx_paths()?.load_with(false)?;
     // The tree is large and the process ends here: leave it to the OS instead of freeing
     // a hundred thousand nodes one by one.
     std::mem::forget(config);
+    // A name an exclude pattern leaves out is not enrollable, whatever the block says (and the
+    // table and the JSON say which pattern left it out).
+    let excluded: Vec<Vec<(String, String)>> = scan
+        .servers
+        .iter()
+        .map(|s| {
+            let out = proving.excluded_names(s);
+            out.into_iter().map(|(n, p)| (n, p.to_owned())).collect()
+        })
+        .collect();
+    for s in &mut scan.servers {
+        s.enrollable.retain(|n| proving.excluded_by(n).is_none());
+    }
     if ctx.json {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         let out_value = ScanOutput {
-            scan: &scan,
-            challenges: scan
-                .servers
-                .iter()
-                .map(|s| {
-                    proving
-                        .block_names(s)
-                        .into_iter()
-                        .map(|n| {
-                            let m = proving.method_for(&n).to_string();
-                            (n, m)
-                        })
-                        .collect()
-                })
-                .collect(),
-            excluded: scan
-                .servers
-                .iter()
-                .map(|s| {
-                    proving
-                        .excluded_names(s)
-                        .into_iter()
-                        .map(|(n, p)| (n, p.to_owned()))
-                        .collect()
-                })
-                .collect(),
+            nginx_conf: &scan.nginx_conf,
+            user: &scan.user,
+            group: &scan.group,
+            pid_file: &scan.pid_file,
+            servers: Servers {
+                scan: &scan,
+                proving: &proving,
+                excluded,
+            },
+            warnings: &scan.warnings,
         };
         serde_json::to_writer(&mut out, &out_value)
             .map_err(std::io::Error::from)
@@ -70,31 +117,43 @@ pub fn run(ctx: &Context, args: ScanArgs) -> CmdResult {
             .and_then(|()| std::io::Write::flush(&mut out))
             .map_err(CliError::Output)?;
     } else {
-        table(&scan, &proving)?;
+        table(&scan, &proving, &excluded)?;
     }
     Ok(Exit::Ok)
 }
 
-/// How a block's names are proven: one method, or each name's when they differ.
-fn challenges(s: &acme_nginx::nginx::discovery::ServerBlock, proving: &Proving<'_>) -> String {
+/// How a block's names are proven: one method, or each name's when they differ; names an
+/// exclude pattern leaves out say `excluded (GLOB)`, a block the operator marked says
+/// `ignored (marker at FILE:LINE)`.
+fn challenges(s: &ServerBlock, proving: &Proving<'_>, excluded: &[(String, String)]) -> String {
+    if let Some(at) = &s.ignored {
+        return format!("ignored (marker at {at})");
+    }
     let names = proving.block_names(s);
     let methods: Vec<String> = names
         .iter()
         .map(|n| proving.method_for(n).to_string())
         .collect();
-    match methods.first() {
-        None => "-".into(),
-        Some(first) if methods.iter().all(|m| m == first) => first.clone(),
-        Some(_) => names
+    let one_method = methods.first().filter(|m| methods.iter().all(|x| x == *m));
+    match (one_method, excluded) {
+        (_, []) if names.is_empty() => "-".into(),
+        (Some(m), []) => m.clone(),
+        (None, [(_, pattern)]) if names.is_empty() => format!("excluded ({pattern})"),
+        _ => names
             .iter()
             .zip(&methods)
             .map(|(n, m)| format!("{n}: {m}"))
+            .chain(excluded.iter().map(|(n, p)| format!("{n}: excluded ({p})")))
             .collect::<Vec<_>>()
             .join(", "),
     }
 }
 
-fn table(scan: &Scan, proving: &Proving<'_>) -> Result<(), CliError> {
+fn table(
+    scan: &Scan,
+    proving: &Proving<'_>,
+    excluded: &[Vec<(String, String)>],
+) -> Result<(), CliError> {
     output::line(format!(
         "nginx: {}  user: {}:{}  pid file: {}",
         scan.nginx_conf.display(),
@@ -105,7 +164,8 @@ fn table(scan: &Scan, proving: &Proving<'_>) -> Result<(), CliError> {
     let rows: Vec<[String; 7]> = scan
         .servers
         .iter()
-        .map(|s| {
+        .zip(excluded)
+        .map(|(s, excluded)| {
             [
                 s.enrollable
                     .first()
@@ -128,7 +188,7 @@ fn table(scan: &Scan, proving: &Proving<'_>) -> Result<(), CliError> {
                     (None, Some(r)) => format!("- ({})", output::one_line(r)),
                     (None, None) => "-".into(),
                 },
-                challenges(s, proving),
+                challenges(s, proving, excluded),
                 s.ssl_certificate.clone().unwrap_or_else(|| "-".into()),
             ]
         })

@@ -40,7 +40,7 @@ impl<'a> Location<'a> {
         if d.name != "location" || d.block.is_none() {
             return None;
         }
-        let (modifier, pattern) = match d.args.as_slice() {
+        let (modifier, pattern) = match &d.args[..] {
             [m, p] => (
                 match m.as_str() {
                     "=" => Modifier::Exact,

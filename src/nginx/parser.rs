@@ -66,7 +66,7 @@ pub struct Block {
     /// Offset of the `}`.
     pub close: usize,
     /// For Lua blocks: the raw code between the braces (children is empty).
-    pub raw: Option<String>,
+    pub raw: Option<Box<str>>,
 }
 
 /// One directive, with its block if it has one.
@@ -74,7 +74,8 @@ pub struct Block {
 pub struct Directive {
     /// Short strings (almost every name and argument) are stored inline, without an allocation.
     pub name: CompactString,
-    pub args: Vec<CompactString>,
+    /// Exactly as many as there are (no spare capacity: a large tree holds 150,000 of them).
+    pub args: Box<[CompactString]>,
     pub file: FileId,
     /// Byte range from the name to just past the `;` or `}`.
     pub start: usize,
@@ -449,7 +450,7 @@ fn parse_block(
                         close,
                         raw: Some(
                             String::from_utf8_lossy(&lx_text(lx, tok.start + 1, close))
-                                .into_owned(),
+                                .into(),
                         ),
                     }
                 } else {
@@ -707,7 +708,7 @@ fn directive(words: &mut Vec<Token>, file: FileId, end: usize) -> Directive {
     args.extend(it.map(|t| t.value));
     Directive {
         name: first.value,
-        args,
+        args: args.into_boxed_slice(),
         file,
         start: first.start,
         end,
@@ -737,13 +738,13 @@ mod tests {
         let c = parse(src);
         let root = c.root();
         assert_eq!(root[0].name, "user");
-        assert_eq!(root[0].args, vec!["www-data"]);
+        assert_eq!(root[0].args.to_vec(), vec!["www-data"]);
         assert_eq!(&src[root[0].start..root[0].end], "user www-data;");
         let http = &root[1];
         assert_eq!((http.line, http.col), (2, 1));
         let server = &http.children()[0];
         assert_eq!((server.line, server.col), (3, 3));
-        assert_eq!(server.children()[1].args, vec!["a.test", "b.test"]);
+        assert_eq!(server.children()[1].args.to_vec(), vec!["a.test", "b.test"]);
         assert_eq!(
             &src[server.start..server.end],
             "server { listen 80; server_name a.test \"b.test\"; }"
@@ -798,7 +799,7 @@ mail { server { listen 25; protocol smtp; } }
             .as_ref()
             .unwrap()
             .contains("ngx.say"));
-        assert_eq!(loc.children()[1].args, vec!["200", "multi\nline"]);
+        assert_eq!(loc.children()[1].args.to_vec(), vec!["200", "multi\nline"]);
     }
 
     #[test]

@@ -78,7 +78,7 @@ fn wildcard_and_base_name_in_one_certificate_through_rfc2136() {
     let flags = bind.flags();
     let scan = bed.cmd("scan", &args(&flags));
     assert_exit(&scan, 0);
-    let challenges = &json(&scan)["challenges"][0];
+    let challenges = &json(&scan)["servers"][0]["challenges"];
     assert_eq!(challenges["example.test"], "http-01", "{challenges}");
     assert_eq!(challenges["*.example.test"], "dns-01", "{challenges}");
 
@@ -400,7 +400,7 @@ fn webdav_http_01_puts_tokens_on_another_web_server() {
 
     let scan = bed.cmd("scan", &args(&flags));
     assert_eq!(
-        json(&scan)["challenges"][0]["dav.example.test"],
+        json(&scan)["servers"][0]["challenges"]["dav.example.test"],
         "http-01 (webdav)"
     );
     let mut first = args(&flags);

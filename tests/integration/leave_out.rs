@@ -19,11 +19,20 @@ fn excluded_names_and_ignored_blocks_are_never_enrolled() {
     let scan = bed.cmd("scan", &["--exclude", "API.leave.test"]);
     assert_exit(&scan, 0);
     let scan = json(&scan);
+    // Each block carries its own names' fate; an excluded name is never listed as enrollable.
+    let first = &scan["servers"][0];
     assert_eq!(
-        scan["excluded"][0]["db.internal.leave.test"],
+        first["excluded"]["db.internal.leave.test"],
         "*.internal.leave.test"
     );
-    assert_eq!(scan["excluded"][2]["api.leave.test"], "API.leave.test");
+    assert_eq!(first["enrollable"], serde_json::json!(["www.leave.test"]));
+    assert_eq!(first["challenges"]["www.leave.test"], "http-01");
+    assert!(first["challenges"]["db.internal.leave.test"].is_null(), "{first}");
+    assert_eq!(
+        scan["servers"][2]["excluded"]["api.leave.test"],
+        "API.leave.test"
+    );
+    assert_eq!(scan["servers"][2]["enrollable"], serde_json::json!([]));
     let ignored = scan["servers"][1]["skipped"][0]["reason"]
         .as_str()
         .unwrap_or_else(|| panic!("{}", scan["servers"][1]));
@@ -31,6 +40,17 @@ fn excluded_names_and_ignored_blocks_are_never_enrolled() {
         ignored.contains("# acme-nginx: ignore") && ignored.contains("nginx.conf:22"),
         "{ignored}"
     );
+
+    let table = bed.cmd_text("scan", &["--exclude", "API.leave.test"]);
+    assert_exit(&table, 0);
+    let text = String::from_utf8_lossy(&table.stdout);
+    for wanted in [
+        "db.internal.leave.test: excluded (*.internal.leave.test)",
+        "excluded (API.leave.test)",
+        "ignored (marker at ",
+    ] {
+        assert!(text.contains(wanted), "{wanted:?} not in:\n{text}");
+    }
 
     let out = bed.cmd("enroll", &["--exclude", "API.leave.test"]);
     assert_exit(&out, 0);

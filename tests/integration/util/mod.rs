@@ -644,12 +644,24 @@ impl Bed {
         run(&mut self.command(sub, extra))
     }
 
+    /// Runs `acme-nginx SUB` (text output, as a person reads it) with the bed's settings.
+    pub fn cmd_text(&self, sub: &str, extra: &[&str]) -> Output {
+        run(&mut self.command_as(false, sub, extra))
+    }
+
     /// `acme-nginx --json SUB` with the bed's nginx, state, config file and hook directory
     /// (enroll also gets --non-interactive --agree-tos), not yet started.
     pub fn command(&self, sub: &str, extra: &[&str]) -> Command {
+        self.command_as(true, sub, extra)
+    }
+
+    fn command_as(&self, json: bool, sub: &str, extra: &[&str]) -> Command {
         let dir = self.nginx.dir.path();
         let mut cmd = self.pebble.cli();
-        cmd.args(["--json", sub])
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.arg(sub)
             .arg("--nginx-conf")
             .arg(&self.nginx.conf)
             .arg("--nginx-prefix")
