@@ -73,6 +73,15 @@ pub enum Error {
         /// The size cap in bytes.
         limit: usize,
     },
+    /// A URL handed to the client (an order URL kept elsewhere) that is not on the CA's
+    /// origin: nothing signed is sent there.
+    #[error("{url} is not on the CA's origin ({directory}); refusing to send it a signed request")]
+    ForeignUrl {
+        /// The URL.
+        url: String,
+        /// The CA's directory URL.
+        directory: String,
+    },
     /// Something took longer than its deadline.
     #[error("timed out after {after:?} while {what}")]
     Timeout {

@@ -218,7 +218,19 @@ impl Account {
 
     /// An order this account placed earlier, fetched by its URL (to complete it after the
     /// process that placed it went away).
+    ///
+    /// The URL must be on the CA's origin (scheme, host and port of its directory): an order
+    /// URL read back from storage another party could write is never sent a signed request
+    /// elsewhere.
     pub async fn order(&self, url: &str) -> Result<OrderHandle, Error> {
+        let directory = self.client.directory_url();
+        let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
+        if origin(url).is_none() || origin(url) != origin(directory) {
+            return Err(Error::ForeignUrl {
+                url: url.to_owned(),
+                directory: directory.to_owned(),
+            });
+        }
         let (state, _) = self
             .client
             .post_json::<(), Order>(self.signer(), url, None)

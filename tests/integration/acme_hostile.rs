@@ -285,3 +285,46 @@ async fn an_order_the_ca_fails_on_with_replaces_is_placed_again_then_without() {
     );
     assert_eq!(without.load(Ordering::SeqCst), 1, "then without");
 }
+
+/// An order URL read back from storage (a fleet's order record) that points off the CA's
+/// origin is refused before anything is signed; the CA's own order URL is fetched.
+#[tokio::test]
+async fn an_order_url_off_the_cas_origin_is_never_sent_a_signed_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let posts = Arc::new(AtomicUsize::new(0));
+    let elsewhere = Arc::new(AtomicUsize::new(0));
+    let (p, e) = (posts.clone(), elsewhere.clone());
+    // A second server on another port stands for the attacker's URL.
+    let other = serve(move |_, _, _, _| {
+        e.fetch_add(1, Ordering::SeqCst);
+        (200, vec![], Some("{}".into()))
+    })
+    .await;
+    let base = serve(move |method, path, base, _| match (method, path) {
+        ("GET", "/dir") => (200, vec![], Some(directory(base))),
+        ("HEAD", "/nonce") => (200, vec![], Some(String::new())),
+        ("POST", "/acct") => (201, vec![("Location", format!("{base}/acct/1"))], Some(r#"{"status":"valid"}"#.into())),
+        ("POST", "/order/7") => {
+            p.fetch_add(1, Ordering::SeqCst);
+            (200, vec![], Some(format!(r#"{{"status":"pending","authorizations":[],"finalize":"{base}/fin"}}"#)))
+        }
+        _ => (404, vec![], Some("{}".into())),
+    })
+    .await;
+    let account = account_at(&base).await;
+    for url in [
+        format!("{other}/order/7"),
+        format!("{}/order/7", base.replace("http://", "https://")),
+        "order/7".to_owned(),
+    ] {
+        let err = account.order(&url).await.err().expect(&url);
+        assert!(
+            matches!(err, acme::Error::ForeignUrl { .. }) && err.to_string().contains(&url),
+            "{url}: {err}"
+        );
+    }
+    assert_eq!(elsewhere.load(Ordering::SeqCst), 0);
+    let order = account.order(&format!("{base}/order/7")).await.unwrap();
+    assert_eq!(order.url, format!("{base}/order/7"));
+    assert_eq!(posts.load(Ordering::SeqCst), 1);
+}
