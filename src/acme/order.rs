@@ -257,26 +257,7 @@ impl OrderHandle {
     ) -> Result<CertificateChain, Error> {
         let deadline = Instant::now() + opts.timeout;
         let order = self;
-        if order.state.status == OrderStatus::Pending {
-            let mut started = Vec::new();
-            let outcome =
-                tokio::time::timeout_at(deadline, order.authorize(solver, &mut started, deadline))
-                    .await;
-            for ch in &started {
-                if let Err(e) = solver.clear(ch).await {
-                    tracing::warn!(identifier = %ch.identifier, "could not clear challenge: {e}");
-                }
-            }
-            outcome.map_err(|_| Error::Timeout {
-                what: "waiting for authorizations".into(),
-                after: opts.timeout,
-            })??;
-        }
-        order
-            .poll_until(deadline, |s| {
-                !matches!(s, OrderStatus::Pending | OrderStatus::Processing)
-            })
-            .await?;
+        order.validate_until(solver, deadline, opts.timeout).await?;
         if order.state.status == OrderStatus::Ready {
             order.finalize(csr_der).await?;
             order
@@ -317,6 +298,46 @@ fn refusal_of_replaces(e: &Error) -> bool {
 }
 
 impl OrderHandle {
+    /// The first half of [`OrderHandle::complete`]: while the order is pending, its
+    /// authorizations are fulfilled through `solver` and validated; returns once the CA says
+    /// the order is no longer pending (ready, or invalid). Every challenge handed to
+    /// `solver.fulfill` is handed to `solver.clear` before this returns.
+    pub async fn validate<S: ChallengeSolver>(
+        &mut self,
+        solver: &S,
+        opts: &OrderOptions,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + opts.timeout;
+        self.validate_until(solver, deadline, opts.timeout).await
+    }
+
+    async fn validate_until<S: ChallengeSolver>(
+        &mut self,
+        solver: &S,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        if self.state.status == OrderStatus::Pending {
+            let mut started = Vec::new();
+            let outcome =
+                tokio::time::timeout_at(deadline, self.authorize(solver, &mut started, deadline))
+                    .await;
+            for ch in &started {
+                if let Err(e) = solver.clear(ch).await {
+                    tracing::warn!(identifier = %ch.identifier, "could not clear challenge: {e}");
+                }
+            }
+            outcome.map_err(|_| Error::Timeout {
+                what: "waiting for authorizations".into(),
+                after: timeout,
+            })??;
+        }
+        self.poll_until(deadline, |s| {
+            !matches!(s, OrderStatus::Pending | OrderStatus::Processing)
+        })
+        .await
+    }
+
     /// Re-fetches the order; returns the Retry-After the CA sent, if any.
     pub async fn refresh(&mut self) -> Result<Option<Duration>, Error> {
         let (state, resp) = self

@@ -449,8 +449,7 @@ fn parse_block(
                         open: tok.start,
                         close,
                         raw: Some(
-                            String::from_utf8_lossy(&lx_text(lx, tok.start + 1, close))
-                                .into(),
+                            String::from_utf8_lossy(&lx_text(lx, tok.start + 1, close)).into(),
                         ),
                     }
                 } else {

@@ -303,10 +303,20 @@ async fn an_order_url_off_the_cas_origin_is_never_sent_a_signed_request() {
     let base = serve(move |method, path, base, _| match (method, path) {
         ("GET", "/dir") => (200, vec![], Some(directory(base))),
         ("HEAD", "/nonce") => (200, vec![], Some(String::new())),
-        ("POST", "/acct") => (201, vec![("Location", format!("{base}/acct/1"))], Some(r#"{"status":"valid"}"#.into())),
+        ("POST", "/acct") => (
+            201,
+            vec![("Location", format!("{base}/acct/1"))],
+            Some(r#"{"status":"valid"}"#.into()),
+        ),
         ("POST", "/order/7") => {
             p.fetch_add(1, Ordering::SeqCst);
-            (200, vec![], Some(format!(r#"{{"status":"pending","authorizations":[],"finalize":"{base}/fin"}}"#)))
+            (
+                200,
+                vec![],
+                Some(format!(
+                    r#"{{"status":"pending","authorizations":[],"finalize":"{base}/fin"}}"#
+                )),
+            )
         }
         _ => (404, vec![], Some("{}".into())),
     })

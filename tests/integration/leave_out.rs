@@ -27,7 +27,10 @@ fn excluded_names_and_ignored_blocks_are_never_enrolled() {
     );
     assert_eq!(first["enrollable"], serde_json::json!(["www.leave.test"]));
     assert_eq!(first["challenges"]["www.leave.test"], "http-01");
-    assert!(first["challenges"]["db.internal.leave.test"].is_null(), "{first}");
+    assert!(
+        first["challenges"]["db.internal.leave.test"].is_null(),
+        "{first}"
+    );
     assert_eq!(
         scan["servers"][2]["excluded"]["api.leave.test"],
         "API.leave.test"
