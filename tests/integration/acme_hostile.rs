@@ -327,7 +327,7 @@ async fn an_order_url_off_the_cas_origin_is_never_sent_a_signed_request() {
         format!("{}/order/7", base.replace("http://", "https://")),
         "order/7".to_owned(),
     ] {
-        let err = account.order(&url).await.err().expect(&url);
+        let err = account.order(&url).await.expect_err(&url);
         assert!(
             matches!(err, acme::Error::ForeignUrl { .. }) && err.to_string().contains(&url),
             "{url}: {err}"
