@@ -48,7 +48,7 @@ pub async fn run(ctx: &Context, args: EnrollArgs) -> CmdResult {
     }
     let outcomes = run.enroll(cfg, scan, plans).await?;
     report(ctx, &outcomes, mode == Mode::DryRun)?;
-    Ok(Exit::of(&outcomes))
+    Ok(Exit::of_named(&outcomes, &args.names))
 }
 
 fn confirm(plans: &[Plan]) -> Result<bool, CliError> {
@@ -78,24 +78,5 @@ pub fn report(ctx: &Context, outcomes: &[Outcome], dry_run: bool) -> Result<(), 
     if ctx.json {
         return output::json(&serde_json::json!({ "dry_run": dry_run, "certificates": outcomes }));
     }
-    let rows: Vec<[String; 4]> = outcomes
-        .iter()
-        .map(|o| {
-            [
-                o.name.clone(),
-                o.status.to_string(),
-                output::time(o.not_after),
-                o.fullchain
-                    .as_ref()
-                    .map_or("-".into(), |p| p.display().to_string()),
-            ]
-        })
-        .collect();
-    output::table(["NAME", "STATUS", "VALID UNTIL", "FILE"], &rows, 200)?;
-    for o in outcomes {
-        if let Some(e) = &o.error {
-            eprintln!("error: {}: {}", o.name, output::one_line(&e.message));
-        }
-    }
-    Ok(())
+    output::outcomes(outcomes)
 }

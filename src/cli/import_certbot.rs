@@ -73,7 +73,7 @@ fn print(ctx: &Context, outcomes: &[Outcome], timer: Option<&str>) -> Result<(),
     if outcomes.is_empty() {
         output::line("certbot has no renewal configuration to import")?;
     }
-    output::outcome_lines(outcomes)?;
+    output::outcomes(outcomes)?;
     if let Some(t) = timer {
         output::line(t)?;
     }

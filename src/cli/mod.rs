@@ -50,6 +50,30 @@ impl Exit {
             Exit::Ok
         }
     }
+
+    /// Like [`Exit::of`], and Partial when names were given on the command line and none of
+    /// them got anywhere (each skipped or failed): a summary line on stderr says so.
+    pub fn of_named(outcomes: &[Outcome], named: &[String]) -> Exit {
+        use acme_nginx::lifecycle::Status;
+        let nothing = |o: &&Outcome| matches!(o.status, Status::Skipped | Status::Failed);
+        let skipped = outcomes
+            .iter()
+            .filter(|o| o.status == Status::Skipped)
+            .count();
+        if !named.is_empty()
+            && !outcomes.is_empty()
+            && outcomes.iter().filter(nothing).count() == outcomes.len()
+        {
+            eprintln!(
+                "error: none of the names given ({}) was done: {} skipped, {} failed (reasons above)",
+                named.join(", "),
+                skipped,
+                outcomes.len() - skipped
+            );
+            return Exit::Partial;
+        }
+        Exit::of(outcomes)
+    }
 }
 
 /// TLS certificates from any ACME CA for the server blocks of a running nginx.

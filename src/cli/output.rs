@@ -87,21 +87,44 @@ pub fn one_line(text: &str) -> String {
     escape_controls(&text.replace('\n', "\\n").replace('\r', "\\r"))
 }
 
-/// One line per outcome: name, status, and the error, the reason, or the server blocks.
-pub fn outcome_lines(outcomes: &[acme_nginx::lifecycle::Outcome]) -> Result<(), CliError> {
+/// The one outcome table of enroll, renew, remove and import-certbot: the name, the status,
+/// when (the next attempt for a name that is not done - skipped, failed, in backoff, not due -
+/// else the end of the certificate it has), and why (the error or the reason; for a done name,
+/// its certificate file or the blocks it was removed from). Errors are repeated on stderr.
+pub fn outcomes(outcomes: &[acme_nginx::lifecycle::Outcome]) -> Result<(), CliError> {
+    use acme_nginx::lifecycle::Status;
+    let rows: Vec<[String; 4]> = outcomes
+        .iter()
+        .map(|o| {
+            let pending = matches!(
+                o.status,
+                Status::Skipped | Status::Failed | Status::Backoff | Status::NotDue
+            );
+            let when = match (pending, o.next_renewal, o.not_after) {
+                (true, Some(next), _) => format!("next {}", time(Some(next))),
+                (_, _, Some(end)) => format!("until {}", time(Some(end))),
+                _ => "-".into(),
+            };
+            let why = o
+                .error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .or(o.reason.clone())
+                .or(o.fullchain.as_ref().map(|p| p.display().to_string()))
+                .unwrap_or_else(|| o.server_blocks.join(", "));
+            [
+                o.name.clone(),
+                o.status.to_string(),
+                when,
+                one_line(if why.is_empty() { "-" } else { &why }),
+            ]
+        })
+        .collect();
+    table(["NAME", "STATUS", "WHEN", "WHY / FILE"], &rows, 60)?;
     for o in outcomes {
-        let why = o
-            .error
-            .as_ref()
-            .map(|e| e.message.clone())
-            .or(o.reason.clone())
-            .unwrap_or_else(|| o.server_blocks.join(", "));
-        line(format!(
-            "{:<30} {:<10} {}",
-            o.name,
-            o.status,
-            one_line(&why)
-        ))?;
+        if let Some(e) = &o.error {
+            eprintln!("error: {}: {}", o.name, one_line(&e.message));
+        }
     }
     Ok(())
 }

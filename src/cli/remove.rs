@@ -49,6 +49,6 @@ fn print(ctx: &Context, outcomes: &[Outcome]) -> Result<(), CliError> {
     if outcomes.is_empty() {
         return output::line("nothing to remove");
     }
-    output::outcome_lines(outcomes)?;
+    output::outcomes(outcomes)?;
     Ok(())
 }

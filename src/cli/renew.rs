@@ -59,33 +59,12 @@ pub async fn run(ctx: &Context, args: RenewArgs) -> CmdResult {
         (Err(e), None) => return Err(e.into()),
     };
     print(ctx, &outcomes)?;
-    Ok(Exit::of(&outcomes))
+    Ok(Exit::of_named(&outcomes, &args.names))
 }
 
 fn print(ctx: &Context, outcomes: &[Outcome]) -> Result<(), CliError> {
     if ctx.json {
         return output::json(&serde_json::json!({ "certificates": outcomes }));
     }
-    for o in outcomes {
-        let detail = o
-            .next_renewal
-            .map(|n| format!("next {}", output::time(Some(n))))
-            .or(o
-                .not_after
-                .map(|n| format!("valid until {}", output::time(Some(n)))))
-            .unwrap_or_default();
-        let why = o
-            .reason
-            .clone()
-            .or(o.error.as_ref().map(|e| e.message.clone()))
-            .unwrap_or_default();
-        output::line(format!(
-            "{:<30} {:<10} {:<32} {}",
-            o.name,
-            o.status,
-            detail,
-            output::one_line(&why)
-        ))?;
-    }
-    Ok(())
+    output::outcomes(outcomes)
 }

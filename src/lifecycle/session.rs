@@ -242,8 +242,8 @@ impl Session {
         hooks
             .run(Stage::Post, &crate::hooks::post_env(&renewed, &failed))
             .await;
-        let outcomes = result?;
-        record::remember(&self.env, &outcomes).await?;
+        let mut outcomes = result?;
+        record::remember(&self.env, &mut outcomes).await?;
         Ok(outcomes)
     }
 

@@ -741,3 +741,48 @@ fn a_block_serving_ecdsa_and_rsa_keeps_both_with_an_rsa_certificate_of_its_own()
         ]
     );
 }
+
+/// A name nginx serves only over HTTPS (a 443-only site, as PeerTube ships) is skipped saying
+/// why, in the JSON and in the table a person reads; named on the command line and skipped,
+/// the run exits 1 with a summary line. Nothing is ordered for it.
+#[test]
+fn a_skipped_name_says_why_and_a_named_one_fails_the_run() {
+    let pre = tempfile::tempdir().unwrap();
+    let (_, cert, key) = crate::util::make_tls_cert(pre.path(), &["only443.enroll.test"]);
+    let bed = Bed::start(&format!(
+        "server {{\n    listen 127.0.0.1:{{https}} ssl;\n    server_name only443.enroll.test;\n    \
+         ssl_certificate {};\n    ssl_certificate_key {};\n    location / {{ return 200; }}\n}}\n\
+         server {{\n    listen 127.0.0.1:{{port}};\n    server_name plain.enroll.test;\n}}\n",
+        cert.display(),
+        key.display()
+    ));
+    // The CA validates on a port nginx does not listen on (this host answers only HTTPS).
+    let port = crate::util::free_port().to_string();
+    let out = bed.cmd("enroll", &["only443.enroll.test", "--http-port", &port]);
+    assert_exit(&out, 1);
+    let report = json(&out);
+    let only = crate::util::by_name(&report, "only443.enroll.test");
+    assert_eq!(only["status"], "skipped", "{report}");
+    let reason = only["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("no plain-HTTP port"), "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("none of the names given (only443.enroll.test) was done: 1 skipped"),
+        "{stderr}"
+    );
+    assert_eq!(bed.pebble.log().matches("POST /order-plz").count(), 0);
+
+    // The table a person reads carries the same reason; not named, a skipped name does not
+    // fail the run.
+    let out = bed.cmd_text("enroll", &["--http-port", &port]);
+    assert_exit(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("only443.enroll.test"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("skipped") && line.contains("no plain-HTTP port"),
+        "{text}"
+    );
+}

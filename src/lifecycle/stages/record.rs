@@ -12,8 +12,8 @@ use crate::lifecycle::Error;
 use crate::store;
 
 /// Records each failure in its lineage's failure memory (also for names that have no
-/// certificate yet), so the next run backs off.
-pub(crate) async fn remember(env: &Env, outcomes: &[Outcome]) -> Result<(), Error> {
+/// certificate yet), so the next run backs off; the outcome then says when the next attempt is.
+pub(crate) async fn remember(env: &Env, outcomes: &mut [Outcome]) -> Result<(), Error> {
     if !env.mode.writes_state() {
         return Ok(());
     }
@@ -26,6 +26,7 @@ pub(crate) async fn remember(env: &Env, outcomes: &[Outcome]) -> Result<(), Erro
             }
             meta.renewal.record_failure(f, now);
             env.save_meta(&o.name, &meta)?;
+            o.next_renewal = meta.renewal.backoff_until();
             env.coordinator.share_failure(&env.store, &o.name).await;
         }
     }
@@ -98,13 +99,16 @@ mod tests {
             )
         };
         assert_eq!(verdict(&plan("a.test")), Verdict::Order);
-        remember(&env, &[failed("a.test")]).await.unwrap();
+        let mut outcomes = [failed("a.test")];
+        remember(&env, &mut outcomes).await.unwrap();
         let meta = env.meta("a.test").unwrap();
         assert_eq!(meta.names, vec!["a.test"], "a name with no certificate yet");
         match verdict(&plan("a.test")) {
             Verdict::Backoff { until, reason } => {
                 assert!(until > now);
                 assert!(reason.contains("connection refused"), "{reason}");
+                // The failed outcome already said when the next attempt would be.
+                assert_eq!(outcomes[0].next_renewal, Some(until));
             }
             other => panic!("expected a backoff, got {other:?}"),
         }
@@ -116,7 +120,7 @@ mod tests {
         // Successes and other statuses change nothing.
         remember(
             &env,
-            &[Outcome::new("b.test", &["b.test".into()], Status::Issued)],
+            &mut [Outcome::new("b.test", &["b.test".into()], Status::Issued)],
         )
         .await
         .unwrap();
@@ -128,7 +132,7 @@ mod tests {
     async fn a_dry_run_remembers_no_failure() {
         let dir = tempfile::tempdir().unwrap();
         let env = env(dir.path(), Mode::DryRun);
-        remember(&env, &[failed("a.test")]).await.unwrap();
+        remember(&env, &mut [failed("a.test")]).await.unwrap();
         assert_eq!(env.meta("a.test").unwrap().renewal.failures, 0);
     }
 }
