@@ -132,6 +132,13 @@ pub fn lifetime_rule(cert: &CertInfo) -> Schedule {
     }
 }
 
+/// How long before notAfter renewal must have happened whatever a renewalInfo window says: a
+/// tenth of the certificate's lifetime, at least a day.
+pub fn ari_margin(cert: &CertInfo) -> Duration {
+    let tenth: Duration = cert.lifetime() / 10;
+    tenth.max(Duration::DAY)
+}
+
 fn at(unix: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(unix).ok()
 }
@@ -156,18 +163,32 @@ impl RenewalState {
         })
     }
 
-    /// The ARI schedule, when a window is known and believable for this certificate.
+    /// The ARI schedule, when a window is known and believable for this certificate. The CA
+    /// may steer renewal later than our own lifetime rule as well as earlier: a window is
+    /// honoured when it starts before notAfter minus [`ari_margin`]; renewal then happens in
+    /// the part of the window before that margin (the instant picked in the whole window is
+    /// mapped into that part). A window starting past the margin (a CA saying "renew in 2099")
+    /// is not believed.
     pub fn ari_schedule(&self, cert: &CertInfo) -> Option<Schedule> {
         let (start, end) = self.ari_window?;
         let (start_t, end_t) = (at(start)?, at(end)?);
-        let lifetime = lifetime_rule(cert);
-        if end < start || start_t > lifetime.at || end_t > cert.not_after {
+        let latest = (cert.not_after - ari_margin(cert)).unix_timestamp();
+        if end < start || start > latest {
             return None;
         }
+        let usable_end = end.min(latest);
         let picked = self
             .renew_at
             .filter(|t| (start..=end).contains(t))
             .unwrap_or(start);
+        // The same relative place in the usable part as in the whole window.
+        let picked = if end > start && usable_end < end {
+            let scaled = i128::from(picked - start) * i128::from(usable_end - start)
+                / i128::from(end - start);
+            start + i64::try_from(scaled).unwrap_or(0)
+        } else {
+            picked
+        };
         Some(Schedule {
             at: at(picked)?,
             reason: Reason::Ari {
@@ -390,27 +411,55 @@ mod tests {
                 }),
             ),
             (
-                "ARI window starting after the lifetime rule: lifetime rule",
+                "ARI window starting after the lifetime rule: the CA's later window",
                 window(70 * DAY, 71 * DAY),
+                Some(90),
+                61 * DAY,
+                Decision::NotDue {
+                    at: t(70 * DAY + DAY / 2),
+                    reason: Reason::Ari {
+                        start: t(70 * DAY),
+                        end: t(71 * DAY),
+                    },
+                },
+            ),
+            (
+                "ARI window ending beyond the margin (9 of 90 days): renewal before the margin",
+                window(10 * DAY, 100 * DAY),
+                Some(90),
+                20 * DAY,
+                Decision::NotDue {
+                    // The middle of 10..100 mapped into 10..81.
+                    at: t(10 * DAY + 71 * DAY / 2),
+                    reason: Reason::Ari {
+                        start: t(10 * DAY),
+                        end: t(100 * DAY),
+                    },
+                },
+            ),
+            (
+                "acme2certifier: a 10-day certificate's window from 85 % to notAfter",
+                window(8 * DAY + DAY / 2, 10 * DAY),
+                Some(10),
+                8 * DAY,
+                Decision::NotDue {
+                    // The middle of 8.5..10 days mapped into 8.5..9 (a day's margin).
+                    at: t(8 * DAY + 3 * DAY / 4),
+                    reason: Reason::Ari {
+                        start: t(8 * DAY + DAY / 2),
+                        end: t(10 * DAY),
+                    },
+                },
+            ),
+            (
+                "ARI window starting past the margin (2099): not believed, lifetime rule",
+                window(89 * DAY + 1, 46_000 * DAY),
                 Some(90),
                 61 * DAY,
                 Decision::Due(Reason::Lifetime {
                     half: false,
                     days: 90,
                 }),
-            ),
-            (
-                "ARI window ending beyond notAfter: lifetime rule",
-                window(10 * DAY, 100 * DAY),
-                Some(90),
-                20 * DAY,
-                Decision::NotDue {
-                    at: t(60 * DAY),
-                    reason: Reason::Lifetime {
-                        half: false,
-                        days: 90,
-                    },
-                },
             ),
             (
                 "revoked: the CA moves the window into the past",
