@@ -61,14 +61,25 @@ impl Env {
         Ok(self.settings.nginx.load()?)
     }
 
-    /// The plans for the named server blocks (all when `wanted` is empty).
+    /// The plans for the named server blocks (all when `wanted` is empty). A plan whose
+    /// blocks live in a file nginx's edit could not change for all its names (hard links)
+    /// fails here, before anything is ordered for it.
     pub fn plans(&self, scan: &Scan, wanted: &[String]) -> Result<Vec<Plan>, Error> {
-        plan::plans(
+        let mut plans = plan::plans(
             scan,
             wanted,
             self.settings.http_port,
             &self.settings.proving(),
-        )
+        )?;
+        if self.mode.edits_nginx() {
+            for p in plans.iter_mut().filter(|p| p.error.is_none()) {
+                p.error = p
+                    .install_blocks
+                    .iter()
+                    .find_map(|&i| crate::nginx::edit::hard_linked(&scan.servers[i].file));
+            }
+        }
+        Ok(plans)
     }
 
     pub(crate) fn meta(&self, name: &str) -> Result<LineageMeta, Error> {

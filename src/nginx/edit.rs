@@ -37,6 +37,22 @@ pub struct InstallSpec {
     pub slot: usize,
 }
 
+/// Why a configuration file cannot be edited in place of all its names: it has hard links
+/// (a site installed with `ln`, not `ln -s`). Edits replace a file atomically (a new inode), so
+/// the other names would keep the old text. None when the file has one name (or cannot be
+/// read: the edit itself then says why).
+pub fn hard_linked(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let links = std::fs::metadata(path).ok()?.nlink();
+    (links > 1).then(|| {
+        format!(
+            "{} has {links} hard links: an edit would leave the other names with the old text; \
+             make them symbolic links (ln -sf) or a single file",
+            path.display()
+        )
+    })
+}
+
 /// Why a block cannot be edited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EditRefused(pub String);

@@ -72,6 +72,9 @@ impl Journal {
         let mut edited = Vec::new();
         for (p, (old, new)) in edit::render_edits(cfg, &change.edits) {
             let real = std::fs::canonicalize(&p)?;
+            if let Some(why) = edit::hard_linked(&real) {
+                return Err(io::Error::other(why));
+            }
             if std::fs::read(&real)? != old {
                 return Err(io::Error::other(format!(
                     "{} changed on disk since it was read; not editing it",

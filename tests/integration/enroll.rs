@@ -786,3 +786,59 @@ fn a_skipped_name_says_why_and_a_named_one_fails_the_run() {
         "{text}"
     );
 }
+
+/// A site file with two hard links (installed with `ln`, as Home Assistant's docs do): an edit
+/// would replace one name's file and leave the other with the old text, so the name is
+/// skipped before anything is ordered, saying which file and what to do; both names keep
+/// their text.
+#[test]
+fn a_hard_linked_site_file_is_refused_before_ordering() {
+    let port = crate::util::free_port();
+    let sites = tempfile::tempdir().unwrap();
+    for d in ["sites-available", "sites-enabled"] {
+        fs::create_dir(sites.path().join(d)).unwrap();
+    }
+    let available = sites.path().join("sites-available/hass");
+    let text = format!(
+        "server {{\n    listen 127.0.0.1:{port};\n    server_name hass.enroll.test;\n    \
+         location / {{ return 200; }}\n}}\n"
+    );
+    fs::write(&available, &text).unwrap();
+    let enabled = sites.path().join("sites-enabled/hass");
+    fs::hard_link(&available, &enabled).unwrap();
+    let bed = Bed::start_on(
+        port,
+        &format!("include {}/sites-enabled/*;\n", sites.path().display()),
+    );
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    let report = json(&out);
+    let hass = crate::util::by_name(&report, "hass.enroll.test");
+    assert_eq!(hass["status"], "skipped", "{report}");
+    let reason = hass["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("has 2 hard links") && reason.contains("ln -sf"),
+        "{reason}"
+    );
+    assert_eq!(bed.pebble.log().matches("POST /order-plz").count(), 0);
+    assert_eq!(fs::read_to_string(&available).unwrap(), text);
+    assert_eq!(fs::read_to_string(&enabled).unwrap(), text);
+
+    // Done as the message says: the enabled name becomes a symbolic link, and enroll edits the
+    // one file both names show.
+    fs::remove_file(&enabled).unwrap();
+    std::os::unix::fs::symlink(&available, &enabled).unwrap();
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        crate::util::by_name(&json(&out), "hass.enroll.test")["status"],
+        "issued"
+    );
+    assert!(fs::read_to_string(&enabled)
+        .unwrap()
+        .contains("ssl_certificate "));
+    assert!(fs::symlink_metadata(&enabled)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
