@@ -96,6 +96,31 @@ pub fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Reads a public file (a certificate nginx serves) of at most [`MAX_SMALL_FILE`] bytes: only
+/// a regular file (a FIFO or a device is refused without blocking on it).
+pub fn read_regular_limited(path: &Path) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_SMALL_FILE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_SMALL_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_SMALL_FILE} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
 /// Creates `dir` and its missing parents with `mode` (existing ones are left as they are).
 pub fn create_dir_all_mode(dir: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;

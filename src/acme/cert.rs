@@ -188,6 +188,31 @@ pub struct CertInfo {
     pub ari_cert_id: Option<String>,
 }
 
+/// The key type of a certificate's public key (a DER certificate), when it is one this client
+/// can issue: ECDSA P-256 or P-384, or RSA (rounded up to 2048, 3072 or 4096 bits).
+pub fn public_key_type(der: &[u8]) -> Option<super::key::KeyType> {
+    use super::key::KeyType;
+    use x509_parser::public_key::PublicKey;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let spki = cert.public_key();
+    match spki.parsed().ok()? {
+        PublicKey::RSA(rsa) => Some(match rsa.key_size() {
+            0..=2048 => KeyType::Rsa2048,
+            2049..=3072 => KeyType::Rsa3072,
+            _ => KeyType::Rsa4096,
+        }),
+        PublicKey::EC(_) => {
+            let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+            match curve.to_id_string().as_str() {
+                "1.2.840.10045.3.1.7" => Some(KeyType::P256),
+                "1.3.132.0.34" => Some(KeyType::P384),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 impl CertInfo {
     /// Parses a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, Error> {
@@ -538,6 +563,18 @@ mod tests {
         assert!(csr_der(b"-----BEGIN NOTHING-----\n-----END NOTHING-----\n").is_err());
         assert!(pem_certificates(b"").is_err());
         assert!(CertInfo::from_der(b"garbage").is_err());
+    }
+
+    #[test]
+    fn public_key_type_names_each_key_we_issue() {
+        for kt in [KeyType::P256, KeyType::P384, KeyType::Rsa2048] {
+            let key = KeyPair::generate(kt);
+            let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
+            params.serial_number = Some(rcgen::SerialNumber::from_slice(&[7]));
+            let cert = params.self_signed(&key).unwrap();
+            assert_eq!(public_key_type(cert.der()), Some(kt), "{kt}");
+        }
+        assert_eq!(public_key_type(b"not a certificate"), None);
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod types;
 pub use account::{renewal_info, Account, AccountState, NewAccountOptions, RenewalInfo};
 pub use cert::{
     create_csr, csr_der, csr_names, key_matches, normalize_names, pem_certificates,
-    pem_chain_strict, to_pem, CertInfo, Csr,
+    pem_chain_strict, public_key_type, to_pem, CertInfo, Csr,
 };
 pub use client::{tls_config, Client, ClientConfig, USER_AGENT};
 pub use error::Error;

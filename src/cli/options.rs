@@ -682,7 +682,7 @@ impl Options {
             email: o.email,
             agree_tos: o.agree_tos,
             eab: o.eab_kid.zip(o.eab_hmac_key),
-            key_type: o.key_type.unwrap_or_default(),
+            key_type: o.key_type,
             profile: o.profile,
             preferred_chain: o.preferred_chain,
             http_port: o.http_port.unwrap_or(DEFAULT_HTTP_PORT),

@@ -64,7 +64,8 @@ pub struct Settings {
     pub agree_tos: bool,
     /// External account binding: key id and HMAC key.
     pub eab: Option<(String, String)>,
-    pub key_type: KeyType,
+    /// The certificates' key type; None: the type the block serves now, else ECDSA P-256.
+    pub key_type: Option<KeyType>,
     pub profile: Option<String>,
     pub preferred_chain: Option<String>,
     /// The port the CA connects to for http-01.
@@ -108,7 +109,7 @@ impl Settings {
             email: None,
             agree_tos: false,
             eab: None,
-            key_type: KeyType::P256,
+            key_type: None,
             profile: None,
             preferred_chain: None,
             http_port: DEFAULT_HTTP_PORT,

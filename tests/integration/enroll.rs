@@ -842,3 +842,68 @@ fn a_hard_linked_site_file_is_refused_before_ordering() {
         .file_type()
         .is_symlink());
 }
+
+/// A block serving an RSA certificate gets an RSA certificate at its first enroll (clients
+/// that speak only RSA keep working: an RSA-only TLS 1.2 handshake succeeds before and
+/// after); `--key-type` still decides when given.
+#[test]
+fn the_first_enroll_keeps_the_key_type_the_block_serves() {
+    let pre = tempfile::tempdir().unwrap();
+    let (cert, key) = (pre.path().join("rsa.pem"), pre.path().join("rsa.key"));
+    crate::util::run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    let block = |name: &str| {
+        format!(
+            "server {{\n    listen 127.0.0.1:{{port}};\n    listen 127.0.0.1:{{https}} ssl;\n    \
+             server_name {name};\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+             location / {{ return 200; }}\n}}\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let bed = Bed::start(&(block("rsa.enroll.test") + &block("ec.enroll.test")));
+    // An RSA-only client (TLS 1.2, ECDHE-RSA only) is served.
+    let rsa_only = |name: &str| {
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-tls1_2",
+                "-cipher",
+                "ECDHE-RSA-AES128-GCM-SHA256",
+            ])
+            .args(["-servername", name, "-connect"])
+            .arg(format!("127.0.0.1:{}", bed.https_port))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(rsa_only("rsa.enroll.test"));
+    let out = bed.cmd("enroll", &["rsa.enroll.test"]);
+    assert_exit(&out, 0);
+    let out = bed.cmd("enroll", &["ec.enroll.test", "--key-type", "p256"]);
+    assert_exit(&out, 0);
+    let served = |name: &str| acme_nginx::acme::public_key_type(&bed.served(name));
+    assert_eq!(
+        served("rsa.enroll.test"),
+        Some(acme_nginx::acme::KeyType::Rsa2048)
+    );
+    assert!(rsa_only("rsa.enroll.test"), "RSA-only clients lost");
+    assert_eq!(
+        served("ec.enroll.test"),
+        Some(acme_nginx::acme::KeyType::P256)
+    );
+    assert!(
+        !rsa_only("ec.enroll.test"),
+        "the handshake check accepts anything"
+    );
+}

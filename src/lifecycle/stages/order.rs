@@ -201,7 +201,7 @@ async fn obtain_one(
         }
     }
     let solver = router;
-    let key = certificate_key(env, plan);
+    let key = certificate_key(env, scan, plan);
     let opts = OrderOptions {
         profile: if plan.ip_literal {
             Some(plan::IP_PROFILE.to_owned())
@@ -291,7 +291,7 @@ fn webroot_solver(
 }
 
 /// A new key per certificate, or the live one when `reuse_key` is set.
-fn certificate_key(env: &Env, plan: &Plan) -> KeyPair {
+fn certificate_key(env: &Env, scan: &Scan, plan: &Plan) -> KeyPair {
     let lineage_reuses = env.meta(&plan.lineage()).is_ok_and(|m| m.reuse_key);
     if env.settings.reuse_key || lineage_reuses {
         if let Some(k) = env
@@ -303,13 +303,14 @@ fn certificate_key(env: &Env, plan: &Plan) -> KeyPair {
             return k;
         }
     }
-    KeyPair::generate(key_type_for(env, plan))
+    KeyPair::generate(key_type_for(env, scan, plan))
 }
 
 /// The key type of a plan's certificate: the RSA one of a hybrid block's second pair;
-/// else the one the lineage has (a renewal keeps it); else the setting (ECDSA for the first
-/// pair of a hybrid block, whose second pair is the RSA one).
-fn key_type_for(env: &Env, plan: &Plan) -> acme::KeyType {
+/// else the one the lineage has (a renewal keeps it); else the setting (`--key-type`,
+/// `key_type`); else the type of the certificate the block serves now (a block serving RSA
+/// stays RSA for the clients that need it); else ECDSA P-256.
+fn key_type_for(env: &Env, scan: &Scan, plan: &Plan) -> acme::KeyType {
     if let Some(k) = plan.variant {
         return k;
     }
@@ -318,10 +319,21 @@ fn key_type_for(env: &Env, plan: &Plan) -> acme::KeyType {
         .ok()
         .filter(|m| m.issued_at.is_some())
         .and_then(|m| m.key_type.parse::<acme::KeyType>().ok());
-    match kept {
-        Some(k) => k,
-        None => env.settings.key_type,
-    }
+    kept.or(env.settings.key_type)
+        .or_else(|| served_key_type(scan, plan))
+        .unwrap_or_default()
+}
+
+/// The key type of the one certificate the plan's first block serves now (a block serving
+/// two is a hybrid: its first pair is ECDSA, its second RSA).
+fn served_key_type(scan: &Scan, plan: &Plan) -> Option<acme::KeyType> {
+    let block = &scan.servers[*plan.install_blocks.first()?];
+    let [path] = block.ssl_certificates.as_slice() else {
+        return None;
+    };
+    let pem = crate::fsutil::read_regular_limited(std::path::Path::new(path)).ok()?;
+    let der = acme::pem_certificates(&pem).ok()?.into_iter().next()?;
+    acme::public_key_type(&der)
 }
 
 /// The ARI CertID of the live certificate this order replaces, if any.
