@@ -58,6 +58,9 @@ pub enum Error {
     /// ordered.
     #[error("{what}; acme-nginx changed nothing and ordered nothing{hint}")]
     NginxNotReady { what: String, hint: String },
+    /// The throwaway certificate a configuration edit is rehearsed with could not be made.
+    #[error("cannot make the throwaway certificate to rehearse the edits with: {0}")]
+    Rehearsal(String),
     #[error("cannot watch the configuration files")]
     Watch(#[source] notify::Error),
 }

@@ -18,7 +18,7 @@ use super::outcome::{chain_text, Failure, Outcome, Status};
 use super::plan::Plan;
 use super::settings::{Mode, Settings};
 use super::stages::triage::{triage, Facts, Verdict};
-use super::stages::{install, order, prepare, record, verify};
+use super::stages::{install, order, prepare, record, rehearse, verify};
 use super::Error;
 use crate::acme;
 use crate::challenge::webroot::remove_token_file;
@@ -251,10 +251,13 @@ impl Session {
         &self,
         cfg: &mut Config,
         scan: &mut Scan,
-        mut to_order: Vec<Plan>,
+        to_order: Vec<Plan>,
         install_only: Vec<Plan>,
     ) -> Result<Vec<Outcome>, Error> {
         let mut outcomes = Vec::new();
+        // Nothing is ordered for a plan whose install edit nginx would refuse.
+        let mut to_order =
+            rehearse::rehearse(&self.env, cfg, scan, to_order, &mut outcomes).await?;
         let needs_snippet: Vec<usize> = (0..to_order.len())
             .filter(|i| {
                 to_order[*i].uses_webroot()

@@ -16,6 +16,40 @@ use super::Config;
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `nginx -t` may take.
 pub const CONFIG_TEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The exit status of the rehearsal script when a bind mount failed (not nginx's verdict).
+const OVERLAY_FAILED: i32 = 125;
+/// Run by `sh -c` inside the private mount namespace: `COPY FILE`... `--` then the nginx
+/// command; each copy is bind-mounted over its file, then nginx replaces the shell.
+const OVERLAY_SCRIPT: &str = r#"while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do
+  mount --bind -- "$1" "$2" || exit 125
+  shift 2
+done
+shift
+exec "$@""#;
+
+/// Whether this process may make a private mount namespace (asked once).
+async fn rehearsal_possible() -> bool {
+    static POSSIBLE: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
+    *POSSIBLE
+        .get_or_init(|| async {
+            let probe = tokio::process::Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "--", "true"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await;
+            let ok = probe.is_ok_and(|s| s.success());
+            if !ok {
+                tracing::info!(
+                    "cannot make a private mount namespace here: configuration edits are tested \
+                     only when they are made"
+                );
+            }
+            ok
+        })
+        .await
+}
+
 /// How often the worker processes are looked at while a reload is under way.
 const RELOAD_POLL: Duration = Duration::from_millis(10);
 
@@ -30,6 +64,10 @@ pub enum CtlError {
     },
     #[error("nginx -t did not finish within {}s", CONFIG_TEST_TIMEOUT.as_secs())]
     TestTimeout,
+    /// A changed configuration cannot be tested here without changing the live files (see
+    /// [`NginxCtl::test_with`]).
+    #[error("this host cannot test a configuration change before making it (no private mount namespace)")]
+    NoRehearsal,
     /// `nginx -t` failed; nginx's own words.
     #[error("nginx -t failed: {0}")]
     Rejected(String),
@@ -102,6 +140,50 @@ impl NginxCtl {
             Err(CtlError::Rejected(
                 String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             ))
+        }
+    }
+
+    /// Runs `nginx -t` on the configuration as it would be with each `(copy, file)` pair's copy
+    /// in place of the file, without touching any file: nginx runs in a private mount
+    /// namespace (util-linux `unshare`) where each file is a bind mount of its copy; the
+    /// mounts vanish with the process. [`CtlError::NoRehearsal`] when this host cannot do
+    /// that (no `unshare`, no right to mount: a container without CAP_SYS_ADMIN).
+    pub async fn test_with(&self, overlays: &[(PathBuf, PathBuf)]) -> Result<(), CtlError> {
+        if !rehearsal_possible().await {
+            return Err(CtlError::NoRehearsal);
+        }
+        let mut cmd = tokio::process::Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(OVERLAY_SCRIPT)
+            .arg("sh");
+        for (copy, file) in overlays {
+            cmd.arg(copy).arg(file);
+        }
+        cmd.arg("--").arg(&self.bin);
+        if let Some(p) = &self.prefix {
+            cmd.arg("-p").arg(p);
+        }
+        cmd.arg("-c").arg(&self.conf).args(["-t", "-q"]);
+        cmd.kill_on_drop(true);
+        let out = tokio::time::timeout(CONFIG_TEST_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| CtlError::TestTimeout)?
+            .map_err(|source| CtlError::Spawn {
+                bin: PathBuf::from("unshare"),
+                source,
+            })?;
+        match out.status.code() {
+            Some(0) => Ok(()),
+            Some(OVERLAY_FAILED) => {
+                tracing::debug!(
+                    "rehearsal mounts failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                Err(CtlError::NoRehearsal)
+            }
+            _ => Err(CtlError::Rejected(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            )),
         }
     }
 

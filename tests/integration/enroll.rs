@@ -907,3 +907,32 @@ fn the_first_enroll_keeps_the_key_type_the_block_serves() {
         "the handshake check accepts anything"
     );
 }
+
+/// An edit nginx would refuse is found before ordering: nginx -t on the configuration as it
+/// would be (rehearsed in a private mount namespace, the live files untouched) refuses it,
+/// the name fails quoting nginx, and no order is placed. Here the block names a DH parameter
+/// file that is gone (certbot's, purged): harmless while the block has no certificate, fatal
+/// once it has one.
+#[test]
+fn an_edit_nginx_would_refuse_fails_before_any_order() {
+    let bed = Bed::start(
+        "server {\n    listen 127.0.0.1:{port};\n    server_name refuse.enroll.test;\n    \
+         ssl_dhparam {dir}/gone-ssl-dhparams.pem;\n    location / { return 200; }\n}\n",
+    );
+    let before = fs::read_to_string(&bed.nginx.conf).unwrap();
+    let out = bed.cmd("enroll", &["refuse.enroll.test"]);
+    assert_exit(&out, 1);
+    let report = json(&out);
+    let r = crate::util::by_name(&report, "refuse.enroll.test");
+    assert_eq!(r["status"], "failed", "{report}");
+    let message = r["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("tested before ordering") && message.contains("gone-ssl-dhparams.pem"),
+        "{message}"
+    );
+    assert_eq!(bed.pebble.log().matches("POST /order-plz").count(), 0);
+    assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), before);
+    // The rehearsal's mounts were private to it: the live file is what nginx itself reads.
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("rehearsal-"), "{mounts}");
+}

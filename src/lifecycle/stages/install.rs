@@ -285,7 +285,27 @@ async fn one_block_at_a_time(
 
 /// The edits that point a plan's install blocks (indices into `scan`) at its lineage.
 fn edits_for(env: &Env, cfg: &Config, scan: &Scan, plan: &Plan) -> Result<Vec<Edit>, EditRefused> {
-    let spec = install_spec(env, plan);
+    let l = env.store.lineage(&plan.lineage());
+    let files = (l.live_file(store::FULLCHAIN), l.live_file(store::PRIVKEY));
+    edits_at(env, cfg, scan, plan, files)
+}
+
+/// The edits that point a plan's install blocks at the certificate and key `files` (the
+/// lineage's live files; a throwaway pair when the edit is rehearsed).
+pub(crate) fn edits_at(
+    env: &Env,
+    cfg: &Config,
+    scan: &Scan,
+    plan: &Plan,
+    (fullchain, key): (std::path::PathBuf, std::path::PathBuf),
+) -> Result<Vec<Edit>, EditRefused> {
+    let spec = InstallSpec {
+        fullchain,
+        key,
+        https_port: env.settings.https_port,
+        redirect: env.settings.redirect,
+        slot: plan.slot(),
+    };
     let mut edits = Vec::new();
     for &b in &plan.install_blocks {
         let block = scan
@@ -295,18 +315,6 @@ fn edits_for(env: &Env, cfg: &Config, scan: &Scan, plan: &Plan) -> Result<Vec<Ed
         edits.extend(edit::install_edits(cfg, block, &spec)?);
     }
     Ok(edits)
-}
-
-/// What a plan's blocks are pointed at: its lineage's live files, in its slot.
-fn install_spec(env: &Env, plan: &Plan) -> InstallSpec {
-    let l = env.store.lineage(&plan.lineage());
-    InstallSpec {
-        fullchain: l.live_file(store::FULLCHAIN),
-        key: l.live_file(store::PRIVKEY),
-        https_port: env.settings.https_port,
-        redirect: env.settings.redirect,
-        slot: plan.slot(),
-    }
 }
 
 /// Records how a staged certificate ended: installed (nothing pending any more), or not

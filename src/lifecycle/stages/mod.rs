@@ -7,6 +7,8 @@
 //!   and the clock;
 //! - [`prepare`]: nginx must pass `nginx -t` and run; challenge snippets in and out; DNS records
 //!   a killed run left;
+//! - [`rehearse`]: each plan's install edit, with a throwaway pair, through `nginx -t` in a
+//!   private mount namespace, before anything is ordered;
 //! - [`order`]: claims from the coordinator, the solvers, concurrent orders, [`order::Fresh`]
 //!   certificates;
 //! - [`install`]: versions, edits, one change transaction, rollback;
@@ -17,5 +19,6 @@ pub mod install;
 pub mod order;
 pub mod prepare;
 pub mod record;
+pub mod rehearse;
 pub mod triage;
 pub mod verify;
