@@ -27,6 +27,28 @@ done
 shift
 exec "$@""#;
 
+/// What `nginx -t` said, without the time stamp and pid each log line starts with
+/// (`2026/12/07 12:14:34 [emerg] 25484#25484: words` becomes `[emerg] words`).
+fn nginx_words(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let words: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| unstamped(line).unwrap_or_else(|| line.to_owned()))
+        .collect();
+    words.join("\n")
+}
+
+/// `[level] words` of one nginx log line, when it has the log's time stamp and pid.
+fn unstamped(line: &str) -> Option<String> {
+    let (date, rest) = line.split_once(' ')?;
+    let (clock, rest) = rest.split_once(' ')?;
+    let stamp_like = date.len() == 10 && date.as_bytes()[4] == b'/' && clock.len() == 8;
+    let (level, rest) = rest.strip_prefix('[')?.split_once("] ")?;
+    let (pid, words) = rest.split_once(": ")?;
+    (stamp_like && pid.contains('#')).then(|| format!("[{level}] {words}"))
+}
+
 /// Whether this process may make a private mount namespace (asked once).
 async fn rehearsal_possible() -> bool {
     static POSSIBLE: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
@@ -137,9 +159,7 @@ impl NginxCtl {
         if out.status.success() {
             Ok(())
         } else {
-            Err(CtlError::Rejected(
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ))
+            Err(CtlError::Rejected(nginx_words(&out.stderr)))
         }
     }
 
@@ -181,9 +201,7 @@ impl NginxCtl {
                 );
                 Err(CtlError::NoRehearsal)
             }
-            _ => Err(CtlError::Rejected(
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            )),
+            _ => Err(CtlError::Rejected(nginx_words(&out.stderr))),
         }
     }
 
@@ -400,6 +418,20 @@ pub fn error_log_path(cfg: &Config, prefix: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nginx_words_drop_the_stamp_and_pid() {
+        let err = b"2026/12/07 12:14:34 [emerg] 25484#25484: BIO_new_file(\"/x\") failed\n\
+                    nginx: configuration file /etc/nginx/nginx.conf test failed\n";
+        assert_eq!(
+            nginx_words(err),
+            "[emerg] BIO_new_file(\"/x\") failed\nnginx: configuration file /etc/nginx/nginx.conf test failed"
+        );
+        assert_eq!(
+            nginx_words(b"nginx: [emerg] unknown directive \"x\""),
+            "nginx: [emerg] unknown directive \"x\""
+        );
+    }
 
     fn ctl(pid: &Path, bin: &str) -> NginxCtl {
         NginxCtl {
