@@ -155,13 +155,14 @@ fn end_of_trailing_comment(text: &[u8], end: usize) -> usize {
 /// The HTTPS `listen` directives a block needs: one per plain-HTTP address it listens on.
 pub fn https_listens(listen: &[Listen], https_port: u16) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    // A plain listener on the HTTPS port itself is made `ssl` where it stands (see
+    // `install_edits`): it is neither a source of a new listener nor a reason for one.
     for l in listen
         .iter()
-        .filter(|l| !l.ssl && !l.address.starts_with("unix:"))
+        .filter(|l| !l.ssl && l.port != https_port && !l.address.starts_with("unix:"))
     {
         let has = listen.iter().any(|o| {
-            o.ssl
-                && o.port == https_port
+            o.port == https_port
                 && (o.address == l.address || (o.address == "*" && l.address == "0.0.0.0"))
         });
         if has {
@@ -177,6 +178,58 @@ pub fn https_listens(listen: &[Listen], https_port: u16) -> Vec<String> {
         }
     }
     out
+}
+
+/// A block's own plain listeners on the HTTPS port (nginxconfig.io's state before a certificate:
+/// `listen 443; # ssl http2;`) become `ssl` where they stand, and an `ssl off;` that would
+/// contradict them is commented out; each edit marked, the original kept for `remove`.
+fn plain_https_listeners_to_ssl(
+    text: &[u8],
+    own: &[&Directive],
+    https_port: u16,
+    indent: &str,
+) -> Vec<Edit> {
+    let mut edits = Vec::new();
+    let mut converted = false;
+    for d in own.iter().filter(|d| d.name == "listen") {
+        let plain_https = Listen::parse(&d.args)
+            .is_some_and(|l| !l.ssl && l.port == https_port && !l.address.starts_with("unix:"));
+        if !plain_https {
+            continue;
+        }
+        let written = String::from_utf8_lossy(&text[d.start..d.end]);
+        let Some(without_semicolon) = written.strip_suffix(';') else {
+            continue;
+        };
+        converted = true;
+        let end = end_of_trailing_comment(text, d.end);
+        edits.push(Edit {
+            file: d.file,
+            start: d.start,
+            end,
+            text: end_line(
+                format!("{} ssl; {MARK}", without_semicolon.trim_end()),
+                text,
+                end,
+                indent,
+            ),
+        });
+    }
+    if converted {
+        for d in own
+            .iter()
+            .filter(|d| d.name == "ssl" && d.args.first().is_some_and(|a| a == "off"))
+        {
+            let end = end_of_trailing_comment(text, d.end);
+            edits.push(Edit {
+                file: d.file,
+                start: d.start,
+                end,
+                text: end_line(format!("# ssl off; {MARK}"), text, end, indent),
+            });
+        }
+    }
+    edits
 }
 
 /// Edits that make a server block serve the certificate at `spec`'s paths: HTTPS listeners,
@@ -240,6 +293,14 @@ pub fn install_edits(
         });
     }
     let mut edits = include_edits;
+    if spec.slot == 0 {
+        edits.extend(plain_https_listeners_to_ssl(
+            text,
+            &own,
+            spec.https_port,
+            &indent,
+        ));
+    }
     let mut new_lines = if spec.slot == 0 {
         https_listens(&block.listen, spec.https_port)
     } else {
@@ -754,6 +815,38 @@ mod tests {
         assert_eq!(out.matches("ssl_certificate_key ").count(), 1, "{out}");
         // Parses, and a second round is a no-op.
         let (cfg, servers) = setup(&out);
+        assert!(install_edits(&cfg, &servers[0], &spec(false))
+            .unwrap()
+            .is_empty());
+    }
+
+    /// nginxconfig.io's state before a certificate (`listen 443; # ssl http2;` beside port
+    /// 80, `ssl off;`): the plain listener on the HTTPS port becomes `ssl` where it stands
+    /// (no second, duplicate listener), `ssl off;` is commented out; both marked.
+    #[test]
+    fn a_plain_listener_on_the_https_port_becomes_ssl() {
+        let src = "http { server {\n listen 80;\n listen 443; # ssl http2;\n listen [::]:443;\n ssl off;\n server_name a.test;\n} }";
+        let out = edited(src, false);
+        assert!(
+            out.contains("listen 443 ssl; # managed by acme-nginx"),
+            "{out}"
+        );
+        assert!(
+            out.contains("listen [::]:443 ssl; # managed by acme-nginx"),
+            "{out}"
+        );
+        assert_eq!(out.matches("listen 443").count(), 1, "{out}");
+        assert!(out.contains("# ssl off; # managed by acme-nginx"), "{out}");
+        assert!(
+            !out.contains("# ssl http2"),
+            "the old comment goes with its directive: {out}"
+        );
+        let (cfg, servers) = setup(&out);
+        assert!(servers[0]
+            .listen
+            .iter()
+            .filter(|l| l.port == 443)
+            .all(|l| l.ssl));
         assert!(install_edits(&cfg, &servers[0], &spec(false))
             .unwrap()
             .is_empty());

@@ -936,3 +936,36 @@ fn an_edit_nginx_would_refuse_fails_before_any_order() {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains("rehearsal-"), "{mounts}");
 }
+
+/// nginxconfig.io's documented state before certbot runs: the HTTPS listener is there, plain
+/// (`listen PORT; # ssl http2;`), with `ssl off;`. enroll makes that listener `ssl` instead
+/// of adding a duplicate one (which nginx refuses), serves the certificate on it, and
+/// `remove` gives the file back byte for byte.
+#[test]
+fn a_plain_listener_on_the_https_port_is_made_ssl_and_given_back_by_remove() {
+    let bed = Bed::start(
+        "server {\n    listen 127.0.0.1:{port};\n    listen 127.0.0.1:{https}; # ssl http2;\n    \
+         ssl off;\n    server_name cfgio.enroll.test;\n    location / { return 200; }\n}\n",
+    );
+    let original = fs::read_to_string(&bed.nginx.conf).unwrap();
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        crate::util::by_name(&json(&out), "cfgio.enroll.test")["status"],
+        "issued"
+    );
+    let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
+    assert_eq!(
+        conf.matches(&format!("listen 127.0.0.1:{}", bed.https_port))
+            .count(),
+        1,
+        "{conf}"
+    );
+    assert_eq!(
+        leaf(&bed.live("cfgio.enroll.test").join("fullchain.pem")),
+        bed.served("cfgio.enroll.test")
+    );
+    let out = bed.cmd("remove", &["cfgio.enroll.test"]);
+    assert_exit(&out, 0);
+    assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), original);
+}
