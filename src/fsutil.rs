@@ -99,7 +99,6 @@ pub fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
 /// Reads a public file (a certificate nginx serves) of at most [`MAX_SMALL_FILE`] bytes: only
 /// a regular file (a FIFO or a device is refused without blocking on it).
 pub fn read_regular_limited(path: &Path) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
@@ -119,6 +118,60 @@ pub fn read_regular_limited(path: &Path) -> io::Result<Vec<u8>> {
         ));
     }
     Ok(buf)
+}
+
+/// Reads another tool's file to copy it: the directory is walked without following a link
+/// another user could plant ([`open_dir_safely`]), the file itself is opened without
+/// following a link, must be a regular file (a FIFO or a device is refused without blocking
+/// on it) and at most [`MAX_SMALL_FILE`] bytes. Returns the bytes and the mode a copy should
+/// have: 0644 only when the source is world-readable, else 0600.
+pub fn read_for_copy(path: &Path) -> io::Result<(Vec<u8>, u32)> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (d, n),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a file path",
+            ))
+        }
+    };
+    let dirfd = open_dir_safely(dir, None).map_err(|e| io::Error::other(e.to_string()))?;
+    let fd = openat(
+        &dirfd,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    let f = File::from(fd);
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_SMALL_FILE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_SMALL_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than {MAX_SMALL_FILE} bytes", path.display()),
+        ));
+    }
+    let mode = if meta.permissions().mode() & 0o004 != 0 {
+        PUBLIC_MODE
+    } else {
+        0o600
+    };
+    Ok((buf, mode))
 }
 
 /// Creates `dir` and its missing parents with `mode` (existing ones are left as they are).
@@ -348,6 +401,39 @@ pub fn unsafe_to_run(path: &Path) -> Option<String> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// Copies of another tool's files: a link, a FIFO (without blocking on it) and an oversized
+    /// file are refused; the copy's mode is 0644 only for a world-readable source.
+    #[test]
+    fn read_for_copy_refuses_links_fifos_and_giants() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("public"), b"p").unwrap();
+        fs::set_permissions(d.join("public"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(d.join("private"), b"s").unwrap();
+        fs::set_permissions(d.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_for_copy(&d.join("public")).unwrap(),
+            (b"p".to_vec(), 0o644)
+        );
+        assert_eq!(
+            read_for_copy(&d.join("private")).unwrap(),
+            (b"s".to_vec(), 0o600)
+        );
+        symlink(d.join("private"), d.join("link")).unwrap();
+        assert!(read_for_copy(&d.join("link")).is_err());
+        nix::unistd::mkfifo(
+            &d.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let err = read_for_copy(&d.join("fifo")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let giant = File::create(d.join("giant")).unwrap();
+        giant.set_len(MAX_SMALL_FILE + 1).unwrap();
+        let err = read_for_copy(&d.join("giant")).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
 
     #[test]
     fn write_atomic_sets_mode_and_replaces_links_instead_of_following_them() {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::lineage::{live_cert, LineageMeta, Replaced};
 use super::outcome::{chain_text, Failure, Outcome, Status};
+use super::stages::install;
 use super::{Error, Session};
 use crate::acme::{self, AccountState, CertInfo, KeyPair};
 use crate::nginx::edit::{self, Edit};
@@ -23,8 +24,6 @@ use crate::store::{self, Issued};
 pub const DEFAULT_CERTBOT_DIR: &str = "/etc/letsencrypt";
 /// The largest certbot file read (a renewal configuration, a key, a chain).
 const MAX_FILE: u64 = 1024 * 1024;
-/// certbot's shared nginx files, copied into the state directory when a block uses them.
-const SHARED_FILES: &[&str] = &["options-ssl-nginx.conf", "ssl-dhparams.pem"];
 
 /// What is wrong with a renewal configuration's text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -366,20 +365,10 @@ impl Session {
             );
             // certbot's other files in these blocks: its shared TLS settings (copied) and the
             // chain (ours).
-            let shared = self.env.settings.state_dir.join("certbot");
-            let mut moves = vec![(
+            let moves = vec![(
                 lineage.conf.path("chain").display().to_string(),
                 ours.live_file(store::CHAIN).display().to_string(),
             )];
-            for f in SHARED_FILES {
-                let from = certbot.join(f);
-                if from.is_file() {
-                    moves.push((
-                        from.display().to_string(),
-                        shared.join(f).display().to_string(),
-                    ));
-                }
-            }
             for &b in &plan.install_blocks {
                 moves_for.push((b, moves.clone(), plan.lineage()));
             }
@@ -388,8 +377,7 @@ impl Session {
         if installs.is_empty() {
             return Ok(outcomes);
         }
-        self.move_certbot_paths(certbot, &cfg, &scan, &moves_for)
-            .await?;
+        self.move_certbot_paths(&cfg, &scan, &moves_for).await?;
         let (cfg, scan) = self.env.reread()?;
         outcomes.extend(self.execute(cfg, scan, Vec::new(), installs).await?);
         Ok(outcomes)
@@ -400,33 +388,28 @@ impl Session {
     /// remembered in the lineages for `remove`.
     async fn move_certbot_paths(
         &self,
-        certbot: &Path,
         cfg: &crate::nginx::Config,
         scan: &crate::nginx::discovery::Scan,
         moves_for: &[BlockMoves],
     ) -> Result<(), Error> {
-        let shared = self.env.settings.state_dir.join("certbot");
         let mut change = Change::default();
         let mut per_lineage: Vec<(String, Vec<Edit>)> = Vec::new();
         for (b, moves, lineage) in moves_for {
-            let edits = edit::move_path_edits(cfg, &scan.servers[*b], moves);
+            let block = &scan.servers[*b];
+            let (shared, copies) =
+                install::certbot_shared_moves(&self.env.settings.state_dir, cfg, block);
+            let mut moves = moves.clone();
+            moves.extend(shared);
+            let edits = edit::move_path_edits(cfg, block, &moves);
             if edits.is_empty() {
                 continue;
             }
             per_lineage.push((lineage.clone(), edits.clone()));
             change.edits.extend(edits);
+            change.add_new_files(copies);
         }
         if change.edits.is_empty() {
             return Ok(());
-        }
-        crate::fsutil::create_dir_all_mode(&shared, 0o755)
-            .map_err(Error::io(format!("create {}", shared.display())))?;
-        for f in SHARED_FILES {
-            let from = certbot.join(f);
-            if let Ok(data) = std::fs::read(&from) {
-                crate::fsutil::write_atomic(&shared.join(f), &data, crate::fsutil::PUBLIC_MODE)
-                    .map_err(Error::io(format!("write {}", shared.join(f).display())))?;
-            }
         }
         let ctl = self.env.settings.nginx.ctl(cfg, scan)?;
         let backups = transaction::new_backup_dir(&self.env.store.backups_dir());

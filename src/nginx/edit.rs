@@ -478,6 +478,20 @@ pub fn remove_marked(
         .collect()
 }
 
+/// The first arguments of a block's own directives (its lines, not included files) named
+/// `names`: the files an `include` or `ssl_dhparam` there refers to, as written.
+pub fn own_paths(cfg: &Config, block: &ServerBlock, names: &[&str]) -> Vec<String> {
+    let Some(server) = find_server(cfg, block) else {
+        return Vec::new();
+    };
+    server
+        .children()
+        .iter()
+        .filter(|d| d.file == server.file && names.contains(&d.name.as_str()))
+        .filter_map(|d| d.args.first().map(|a| a.to_string()))
+        .collect()
+}
+
 /// Edits pointing the directives of a block (its own lines, not included files) whose first
 /// argument is one of `moves`' old paths at the new path: `include`, `ssl_dhparam`,
 /// `ssl_trusted_certificate` and the like naming another tool's files (certbot's

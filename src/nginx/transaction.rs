@@ -239,6 +239,15 @@ pub struct Change {
 }
 
 impl Change {
+    /// Adds files to create, each path once (the first copy wins).
+    pub fn add_new_files(&mut self, files: Vec<NewFile>) {
+        for f in files {
+            if !self.new_files.iter().any(|n| n.path == f.path) {
+                self.new_files.push(f);
+            }
+        }
+    }
+
     /// The real paths (symlinks resolved) of the files the edits rewrite, and the new files that
     /// do not exist yet: what a crash in the middle could leave changed.
     pub fn touched(&self, cfg: &Config) -> (Vec<PathBuf>, Vec<PathBuf>) {

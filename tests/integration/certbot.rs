@@ -277,3 +277,66 @@ fn rs256_signatures_are_openssl_s() {
     );
     assert_eq!(key.sign_raw(input.as_bytes()), out.stdout);
 }
+
+/// `enroll` on a block `certbot --nginx` set up: besides the certificate lines, certbot's
+/// shared TLS settings and DH parameters are copied into the state directory (inside the same
+/// change; 0644 only when the source is world-readable) and the block points at the copies,
+/// so purging certbot leaves nginx working.
+#[test]
+fn enroll_on_a_certbot_block_leaves_nothing_that_needs_certbot() {
+    let pre = tempfile::tempdir().unwrap();
+    let le = pre.path().join("letsencrypt");
+    fs::create_dir_all(le.join("renewal")).unwrap();
+    fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/realworld/certbot-proxy/options-ssl-nginx.conf"
+        ),
+        le.join("options-ssl-nginx.conf"),
+    )
+    .unwrap();
+    fs::copy(
+        "/usr/lib/python3/dist-packages/certbot/ssl-dhparams.pem",
+        le.join("ssl-dhparams.pem"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(
+        le.join("ssl-dhparams.pem"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let (_, cert, key) = crate::util::make_tls_cert(pre.path(), &[NAME]);
+    let bed = Bed::start(&format!(
+        "server {{\n    listen 127.0.0.1:{{port}};\n    server_name {NAME};\n    \
+         listen 127.0.0.1:{{https}} ssl; # managed by Certbot\n    \
+         ssl_certificate {c}; # managed by Certbot\n    \
+         ssl_certificate_key {k}; # managed by Certbot\n    \
+         include {le}/options-ssl-nginx.conf; # managed by Certbot\n    \
+         ssl_dhparam {le}/ssl-dhparams.pem; # managed by Certbot\n    \
+         location / {{ return 200; }}\n}}\n",
+        c = cert.display(),
+        k = key.display(),
+        le = le.display()
+    ));
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    assert_eq!(by_name(&json(&out), NAME)["status"], "issued");
+    let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
+    assert!(!conf.contains(&le.display().to_string()), "{conf}");
+    let copies = bed.state.path().join("certbot");
+    let mode = |f: &str| fs::metadata(copies.join(f)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("options-ssl-nginx.conf"), 0o644);
+    assert_eq!(
+        mode("ssl-dhparams.pem"),
+        0o600,
+        "a secret-looking source stays private"
+    );
+    // certbot purged: nginx still accepts its configuration and serves ours.
+    fs::remove_dir_all(&le).unwrap();
+    assert!(bed.nginx.config_passes());
+    assert_eq!(
+        crate::util::leaf(&bed.live(NAME).join("fullchain.pem")),
+        bed.served(NAME)
+    );
+}

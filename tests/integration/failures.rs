@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::util::{assert_exit, bin, by_name, json, leaf, run, Bed};
+use crate::util::{assert_exit, bin, by_name, json, leaf, Bed};
 
 const ONE: &str = "server {\n    listen 127.0.0.1:{port};\n    server_name one.fail.test;\n    \
     location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n";
@@ -19,17 +19,6 @@ fn versions(bed: &Bed, name: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn nginx_t_passes(bed: &Bed) -> bool {
-    run(std::process::Command::new(bin("nginx"))
-        .arg("-p")
-        .arg(bed.nginx.dir.path())
-        .arg("-c")
-        .arg(&bed.nginx.conf)
-        .args(["-t", "-q"]))
-    .status
-    .success()
 }
 
 /// An nginx wrapper that runs `action` (shell) instead of `nginx -t` once the live
@@ -91,7 +80,7 @@ fn a_run_killed_between_edit_and_reload_is_rolled_back_and_completed_without_a_n
     );
     assert_eq!(bed.served("one.fail.test"), issued);
     assert!(!bed.state.path().join("install.intent").exists());
-    assert!(nginx_t_passes(&bed));
+    assert!(bed.nginx.config_passes());
     // And the run after that has nothing to do.
     let out = bed.cmd("enroll", &[]);
     assert_eq!(
@@ -121,7 +110,7 @@ fn a_certificate_refused_by_nginx_t_is_kept_and_installed_later_without_a_new_or
         "{entry}"
     );
     assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), original);
-    assert!(nginx_t_passes(&bed));
+    assert!(bed.nginx.config_passes());
     let issued = leaf(
         &bed.lineage("one.fail.test")
             .join("versions/0001/fullchain.pem"),
@@ -216,7 +205,7 @@ fn a_part_of_the_configuration_that_does_not_parse_does_not_stop_the_renewal_of_
         ),
     )
     .unwrap();
-    assert!(nginx_t_passes(&bed), "nginx accepts the deep nesting");
+    assert!(bed.nginx.config_passes(), "nginx accepts the deep nesting");
     let metrics = bed.state.path().join("metrics.prom");
     let out = bed.cmd(
         "renew",
@@ -351,5 +340,5 @@ fn one_block_refused_by_nginx_t_fails_alone() {
         bed.served("one.fail.test"),
         leaf(&bed.live("one.fail.test").join("fullchain.pem"))
     );
-    assert!(nginx_t_passes(&bed));
+    assert!(bed.nginx.config_passes());
 }

@@ -4,6 +4,8 @@
 //! that was live before; an intent written first lets the next run roll back whatever a crash
 //! in between leaves.
 
+use std::path::Path;
+
 use time::OffsetDateTime;
 
 use super::order::Fresh;
@@ -17,7 +19,7 @@ use crate::lifecycle::plan::Plan;
 use crate::lifecycle::Error;
 use crate::nginx::discovery::Scan;
 use crate::nginx::edit::{self, Edit, EditRefused, InstallSpec};
-use crate::nginx::transaction::{self, Change, ChangeError};
+use crate::nginx::transaction::{self, Change, ChangeError, NewFile};
 use crate::nginx::Config;
 use crate::store::{self, Issued};
 
@@ -150,9 +152,25 @@ async fn deploy_under_intent(
     // Edits for blocks that do not point at their lineage yet.
     let mut change = Change::default();
     let mut kept = Vec::new();
+    let mut moved_blocks: Vec<usize> = Vec::new();
     for mut s in staged {
         match edits_for(env, cfg, scan, &s.plan) {
-            Ok(e) => {
+            Ok(mut e) => {
+                // A block certbot set up keeps working once certbot is purged: its shared
+                // TLS settings are copied and the block points at the copies.
+                for &b in &s.plan.install_blocks {
+                    // Once per block (a hybrid block's two certificates share it).
+                    if moved_blocks.contains(&b) {
+                        continue;
+                    }
+                    moved_blocks.push(b);
+                    let block = &scan.servers[b];
+                    let (moves, copies) = certbot_shared_moves(&env.store.root, cfg, block);
+                    if !moves.is_empty() {
+                        e.extend(edit::move_path_edits(cfg, block, &moves));
+                        change.add_new_files(copies);
+                    }
+                }
                 s.replaced = e
                     .iter()
                     .filter(|e| e.end > e.start)
@@ -394,4 +412,49 @@ fn fail_and_roll_back(env: &Env, s: &Staged, message: String) -> Outcome {
     let mut o = env.outcome(&s.plan, Status::Failed);
     o.error = Some(Failure::transient(message));
     o
+}
+
+/// certbot's shared nginx files, copied into the state directory when a block uses them.
+const CERTBOT_SHARED_FILES: &[&str] = &["options-ssl-nginx.conf", "ssl-dhparams.pem"];
+
+/// certbot's shared nginx files (`options-ssl-nginx.conf`, `ssl-dhparams.pem`) that a block's
+/// own lines name (`include`, `ssl_dhparam`), wherever certbot keeps them: the moves to copies
+/// in `STATE/certbot/`, and the copies, to be created inside the same change transaction (so
+/// a change nginx refuses leaves none). Each is read without following a link another user
+/// could plant, must be a regular file under the size cap, and is copied 0644 only when the
+/// source is world-readable (else 0600). A file that cannot be read so is not moved, with a
+/// warning: purging certbot would then break the block, and the warning says so.
+pub(crate) fn certbot_shared_moves(
+    state_dir: &Path,
+    cfg: &crate::nginx::Config,
+    block: &crate::nginx::discovery::ServerBlock,
+) -> (Vec<(String, String)>, Vec<NewFile>) {
+    let copies_dir = state_dir.join("certbot");
+    let mut moves = Vec::new();
+    let mut files = Vec::new();
+    for path in edit::own_paths(cfg, block, &["include", "ssl_dhparam"]) {
+        let p = Path::new(&path);
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !CERTBOT_SHARED_FILES.contains(&name) || p.starts_with(state_dir) {
+            continue;
+        }
+        let copy = copies_dir.join(name);
+        match crate::fsutil::read_for_copy(p) {
+            Ok((contents, mode)) => {
+                moves.push((path.clone(), copy.display().to_string()));
+                files.push(NewFile {
+                    path: copy,
+                    contents,
+                    mode,
+                });
+            }
+            Err(e) => tracing::warn!(
+                "{}: {path} (certbot's) is not copied, so removing certbot would break this block: {e}",
+                block.location()
+            ),
+        }
+    }
+    (moves, files)
 }

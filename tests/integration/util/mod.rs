@@ -511,6 +511,18 @@ impl Nginx {
         self.child.0.id()
     }
 
+    /// True when `nginx -t` accepts the configuration as it is on disk now.
+    pub fn config_passes(&self) -> bool {
+        run(Command::new(bin("nginx"))
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["-t", "-q"]))
+        .status
+        .success()
+    }
+
     /// Plain HTTP GET over loopback with a Host header; returns (status, body).
     pub fn get(&self, host: &str, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
