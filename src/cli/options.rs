@@ -85,6 +85,12 @@ pub struct Options {
     #[arg(long, help_heading = "nginx")]
     #[serde(default)]
     pub redirect: bool,
+    /// Take over the certificates of the named blocks that another mechanism picks (nginx's
+    /// ACME module, whose directives are then commented out; a variable ssl_certificate),
+    /// which are otherwise left alone. Only for names given on the command line.
+    #[arg(long, help_heading = "nginx")]
+    #[serde(skip)]
+    pub take_over: bool,
     /// The challenge snippet included into blocks that serve no challenge directory
     /// [default: /etc/acme-nginx/nginx/acme-challenge.conf].
     #[arg(long, value_name = "FILE", help_heading = "nginx")]
@@ -604,7 +610,7 @@ impl Options {
             nginx_dump, http_port, https_port, challenge_snippet, challenge_dir, email, eab_kid,
             eab_hmac_key, key_type, profile, preferred_chain, concurrency, pre_hook, post_hook,
             deploy_hook, hooks_dir, challenge, http_dav, http_dav_user, http_dav_password_file;
-            redirect, agree_tos, reuse_key)
+            redirect, agree_tos, reuse_key, take_over)
     }
 
     /// Reads the configuration file. A missing default file is an empty configuration; a
@@ -688,6 +694,7 @@ impl Options {
             http_port: o.http_port.unwrap_or(DEFAULT_HTTP_PORT),
             https_port: o.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
             redirect: o.redirect,
+            take_over: o.take_over,
             hooks: Hooks {
                 pre: o.pre_hook,
                 post: o.post_hook,

@@ -79,6 +79,21 @@ impl Env {
                     .find_map(|&i| crate::nginx::edit::hard_linked(&scan.servers[i].file));
             }
         }
+        // Blocks whose certificate nginx's ACME module or a variable picks are left alone,
+        // unless named and taken over.
+        let take_over = self.settings.take_over;
+        for p in plans.iter_mut().filter(|p| p.error.is_none()) {
+            p.error = p.install_blocks.iter().find_map(|&i| {
+                let s = &scan.servers[i];
+                let why = s.managed_elsewhere.as_ref()?;
+                (!(take_over && p.named)).then(|| {
+                    format!(
+                        "{}: left alone: {why}; name it with --take-over to replace it",
+                        s.location()
+                    )
+                })
+            });
+        }
         Ok(plans)
     }
 

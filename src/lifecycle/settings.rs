@@ -72,6 +72,9 @@ pub struct Settings {
     pub http_port: u16,
     pub https_port: u16,
     pub redirect: bool,
+    /// Named blocks whose certificate another mechanism picks are taken over (see
+    /// [`crate::nginx::discovery::ServerBlock::managed_elsewhere`]).
+    pub take_over: bool,
     pub hooks: Hooks,
     /// The challenge snippet included into blocks that serve no challenge directory.
     pub snippet: PathBuf,
@@ -115,6 +118,7 @@ impl Settings {
             http_port: DEFAULT_HTTP_PORT,
             https_port: DEFAULT_HTTPS_PORT,
             redirect: false,
+            take_over: false,
             hooks: Hooks {
                 dir: Some(DEFAULT_HOOKS_DIR.into()),
                 ..Hooks::default()

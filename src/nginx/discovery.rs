@@ -194,6 +194,10 @@ pub struct ServerBlock {
     pub challenge_answered_at_server_level: bool,
     /// `file:line` of the block's `# acme-nginx: ignore` marker: none of its names is enrolled.
     pub ignored: Option<String>,
+    /// Why another mechanism picks this block's certificate (nginx's own ACME module, a
+    /// variable `ssl_certificate`): acme-nginx leaves it alone unless told to take it over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_elsewhere: Option<String>,
 }
 
 impl ServerBlock {
@@ -489,6 +493,7 @@ fn server_block(
             (None, Some(reason))
         }
     };
+    let managed_elsewhere = managed_elsewhere(cfg, &children, &certs);
     ServerBlock {
         file: cfg.files[server.file].path.clone(),
         line: server.line,
@@ -506,7 +511,26 @@ fn server_block(
         acme_challenge_reason: reason,
         challenge_answered_at_server_level: server_level,
         ignored,
+        managed_elsewhere,
     }
+}
+
+/// Why a block's certificate is picked by something other than a fixed pair of files: nginx's
+/// ACME module (`acme_certificate`), or a variable `ssl_certificate` (a `map` choosing one per
+/// name: replacing it with one fixed certificate would serve a tenant added later the wrong
+/// one).
+fn managed_elsewhere(cfg: &Config, children: &[&Directive], certs: &[String]) -> Option<String> {
+    if let Some(d) = children.iter().find(|d| d.name == "acme_certificate") {
+        return Some(format!(
+            "nginx's ACME module manages its certificate (acme_certificate {} at {}:{})",
+            d.args.join(" "),
+            cfg.files[d.file].path.display(),
+            d.line
+        ));
+    }
+    certs.iter().find(|c| c.contains('$')).map(|c| {
+        format!("its ssl_certificate is chosen per request ({c}); one fixed certificate would replace that choice")
+    })
 }
 
 /// The comment that leaves a server block out of enrollment, written anywhere inside it.

@@ -300,6 +300,22 @@ pub fn install_edits(
             spec.https_port,
             &indent,
         ));
+        // Taken over from nginx's ACME module (the plan allowed it): the module stops
+        // renewing a certificate nobody would serve.
+        for d in own.iter().filter(|d| d.name == "acme_certificate") {
+            let end = end_of_trailing_comment(text, d.end);
+            edits.push(Edit {
+                file: d.file,
+                start: d.start,
+                end,
+                text: end_line(
+                    format!("# acme_certificate {}; {MARK}", d.args.join(" ")),
+                    text,
+                    end,
+                    &indent,
+                ),
+            });
+        }
     }
     let mut new_lines = if spec.slot == 0 {
         https_listens(&block.listen, spec.https_port)

@@ -971,3 +971,45 @@ fn a_plain_listener_on_the_https_port_is_made_ssl_and_given_back_by_remove() {
     assert_exit(&out, 0);
     assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), original);
 }
+
+/// A block whose certificate a variable picks per request (a `map` of tenants) is left alone,
+/// saying why, with no order: one fixed certificate would serve a tenant added later the wrong
+/// one. Named with `--take-over`, it is replaced on purpose.
+#[test]
+fn a_variable_certificate_is_left_alone_unless_taken_over() {
+    let pre = tempfile::tempdir().unwrap();
+    let (_, cert, key) = crate::util::make_tls_cert(pre.path(), &["var.enroll.test"]);
+    let bed = Bed::start(&format!(
+        "map $ssl_server_name $tenant_cert {{ default {}; }}\n\
+         map $ssl_server_name $tenant_key {{ default {}; }}\n\
+         server {{\n    listen 127.0.0.1:{{port}};\n    listen 127.0.0.1:{{https}} ssl;\n    \
+         server_name var.enroll.test;\n    ssl_certificate $tenant_cert;\n    \
+         ssl_certificate_key $tenant_key;\n    location / {{ return 200; }}\n}}\n",
+        cert.display(),
+        key.display()
+    ));
+    let before = fs::read_to_string(&bed.nginx.conf).unwrap();
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    let report = json(&out);
+    let v = crate::util::by_name(&report, "var.enroll.test");
+    assert_eq!(v["status"], "skipped", "{report}");
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("$tenant_cert") && reason.contains("--take-over"),
+        "{reason}"
+    );
+    assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), before);
+    assert_eq!(bed.pebble.log().matches("POST /order-plz").count(), 0);
+
+    let out = bed.cmd("enroll", &["var.enroll.test", "--take-over"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        crate::util::by_name(&json(&out), "var.enroll.test")["status"],
+        "issued"
+    );
+    assert_eq!(
+        leaf(&bed.live("var.enroll.test").join("fullchain.pem")),
+        bed.served("var.enroll.test")
+    );
+}
