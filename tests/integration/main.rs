@@ -13,6 +13,7 @@ mod failures;
 mod fleet;
 mod fleet_store;
 mod leave_out;
+mod modern;
 mod nginx_crossplane;
 mod nginx_fuzz;
 mod nginx_locations;

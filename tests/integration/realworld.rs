@@ -32,6 +32,10 @@ struct Layout {
     /// Directories to create under the root (web roots).
     #[serde(default)]
     dirs: Vec<String>,
+    /// nginx modules the layout uses beyond the core (`http_gzip_static_module`): a build
+    /// without one runs no such layout, and says so.
+    #[serde(default)]
+    needs_modules: Vec<String>,
     expect: Expect,
 }
 
@@ -141,8 +145,8 @@ fn files_under(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-fn nginx_t(conf: &Path) -> (bool, String) {
-    let out = Command::new(bin("nginx"))
+fn nginx_t(nginx_bin: &Path, conf: &Path) -> (bool, String) {
+    let out = Command::new(nginx_bin)
         .arg("-c")
         .arg(conf)
         .args(["-t", "-q"])
@@ -170,7 +174,7 @@ fn get(port: u16, host: &str, path: &str) -> u16 {
 
 /// Runs one layout; returns what went against its expectation (empty: as expected), and
 /// whether nginx was left failing `nginx -t`.
-fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
+fn run_layout(name: &str, layout: &Layout, nginx_bin: &Path) -> (Vec<String>, bool) {
     let mut wrong = Vec::new();
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");
@@ -190,6 +194,8 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
         "etc/nginx/modules-enabled",
         "var/www/html",
         "var/log/nginx",
+        // An nginx built with the default paths logs there before reading its configuration.
+        "usr/share/nginx/logs",
         "run",
         "var/cache/nginx",
     ]
@@ -267,7 +273,7 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
             }
         }
     }
-    let (ok_before, why) = nginx_t(&conf);
+    let (ok_before, why) = nginx_t(nginx_bin, &conf);
     if ok_before != layout.expect.nginx_t_before {
         wrong.push(format!("nginx -t before: {ok_before} ({why})"));
         return (wrong, false);
@@ -275,7 +281,7 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
     let log = work.path().join("nginx.stderr");
     let mut nginx = None;
     if ok_before {
-        let child = Command::new(bin("nginx"))
+        let child = Command::new(nginx_bin)
             .process_group(0)
             .arg("-c")
             .arg(&conf)
@@ -308,24 +314,25 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
     let state = root.join("var/lib/acme-nginx");
     let enroll = || {
         let mut c = pebble.cli();
-        c.args([
-            "--json",
-            "enroll",
-            "--non-interactive",
-            "--agree-tos",
-            "--nginx-conf",
-        ])
-        .arg(&conf)
-        .arg("--nginx-prefix")
-        .arg(root.join("usr/share/nginx"))
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--config-file", "/dev/null"])
-        .arg("--challenge-snippet")
-        .arg(root.join("etc/acme-nginx/nginx/acme-challenge.conf"))
-        .arg("--hooks-dir")
-        .arg(root.join("etc/acme-nginx/hooks"))
-        .args(["--https-port", &ports.https.to_string()]);
+        c.env("ACME_NGINX_BIN", nginx_bin)
+            .args([
+                "--json",
+                "enroll",
+                "--non-interactive",
+                "--agree-tos",
+                "--nginx-conf",
+            ])
+            .arg(&conf)
+            .arg("--nginx-prefix")
+            .arg(root.join("usr/share/nginx"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--config-file", "/dev/null"])
+            .arg("--challenge-snippet")
+            .arg(root.join("etc/acme-nginx/nginx/acme-challenge.conf"))
+            .arg("--hooks-dir")
+            .arg(root.join("etc/acme-nginx/hooks"))
+            .args(["--https-port", &ports.https.to_string()]);
         c.output().unwrap()
     };
     let out = enroll();
@@ -346,7 +353,7 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
             report
         ));
     }
-    let (ok_after, why) = nginx_t(&conf);
+    let (ok_after, why) = nginx_t(nginx_bin, &conf);
     let left_failing = !ok_after && ok_before;
     if left_failing {
         wrong.push(format!("nginx -t fails after the run: {why}"));
@@ -469,7 +476,7 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
                 wrong.push("the nginx master exited".into());
             }
         }
-        let (ok, why) = nginx_t(&conf);
+        let (ok, why) = nginx_t(nginx_bin, &conf);
         if !ok {
             wrong.push(format!("nginx -t fails after the second run: {why}"));
         }
@@ -480,8 +487,20 @@ fn run_layout(name: &str, layout: &Layout) -> (Vec<String>, bool) {
     (wrong, left_failing)
 }
 
+/// Every layout on Debian 12's nginx (1.22).
 #[test]
 fn real_world_layouts() {
+    run_layouts("nginx 1.22", &bin("nginx"));
+}
+
+/// Every layout on nginx mainline (1.31), built by the test bed: newer nginx, same outcomes
+/// (a layout says where they differ).
+#[test]
+fn real_world_layouts_on_nginx_mainline() {
+    run_layouts("nginx 1.31", &crate::util::modern_nginx());
+}
+
+fn run_layouts(which: &str, nginx_bin: &Path) {
     if worker_user().is_none() {
         return; // Debian's nginx.conf runs its workers as www-data: needs root
     }
@@ -495,7 +514,11 @@ fn real_world_layouts() {
     if let Ok(only) = std::env::var("REALWORLD_ONLY") {
         names.retain(|n| n.contains(&only));
     }
+    let built_with =
+        String::from_utf8_lossy(&Command::new(nginx_bin).arg("-V").output().unwrap().stderr)
+            .into_owned();
     let mut failures = Vec::new();
+    let mut skipped = 0;
     let mut left_failing = 0;
     for name in &names {
         let text = fs::read_to_string(layouts_dir().join(name).join("layout.toml")).unwrap();
@@ -504,10 +527,22 @@ fn real_world_layouts() {
             !layout.source.is_empty() && !layout.adapted.is_empty(),
             "{name}: source"
         );
-        let (wrong, failing) = run_layout(name, &layout);
+        let lacking: Vec<&String> = layout
+            .needs_modules
+            .iter()
+            .filter(|m| !built_with.contains(&format!("--with-{m}")))
+            .collect();
+        if !lacking.is_empty() {
+            eprintln!(
+                "realworld ({which}) {name:<28} not run: this nginx is built without {lacking:?}"
+            );
+            skipped += 1;
+            continue;
+        }
+        let (wrong, failing) = run_layout(name, &layout, nginx_bin);
         left_failing += usize::from(failing);
         eprintln!(
-            "realworld {name:<28} {}",
+            "realworld ({which}) {name:<28} {}",
             if wrong.is_empty() {
                 "as expected".to_owned()
             } else {
@@ -519,9 +554,12 @@ fn real_world_layouts() {
         }
     }
     eprintln!(
-        "realworld: {} of {} layouts as expected, nginx left failing after {left_failing}",
-        names.len() - failures.len(),
-        names.len()
+        "realworld ({which}): {} of {} layouts as expected ({skipped} not run), nginx left failing after {left_failing}",
+        names.len() - failures.len() - skipped,
+        names.len() - skipped
     );
-    assert!(failures.is_empty(), "layouts not as expected: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "layouts not as expected on {which}: {failures:?}"
+    );
 }

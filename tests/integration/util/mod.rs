@@ -41,7 +41,7 @@ pub fn serial() -> rcgen::SerialNumber {
     rcgen::SerialNumber::from_slice(&b)
 }
 
-fn testbed_dir() -> PathBuf {
+pub fn testbed_dir() -> PathBuf {
     std::env::var_os("ACME_NGINX_TESTBED")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".testbed"))
@@ -440,7 +440,22 @@ pub struct Nginx {
     pub dir: TempDir,
     pub port: u16,
     pub conf: PathBuf,
+    /// The nginx binary this master runs (Debian's, or the mainline one the bed builds).
+    pub bin: PathBuf,
     child: NginxGuard,
+}
+
+/// nginx mainline (1.31, with nginx's ACME module) built from `../shared/nginx-src/` by
+/// `tests/testbed/setup.sh`: newer syntax (`http2 on`, `listen ... quic`) and coexistence with
+/// the module.
+pub fn modern_nginx() -> PathBuf {
+    let p = testbed_dir().join("nginx-1.31/sbin/nginx");
+    assert!(
+        p.is_file(),
+        "{} not built: run tests/testbed/setup.sh",
+        p.display()
+    );
+    p
 }
 
 /// The worker user tests use: `www-data` as root, else no `user` directive.
@@ -457,6 +472,12 @@ impl Nginx {
 
     /// Like [`Nginx::start`], on a given port.
     pub fn start_on(port: u16, http_body: &str) -> Nginx {
+        Self::start_bin(&bin("nginx"), port, "", http_body)
+    }
+
+    /// Starts the nginx binary `nginx_bin` with `main` at the top of its configuration
+    /// (`load_module` lines) and `http_body` inside `http { }`.
+    pub fn start_bin(nginx_bin: &Path, port: u16, main: &str, http_body: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         // Workers must reach the prefix (tempdir is 0700).
         fs::set_permissions(
@@ -474,7 +495,7 @@ impl Nginx {
         fs::write(
             &conf,
             format!(
-                "{user}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+                "{main}{user}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
                  events {{ worker_connections 64; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  \
                  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n{body}\n}}\n",
@@ -483,7 +504,7 @@ impl Nginx {
         )
         .unwrap();
         let log = dir.path().join("error.log");
-        let child = Command::new(bin("nginx"))
+        let child = Command::new(nginx_bin)
             .process_group(0)
             .arg("-p")
             .arg(dir.path())
@@ -502,6 +523,7 @@ impl Nginx {
             dir,
             port,
             conf,
+            bin: nginx_bin.to_path_buf(),
             child,
         }
     }
@@ -513,7 +535,7 @@ impl Nginx {
 
     /// True when `nginx -t` accepts the configuration as it is on disk now.
     pub fn config_passes(&self) -> bool {
-        run(Command::new(bin("nginx"))
+        run(Command::new(&self.bin)
             .arg("-p")
             .arg(self.dir.path())
             .arg("-c")
@@ -628,14 +650,35 @@ impl Bed {
         Self::start_with(port, servers, |o| o)
     }
 
+    /// Like [`Bed::start`], on nginx mainline (see [`modern_nginx`]) with `main` at the top of
+    /// its configuration (`load_module` lines).
+    pub fn start_modern(main: &str, servers: &str) -> Bed {
+        Self::start_nginx(&modern_nginx(), free_port(), main, servers, |o| o)
+    }
+
     /// Like [`Bed::start_on`], with pebble's options changed by `pebble`.
     pub fn start_with(
         port: u16,
         servers: &str,
         pebble: impl FnOnce(PebbleOptions) -> PebbleOptions,
     ) -> Bed {
+        Self::start_nginx(&bin("nginx"), port, "", servers, pebble)
+    }
+
+    fn start_nginx(
+        nginx_bin: &Path,
+        port: u16,
+        main: &str,
+        servers: &str,
+        pebble: impl FnOnce(PebbleOptions) -> PebbleOptions,
+    ) -> Bed {
         let https_port = free_port();
-        let nginx = Nginx::start_on(port, &servers.replace("{https}", &https_port.to_string()));
+        let nginx = Nginx::start_bin(
+            nginx_bin,
+            port,
+            main,
+            &servers.replace("{https}", &https_port.to_string()),
+        );
         let pebble = Pebble::start(pebble(PebbleOptions::http_port(nginx.port)));
         let state = tempfile::tempdir().unwrap();
         fs::write(
@@ -673,6 +716,7 @@ impl Bed {
         if json {
             cmd.arg("--json");
         }
+        cmd.env("ACME_NGINX_BIN", &self.nginx.bin);
         cmd.arg(sub)
             .arg("--nginx-conf")
             .arg(&self.nginx.conf)
