@@ -1013,3 +1013,24 @@ fn a_variable_certificate_is_left_alone_unless_taken_over() {
         bed.served("var.enroll.test")
     );
 }
+
+/// One reload per run when the block already serves the challenge: the install's.
+#[test]
+fn a_block_that_serves_the_challenge_is_enrolled_with_one_reload() {
+    let bed = Bed::start(
+        "server {\n    listen 127.0.0.1:{port};\n    server_name once.enroll.test;\n    \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+    );
+    fs::create_dir_all(bed.nginx.dir.path().join("acme")).unwrap();
+    let log = bed.nginx.dir.path().join("error.log");
+    let hups = || {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("signal 1 (SIGHUP) received")
+            .count()
+    };
+    let before = hups();
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    assert_eq!(hups() - before, 1, "reloads in one enroll");
+}
