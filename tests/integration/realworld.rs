@@ -36,6 +36,13 @@ struct Layout {
     /// without one runs no such layout, and says so.
     #[serde(default)]
     needs_modules: Vec<String>,
+    /// The nginx version that removed a directive the layout uses (`ssl on`): a newer nginx
+    /// runs no such layout, and says so.
+    #[serde(default)]
+    removed_in: Option<String>,
+    /// Hard links made after the files are written: [new name, existing file].
+    #[serde(default)]
+    hardlinks: Vec<(String, String)>,
     expect: Expect,
 }
 
@@ -225,6 +232,9 @@ fn run_layout(name: &str, layout: &Layout, nginx_bin: &Path) -> (Vec<String>, bo
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, adapt(&text, &root, &ports)).unwrap();
     }
+    for (link, existing) in &layout.hardlinks {
+        fs::hard_link(root.join(existing), root.join(link)).unwrap();
+    }
     let conf = root.join("etc/nginx/nginx.conf");
     // Certificates the layout names exist as on the host it came from (self-signed here).
     if layout.expect.nginx_t_before {
@@ -293,9 +303,9 @@ fn run_layout(name: &str, layout: &Layout, nginx_bin: &Path) -> (Vec<String>, bo
         // Guarded before waiting: a start that fails must not leave nginx running.
         let mut guard = NginxGuard(child);
         let child = &mut guard.0;
-        // nginx listens on the http port, or (layouts without one) on the other port.
+        // nginx listens on the http port, or (layouts without one) on another.
         let start = std::time::Instant::now();
-        while ![ports.http, ports.other]
+        while ![ports.http, ports.https, ports.other]
             .iter()
             .any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
         {
@@ -393,6 +403,15 @@ fn run_layout(name: &str, layout: &Layout, nginx_bin: &Path) -> (Vec<String>, bo
         let st = status_of(&report, n);
         if !matches!(st.as_str(), "skipped" | "absent") {
             wrong.push(format!("{n}: {st}, expected skipped"));
+        }
+        // A skipped name says why.
+        let reason = report["certificates"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == n.as_str()))
+            .and_then(|c| c["reason"].as_str())
+            .unwrap_or("");
+        if st == "skipped" && reason.is_empty() {
+            wrong.push(format!("{n}: skipped without a reason"));
         }
         if n.contains('.') && pebble.log().contains(n.as_str()) {
             wrong.push(format!("{n}: an order was placed for a refused name"));
@@ -500,6 +519,21 @@ fn real_world_layouts_on_nginx_mainline() {
     run_layouts("nginx 1.31", &crate::util::modern_nginx());
 }
 
+/// `1.25.1` as numbers.
+fn version(v: &str) -> Vec<u32> {
+    v.split('.').map(|n| n.parse().unwrap_or(0)).collect()
+}
+
+/// The version `nginx -V` prints (`nginx version: nginx/1.22.1`).
+fn version_of(nginx_v: &str) -> Vec<u32> {
+    let v = nginx_v
+        .split("nginx/")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("0");
+    version(v)
+}
+
 fn run_layouts(which: &str, nginx_bin: &Path) {
     if worker_user().is_none() {
         return; // Debian's nginx.conf runs its workers as www-data: needs root
@@ -532,6 +566,15 @@ fn run_layouts(which: &str, nginx_bin: &Path) {
             .iter()
             .filter(|m| !built_with.contains(&format!("--with-{m}")))
             .collect();
+        if let Some(v) = &layout.removed_in {
+            if version_of(&built_with) >= version(v) {
+                eprintln!(
+                    "realworld ({which}) {name:<28} not run: uses a directive nginx {v} removed"
+                );
+                skipped += 1;
+                continue;
+            }
+        }
         if !lacking.is_empty() {
             eprintln!(
                 "realworld ({which}) {name:<28} not run: this nginx is built without {lacking:?}"
