@@ -10,6 +10,7 @@
 //! - [`store`]: the state directory (lineages, accounts, lock, token journal).
 //! - [`hooks`]: the user's pre/post/deploy hooks.
 //! - [`fsutil`]: atomic, link-safe file writes.
+//! - [`secret`]: the one way a secret file is read, and a type that never shows a secret.
 //!
 //! The command line lives in the binary (`src/cli/`): it parses, calls [`lifecycle`] or
 //! [`acme`], and prints.
@@ -21,4 +22,5 @@ pub mod fsutil;
 pub mod hooks;
 pub mod lifecycle;
 pub mod nginx;
+pub mod secret;
 pub mod store;

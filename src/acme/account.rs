@@ -34,7 +34,7 @@ pub struct AccountState {
 }
 
 /// Options for creating an account.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct NewAccountOptions {
     /// Contact URLs (`mailto:...`).
     pub contact: Vec<String>,
@@ -42,6 +42,20 @@ pub struct NewAccountOptions {
     pub terms_of_service_agreed: bool,
     /// External account binding: key id and base64url HMAC key.
     pub eab: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for NewAccountOptions {
+    /// The EAB HMAC key is a secret: never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAccountOptions")
+            .field("contact", &self.contact)
+            .field("terms_of_service_agreed", &self.terms_of_service_agreed)
+            .field(
+                "eab",
+                &self.eab.as_ref().map(|(kid, _)| (kid, "<redacted>")),
+            )
+            .finish()
+    }
 }
 
 /// A renewalInfo answer (RFC 9773).

@@ -27,11 +27,10 @@ pub struct DavConfig {
 /// A WebDAV server that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DavError {
-    #[error("the WebDAV password file {}: {source}", path.display())]
-    Password {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error("the WebDAV password: {0}")]
+    Password(#[from] crate::secret::SecretFileError),
+    #[error("the WebDAV password file {} is not text", path.display())]
+    PasswordText { path: std::path::PathBuf },
     #[error("WebDAV client: {0}")]
     Client(String),
 }
@@ -40,7 +39,7 @@ pub enum DavError {
 #[derive(Debug)]
 pub struct DavSolver {
     base: String,
-    auth: Option<(String, String)>,
+    auth: Option<(String, crate::secret::Secret)>,
     http: reqwest::Client,
     resolver: Resolver,
     http_port: u16,
@@ -56,10 +55,12 @@ impl DavSolver {
             Some(p) => Some(read_password(p)?),
             None => None,
         };
-        let auth = config
-            .user
-            .clone()
-            .map(|u| (u, password.unwrap_or_default()));
+        let auth = config.user.clone().map(|u| {
+            (
+                u,
+                password.unwrap_or_else(|| crate::secret::Secret::new("")),
+            )
+        });
         let http = net::client(&net::Profile::new(DAV_TIMEOUT))
             .map_err(|e| DavError::Client(e.to_string()))?;
         Ok(Self {
@@ -80,7 +81,7 @@ impl DavSolver {
         let url = format!("{}/{token}", self.base);
         let mut req = self.http.request(method.clone(), &url);
         if let Some((u, p)) = &self.auth {
-            req = req.basic_auth(u, Some(p));
+            req = req.basic_auth(u, p.expose_line());
         }
         if let Some(b) = body {
             req = req.body(b);
@@ -135,13 +136,12 @@ impl DavSolver {
     }
 }
 
-fn read_password(path: &Path) -> Result<String, DavError> {
-    std::fs::read_to_string(path)
-        .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
-        .map_err(|source| DavError::Password {
-            path: path.to_path_buf(),
-            source,
-        })
+fn read_password(path: &Path) -> Result<crate::secret::Secret, DavError> {
+    let secret = crate::secret::read_secret(path)?;
+    let line = secret.expose_line().ok_or_else(|| DavError::PasswordText {
+        path: path.to_path_buf(),
+    })?;
+    Ok(crate::secret::Secret::new(line))
 }
 
 impl ChallengeSolver for DavSolver {

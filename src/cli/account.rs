@@ -42,9 +42,18 @@ pub struct RegisterArgs {
     #[arg(long)]
     pub agree_tos: bool,
     /// External account binding key id (CAs that require EAB: ZeroSSL, step-ca, ...).
-    #[arg(long, value_name = "KID", requires = "eab_hmac_key")]
+    #[arg(long, value_name = "KID")]
     pub eab_kid: Option<String>,
-    /// External account binding HMAC key, base64url as the CA gave it.
+    /// External account binding HMAC key, base64url as the CA gave it, in a file only root
+    /// can read (a regular file of root's, mode 0600, no symlink).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "eab_kid",
+        conflicts_with = "eab_hmac_key"
+    )]
+    pub eab_hmac_key_file: Option<std::path::PathBuf>,
+    /// Deprecated: the HMAC key on the command line, where every local user sees it (`ps`).
     #[arg(long, value_name = "B64", requires = "eab_kid")]
     pub eab_hmac_key: Option<String>,
     /// Account key type.
@@ -134,10 +143,35 @@ async fn register(ctx: &Context, args: RegisterArgs) -> CmdResult {
     if meta.external_account_required && args.eab_kid.is_none() {
         return Err(lifecycle::Error::EabRequired.into());
     }
+    let key = match (&args.eab_hmac_key_file, args.eab_hmac_key) {
+        (Some(file), _) => {
+            let secret = acme_nginx::secret::read_secret(file)?;
+            let line = secret.expose_line().ok_or_else(|| {
+                CliError::Usage(format!(
+                    "the EAB HMAC key file {} is not text",
+                    file.display()
+                ))
+            })?;
+            Some(line.trim().to_owned())
+        }
+        (None, Some(value)) => {
+            tracing::warn!(
+                "--eab-hmac-key puts the key where every local user sees it (ps, /proc); \
+                 put it in a file only root can read and pass --eab-hmac-key-file"
+            );
+            Some(value)
+        }
+        (None, None) => None,
+    };
+    if args.eab_kid.is_some() != key.is_some() {
+        return Err(CliError::Usage(
+            "--eab-kid and --eab-hmac-key-file go together".into(),
+        ));
+    }
     let opts = NewAccountOptions {
         contact,
         terms_of_service_agreed: args.agree_tos,
-        eab: args.eab_kid.zip(args.eab_hmac_key),
+        eab: args.eab_kid.zip(key),
     };
     let (account, resource) =
         Account::create(client, KeyPair::generate(args.key_type), &opts).await?;

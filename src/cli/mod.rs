@@ -159,6 +159,9 @@ pub enum CliError {
     OrderFailed(#[source] acme::Error),
     #[error("{0}")]
     Usage(String),
+    /// A secret file acme-nginx refuses to use (wrong owner, mode, type, a link).
+    #[error(transparent)]
+    Secret(#[from] acme_nginx::secret::SecretFileError),
     #[error("cannot {what}")]
     Io {
         what: String,

@@ -106,15 +106,21 @@ pub struct Options {
     #[arg(long, help_heading = "Account")]
     #[serde(default)]
     pub agree_tos: bool,
-    /// External account binding key id (for a new account).
+    /// External account binding key id (for a new account; with --eab-hmac-key-file).
+    #[arg(long, value_name = "KID", help_heading = "Account")]
+    pub eab_kid: Option<String>,
+    /// External account binding HMAC key, base64url, in a file only root can read (read as
+    /// a secret: a regular file of root's, mode 0600, no symlink).
     #[arg(
         long,
-        value_name = "KID",
-        requires = "eab_hmac_key",
+        value_name = "FILE",
+        requires = "eab_kid",
+        conflicts_with = "eab_hmac_key",
         help_heading = "Account"
     )]
-    pub eab_kid: Option<String>,
-    /// External account binding HMAC key.
+    pub eab_hmac_key_file: Option<PathBuf>,
+    /// Deprecated: the HMAC key on the command line, where every local user sees it (`ps`);
+    /// use --eab-hmac-key-file.
     #[arg(
         long,
         value_name = "B64",
@@ -348,12 +354,14 @@ impl FleetOptions {
             .transpose()?;
         let user = match (&self.etcd_user, &self.etcd_password_file) {
             (Some(u), Some(p)) => {
-                let password = std::fs::read_to_string(p)
-                    .map_err(CliError::io(format!("read {}", p.display())))?;
-                Some((
-                    u.clone(),
-                    password.trim_end_matches(['\r', '\n']).to_owned(),
-                ))
+                let password = acme_nginx::secret::read_secret(p).map_err(CliError::Secret)?;
+                let line = password.expose_line().ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "the etcd password file {} is not text",
+                        p.display()
+                    ))
+                })?;
+                Some((u.clone(), acme_nginx::secret::Secret::new(line)))
             }
             (Some(_), None) => {
                 return Err(CliError::Usage(
@@ -365,7 +373,10 @@ impl FleetOptions {
         let read =
             |p: &PathBuf| std::fs::read(p).map_err(CliError::io(format!("read {}", p.display())));
         let client_cert = match (&self.etcd_cert_file, &self.etcd_key_file) {
-            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (Some(c), Some(k)) => Some((
+                read(c)?,
+                acme_nginx::secret::read_secret(k).map_err(CliError::Secret)?,
+            )),
             (None, None) => None,
             _ => {
                 return Err(CliError::Usage(
@@ -588,6 +599,35 @@ impl DnsOptions {
     }
 }
 
+/// The external account binding: the key id, and the HMAC key from its file (read as a
+/// secret) or, deprecated, from the option itself.
+fn eab(o: &Options) -> Result<Option<(String, acme_nginx::secret::Secret)>, CliError> {
+    let key = match (&o.eab_hmac_key_file, &o.eab_hmac_key) {
+        (Some(file), _) => {
+            let secret = acme_nginx::secret::read_secret(file)?;
+            let line = secret.expose_line().ok_or_else(|| {
+                CliError::Usage(format!(
+                    "the EAB HMAC key file {} is not text",
+                    file.display()
+                ))
+            })?;
+            Some(acme_nginx::secret::Secret::new(line.trim()))
+        }
+        (None, Some(value)) => Some(acme_nginx::secret::Secret::new(value.as_str())),
+        (None, None) => None,
+    };
+    match (&o.eab_kid, key) {
+        (Some(kid), Some(key)) => Ok(Some((kid.clone(), key))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(CliError::Usage(
+            "--eab-kid needs --eab-hmac-key-file (the HMAC key)".into(),
+        )),
+        (None, Some(_)) => Err(CliError::Usage(
+            "an EAB HMAC key needs --eab-kid (the key id)".into(),
+        )),
+    }
+}
+
 /// Fills each unset field of `$a` from `$b`.
 macro_rules! or_fields {
     ($a:ident, $b:ident; $($f:ident),*; $($flag:ident),*) => {
@@ -608,7 +648,7 @@ impl Options {
         or_fields!(self, file;
             directory, ca_file, config_file, state_dir, nginx_conf, nginx_bin, nginx_prefix,
             nginx_dump, http_port, https_port, challenge_snippet, challenge_dir, email, eab_kid,
-            eab_hmac_key, key_type, profile, preferred_chain, concurrency, pre_hook, post_hook,
+            eab_hmac_key, eab_hmac_key_file, key_type, profile, preferred_chain, concurrency, pre_hook, post_hook,
             deploy_hook, hooks_dir, challenge, http_dav, http_dav_user, http_dav_password_file;
             redirect, agree_tos, reuse_key, take_over)
     }
@@ -640,7 +680,14 @@ impl Options {
     /// The run's settings: flags over the file over defaults.
     pub fn settings(&self, ctx: &Context) -> Result<Settings, CliError> {
         let file = Options::load_file(self.config_file.as_deref())?;
+        if self.eab_hmac_key.is_some() {
+            tracing::warn!(
+                "--eab-hmac-key puts the key where every local user sees it (ps, /proc); \
+                 put it in a file only root can read and pass --eab-hmac-key-file"
+            );
+        }
         let o = self.clone().over(file);
+        let eab = eab(&o)?;
         let directory = ctx
             .explicit_directory
             .clone()
@@ -687,7 +734,7 @@ impl Options {
             nginx: paths(&o),
             email: o.email,
             agree_tos: o.agree_tos,
-            eab: o.eab_kid.zip(o.eab_hmac_key),
+            eab,
             key_type: o.key_type,
             profile: o.profile,
             preferred_chain: o.preferred_chain,

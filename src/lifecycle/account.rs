@@ -106,7 +106,12 @@ pub async fn load_or_create(
     let opts = NewAccountOptions {
         contact,
         terms_of_service_agreed: true,
-        eab: settings.eab.clone(),
+        eab: settings.eab.as_ref().map(|(kid, key)| {
+            (
+                kid.clone(),
+                key.expose_line().unwrap_or_default().to_owned(),
+            )
+        }),
     };
     let (account, _) = Account::create(client, KeyPair::generate(KeyType::P384), &opts).await?;
     if save {

@@ -63,7 +63,7 @@ pub struct Settings {
     pub email: Option<String>,
     pub agree_tos: bool,
     /// External account binding: key id and HMAC key.
-    pub eab: Option<(String, String)>,
+    pub eab: Option<(String, crate::secret::Secret)>,
     /// The certificates' key type; None: the type the block serves now, else ECDSA P-256.
     pub key_type: Option<KeyType>,
     pub profile: Option<String>,

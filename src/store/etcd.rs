@@ -66,9 +66,9 @@ pub struct EtcdConfig {
     /// Extra trust anchors (PEM) for the members' HTTPS.
     pub ca_pem: Option<Vec<u8>>,
     /// etcd's user and password (its own authentication), if enabled.
-    pub user: Option<(String, String)>,
+    pub user: Option<(String, crate::secret::Secret)>,
     /// A client certificate and key (PEM) for members that require one (`--client-cert-auth`).
-    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
+    pub client_cert: Option<(Vec<u8>, crate::secret::Secret)>,
 }
 
 /// A client of one etcd cluster.
@@ -76,7 +76,7 @@ pub struct EtcdConfig {
 pub struct Etcd {
     endpoints: Vec<String>,
     http: reqwest::Client,
-    user: Option<(String, String)>,
+    user: Option<(String, crate::secret::Secret)>,
     token: Mutex<Option<String>>,
 }
 
@@ -138,7 +138,7 @@ impl Etcd {
             client_cert: config
                 .client_cert
                 .as_ref()
-                .map(|(c, k)| (c.as_slice(), k.as_slice())),
+                .map(|(c, k)| (c.as_slice(), k.expose())),
         })
         .map_err(|e| EtcdError::Client(e.to_string()))?;
         Ok(Etcd {
@@ -249,7 +249,7 @@ impl Etcd {
         let v = self
             .call_raw(
                 "/v3/auth/authenticate",
-                &json!({"name": user, "password": password}),
+                &json!({"name": user, "password": password.expose_line().unwrap_or_default()}),
             )
             .await?;
         *self

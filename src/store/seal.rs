@@ -53,19 +53,12 @@ impl FleetKey {
     /// Reads a key file: 32 random bytes in base64 (`head -c 32 /dev/urandom | base64`). A
     /// file other users may read is refused.
     pub fn read(path: &Path) -> Result<FleetKey, SealError> {
-        use std::os::unix::fs::MetadataExt;
         let bad = |message: String| SealError::KeyFile {
             path: path.to_path_buf(),
             message,
         };
-        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-        if meta.mode() & 0o077 != 0 {
-            return Err(bad(format!(
-                "mode {:o} lets other users read it; chmod 600",
-                meta.mode() & 0o777
-            )));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let secret = crate::secret::read_secret(path).map_err(|e| bad(e.problem.to_string()))?;
+        let text = String::from_utf8_lossy(secret.expose());
         let bytes = STANDARD
             .decode(text.trim())
             .map_err(|e| bad(format!("not base64: {e}")))?;

@@ -355,19 +355,31 @@ async fn eab_required_pebble() {
     );
 
     let (kid, hmac) = crate::util::EAB_KEYS[0];
+    // The key from a file only root can read (never on the command line, where ps shows it);
+    // a file others can read is refused, and the message does not repeat the key.
+    let hmac_file = state.with_extension("eab-key");
+    std::fs::write(&hmac_file, hmac).unwrap();
+    let world_readable = run(pebble
+        .cli()
+        .args(["account", "register", "--agree-tos", "--eab-kid", kid])
+        .arg("--eab-hmac-key-file")
+        .arg(&hmac_file)
+        .arg("--state")
+        .arg(&state));
+    assert_eq!(world_readable.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&world_readable.stderr);
+    assert!(
+        stderr.contains("chmod 600") && !stderr.contains(hmac),
+        "{stderr}"
+    );
+    crate::util::write_secret(&hmac_file, hmac);
     run_ok(
         pebble
             .cli()
-            .args([
-                "account",
-                "register",
-                "--agree-tos",
-                "--eab-kid",
-                kid,
-                "--eab-hmac-key",
-                hmac,
-                "--state",
-            ])
+            .args(["account", "register", "--agree-tos", "--eab-kid", kid])
+            .arg("--eab-hmac-key-file")
+            .arg(&hmac_file)
+            .arg("--state")
             .arg(&state),
     );
     let shown: Value = serde_json::from_str(&run_ok(

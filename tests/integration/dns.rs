@@ -212,11 +212,10 @@ fn a_wrong_tsig_secret_fails_only_the_names_that_need_dns() {
     let text = fs::read_to_string(&bind.key_file).unwrap();
     let wrong = bed.state.path().join("wrong.key");
     let secret = text.split('"').nth(3).unwrap();
-    fs::write(
+    crate::util::write_secret(
         &wrong,
         text.replace(secret, "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA=="),
-    )
-    .unwrap();
+    );
     let mut flags = bind.flags();
     let at = flags.iter().position(|f| f == "--dns-tsig-key").unwrap();
     flags[at + 1] = wrong.display().to_string();
@@ -387,7 +386,7 @@ fn webdav_http_01_puts_tokens_on_another_web_server() {
         o
     });
     let password = bed.state.path().join("dav-password");
-    fs::write(&password, "s3cret\n").unwrap();
+    crate::util::write_secret(&password, "s3cret\n");
     let mut flags = vec![
         "--http-dav".to_owned(),
         format!("http://127.0.0.1:{}/upload", web1.port),

@@ -258,7 +258,10 @@ fn etcd_with_tls_and_client_certificates() {
     let with_cert = Etcd::new(&EtcdConfig {
         endpoints: endpoints.clone(),
         ca_pem: Some(ca_pem.clone()),
-        client_cert: Some((tls.client_cert.into_bytes(), tls.client_key.into_bytes())),
+        client_cert: Some((
+            tls.client_cert.into_bytes(),
+            acme_nginx::secret::Secret::new(tls.client_key.into_bytes()),
+        )),
         ..EtcdConfig::default()
     })
     .unwrap();
@@ -341,7 +344,7 @@ fn etcd_users_authenticate_and_expired_tokens_are_renewed() {
     etcdctl(&["auth", "enable"]);
     let config = |user: Option<(&str, &str)>| EtcdConfig {
         endpoints: vec![endpoint.clone()],
-        user: user.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        user: user.map(|(u, p)| (u.to_owned(), acme_nginx::secret::Secret::new(p))),
         ..EtcdConfig::default()
     };
     let with_user = Etcd::new(&config(Some(("root", "s3cret")))).unwrap();

@@ -165,10 +165,11 @@ impl Dns {
                 api_url,
                 api_key_file,
             } => {
-                let key = std::fs::read_to_string(api_key_file).map_err(|e| DnsError::Config {
-                    what: format!("the PowerDNS API key file {}", api_key_file.display()),
-                    message: e.to_string(),
-                })?;
+                let key =
+                    crate::secret::read_secret(api_key_file).map_err(|e| DnsError::Config {
+                        what: "the PowerDNS API key".into(),
+                        message: e.to_string(),
+                    })?;
                 Provider::PowerDns(PowerDns::new(api_url, &key)?)
             }
             ProviderConfig::Hook { command } => Provider::Hook(DnsHook {

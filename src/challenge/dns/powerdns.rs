@@ -41,7 +41,7 @@ pub enum ApiError {
 pub struct PowerDns {
     /// `http(s)://host:port` (an `/api/v1` suffix is accepted).
     base: String,
-    key: String,
+    key: crate::secret::Secret,
     http: reqwest::Client,
     /// One change at a time (a read-modify-write of a record set).
     changing: Mutex<()>,
@@ -70,7 +70,7 @@ struct ApiRecord {
 
 impl PowerDns {
     /// A client for the API at `url` with the key `key`.
-    pub fn new(url: &str, key: &str) -> Result<PowerDns, ApiError> {
+    pub fn new(url: &str, key: &crate::secret::Secret) -> Result<PowerDns, ApiError> {
         let base = url
             .trim_end_matches('/')
             .trim_end_matches("/api/v1")
@@ -83,7 +83,9 @@ impl PowerDns {
         )?;
         Ok(PowerDns {
             base,
-            key: key.trim().to_owned(),
+            key: crate::secret::Secret::new(
+                String::from_utf8_lossy(key.expose()).trim().to_owned(),
+            ),
             http,
             changing: Mutex::new(()),
         })
@@ -106,7 +108,7 @@ impl PowerDns {
         let mut req = self
             .http
             .request(method, url)
-            .header("X-API-Key", &self.key);
+            .header("X-API-Key", self.key.expose());
         if let Some(b) = body {
             req = req
                 .header("Content-Type", "application/json")

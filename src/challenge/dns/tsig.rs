@@ -22,11 +22,8 @@ pub const TSIG_FUDGE: u16 = 300;
 /// A key file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("cannot read the TSIG key file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("the TSIG key file: {0}")]
+    Read(#[from] crate::secret::SecretFileError),
     #[error("{}: {problem}", path.display())]
     Invalid {
         path: PathBuf,
@@ -78,10 +75,8 @@ impl std::fmt::Debug for TsigKey {
 impl TsigKey {
     /// Reads a key file (the first `key` statement in it).
     pub fn read(path: &Path) -> Result<TsigKey, KeyFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let secret = crate::secret::read_secret(path)?;
+        let text = String::from_utf8_lossy(secret.expose());
         TsigKey::parse(&text).map_err(|problem| KeyFileError::Invalid {
             path: path.to_path_buf(),
             problem,

@@ -59,7 +59,7 @@ impl Bind {
             .unwrap();
         assert!(key.status.success());
         let key_file = d.join("acme-update.key");
-        fs::write(&key_file, &key.stdout).unwrap();
+        super::write_secret(&key_file, &key.stdout);
         let mut conf = format!(
             "options {{\n directory \"{d}\";\n listen-on port {port} {{ 127.0.0.1; }};\n \
              listen-on-v6 {{ none; }};\n pid-file \"{d}/named.pid\";\n session-keyfile \"{d}/session.key\";\n \
@@ -280,7 +280,7 @@ impl PowerDns {
         wait_for_port(api_port, &mut child, "pdns_server API", &log);
         let guard = ChildGuard(child);
         let api_key_file = d.join("api-key");
-        fs::write(&api_key_file, format!("{key}\n")).unwrap();
+        super::write_secret(&api_key_file, format!("{key}\n"));
         PowerDns {
             port,
             api_url: format!("http://127.0.0.1:{api_port}"),

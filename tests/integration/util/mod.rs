@@ -47,6 +47,20 @@ pub fn testbed_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".testbed"))
 }
 
+/// Writes a secret file as acme-nginx requires one: mode 0600 (owned by whoever runs the tests).
+pub fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, contents.as_ref()).unwrap();
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
 /// Finds a binary: the test bed first, then the usual system places.
 pub fn bin(name: &str) -> PathBuf {
     let mut places = vec![
