@@ -73,6 +73,48 @@ pub fn write_atomic_owned(
     result
 }
 
+/// Like [`write_atomic`], for a file in a directory other users may control (a
+/// node_exporter textfile directory): the directory is reached by [`open_dir_safely`] (no
+/// symlink another user could plant is followed), and the temporary file, its rename and the
+/// fsync all happen relative to that directory's descriptor, so swapping a directory on the
+/// way for a link to another one cannot redirect the write.
+pub fn write_atomic_in_safe_dir(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    use nix::fcntl::{openat, renameat, OFlag};
+    use nix::sys::stat::Mode;
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) if !d.as_os_str().is_empty() => (d.to_path_buf(), n),
+        (_, Some(n)) => (std::env::current_dir()?, n),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "path has no file name",
+            ))
+        }
+    };
+    let dir = std::path::absolute(&dir)?;
+    let dirfd = open_dir_safely(&dir, None).map_err(|e| io::Error::other(e.to_string()))?;
+    let tmp = temp_path(Path::new(name))?;
+    let fd = openat(
+        &dirfd,
+        &tmp,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )
+    .map_err(io::Error::from)?;
+    let result = (|| {
+        let mut f = File::from(fd);
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        renameat(&dirfd, &tmp, &dirfd, name).map_err(io::Error::from)?;
+        nix::unistd::fsync(&dirfd).map_err(io::Error::from)
+    })();
+    if result.is_err() {
+        nix::unistd::unlinkat(&dirfd, &tmp, nix::unistd::UnlinkatFlags::NoRemoveDir).ok();
+    }
+    result
+}
+
 /// fsyncs the directory holding `path`, so a rename in it is durable.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
     let dir = match path.parent() {
@@ -401,6 +443,39 @@ pub fn unsafe_to_run(path: &Path) -> Option<String> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// The metrics file's directory: when another user owns a directory on the way, a link
+    /// they plant there is refused instead of followed (nothing is written where it points);
+    /// a plain directory is written into atomically, with the mode asked for.
+    #[test]
+    fn metrics_writes_refuse_a_link_another_user_planted() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // chown to another user needs root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let victim = dir.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        symlink(&victim, theirs.join("textfile")).unwrap();
+        let err = write_atomic_in_safe_dir(&theirs.join("textfile/acme.prom"), b"x 1\n", 0o644)
+            .unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(
+            fs::read_dir(&victim).unwrap().next().is_none(),
+            "written through the link"
+        );
+        fs::remove_file(theirs.join("textfile")).unwrap();
+        fs::create_dir(theirs.join("textfile")).unwrap();
+        write_atomic_in_safe_dir(&theirs.join("textfile/acme.prom"), b"x 1\n", 0o644).unwrap();
+        let meta = fs::metadata(theirs.join("textfile/acme.prom")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::read(theirs.join("textfile/acme.prom")).unwrap(),
+            b"x 1\n"
+        );
+    }
 
     /// Copies of another tool's files: a link, a FIFO (without blocking on it) and an oversized
     /// file are refused; the copy's mode is 0644 only for a world-readable source.

@@ -93,7 +93,7 @@ async fn fleet(
         .await
         .map_err(|e| CliError::Lifecycle(e.into()))?;
     if let Some(path) = metrics_file {
-        acme_nginx::fsutil::write_atomic(
+        acme_nginx::fsutil::write_atomic_in_safe_dir(
             path,
             fleet_metrics(&st).as_bytes(),
             acme_nginx::fsutil::PUBLIC_MODE,

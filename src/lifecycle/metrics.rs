@@ -76,6 +76,6 @@ pub fn write_metrics(store: &Store, path: &Path, outcomes: &[Outcome]) -> Result
          # HELP acme_nginx_certificate_last_result 1 when the last attempt succeeded, 0 when it failed.\n\
          # TYPE acme_nginx_certificate_last_result gauge\n{result}"
     );
-    fsutil::write_atomic(path, text.as_bytes(), fsutil::PUBLIC_MODE)
+    fsutil::write_atomic_in_safe_dir(path, text.as_bytes(), fsutil::PUBLIC_MODE)
         .map_err(Error::io(format!("write metrics to {}", path.display())))
 }
