@@ -455,6 +455,18 @@ pub struct DnsOptions {
         help_heading = "DNS"
     )]
     pub zone: Option<String>,
+    /// The zones whose names dns-01 may prove with these credentials (repeat the flag; in the
+    /// file `zones = [...]`). When set, a name outside them is never proven by dns-01; when
+    /// not, dns-01 proves only names of server blocks in files root owns and no other user
+    /// can write, and the names `[challenges]` lists.
+    #[arg(
+        id = "dns_allow_zone",
+        long = "dns-allow-zone",
+        value_name = "ZONE",
+        help_heading = "DNS"
+    )]
+    #[serde(default)]
+    pub zones: Vec<String>,
     /// powerdns: the API's base URL (`http://127.0.0.1:8081`).
     #[arg(
         id = "dns_api_url",
@@ -512,6 +524,11 @@ impl DnsOptions {
             server: self.server.or(file.server),
             tsig_key: self.tsig_key.or(file.tsig_key),
             zone: self.zone.or(file.zone),
+            zones: if self.zones.is_empty() {
+                file.zones
+            } else {
+                self.zones
+            },
             api_url: self.api_url.or(file.api_url),
             api_key_file: self.api_key_file.or(file.api_key_file),
             hook: self.hook.or(file.hook),
@@ -761,6 +778,12 @@ impl Options {
             challenge,
             challenges,
             resolver: o.dns.resolver()?,
+            dns_zones: o
+                .dns
+                .zones
+                .iter()
+                .map(|z| z.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
             dns,
             dav,
             exclude: o.exclude,

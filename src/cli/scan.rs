@@ -44,6 +44,22 @@ struct ServerOut<'a> {
     challenges: NameMap,
     /// Each name an exclude pattern leaves out, with the pattern.
     excluded: NameMap,
+    /// Each name the operator's DNS credentials may not prove here, with why.
+    dns_refused: NameMap,
+    /// The user owning the file that defines the block (who decides what it asks for).
+    file_owner: Option<String>,
+}
+
+/// The user name (or uid) owning `path`.
+fn owner_of(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = std::fs::metadata(path).ok()?.uid();
+    Some(
+        nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map_or_else(|| uid.to_string(), |u| u.name),
+    )
 }
 
 /// Names and one value each, written as a JSON object in order.
@@ -64,7 +80,7 @@ impl Serialize for Servers<'_> {
                 .block_names(block)
                 .into_iter()
                 .map(|n| {
-                    let m = self.proving.method_for(&n).to_string();
+                    let m = self.proving.method_in(&n, block).to_string();
                     (n, m)
                 })
                 .collect();
@@ -72,6 +88,8 @@ impl Serialize for Servers<'_> {
                 block,
                 challenges: NameMap(challenges),
                 excluded: NameMap(excluded.clone()),
+                dns_refused: NameMap(self.proving.dns_refused(block)),
+                file_owner: owner_of(&block.file),
             }
         }))
     }
@@ -132,7 +150,7 @@ fn challenges(s: &ServerBlock, proving: &Proving<'_>, excluded: &[(String, Strin
     let names = proving.block_names(s);
     let methods: Vec<String> = names
         .iter()
-        .map(|n| proving.method_for(n).to_string())
+        .map(|n| proving.method_in(n, s).to_string())
         .collect();
     let one_method = methods.first().filter(|m| methods.iter().all(|x| x == *m));
     match (one_method, excluded) {
@@ -205,11 +223,18 @@ fn table(
     output::table(header, &rows, 60)?;
     for s in &scan.servers {
         let names = proving.block_names(s);
-        for k in s
-            .skipped
-            .iter()
-            .filter(|k| !names.contains(&k.name.to_ascii_lowercase()))
-        {
+        let refused = proving.dns_refused(s);
+        for (name, why) in &refused {
+            output::line(format!(
+                "note: {}: {name} takes no dns-01 here: {}",
+                s.location(),
+                output::one_line(why)
+            ))?;
+        }
+        for k in s.skipped.iter().filter(|k| {
+            let n = k.name.to_ascii_lowercase();
+            !names.contains(&n) && !refused.iter().any(|(r, _)| *r == n)
+        }) {
             output::line(format!(
                 "note: {}: skipping {:?}: {}",
                 s.location(),

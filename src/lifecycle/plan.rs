@@ -49,6 +49,8 @@ pub struct Proving<'a> {
     pub per_name: &'a BTreeMap<String, Challenge>,
     /// Names left out by the operator: globs (`*.internal.example.org`), case-insensitive.
     pub exclude: &'a [String],
+    /// The zones dns-01 may prove names in (see [`Proving::dns_refusal`]).
+    pub dns_zones: &'a [String],
 }
 
 static NO_CHOICES: BTreeMap<String, Challenge> = BTreeMap::new();
@@ -62,6 +64,7 @@ impl Proving<'static> {
             default: Challenge::Http01,
             per_name: &NO_CHOICES,
             exclude: &[],
+            dns_zones: &[],
         }
     }
 }
@@ -119,19 +122,96 @@ impl Proving<'_> {
 
     fn candidate_names(&self, s: &ServerBlock) -> Vec<String> {
         let mut names = s.enrollable.clone();
-        if self.dns {
-            for k in &s.skipped {
-                let n = k.name.to_ascii_lowercase();
-                let n = n.trim_end_matches('.');
-                if n.starts_with("*.")
-                    && crate::acme::is_valid_dns_name(n)
-                    && !names.iter().any(|x| x == n)
-                {
-                    names.push(n.to_owned());
-                }
+        names.extend(
+            self.wildcards(s)
+                .into_iter()
+                .filter(|w| self.dns_refusal(w, s).is_none()),
+        );
+        names
+    }
+
+    /// The wildcard names of a block a DNS solver could prove.
+    fn wildcards(&self, s: &ServerBlock) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if !self.dns {
+            return out;
+        }
+        for k in &s.skipped {
+            let n = k.name.to_ascii_lowercase();
+            let n = n.trim_end_matches('.');
+            if n.starts_with("*.")
+                && crate::acme::is_valid_dns_name(n)
+                && !s.enrollable.iter().any(|x| x == n)
+                && !out.iter().any(|x| x == n)
+            {
+                out.push(n.to_owned());
             }
         }
-        names
+        out
+    }
+
+    /// Why the operator's DNS credentials may not prove `name` of block `s`, if they may not.
+    /// dns-01 proves a name with the operator's key, not with anything the name's requester
+    /// controls, so who may ask for which names matters: with `[dns] zones`, only names inside
+    /// those zones; without, only names of blocks defined in files root owns and no other user
+    /// can write (a tenant's include cannot borrow root's key), plus the names `[challenges]`
+    /// lists explicitly.
+    pub fn dns_refusal(&self, name: &str, s: &ServerBlock) -> Option<String> {
+        let bare = name.trim_start_matches("*.");
+        if !self.dns_zones.is_empty() {
+            let inside = self
+                .dns_zones
+                .iter()
+                .any(|z| bare == z || bare.ends_with(&format!(".{z}")));
+            return (!inside).then(|| {
+                format!(
+                    "{name} is outside the zones dns-01 may prove ([dns] zones: {})",
+                    self.dns_zones.join(", ")
+                )
+            });
+        }
+        if self.per_name.contains_key(name) {
+            return None;
+        }
+        crate::fsutil::writable_by_others(&s.file).map(|why| {
+            format!(
+                "{} (which defines this block) {why}: dns-01 proves a name with the operator's DNS key, \
+                 so a name from a file another user controls takes it only when [dns] zones or \
+                 [challenges] lists it",
+                s.file.display()
+            )
+        })
+    }
+
+    /// The names of a block dns-01 may not prove (wildcards, and names that would take it),
+    /// with why.
+    pub fn dns_refused(&self, s: &ServerBlock) -> Vec<(String, String)> {
+        let wanting: Vec<String> = s
+            .enrollable
+            .iter()
+            .filter(|n| self.method_for(n) == Method::Dns)
+            .cloned()
+            .chain(self.wildcards(s))
+            .collect();
+        wanting
+            .into_iter()
+            .filter_map(|n| self.dns_refusal(&n, s).map(|why| (n, why)))
+            .collect()
+    }
+
+    /// The method of one name of block `s`: [`Proving::method_for`], except that a name
+    /// dns-01 may not prove there (see [`Proving::dns_refusal`]) takes http-01.
+    pub fn method_in(&self, name: &str, s: &ServerBlock) -> Method {
+        match self.method_for(name) {
+            Method::Dns if self.dns_refusal(name, s).is_some() => {
+                if self.dav {
+                    Method::Dav
+                } else {
+                    Method::Webroot
+                }
+            }
+            m => m,
+        }
     }
 }
 
@@ -307,10 +387,18 @@ pub fn plans(
             }
         });
         plan.left_out.extend(left_out);
+        // Wildcards only dns-01 could prove, where the operator's key may not: left out, saying
+        // why.
+        plan.left_out.extend(
+            proving
+                .dns_refused(s)
+                .into_iter()
+                .filter(|(n, _)| n.starts_with("*.")),
+        );
         for n in &names {
             if !plan.names.contains(n) {
                 plan.names.push(n.clone());
-                plan.methods.insert(n.clone(), proving.method_for(n));
+                plan.methods.insert(n.clone(), proving.method_in(n, s));
             }
         }
         plan.blocks.push(i);
@@ -459,12 +547,15 @@ mod tests {
             .all(|p| p.names.iter().all(|n| !n.starts_with('*'))));
 
         let choices = BTreeMap::from([("plain.test".to_owned(), Challenge::Dns01)]);
+        // The configuration is not on disk here: the zones say the key may prove these.
+        let zones = ["example.test", "other.test", "only.test", "plain.test"].map(String::from);
         let proving = Proving {
             dns: true,
             dav: false,
             default: Challenge::Http01,
             per_name: &choices,
             exclude: &[],
+            dns_zones: &zones,
         };
         let p = plans(&s, &[], 80, &proving).unwrap();
         let names: Vec<Vec<&str>> = p
@@ -543,5 +634,72 @@ mod tests {
         assert!(err.to_string().contains("excluded"), "{err}");
         let err = plans(&s, &["b.example.org".into()], 80, &proving).unwrap_err();
         assert!(err.to_string().contains("acme-nginx: ignore"), "{err}");
+    }
+
+    /// Who may make root prove a name with the operator's DNS key: names of blocks in files
+    /// only root can write; a tenant's file only for names [challenges] lists; with
+    /// [dns] zones, exactly the names inside them. A refused wildcard is left out, saying why;
+    /// a refused plain name falls back to http-01.
+    #[test]
+    fn dns01_is_only_for_names_the_operator_allows() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let root_file = dir.path().join("root.conf");
+        let tenant_file = dir.path().join("tenant.conf");
+        let block = "http { server { listen 80; server_name cust.example.test *.cust.example.test *.acme-delegate.test; } }\n";
+        std::fs::write(&root_file, block).unwrap();
+        std::fs::write(&tenant_file, block).unwrap();
+        std::fs::set_permissions(&root_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&tenant_file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let scan_of = |path: &std::path::Path| {
+            let cfg = Config::parse_str(path, block.as_bytes()).unwrap();
+            scan(&cfg, &BuildDefaults::default())
+        };
+        let (trusted, tenant) = (scan_of(&root_file), scan_of(&tenant_file));
+        let all_dns = BTreeMap::new();
+        let mut proving = Proving {
+            dns: true,
+            dav: false,
+            default: Challenge::Dns01,
+            per_name: &all_dns,
+            exclude: &[],
+            dns_zones: &[],
+        };
+        let t = &trusted.servers[0];
+        assert!(
+            proving.dns_refused(t).is_empty(),
+            "{:?}",
+            proving.dns_refused(t)
+        );
+        assert_eq!(proving.method_in("cust.example.test", t), Method::Dns);
+        let x = &tenant.servers[0];
+        let refused = proving.dns_refused(x);
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(refused[0].1.contains("writable by everyone"), "{refused:?}");
+        assert_eq!(proving.method_in("cust.example.test", x), Method::Webroot);
+        assert_eq!(proving.block_names(x), vec!["cust.example.test"]);
+        let p = plans(&tenant, &[], 80, &proving).unwrap();
+        assert_eq!(p[0].names, vec!["cust.example.test"]);
+        let left: Vec<&str> = p[0].left_out.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(left, vec!["*.cust.example.test", "*.acme-delegate.test"]);
+        // The tenant's own wildcard, listed by the operator: allowed; the other zone's not.
+        let listed = BTreeMap::from([("*.cust.example.test".to_owned(), Challenge::Dns01)]);
+        proving.per_name = &listed;
+        assert_eq!(
+            proving.block_names(x),
+            vec!["cust.example.test", "*.cust.example.test"]
+        );
+        // With an allow-list, the zone decides, whoever wrote the file.
+        let zones = ["example.test".to_owned()];
+        proving.per_name = &all_dns;
+        proving.dns_zones = &zones;
+        let refused = proving.dns_refused(x);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, "*.acme-delegate.test");
+        assert!(refused[0].1.contains("outside the zones"), "{refused:?}");
+        assert!(proving
+            .dns_refused(t)
+            .iter()
+            .all(|(n, _)| n == "*.acme-delegate.test"));
     }
 }

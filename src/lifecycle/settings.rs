@@ -89,6 +89,10 @@ pub struct Settings {
     pub challenges: BTreeMap<String, Challenge>,
     /// The DNS solver, when one is configured.
     pub dns: Option<DnsConfig>,
+    /// The zones dns-01 may prove names in with the operator's DNS credentials (lowercase, no
+    /// trailing dot); empty: names of blocks in files only root can write, and names
+    /// `[challenges]` lists.
+    pub dns_zones: Vec<String>,
     /// The WebDAV server http-01 tokens go to instead of this host's nginx.
     pub dav: Option<DavConfig>,
     /// The resolver for lookups (DNS solver, WebDAV preflight); the system's when None.
@@ -129,6 +133,7 @@ impl Settings {
             challenge: Challenge::Http01,
             challenges: BTreeMap::new(),
             dns: None,
+            dns_zones: Vec::new(),
             dav: None,
             resolver: None,
             exclude: Vec::new(),
@@ -144,6 +149,7 @@ impl Settings {
             default: self.challenge,
             per_name: &self.challenges,
             exclude: &self.exclude,
+            dns_zones: &self.dns_zones,
         }
     }
 

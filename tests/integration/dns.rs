@@ -430,3 +430,92 @@ fn webdav_http_01_puts_tokens_on_another_web_server() {
     let message = crate::util::by_name(&json(&out), "dav2.example.test")["error"].to_string();
     assert!(message.contains("answered 401"), "{message}");
 }
+
+/// A tenant writes one included file asking for its own wildcard and another zone's
+/// (`*.acme-delegate.test`, the operator's). dns-01 proves with the operator's key, so the
+/// tenant's file gets no wildcard at all by default (each left out, saying why, with no update
+/// sent), its plain name still taking http-01; with `--dns-allow-zone example.test` its own
+/// zone's wildcard is issued and the other zone's never touched: BIND logs no update there.
+#[test]
+fn a_tenant_cannot_borrow_the_operators_dns_key_for_other_zones() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bind = Bind::start(&[
+        Zone::loopback("example.test"),
+        Zone::loopback("acme-delegate.test"),
+    ]);
+    let tenant = tempfile::tempdir().unwrap();
+    fs::set_permissions(tenant.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let site = tenant.path().join("cust.conf");
+    fs::write(
+        &site,
+        "server {\n    listen 127.0.0.1:{port};\n    \
+         server_name cust.example.test *.cust.example.test *.acme-delegate.test;\n    \
+         location / { return 200 \"ok\\n\"; }\n}\n",
+    )
+    .unwrap();
+    // The tenant owns it (it can write it): nobody, as the tests run as root.
+    nix::unistd::chown(&site, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let port = crate::util::free_port();
+    let text = fs::read_to_string(&site)
+        .unwrap()
+        .replace("{port}", &port.to_string());
+    fs::write(&site, text).unwrap();
+    let addr = bind.resolver();
+    let bed = Bed::start_with(port, &format!("include {};\n", site.display()), |mut o| {
+        o.dns_server = Some(addr);
+        o
+    });
+    let mut flags = bind.flags();
+    flags.extend(["--challenge".into(), "dns-01".into()]);
+
+    let scan = json(&bed.cmd("scan", &args(&flags)));
+    let block = &scan["servers"][0];
+    assert_eq!(block["file_owner"], "nobody", "{block}");
+    assert!(
+        block["dns_refused"]["*.acme-delegate.test"]
+            .as_str()
+            .is_some_and(|r| r.contains("not to root")),
+        "{block}"
+    );
+    let out = bed.cmd("enroll", &args(&flags));
+    assert_exit(&out, 0);
+    let report = json(&out);
+    for wildcard in ["*.cust.example.test", "*.acme-delegate.test"] {
+        let w = crate::util::by_name(&report, wildcard);
+        assert_eq!(w["status"], "skipped", "{report}");
+        assert!(
+            w["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("operator's DNS key"),
+            "{w}"
+        );
+    }
+    assert_eq!(
+        crate::util::by_name(&report, "cust.example.test")["status"],
+        "issued"
+    );
+    assert!(!bind.log().contains("adding an RR"), "{}", bind.log());
+
+    // The operator allows its own zone for dns-01: the tenant's wildcard there, never the
+    // other zone's.
+    let mut allowed = flags.clone();
+    allowed.extend(["--dns-allow-zone".into(), "example.test".into()]);
+    let out = bed.cmd("enroll", &args(&allowed));
+    assert_exit(&out, 0);
+    let names = served_names(&bed, "cust.example.test");
+    assert!(
+        names.contains(&"*.cust.example.test".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"*.acme-delegate.test".to_owned()),
+        "{names:?}"
+    );
+    let log = bind.log();
+    assert!(
+        log.contains("adding an RR at '_acme-challenge.cust.example.test' TXT"),
+        "{log}"
+    );
+    assert!(!log.contains("acme-delegate.test' TXT"), "{log}");
+}
