@@ -467,6 +467,17 @@ pub struct DnsOptions {
     )]
     #[serde(default)]
     pub zones: Vec<String>,
+    /// A zone `_acme-challenge` CNAMEs may point into (acme-dns style delegation; repeat the
+    /// flag; in the file `delegation_zones = [...]`). Without it a CNAME is followed only to a
+    /// name whose first label is `_acme-challenge`.
+    #[arg(
+        id = "dns_delegation_zone",
+        long = "dns-delegation-zone",
+        value_name = "ZONE",
+        help_heading = "DNS"
+    )]
+    #[serde(default)]
+    pub delegation_zones: Vec<String>,
     /// powerdns: the API's base URL (`http://127.0.0.1:8081`).
     #[arg(
         id = "dns_api_url",
@@ -528,6 +539,11 @@ impl DnsOptions {
                 file.zones
             } else {
                 self.zones
+            },
+            delegation_zones: if self.delegation_zones.is_empty() {
+                file.delegation_zones
+            } else {
+                self.delegation_zones
             },
             api_url: self.api_url.or(file.api_url),
             api_key_file: self.api_key_file.or(file.api_key_file),
@@ -608,6 +624,11 @@ impl DnsOptions {
         Ok(Some(DnsConfig {
             provider,
             zone: self.zone.clone(),
+            delegation_zones: self
+                .delegation_zones
+                .iter()
+                .map(|z| z.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
             resolver: self.resolver()?,
             propagation_timeout: self
                 .propagation_timeout

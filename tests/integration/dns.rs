@@ -75,13 +75,15 @@ fn wildcard_and_base_name_in_one_certificate_through_rfc2136() {
         "[challenges]\n\"cname.example.test\" = \"dns-01\"\n",
     )
     .unwrap();
-    let flags = bind.flags();
+    let mut flags = bind.flags();
     let scan = bed.cmd("scan", &args(&flags));
     assert_exit(&scan, 0);
     let challenges = &json(&scan)["servers"][0]["challenges"];
     assert_eq!(challenges["example.test"], "http-01", "{challenges}");
     assert_eq!(challenges["*.example.test"], "dns-01", "{challenges}");
 
+    // The CNAME points into a zone the operator delegates challenges to.
+    flags.extend(["--dns-delegation-zone".into(), "delegated.test".into()]);
     let out = bed.cmd("enroll", &args(&flags));
     assert_exit(&out, 0);
     let report = json(&out);
@@ -171,6 +173,7 @@ fn a_hook_calling_nsupdate_proves_names_and_a_failing_hook_fails_only_its_name()
     ];
     flags.extend(bind.lookup_flags());
     flags.extend(["--challenge".into(), "dns-01".into()]);
+    flags.extend(["--dns-delegation-zone".into(), "delegated.test".into()]);
 
     let out = bed.cmd("enroll", &args(&flags));
     assert_exit(&out, 1);
@@ -518,4 +521,51 @@ fn a_tenant_cannot_borrow_the_operators_dns_key_for_other_zones() {
         "{log}"
     );
     assert!(!log.contains("acme-delegate.test' TXT"), "{log}");
+}
+
+/// The owner of a name's DNS points `_acme-challenge` at a record of another zone the
+/// operator's key can change (`_dmarc.acme-delegate.test`, where a second TXT record makes
+/// receivers ignore DMARC): the name fails, naming the CNAME, and BIND logs no update there.
+/// A CNAME to another `_acme-challenge` name is followed as before.
+#[test]
+fn a_cname_steers_updates_only_to_challenge_names_or_delegation_zones() {
+    let bind = Bind::start(&[
+        Zone {
+            name: "example.test",
+            records: "@ A 127.0.0.1\n* A 127.0.0.1\n\
+                _acme-challenge.evil CNAME _dmarc.acme-delegate.test.\n\
+                _acme-challenge.ok CNAME _acme-challenge.ok.acme-delegate.test.\n",
+            extra_ns: &[],
+        },
+        Zone::loopback("acme-delegate.test"),
+    ]);
+    let bed = dns_bed(
+        &bind,
+        "server {\n    listen 127.0.0.1:{port};\n    server_name evil.example.test;\n}\n\
+         server {\n    listen 127.0.0.1:{port};\n    server_name ok.example.test;\n}\n",
+    );
+    let mut flags = bind.flags();
+    flags.extend(["--challenge".into(), "dns-01".into()]);
+    let out = bed.cmd("enroll", &args(&flags));
+    assert_exit(&out, 1);
+    let report = json(&out);
+    let evil = crate::util::by_name(&report, "evil.example.test");
+    assert_eq!(evil["status"], "failed", "{report}");
+    let message = evil["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(
+            "_acme-challenge.evil.example.test. is a CNAME to _dmarc.acme-delegate.test."
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        crate::util::by_name(&report, "ok.example.test")["status"],
+        "issued"
+    );
+    let log = bind.log();
+    assert!(!log.contains("'_dmarc.acme-delegate.test' TXT"), "{log}");
+    assert!(
+        log.contains("adding an RR at '_acme-challenge.ok.acme-delegate.test' TXT"),
+        "{log}"
+    );
 }

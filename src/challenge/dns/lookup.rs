@@ -43,6 +43,8 @@ pub enum LookupError {
     },
     #[error("{name} starts a CNAME chain longer than {MAX_CNAME_CHAIN} (or a loop)")]
     CnameLoop { name: String },
+    #[error("{zone} is not confirmed as a zone by its own name servers: {why}")]
+    NotAZone { zone: String, why: String },
 }
 
 /// An authoritative server of a zone.
@@ -136,6 +138,33 @@ impl Resolver {
             }
             candidate = candidate.base_name();
         }
+    }
+
+    /// Confirms that `zone` is a zone by asking one of its own authoritative servers for its
+    /// SOA (an authoritative answer, owned by the zone), instead of believing a recursive
+    /// resolver's say-so.
+    pub async fn confirm_zone(&self, zone: &Name) -> Result<(), LookupError> {
+        let servers = self.name_servers(zone).await?;
+        let mut last = None;
+        for ns in servers {
+            match exchange(ns.addr, wire::query(zone, RecordType::SOA, false), None).await {
+                Ok(reply)
+                    if reply.metadata.authoritative
+                        && reply
+                            .answers
+                            .iter()
+                            .any(|r| r.name == *zone && matches!(r.data, RData::SOA(_))) =>
+                {
+                    return Ok(());
+                }
+                Ok(_) => last = Some(format!("{ns} does not answer authoritatively for it")),
+                Err(e) => last = Some(format!("{ns}: {e}")),
+            }
+        }
+        Err(LookupError::NotAZone {
+            zone: zone.to_ascii(),
+            why: last.unwrap_or_else(|| "it has no name servers".into()),
+        })
     }
 
     /// The authoritative servers of `zone`: its NS records, each at every address the

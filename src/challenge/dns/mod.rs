@@ -75,6 +75,9 @@ pub struct DnsConfig {
     pub provider: ProviderConfig,
     /// The zone to update, when it cannot or should not be looked up.
     pub zone: Option<String>,
+    /// Zones a `_acme-challenge` CNAME may point into (an acme-dns style delegation), beside
+    /// names whose first label is `_acme-challenge` (lowercase, no trailing dot).
+    pub delegation_zones: Vec<String>,
     /// The resolver lookups go to and the port authoritative servers are asked on (the
     /// system's resolver and 53 by default).
     pub resolver: Option<Resolver>,
@@ -88,6 +91,9 @@ pub enum DnsError {
     KeyFile(#[from] KeyFileError),
     #[error("{what}: {message}")]
     Config { what: String, message: String },
+    /// A `_acme-challenge` CNAME pointing where root's key must not write.
+    #[error("{cname} is a CNAME to {target}, which is neither an _acme-challenge name nor inside a delegation zone ([dns] delegation_zones); no update is sent there")]
+    CnameRefused { cname: String, target: String },
     #[error(transparent)]
     Lookup(#[from] LookupError),
     #[error(transparent)]
@@ -193,7 +199,9 @@ impl Dns {
     pub async fn locate(&self, domain: &str, value: &str) -> Result<TxtRecord, DnsError> {
         let base = name(&format!("_acme-challenge.{}", domain.trim_end_matches('.')))?;
         let target = self.resolver.follow_cname(&base).await?;
-        if target != base {
+        let delegated = target != base;
+        if delegated {
+            self.check_cname_target(&base, &target)?;
             tracing::info!("{base} is a CNAME: updating {target} instead");
         }
         let zone = match (&self.config.zone, &self.provider) {
@@ -201,11 +209,36 @@ impl Dns {
             (None, Provider::PowerDns(api)) => name(&api.zone_of(&target.to_ascii()).await?)?,
             (None, _) => self.resolver.find_zone(&target).await?,
         };
+        if delegated {
+            // Whose zone the signed update goes to is asked of that zone's own servers.
+            self.resolver.confirm_zone(&zone).await?;
+        }
         Ok(TxtRecord {
             zone: zone.to_ascii(),
             name: target.to_ascii(),
             value: value.to_owned(),
             domain: domain.to_owned(),
+        })
+    }
+
+    /// A `_acme-challenge` CNAME is followed only to a name whose first label is
+    /// `_acme-challenge`, or into a delegation zone the operator configured: whoever controls
+    /// a name's DNS must not steer root's signed updates at any name the key can change
+    /// (`_dmarc`, an SPF apex, a DKIM selector).
+    fn check_cname_target(&self, cname: &Name, target: &Name) -> Result<(), DnsError> {
+        let t = target.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let challenge_label = t.split('.').next() == Some("_acme-challenge");
+        let inside = self
+            .config
+            .delegation_zones
+            .iter()
+            .any(|z| t == *z || t.ends_with(&format!(".{z}")));
+        if challenge_label || inside {
+            return Ok(());
+        }
+        Err(DnsError::CnameRefused {
+            cname: cname.to_ascii(),
+            target: target.to_ascii(),
         })
     }
 
