@@ -293,7 +293,10 @@ fn tokens_belong_to_the_worker_user() {
         std::thread::spawn(move || {
             use std::os::unix::fs::MetadataExt;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                // Tokens, not the temporary file each is written as (owned by us until its
+                // owner is set on the descriptor, before it is renamed to the token's name).
+                let tokens = fs::read_dir(&dir).into_iter().flatten().flatten();
+                for e in tokens.filter(|e| !e.file_name().to_string_lossy().starts_with('.')) {
                     if let Ok(m) = e.metadata() {
                         seen.lock()
                             .unwrap()
