@@ -340,3 +340,49 @@ fn enroll_on_a_certbot_block_leaves_nothing_that_needs_certbot() {
         bed.served(NAME)
     );
 }
+
+/// certbot's shared file replaced by a symbolic link to a root-only file: it is not copied
+/// (a copy would publish what only root could read), the block keeps its reference, and the
+/// run says why; the certificate is installed all the same.
+#[test]
+fn a_linked_certbot_file_is_never_copied() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let pre = tempfile::tempdir().unwrap();
+    let le = pre.path().join("letsencrypt");
+    fs::create_dir_all(le.join("renewal")).unwrap();
+    let private = pre.path().join("root-only.conf");
+    fs::write(&private, "ssl_session_timeout 1d;\n").unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&private, le.join("options-ssl-nginx.conf")).unwrap();
+    let (_, cert, key) = crate::util::make_tls_cert(pre.path(), &[NAME]);
+    let bed = Bed::start(&format!(
+        "server {{\n    listen 127.0.0.1:{{port}};\n    server_name {NAME};\n    \
+         listen 127.0.0.1:{{https}} ssl; # managed by Certbot\n    \
+         ssl_certificate {c}; # managed by Certbot\n    \
+         ssl_certificate_key {k}; # managed by Certbot\n    \
+         include {le}/options-ssl-nginx.conf; # managed by Certbot\n    \
+         location / {{ return 200; }}\n}}\n",
+        c = cert.display(),
+        k = key.display(),
+        le = le.display()
+    ));
+    let out = bed
+        .command("enroll", &[])
+        .env("ACME_NGINX_LOG", "acme_nginx=warn")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(by_name(&json(&out), NAME)["status"], "issued");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("options-ssl-nginx.conf (certbot's) is not copied"),
+        "{stderr}"
+    );
+    assert!(!bed
+        .state
+        .path()
+        .join("certbot/options-ssl-nginx.conf")
+        .exists());
+    let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
+    assert!(conf.contains(&format!("include {}/options-ssl-nginx.conf", le.display())));
+}
