@@ -5,7 +5,6 @@
 //! validation at the CA.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Uid};
@@ -20,7 +19,7 @@ use crate::store::Store;
 pub struct ChallengeRoute {
     pub dir: PathBuf,
     /// A plain-HTTP listener of the server block, reached over loopback.
-    pub listener: SocketAddr,
+    pub listener: crate::nginx::probe::Endpoint,
     /// `file:line` of the server block, for messages.
     pub block: String,
 }

@@ -122,6 +122,10 @@ pub struct Listen {
     /// True for the `listen *:80` nginx uses when a server has none.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub implicit: bool,
+    /// `proxy_protocol`: every connection must start with a PROXY protocol header (a load
+    /// balancer in front adds it); probes over loopback send one too.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 impl Listen {
@@ -155,6 +159,7 @@ impl Listen {
             address,
             port,
             implicit: false,
+            proxy_protocol: flag("proxy_protocol"),
         })
     }
 }
@@ -448,6 +453,7 @@ fn server_block(
             ipv6: false,
             raw: "*:80".into(),
             implicit: true,
+            proxy_protocol: false,
         });
     }
     let (mut enrollable, mut skipped) = classify_names(if server_names.is_empty() {

@@ -69,6 +69,67 @@ pub fn loopback_for(listen: &Listen) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, listen.port))
 }
 
+/// Where a probe connects: an address, and whether the listener there expects a PROXY
+/// protocol header first (`listen ... proxy_protocol`, behind a load balancer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub proxy_protocol: bool,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            proxy_protocol: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.proxy_protocol {
+            write!(f, "{} (PROXY protocol)", self.addr)
+        } else {
+            write!(f, "{}", self.addr)
+        }
+    }
+}
+
+/// The loopback endpoint of a listener, with its PROXY protocol expectation.
+pub fn endpoint_for(listen: &Listen) -> Option<Endpoint> {
+    Some(Endpoint {
+        addr: loopback_for(listen)?,
+        proxy_protocol: listen.proxy_protocol,
+    })
+}
+
+/// Connects to `to`, sending the PROXY protocol v1 header a load balancer would (this
+/// connection's own addresses) when the listener expects one.
+async fn connect(to: Endpoint) -> Result<TcpStream, ProbeError> {
+    let addr = to.addr;
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ProbeError::Connect { addr, source })?;
+    if to.proxy_protocol {
+        let local = s
+            .local_addr()
+            .map_err(|source| ProbeError::Io { addr, source })?;
+        let family = if addr.is_ipv6() { "TCP6" } else { "TCP4" };
+        let header = format!(
+            "PROXY {family} {} {} {} {}\r\n",
+            local.ip(),
+            addr.ip(),
+            local.port(),
+            addr.port()
+        );
+        s.write_all(header.as_bytes())
+            .await
+            .map_err(|source| ProbeError::Io { addr, source })?;
+    }
+    Ok(s)
+}
+
 /// An HTTP answer from a probe.
 #[derive(Debug, Clone)]
 pub struct HttpAnswer {
@@ -77,11 +138,15 @@ pub struct HttpAnswer {
 }
 
 /// `GET path` with `Host: host` (bracketed when an IPv6 literal) over plain HTTP to `addr`.
-pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<HttpAnswer, ProbeError> {
+pub async fn http_get(
+    to: impl Into<Endpoint>,
+    host: &str,
+    path: &str,
+) -> Result<HttpAnswer, ProbeError> {
+    let to = to.into();
+    let addr = to.addr;
     let probe = async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|source| ProbeError::Connect { addr, source })?;
+        let mut s = connect(to).await?;
         let req = format!(
             "GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: {}\r\nConnection: close\r\n\r\n",
             host_header(host),
@@ -185,17 +250,24 @@ impl rustls::client::danger::ServerCertVerifier for CaptureAny {
 
 /// The leaf certificate (DER) nginx serves at `addr` for SNI `name`. The handshake proves the
 /// server holds the key (its signature is checked against the certificate).
-pub async fn served_certificate(addr: SocketAddr, name: &str) -> Result<Vec<u8>, ProbeError> {
-    served_leaf(addr, name, false).await
+pub async fn served_certificate(
+    at: impl Into<Endpoint>,
+    name: &str,
+) -> Result<Vec<u8>, ProbeError> {
+    served_leaf(at.into(), name, false).await
 }
 
 /// Like [`served_certificate`], offering only RSA signature schemes: the RSA certificate of a
 /// block that serves an ECDSA and an RSA one.
-pub async fn served_rsa_certificate(addr: SocketAddr, name: &str) -> Result<Vec<u8>, ProbeError> {
-    served_leaf(addr, name, true).await
+pub async fn served_rsa_certificate(
+    at: impl Into<Endpoint>,
+    name: &str,
+) -> Result<Vec<u8>, ProbeError> {
+    served_leaf(at.into(), name, true).await
 }
 
-async fn served_leaf(addr: SocketAddr, name: &str, rsa_only: bool) -> Result<Vec<u8>, ProbeError> {
+async fn served_leaf(at: Endpoint, name: &str, rsa_only: bool) -> Result<Vec<u8>, ProbeError> {
+    let addr = at.addr;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -215,9 +287,7 @@ async fn served_leaf(addr: SocketAddr, name: &str, rsa_only: bool) -> Result<Vec
             message: e.to_string(),
         })?;
     let probe = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| ProbeError::Connect { addr, source })?;
+        let tcp = connect(at).await?;
         let tls = connector
             .connect(server_name, tcp)
             .await

@@ -588,7 +588,9 @@ fn ipv6_listeners_get_https_too() {
         .unwrap();
     let v6 = rt
         .block_on(acme_nginx::nginx::probe::served_certificate(
-            format!("[::1]:{}", bed.https_port).parse().unwrap(),
+            format!("[::1]:{}", bed.https_port)
+                .parse::<std::net::SocketAddr>()
+                .unwrap(),
             "six.enroll.test",
         ))
         .unwrap();
@@ -715,7 +717,7 @@ fn a_block_serving_ecdsa_and_rsa_keeps_both_with_an_rsa_certificate_of_its_own()
         .enable_all()
         .build()
         .unwrap();
-    let addr = format!("127.0.0.1:{}", bed.https_port).parse().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", bed.https_port).parse().unwrap();
     let rsa_served = rt
         .block_on(acme_nginx::nginx::probe::served_rsa_certificate(
             addr,
@@ -1036,4 +1038,53 @@ fn a_block_that_serves_the_challenge_is_enrolled_with_one_reload() {
     let out = bed.cmd("enroll", &[]);
     assert_exit(&out, 0);
     assert_eq!(hups() - before, 1, "reloads in one enroll");
+}
+
+/// A port-80 listener behind a load balancer that speaks the PROXY protocol
+/// (`listen ... proxy_protocol`; haproxy with `send-proxy` in front, on the port the CA
+/// validates on): the preflight through nginx sends a PROXY header too, so the name is proven
+/// and issued as the CA sees it through the balancer, and the TLS proof works the same way.
+#[test]
+fn a_proxy_protocol_listener_is_probed_as_the_balancer_reaches_it() {
+    use std::process::{Command, Stdio};
+    let (port, front) = (crate::util::free_port(), crate::util::free_port());
+    let bed = Bed::start_with(
+        port,
+        "server {\n    listen 127.0.0.1:{port} proxy_protocol;\n    server_name pp.enroll.test;\n    \
+         location / { return 200 \"behind\\n\"; }\n}\n",
+        |mut o| {
+            o.http_port = front;
+            o
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend fe\n  bind 127.0.0.1:{front}\n  default_backend nginx\n\
+             backend nginx\n  server n 127.0.0.1:{port} send-proxy\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("haproxy.log");
+    let mut child = Command::new(crate::util::bin("haproxy"))
+        .args(["-db", "-f"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    crate::util::wait_for_port(front, &mut child, "haproxy", &log);
+    let _balancer = crate::util::ChildGuard(child);
+    // nginx's own port is where acme-nginx finds the block (the balancer has the public one).
+    let out = bed.cmd("enroll", &["--http-port", &port.to_string()]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        crate::util::by_name(&json(&out), "pp.enroll.test")["status"],
+        "issued",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

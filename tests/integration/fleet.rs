@@ -162,7 +162,7 @@ fn records_without_the_fleet_key_are_ignored_and_reported() {
             .enable_all()
             .build()
             .unwrap();
-        let addr = format!("127.0.0.1:{}", bed.nodes[i].nginx.port)
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", bed.nodes[i].nginx.port)
             .parse()
             .unwrap();
         let answer = rt

@@ -380,7 +380,7 @@ fn run_layout(name: &str, layout: &Layout, nginx_bin: &Path) -> (Vec<String>, bo
             .enable_all()
             .build()
             .unwrap();
-        let addr = format!("127.0.0.1:{}", ports.https).parse().unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", ports.https).parse().unwrap();
         let served = rt.block_on(acme_nginx::nginx::probe::served_certificate(addr, n));
         let leaf = fs::read(&live)
             .ok()

@@ -129,7 +129,7 @@ fn watch_enrolls_new_blocks_and_stops_on_sigterm() {
         .enable_all()
         .build()
         .unwrap();
-    let addr = format!("127.0.0.1:{https}").parse().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
     wait_for(
         "nginx to serve the new site's certificate",
         Duration::from_secs(30),

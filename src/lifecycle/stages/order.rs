@@ -19,7 +19,7 @@ use crate::lifecycle::outcome::{chain_text, Failure, Outcome, Status};
 use crate::lifecycle::plan::{self, Plan};
 use crate::lifecycle::Error;
 use crate::nginx::discovery::{Identity, Scan};
-use crate::nginx::probe::loopback_for;
+use crate::nginx::probe::endpoint_for;
 use crate::store::Store;
 
 /// A certificate obtained in this run, waiting to be installed.
@@ -266,7 +266,7 @@ fn webroot_solver(
         .listen
         .iter()
         .filter(|l| !l.ssl && l.port == env.settings.http_port)
-        .find_map(loopback_for)
+        .find_map(endpoint_for)
         .ok_or_else(|| {
             Failure::transient(format!(
                 "{}: no plain-HTTP listener reachable over loopback",

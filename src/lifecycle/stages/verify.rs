@@ -5,7 +5,7 @@ use crate::lifecycle::env::Env;
 use crate::lifecycle::lineage::live_cert;
 use crate::lifecycle::plan::Plan;
 use crate::nginx::discovery::Scan;
-use crate::nginx::probe::{loopback_for, served_certificate, served_rsa_certificate, ProbeError};
+use crate::nginx::probe::{endpoint_for, served_certificate, served_rsa_certificate, ProbeError};
 use crate::store;
 
 /// How long an old certificate may still be served right after a reload (an old worker that is
@@ -67,16 +67,17 @@ pub(crate) async fn verify(
     let probe_name = plan.probe_name();
     for server in plan.blocks.iter().filter_map(|&i| scan.servers.get(i)) {
         for l in server.listen.iter().filter(|l| l.ssl) {
-            let Some(addr) = loopback_for(l) else {
+            let Some(at) = endpoint_for(l) else {
                 continue;
             };
+            let addr = at.addr;
             // An old worker that has begun shutting down may still hold its listening socket
             // for a moment: another certificate counts only after VERIFY_SETTLE.
             let deadline = tokio::time::Instant::now() + VERIFY_SETTLE;
             loop {
                 let served = match plan.variant {
-                    Some(_) => served_rsa_certificate(addr, &probe_name).await?,
-                    None => served_certificate(addr, &probe_name).await?,
+                    Some(_) => served_rsa_certificate(at, &probe_name).await?,
+                    None => served_certificate(at, &probe_name).await?,
                 };
                 if served == leaf {
                     break;

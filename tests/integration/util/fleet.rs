@@ -241,7 +241,7 @@ impl FleetBed {
             .enable_all()
             .build()
             .unwrap();
-        let addr = format!("127.0.0.1:{}", self.nodes[i].https_port)
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.nodes[i].https_port)
             .parse()
             .unwrap();
         rt.block_on(acme_nginx::nginx::probe::served_certificate(addr, name))

@@ -774,7 +774,7 @@ impl Bed {
             .enable_all()
             .build()
             .unwrap();
-        let addr = format!("127.0.0.1:{}", self.https_port).parse().unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.https_port).parse().unwrap();
         rt.block_on(acme_nginx::nginx::probe::served_certificate(addr, name))
             .unwrap()
     }
@@ -785,7 +785,7 @@ impl Bed {
             .enable_all()
             .build()
             .unwrap();
-        let addr = format!("127.0.0.1:{}", self.https_port).parse().unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.https_port).parse().unwrap();
         rt.block_on(acme_nginx::nginx::probe::served_certificate(addr, name))
             .ok()
     }
