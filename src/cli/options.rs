@@ -91,6 +91,12 @@ pub struct Options {
     #[arg(long, help_heading = "nginx")]
     #[serde(skip)]
     pub take_over: bool,
+    /// For a name nginx answers only over HTTPS, add a marked port-80 server block after its
+    /// block (challenges answered, everything else redirected to HTTPS), tested by nginx -t
+    /// like any edit.
+    #[arg(long, help_heading = "nginx")]
+    #[serde(default)]
+    pub http_route: bool,
     /// The challenge snippet included into blocks that serve no challenge directory
     /// [default: /etc/acme-nginx/nginx/acme-challenge.conf].
     #[arg(long, value_name = "FILE", help_heading = "nginx")]
@@ -688,7 +694,7 @@ impl Options {
             nginx_dump, http_port, https_port, challenge_snippet, challenge_dir, email, eab_kid,
             eab_hmac_key, eab_hmac_key_file, key_type, profile, preferred_chain, concurrency, pre_hook, post_hook,
             deploy_hook, hooks_dir, challenge, http_dav, http_dav_user, http_dav_password_file;
-            redirect, agree_tos, reuse_key, take_over)
+            redirect, agree_tos, reuse_key, take_over, http_route)
     }
 
     /// Reads the configuration file. A missing default file is an empty configuration; a
@@ -780,6 +786,7 @@ impl Options {
             https_port: o.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
             redirect: o.redirect,
             take_over: o.take_over,
+            http_route: o.http_route,
             hooks: Hooks {
                 pre: o.pre_hook,
                 post: o.post_hook,

@@ -241,6 +241,9 @@ pub struct Plan {
     pub variant: Option<KeyType>,
     /// How each name is proven.
     pub methods: BTreeMap<String, Method>,
+    /// nginx answers the names on no plain-HTTP port: a port-80 route (`--http-route`) would
+    /// let http-01 through.
+    pub needs_http_route: bool,
 }
 
 /// What a lineage of the RSA certificate of a hybrid block adds to its primary name (a name
@@ -384,6 +387,7 @@ pub fn plans(
                 left_out: Vec::new(),
                 variant: None,
                 methods: BTreeMap::new(),
+                needs_http_route: false,
             }
         });
         plan.left_out.extend(left_out);
@@ -441,8 +445,9 @@ pub fn plans(
             .iter()
             .any(|&i| scan.servers[i].ssl_certificates.len() >= 2);
         if plan.challenge_block.is_none() && plan.uses_webroot() {
+            plan.needs_http_route = true;
             plan.error = Some(format!(
-                "nginx answers {} on no plain-HTTP port {http_port}, where the CA validates http-01: add `listen {http_port};` to the server block at {}",
+                "nginx answers {} on no plain-HTTP port {http_port}, where the CA validates http-01: add `listen {http_port};` to the server block at {}, or run enroll with --http-route to have acme-nginx add a port-{http_port} block for it (challenges answered, the rest redirected to HTTPS)",
                 plan.primary,
                 plan.block_locations.first().cloned().unwrap_or_default()
             ));

@@ -126,9 +126,17 @@ impl Session {
         scan: Scan,
         plans: Vec<Plan>,
     ) -> Result<Vec<Outcome>, Error> {
-        if plans.iter().any(|p| p.error.is_none()) {
+        let routed = self.env.settings.http_route
+            && self.env.mode.edits_nginx()
+            && plans.iter().any(|p| p.needs_http_route);
+        if plans.iter().any(|p| p.error.is_none()) || routed {
             prepare::check_nginx(&self.env, &cfg, &scan).await?;
         }
+        let (cfg, scan, plans) = if routed {
+            self.with_http_routes(cfg, scan, plans).await?
+        } else {
+            (cfg, scan, plans)
+        };
         prepare::remove_leftover_records(&self.env).await;
         self.env.coordinator.sync(&self.env.store).await?;
         let unfinished = self.env.coordinator.unfinished().await?;
@@ -190,6 +198,36 @@ impl Session {
             outcomes.extend(self.execute(cfg, scan, to_order, install_only).await?);
         }
         Ok(outcomes)
+    }
+
+    /// Adds the port-80 blocks `--http-route` asks for, then reads the configuration and
+    /// plans again (the names now have a challenge block); a refusal fails those plans with
+    /// nginx's words.
+    async fn with_http_routes(
+        &self,
+        cfg: Config,
+        scan: Scan,
+        mut plans: Vec<Plan>,
+    ) -> Result<(Config, Scan, Vec<Plan>), Error> {
+        match prepare::add_http_routes(&self.env, &cfg, &scan, &plans).await? {
+            Ok(true) => {
+                let wanted: Vec<String> = if plans.iter().any(|p| p.named) {
+                    plans.iter().flat_map(|p| p.names.iter().cloned()).collect()
+                } else {
+                    Vec::new()
+                };
+                let (cfg, scan) = self.env.reread()?;
+                let plans = self.env.plans(&scan, &wanted)?;
+                Ok((cfg, scan, plans))
+            }
+            Ok(false) => Ok((cfg, scan, plans)),
+            Err(why) => {
+                for p in plans.iter_mut().filter(|p| p.needs_http_route) {
+                    p.error = Some(why.clone());
+                }
+                Ok((cfg, scan, plans))
+            }
+        }
     }
 
     /// Orders, installs and deploys, between the pre-hook (only when something is ordered) and

@@ -75,6 +75,8 @@ pub struct Settings {
     /// Named blocks whose certificate another mechanism picks are taken over (see
     /// [`crate::nginx::discovery::ServerBlock::managed_elsewhere`]).
     pub take_over: bool,
+    /// A name nginx answers only over HTTPS gets a marked port-80 block (`--http-route`).
+    pub http_route: bool,
     pub hooks: Hooks,
     /// The challenge snippet included into blocks that serve no challenge directory.
     pub snippet: PathBuf,
@@ -123,6 +125,7 @@ impl Settings {
             https_port: DEFAULT_HTTPS_PORT,
             redirect: false,
             take_over: false,
+            http_route: false,
             hooks: Hooks {
                 dir: Some(DEFAULT_HOOKS_DIR.into()),
                 ..Hooks::default()

@@ -1088,3 +1088,70 @@ fn a_proxy_protocol_listener_is_probed_as_the_balancer_reaches_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A name nginx answers only over HTTPS, with `--http-route`: acme-nginx adds a marked port-80
+/// block after it (challenges answered, the rest redirected to HTTPS), tested and reloaded
+/// before the order; the name is issued, plain HTTP redirects, a second run changes nothing.
+#[test]
+fn http_route_gives_a_443_only_site_its_port_80_block() {
+    let pre = tempfile::tempdir().unwrap();
+    let (_, cert, key) = crate::util::make_tls_cert(pre.path(), &["route.enroll.test"]);
+    // The CA validates on a port nginx does not listen on yet.
+    let validation = crate::util::free_port();
+    let bed = Bed::start_with(
+        crate::util::free_port(),
+        &format!(
+            "server {{\n    listen 127.0.0.1:{{port}};\n    server_name other.enroll.test;\n}}\n\
+             server {{\n    listen 127.0.0.1:{{https}} ssl;\n    server_name route.enroll.test;\n    \
+             ssl_certificate {};\n    ssl_certificate_key {};\n    location / {{ return 200 \"tls\\n\"; }}\n}}\n",
+            cert.display(),
+            key.display()
+        ),
+        |mut o| {
+            o.http_port = validation;
+            o
+        },
+    );
+    let out = bed.cmd("enroll", &["route.enroll.test"]);
+    assert_exit(&out, 1);
+    let reason = crate::util::by_name(&json(&out), "route.enroll.test")["reason"].to_string();
+    assert!(reason.contains("--http-route"), "{reason}");
+
+    let out = bed.cmd("enroll", &["route.enroll.test", "--http-route"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        crate::util::by_name(&json(&out), "route.enroll.test")["status"],
+        "issued",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
+    assert!(
+        conf.contains(&format!("listen 127.0.0.1:{validation}; {MARK}")),
+        "{conf}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = rt
+        .block_on(acme_nginx::nginx::probe::http_get(
+            std::net::SocketAddr::from(([127, 0, 0, 1], validation)),
+            "route.enroll.test",
+            "/",
+        ))
+        .unwrap();
+    assert_eq!(answer.status, 301);
+    assert_eq!(
+        leaf(&bed.live("route.enroll.test").join("fullchain.pem")),
+        bed.served("route.enroll.test")
+    );
+    let before = fs::read_to_string(&bed.nginx.conf).unwrap();
+    let out = bed.cmd("enroll", &["route.enroll.test", "--http-route"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        crate::util::by_name(&json(&out), "route.enroll.test")["status"],
+        "up-to-date"
+    );
+    assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), before);
+}

@@ -56,6 +56,99 @@ pub(crate) async fn check_nginx(env: &Env, cfg: &Config, scan: &Scan) -> Result<
     Ok(())
 }
 
+/// For plans whose names nginx answers on no plain-HTTP port (`--http-route`): a marked
+/// server block right after the (first) HTTPS block, listening on the HTTP port at the same
+/// addresses, answering challenges through the snippet and redirecting everything else to
+/// HTTPS; one change transaction (`nginx -t`, reload). Returns whether anything was added;
+/// the caller reads the configuration and plans again. A refusal is returned as nginx's words.
+pub(crate) async fn add_http_routes(
+    env: &Env,
+    cfg: &Config,
+    scan: &Scan,
+    plans: &[Plan],
+) -> Result<Result<bool, String>, Error> {
+    let port = env.settings.http_port;
+    let mut change = Change::default();
+    for plan in plans.iter().filter(|p| p.needs_http_route) {
+        let Some(block) = plan.blocks.first().map(|&b| &scan.servers[b]) else {
+            continue;
+        };
+        let mut addresses: Vec<String> = Vec::new();
+        for l in block
+            .listen
+            .iter()
+            .filter(|l| l.ssl && !l.address.starts_with("unix:"))
+        {
+            let a = match l.address.as_str() {
+                "*" | "0.0.0.0" => port.to_string(),
+                a => format!("{a}:{port}"),
+            };
+            if !addresses.contains(&a) {
+                addresses.push(a);
+            }
+        }
+        if addresses.is_empty() {
+            addresses.push(port.to_string());
+        }
+        let text = &cfg.files[block.file_id].text;
+        let line_start = text[..block.span.0]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let indent: String = text[line_start..block.span.0]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .map(|&b| b as char)
+            .collect();
+        let mark = edit::MARK;
+        let mut lines = vec![format!("server {{ {mark}")];
+        lines.extend(addresses.iter().map(|a| format!("    listen {a}; {mark}")));
+        lines.push(format!("    server_name {}; {mark}", plan.names.join(" ")));
+        lines.push(format!(
+            "    include {}; {mark}",
+            env.settings.snippet.display()
+        ));
+        let https = match env.settings.https_port {
+            443 => String::new(),
+            p => format!(":{p}"),
+        };
+        lines.push(format!(
+            "    location / {{ return 301 https://$host{https}$request_uri; }} {mark}"
+        ));
+        lines.push(format!("}} {mark}"));
+        let body: String = lines.iter().map(|l| format!("\n{indent}{l}")).collect();
+        change.edits.push(edit::Edit {
+            file: block.file_id,
+            start: block.span.1,
+            end: block.span.1,
+            text: body,
+        });
+    }
+    if change.edits.is_empty() {
+        return Ok(Ok(false));
+    }
+    if env.settings.snippet.symlink_metadata().is_err() {
+        change.new_files.push(NewFile {
+            path: env.settings.snippet.clone(),
+            contents: snippet_text(&env.settings.challenge_dir).into_bytes(),
+            mode: crate::fsutil::PUBLIC_MODE,
+        });
+    }
+    crate::fsutil::create_dir_all_mode(&env.settings.challenge_dir, 0o755).map_err(Error::io(
+        format!("create {}", env.settings.challenge_dir.display()),
+    ))?;
+    let ctl = env.settings.nginx.ctl(cfg, scan)?;
+    let backups = transaction::new_backup_dir(&env.store.backups_dir());
+    match transaction::commit(&ctl, cfg, &change, &backups, true).await {
+        Ok(_) => Ok(Ok(true)),
+        Err(e @ ChangeError::Rejected { .. }) if e.restore_failure().is_none() => Ok(Err(format!(
+            "the port-{port} block --http-route adds was refused by nginx -t: {}",
+            e.nginx_message().unwrap_or_default()
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `file:line` nginx names after "in" in its refusal, if any.
 fn quic_listener(text: &str) -> Option<&str> {
     let (_, after) = text.split_once("directive in ")?;
