@@ -160,7 +160,23 @@ impl Session {
                 pending: self.env.pending_install(&plan, &meta).is_some(),
                 unfinished: unfinished.iter().any(|(n, _)| *n == plan.lineage()),
             };
-            match triage(&plan, facts, now) {
+            let verdict = triage(&plan, facts, now);
+            if let (Verdict::Order, true, Some(until)) = (
+                &verdict,
+                plan.named,
+                meta.renewal.backoff_until().filter(|u| *u > now),
+            ) {
+                tracing::warn!(
+                    "{}: tried because it was named, although it is backing off after {} failure(s) in a row (last: {}; next attempt otherwise {})",
+                    plan.lineage(),
+                    meta.renewal.failures,
+                    meta.renewal.last_error.as_deref().unwrap_or("-"),
+                    until
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default()
+                );
+            }
+            match verdict {
                 Verdict::Skip(why) => {
                     let mut o = self.env.outcome(&plan, Status::Skipped);
                     o.reason = Some(why);
