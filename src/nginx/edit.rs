@@ -269,19 +269,23 @@ pub fn install_edits(
         if !inside.iter().any(|d| is_cert(d)) {
             continue;
         }
-        if let Some(block_dir) = inside.iter().find(|d| d.block.is_some()) {
-            return Err(EditRefused(format!(
-                "{}: ssl_certificate comes from {}, which also holds a {} block; point it at {} by hand",
-                block.location(),
-                cfg.files[block_dir.file].path.display(),
-                block_dir.name,
-                fullchain
-            )));
-        }
+        // Each file the include stands for: the one(s) carrying the certificate are written
+        // in its place (everything but the certificate lines, blocks included, each line
+        // marked); the others stay included one by one, so a glob's other files and the
+        // shared file itself are untouched.
         let mut lines = vec![format!("# {} {};", inc.name, inc.args.join(" "))];
-        for d in inside.iter().filter(|d| !is_cert(d)) {
-            let src = &cfg.files[d.file].text;
-            lines.push(String::from_utf8_lossy(&src[d.start..d.end]).into_owned());
+        for &f in inc.includes.iter() {
+            let file = &cfg.files[f];
+            let own_directives = cfg.expanded(&file.directives);
+            if !own_directives.iter().any(|d| is_cert(d)) {
+                lines.push(format!("include {};", file.path.display()));
+                continue;
+            }
+            for d in own_directives.iter().filter(|d| !is_cert(d)) {
+                let src = &cfg.files[d.file].text;
+                let written = String::from_utf8_lossy(&src[d.start..d.end]).into_owned();
+                lines.extend(written.lines().map(str::to_owned));
+            }
         }
         let end = end_of_trailing_comment(text, inc.end);
         let rendered: Vec<String> = lines.iter().map(|l| format!("{l} {MARK}")).collect();

@@ -1155,3 +1155,63 @@ fn http_route_gives_a_443_only_site_its_port_80_block() {
     );
     assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), before);
 }
+
+/// The certificate comes from one file of a glob include that also holds locations (a shared
+/// TLS-plus-locations snippet): in this block only, the include is split into one include per
+/// file, the certificate's file written in place without its certificate lines (its locations
+/// kept), all marked; the other files stay included, nothing else changes, and `remove` gives
+/// the file back byte for byte.
+#[test]
+fn a_glob_include_carrying_the_certificate_is_split_in_this_block_only() {
+    let shared = tempfile::tempdir().unwrap();
+    let (_, cert, key) = crate::util::make_tls_cert(shared.path(), &["glob.enroll.test"]);
+    let snippets = shared.path().join("snippets");
+    fs::create_dir(&snippets).unwrap();
+    fs::write(
+        snippets.join("a-tls.conf"),
+        format!(
+            "ssl_certificate {};\nssl_certificate_key {};\nlocation /a {{\n    return 200 \"a\\n\";\n}}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        snippets.join("b.conf"),
+        "location /b { return 200 \"b\\n\"; }\n",
+    )
+    .unwrap();
+    let bed = Bed::start(&format!(
+        "server {{\n    listen 127.0.0.1:{{port}};\n    listen 127.0.0.1:{{https}} ssl;\n    \
+         server_name glob.enroll.test;\n    include {}/*.conf;\n}}\n",
+        snippets.display()
+    ));
+    let original = fs::read_to_string(&bed.nginx.conf).unwrap();
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        crate::util::by_name(&json(&out), "glob.enroll.test")["status"],
+        "issued",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
+    assert!(
+        conf.contains(&format!("include {}/b.conf; {MARK}", snippets.display())),
+        "{conf}"
+    );
+    assert!(conf.contains(&format!("location /a {{ {MARK}")), "{conf}");
+    assert_eq!(bed.nginx.get("glob.enroll.test", "/a"), (200, "a\n".into()));
+    assert_eq!(bed.nginx.get("glob.enroll.test", "/b"), (200, "b\n".into()));
+    assert_eq!(
+        leaf(&bed.live("glob.enroll.test").join("fullchain.pem")),
+        bed.served("glob.enroll.test")
+    );
+    // The shared files are untouched.
+    assert!(fs::read_to_string(snippets.join("a-tls.conf"))
+        .unwrap()
+        .contains("ssl_certificate "));
+    let out = bed.cmd("remove", &["glob.enroll.test"]);
+    assert_exit(&out, 0);
+    assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), original);
+}
