@@ -262,3 +262,113 @@ fn a_site_file_swapped_for_a_link_while_it_is_edited_never_gets_root_files_chown
     );
     assert_eq!(fs::read_to_string(&victim).unwrap(), "root only\n");
 }
+
+/// Every kind of secret file acme-nginx reads at start (the EAB key, etcd's password and
+/// client key, the fleet key), written three wrong ways (readable by others, a symbolic link
+/// to a good file, owned by another user): each refused, the message naming the file and the
+/// fix, the secret itself never shown. The same file written right is accepted.
+#[test]
+fn secret_files_of_every_kind_are_checked_before_use() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // chown to another user needs root
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMg==";
+    let good = d.join("good");
+    crate::util::write_secret(&good, secret);
+    let cert = d.join("client.pem");
+    fs::write(&cert, "not read: the key is refused first\n").unwrap();
+    let kinds: Vec<(&str, Vec<String>)> = vec![
+        (
+            "--eab-hmac-key-file",
+            vec!["enroll".into(), "--eab-kid".into(), "kid".into()],
+        ),
+        (
+            "--etcd-password-file",
+            vec![
+                "status".into(),
+                "--fleet".into(),
+                "--etcd".into(),
+                "http://127.0.0.1:1".into(),
+                "--node".into(),
+                "n1".into(),
+                "--etcd-user".into(),
+                "u".into(),
+                "--fleet-key-file".into(),
+                good.display().to_string(),
+            ],
+        ),
+        (
+            "--etcd-key-file",
+            vec![
+                "status".into(),
+                "--fleet".into(),
+                "--etcd".into(),
+                "http://127.0.0.1:1".into(),
+                "--node".into(),
+                "n1".into(),
+                "--etcd-cert-file".into(),
+                cert.display().to_string(),
+                "--fleet-key-file".into(),
+                good.display().to_string(),
+            ],
+        ),
+        (
+            "--fleet-key-file",
+            vec![
+                "status".into(),
+                "--fleet".into(),
+                "--etcd".into(),
+                "http://127.0.0.1:1".into(),
+                "--node".into(),
+                "n1".into(),
+            ],
+        ),
+    ];
+    for (flag, command) in kinds {
+        for (how, expected) in [
+            ("readable", "chmod 600"),
+            ("link", "symbolic link"),
+            ("theirs", "chown root"),
+        ] {
+            let path = d.join(format!("{}-{how}", flag.trim_start_matches('-')));
+            match how {
+                "readable" => {
+                    fs::write(&path, secret).unwrap();
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+                }
+                "link" => std::os::unix::fs::symlink(&good, &path).unwrap(),
+                _ => {
+                    crate::util::write_secret(&path, secret);
+                    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None)
+                        .unwrap();
+                }
+            }
+            let out = crate::util::acme_nginx_cmd()
+                .args(&command)
+                .arg(flag)
+                .arg(&path)
+                .args(["--state-dir"])
+                .arg(d.join("state"))
+                .args([
+                    "--config-file",
+                    "/dev/null",
+                    "--nginx-conf",
+                    "/nonexistent/nginx.conf",
+                ])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{flag} {how}: {stderr}");
+            assert!(
+                stderr.contains(&path.display().to_string()) && stderr.contains(expected),
+                "{flag} {how}: {stderr}"
+            );
+            assert!(
+                !stderr.contains(secret),
+                "{flag} {how} shows the secret: {stderr}"
+            );
+        }
+    }
+}

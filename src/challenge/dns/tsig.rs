@@ -196,6 +196,26 @@ fn tokens(text: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// A key file others can read (or a link, or another user's) is refused as a secret
+    /// file, naming it; the same text with mode 0600 is read.
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tsig.key");
+        let text = "key \"acme-update\" { algorithm hmac-sha256; secret \"AAEC\"; };\n";
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = TsigKey::read(&path).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(TsigKey::read(&path).is_ok());
+    }
+
     #[test]
     fn tsig_keygen_output_parses() {
         // `tsig-keygen -a hmac-sha512 acme-update` (BIND 9.18), secret shortened.
