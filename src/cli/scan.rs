@@ -33,6 +33,7 @@ struct Servers<'a> {
     proving: &'a Proving<'a>,
     /// Per block (same order), the names an exclude pattern left out, with the pattern.
     excluded: Vec<Vec<(String, String)>>,
+    owners: std::cell::RefCell<Owners>,
 }
 
 /// One server block as `scan --json` shows it.
@@ -50,16 +51,35 @@ struct ServerOut<'a> {
     file_owner: Option<String>,
 }
 
-/// The user name (or uid) owning `path`.
-fn owner_of(path: &std::path::Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let uid = std::fs::metadata(path).ok()?.uid();
-    Some(
-        nix::unistd::User::from_uid(uid.into())
-            .ok()
-            .flatten()
-            .map_or_else(|| uid.to_string(), |u| u.name),
-    )
+/// The user name (or uid) owning each configuration file, looked up once per file and once
+/// per user (a tree of 10,000 blocks has far fewer files and owners).
+#[derive(Default)]
+struct Owners {
+    files: std::collections::HashMap<std::path::PathBuf, Option<String>>,
+    users: std::collections::HashMap<u32, String>,
+}
+
+impl Owners {
+    fn of(&mut self, path: &std::path::Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt as _;
+        if let Some(known) = self.files.get(path) {
+            return known.clone();
+        }
+        let owner = std::fs::metadata(path).ok().map(|m| {
+            let uid = m.uid();
+            self.users
+                .entry(uid)
+                .or_insert_with(|| {
+                    nix::unistd::User::from_uid(uid.into())
+                        .ok()
+                        .flatten()
+                        .map_or_else(|| uid.to_string(), |u| u.name)
+                })
+                .clone()
+        });
+        self.files.insert(path.to_path_buf(), owner.clone());
+        owner
+    }
 }
 
 /// Names and one value each, written as a JSON object in order.
@@ -89,7 +109,7 @@ impl Serialize for Servers<'_> {
                 challenges: NameMap(challenges),
                 excluded: NameMap(excluded.clone()),
                 dns_refused: NameMap(self.proving.dns_refused(block)),
-                file_owner: owner_of(&block.file),
+                file_owner: self.owners.borrow_mut().of(&block.file),
             }
         }))
     }
@@ -126,6 +146,7 @@ pub fn run(ctx: &Context, args: ScanArgs) -> CmdResult {
                 scan: &scan,
                 proving: &proving,
                 excluded,
+                owners: Default::default(),
             },
             warnings: &scan.warnings,
         };
