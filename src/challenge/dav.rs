@@ -172,3 +172,29 @@ impl ChallengeSolver for DavSolver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The WebDAV password is read as a secret: a file others can read is refused, naming it.
+    #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dav-password");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = DavConfig {
+            url: "http://127.0.0.1:1/dav".into(),
+            user: Some("acme".into()),
+            password_file: Some(path.clone()),
+        };
+        let err = DavSolver::new(&config, Resolver::system(), 80).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert!(!format!("{err:?}").contains("s3cret"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let solver = DavSolver::new(&config, Resolver::system(), 80).unwrap();
+        assert!(!format!("{solver:?}").contains("s3cret"), "{solver:?}");
+    }
+}

@@ -393,3 +393,34 @@ impl ChallengeSolver for DnsSolver<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The PowerDNS API key is read as a secret: a file others can read is refused before any
+    /// request, naming it; the key never shows in the solver's Debug output.
+    #[tokio::test]
+    async fn an_api_key_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pdns-key");
+        std::fs::write(&path, "k3y-value\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = DnsConfig {
+            provider: ProviderConfig::PowerDns {
+                api_url: "http://127.0.0.1:1".into(),
+                api_key_file: path.clone(),
+            },
+            zone: None,
+            delegation_zones: Vec::new(),
+            resolver: None,
+            propagation_timeout: Duration::from_secs(1),
+        };
+        let err = Dns::new(&config).await.unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let dns = Dns::new(&config).await.unwrap();
+        assert!(!format!("{dns:?}").contains("k3y-value"), "{dns:?}");
+    }
+}
