@@ -467,7 +467,8 @@ pub struct DnsOptions {
     /// can write, and the names `[challenges]` lists.
     #[arg(
         id = "dns_allow_zone",
-        long = "dns-allow-zone",
+        long = "dns-zones",
+        visible_alias = "dns-allow-zone",
         value_name = "ZONE",
         help_heading = "DNS"
     )]
@@ -478,7 +479,8 @@ pub struct DnsOptions {
     /// name whose first label is `_acme-challenge`.
     #[arg(
         id = "dns_delegation_zone",
-        long = "dns-delegation-zone",
+        long = "dns-delegation-zones",
+        visible_alias = "dns-delegation-zone",
         value_name = "ZONE",
         help_heading = "DNS"
     )]
