@@ -152,8 +152,20 @@ fn files_under(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
+/// nginx's prefix in the re-rooted tree (Debian's is /usr/share/nginx): where a block with no
+/// `root` serves `html` from, as acme-nginx is told with --nginx-prefix.
+fn prefix_of(conf: &Path) -> PathBuf {
+    conf.parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(|root| root.join("usr/share/nginx"))
+        .unwrap()
+}
+
 fn nginx_t(nginx_bin: &Path, conf: &Path) -> (bool, String) {
     let out = Command::new(nginx_bin)
+        .arg("-p")
+        .arg(prefix_of(conf))
         .arg("-c")
         .arg(conf)
         .args(["-t", "-q"])
@@ -244,8 +256,9 @@ fn run_layout(name: &str, layout: &Layout, nginx_bin: &Path) -> (Vec<String>, bo
             cfg.walk(|d, _| {
                 if d.name == "ssl_certificate" || d.name == "ssl_certificate_key" {
                     if let Some(a) = d.args.first() {
-                        let p = PathBuf::from(a.as_str());
-                        if p.is_absolute() && !p.exists() {
+                        // A relative path is relative to the configuration's directory.
+                        let p = root.join("etc/nginx").join(a.as_str());
+                        if !a.contains('$') && !p.exists() {
                             wanted.push((p, PathBuf::from(d.name.as_str())));
                         }
                     }
@@ -293,6 +306,8 @@ fn run_layout(name: &str, layout: &Layout, nginx_bin: &Path) -> (Vec<String>, bo
     if ok_before {
         let child = Command::new(nginx_bin)
             .process_group(0)
+            .arg("-p")
+            .arg(prefix_of(&conf))
             .arg("-c")
             .arg(&conf)
             .args(["-g", "daemon off;"])
