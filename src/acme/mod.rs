@@ -36,7 +36,9 @@ pub use client::{tls_config, Client, ClientConfig, USER_AGENT};
 pub use error::Error;
 pub use jws::{b64, decode_b64, is_valid_token, key_authorization, thumbprint};
 pub use key::{KeyPair, KeyType, UnknownKeyType};
-pub use order::{split_pem, CertificateChain, OrderHandle, OrderOptions, REPLACES_RETRY_WAIT};
+pub use order::{
+    split_pem, CertificateChain, OrderHandle, OrderOptions, REPLACES_RETRIES, REPLACES_RETRY_WAIT,
+};
 pub use solver::{ChallengeSolver, PendingChallenge, SolverError};
 pub use types::{
     escape_controls, is_valid_dns_name, AccountResource, AccountStatus, ChallengeType, Identifier,

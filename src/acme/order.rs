@@ -177,9 +177,10 @@ impl Account {
 
     /// Places the order for `names` (with the options' profile and `replaces`). An order the
     /// CA refuses because of `replaces` is placed again without it; one the CA failed on
-    /// (a 5xx problem) while looking up what it replaces is tried once more after
-    /// [`REPLACES_RETRY_WAIT`] (a CA may not have indexed a certificate it issued a moment
-    /// ago; pebble has that race), then without `replaces`.
+    /// (a 5xx problem) while looking up what it replaces is tried [`REPLACES_RETRIES`] more
+    /// times, after [`REPLACES_RETRY_WAIT`] and then twice as long each time (a CA may not have
+    /// indexed a certificate it issued a moment ago; pebble has that race), then without
+    /// `replaces`.
     pub async fn create_order(
         &self,
         names: &[String],
@@ -193,17 +194,24 @@ impl Account {
                 opts.replaces.clone(),
             )
         };
-        let first = match place().await {
-            Err(e) if opts.replaces.is_some() && server_failed(&e) => {
-                tracing::warn!(
-                    "the CA failed on an order with `replaces` ({e}); trying again in {} ms",
-                    REPLACES_RETRY_WAIT.as_millis()
-                );
-                tokio::time::sleep(REPLACES_RETRY_WAIT).await;
-                place().await
+        // A CA that has not indexed the replaced certificate yet answers 5xx: asked again,
+        // after REPLACES_RETRY_WAIT and then twice that, before `replaces` is dropped.
+        let mut first = place().await;
+        let mut wait = REPLACES_RETRY_WAIT;
+        for _ in 0..REPLACES_RETRIES {
+            match &first {
+                Err(e) if opts.replaces.is_some() && server_failed(e) => {
+                    tracing::warn!(
+                        "the CA failed on an order with `replaces` ({e}); trying again in {} ms",
+                        wait.as_millis()
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    first = place().await;
+                }
+                _ => break,
             }
-            other => other,
-        };
+        }
         let order = match first {
             Err(e) if opts.replaces.is_some() && (refusal_of_replaces(&e) || server_failed(&e)) => {
                 tracing::warn!("the CA refused `replaces` ({e}); ordering without it");
@@ -285,6 +293,9 @@ impl OrderHandle {
 
 /// How long before an order the CA failed on (5xx) while handling `replaces` is placed again.
 pub const REPLACES_RETRY_WAIT: Duration = Duration::from_secs(1);
+/// How many times an order with `replaces` the CA failed on (5xx) is placed again, the wait
+/// doubling each time, before it is placed without `replaces`.
+pub const REPLACES_RETRIES: usize = 2;
 
 /// True when the CA answered with a server-side problem (HTTP 5xx).
 fn server_failed(e: &Error) -> bool {
