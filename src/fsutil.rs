@@ -145,7 +145,14 @@ pub fn read_regular_limited(path: &Path) -> io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)?;
-    if !f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    read_regular(f, &meta, path)
+}
+
+/// The bytes of an opened file that must be a regular file of at most [`MAX_SMALL_FILE`]
+/// bytes (`meta` is its own metadata; `path` names it in errors).
+fn read_regular(f: File, meta: &fs::Metadata, path: &Path) -> io::Result<Vec<u8>> {
+    if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a regular file", path.display()),
@@ -156,7 +163,7 @@ pub fn read_regular_limited(path: &Path) -> io::Result<Vec<u8>> {
     if buf.len() as u64 > MAX_SMALL_FILE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("larger than {MAX_SMALL_FILE} bytes"),
+            format!("{} is larger than {MAX_SMALL_FILE} bytes", path.display()),
         ));
     }
     Ok(buf)
@@ -194,20 +201,7 @@ pub fn read_for_copy(path: &Path) -> io::Result<(Vec<u8>, u32)> {
     })?;
     let f = File::from(fd);
     let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    let mut buf = Vec::new();
-    f.take(MAX_SMALL_FILE + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_SMALL_FILE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is larger than {MAX_SMALL_FILE} bytes", path.display()),
-        ));
-    }
+    let buf = read_regular(f, &meta, path)?;
     let mode = if meta.permissions().mode() & 0o004 != 0 {
         PUBLIC_MODE
     } else {
