@@ -127,16 +127,7 @@ pub(crate) async fn add_http_routes(
     if change.edits.is_empty() {
         return Ok(Ok(false));
     }
-    if env.settings.snippet.symlink_metadata().is_err() {
-        change.new_files.push(NewFile {
-            path: env.settings.snippet.clone(),
-            contents: snippet_text(&env.settings.challenge_dir).into_bytes(),
-            mode: crate::fsutil::PUBLIC_MODE,
-        });
-    }
-    crate::fsutil::create_dir_all_mode(&env.settings.challenge_dir, 0o755).map_err(Error::io(
-        format!("create {}", env.settings.challenge_dir.display()),
-    ))?;
+    with_snippet(env, &mut change)?;
     let ctl = env.settings.nginx.ctl(cfg, scan)?;
     let backups = transaction::new_backup_dir(&env.store.backups_dir());
     match transaction::commit(&ctl, cfg, &change, &backups, true).await {
@@ -147,6 +138,19 @@ pub(crate) async fn add_http_routes(
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Adds the challenge snippet to `change` (created by the transaction where it does not
+/// exist yet) and makes the directory it serves.
+fn with_snippet(env: &Env, change: &mut Change) -> Result<(), Error> {
+    change.new_files.push(NewFile {
+        path: env.settings.snippet.clone(),
+        contents: snippet_text(&env.settings.challenge_dir).into_bytes(),
+        mode: crate::fsutil::PUBLIC_MODE,
+    });
+    crate::fsutil::create_dir_all_mode(&env.settings.challenge_dir, 0o755).map_err(Error::io(
+        format!("create {}", env.settings.challenge_dir.display()),
+    ))
 }
 
 /// `file:line` nginx names after "in" in its refusal, if any.
@@ -224,14 +228,7 @@ pub(crate) async fn add_snippet(
             return Ok(failed);
         }
     }
-    change.new_files.push(NewFile {
-        path: env.settings.snippet.clone(),
-        contents: snippet_text(&env.settings.challenge_dir).into_bytes(),
-        mode: crate::fsutil::PUBLIC_MODE,
-    });
-    crate::fsutil::create_dir_all_mode(&env.settings.challenge_dir, 0o755).map_err(Error::io(
-        format!("create {}", env.settings.challenge_dir.display()),
-    ))?;
+    with_snippet(env, &mut change)?;
     let ctl = env.settings.nginx.ctl(cfg, scan)?;
     let backups = transaction::new_backup_dir(&env.store.backups_dir());
     match transaction::commit(&ctl, cfg, &change, &backups, true).await {
