@@ -127,6 +127,16 @@ pub(crate) async fn add_http_routes(
     if change.edits.is_empty() {
         return Ok(Ok(false));
     }
+    // As for snippet includes: a new snippet file an include glob matches would be loaded
+    // there too.
+    if env.settings.snippet.symlink_metadata().is_err() {
+        if let Some(at) = edit::include_that_would_load(cfg, &env.settings.snippet) {
+            return Ok(Err(format!(
+                "the challenge snippet {} the port-{port} block includes would also be loaded by the include at {at}; set challenge_snippet to a path no include matches",
+                env.settings.snippet.display()
+            )));
+        }
+    }
     with_snippet(env, &mut change)?;
     let ctl = env.settings.nginx.ctl(cfg, scan)?;
     let backups = transaction::new_backup_dir(&env.store.backups_dir());
