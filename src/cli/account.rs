@@ -143,35 +143,22 @@ async fn register(ctx: &Context, args: RegisterArgs) -> CmdResult {
     if meta.external_account_required && args.eab_kid.is_none() {
         return Err(lifecycle::Error::EabRequired.into());
     }
-    let key = match (&args.eab_hmac_key_file, args.eab_hmac_key) {
-        (Some(file), _) => {
-            let secret = acme_nginx::secret::read_secret(file)?;
-            let line = secret.expose_line().ok_or_else(|| {
-                CliError::Usage(format!(
-                    "the EAB HMAC key file {} is not text",
-                    file.display()
-                ))
-            })?;
-            Some(line.trim().to_owned())
-        }
-        (None, Some(value)) => {
-            tracing::warn!(
-                "--eab-hmac-key puts the key where every local user sees it (ps, /proc); \
-                 put it in a file only root can read and pass --eab-hmac-key-file"
-            );
-            Some(value)
-        }
-        (None, None) => None,
-    };
-    if args.eab_kid.is_some() != key.is_some() {
-        return Err(CliError::Usage(
-            "--eab-kid and --eab-hmac-key-file go together".into(),
-        ));
+    if args.eab_hmac_key.is_some() {
+        tracing::warn!(
+            "--eab-hmac-key puts the key where every local user sees it (ps, /proc); \
+             put it in a file only root can read and pass --eab-hmac-key-file"
+        );
     }
+    let eab = super::options::eab_binding(
+        args.eab_kid.as_deref(),
+        args.eab_hmac_key_file.as_deref(),
+        args.eab_hmac_key.as_deref(),
+    )?
+    .map(|(kid, key)| (kid, key.expose_line().unwrap_or_default().to_owned()));
     let opts = NewAccountOptions {
         contact,
         terms_of_service_agreed: args.agree_tos,
-        eab: args.eab_kid.zip(key),
+        eab,
     };
     let (account, resource) =
         Account::create(client, KeyPair::generate(args.key_type), &opts).await?;

@@ -648,7 +648,21 @@ impl DnsOptions {
 /// The external account binding: the key id, and the HMAC key from its file (read as a
 /// secret) or, deprecated, from the option itself.
 fn eab(o: &Options) -> Result<Option<(String, acme_nginx::secret::Secret)>, CliError> {
-    let key = match (&o.eab_hmac_key_file, &o.eab_hmac_key) {
+    eab_binding(
+        o.eab_kid.as_deref(),
+        o.eab_hmac_key_file.as_deref(),
+        o.eab_hmac_key.as_deref(),
+    )
+}
+
+/// An external account binding from its key id and its HMAC key: from the key file (read as
+/// a secret) or, deprecated, the value itself; both or neither.
+pub fn eab_binding(
+    kid: Option<&str>,
+    key_file: Option<&Path>,
+    key: Option<&str>,
+) -> Result<Option<(String, acme_nginx::secret::Secret)>, CliError> {
+    let key = match (key_file, key) {
         (Some(file), _) => {
             let secret = acme_nginx::secret::read_secret(file)?;
             let line = secret.expose_line().ok_or_else(|| {
@@ -659,11 +673,11 @@ fn eab(o: &Options) -> Result<Option<(String, acme_nginx::secret::Secret)>, CliE
             })?;
             Some(acme_nginx::secret::Secret::new(line.trim()))
         }
-        (None, Some(value)) => Some(acme_nginx::secret::Secret::new(value.as_str())),
+        (None, Some(value)) => Some(acme_nginx::secret::Secret::new(value)),
         (None, None) => None,
     };
-    match (&o.eab_kid, key) {
-        (Some(kid), Some(key)) => Ok(Some((kid.clone(), key))),
+    match (kid, key) {
+        (Some(kid), Some(key)) => Ok(Some((kid.to_owned(), key))),
         (None, None) => Ok(None),
         (Some(_), None) => Err(CliError::Usage(
             "--eab-kid needs --eab-hmac-key-file (the HMAC key)".into(),
