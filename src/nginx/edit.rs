@@ -180,6 +180,18 @@ pub fn https_listens(listen: &[Listen], https_port: u16) -> Vec<String> {
     out
 }
 
+/// The edit replacing directive `d` of `text` (with the comment that ends its line, which
+/// belongs to it) by `line`, marked.
+fn replace_directive(text: &[u8], d: &Directive, line: &str, indent: &str) -> Edit {
+    let end = end_of_trailing_comment(text, d.end);
+    Edit {
+        file: d.file,
+        start: d.start,
+        end,
+        text: end_line(format!("{line} {MARK}"), text, end, indent),
+    }
+}
+
 /// A block's own plain listeners on the HTTPS port (nginxconfig.io's state before a certificate:
 /// `listen 443; # ssl http2;`) become `ssl` where they stand, and an `ssl off;` that would
 /// contradict them is commented out; each edit marked, the original kept for `remove`.
@@ -202,31 +214,15 @@ fn plain_https_listeners_to_ssl(
             continue;
         };
         converted = true;
-        let end = end_of_trailing_comment(text, d.end);
-        edits.push(Edit {
-            file: d.file,
-            start: d.start,
-            end,
-            text: end_line(
-                format!("{} ssl; {MARK}", without_semicolon.trim_end()),
-                text,
-                end,
-                indent,
-            ),
-        });
+        let line = format!("{} ssl;", without_semicolon.trim_end());
+        edits.push(replace_directive(text, d, &line, indent));
     }
     if converted {
         for d in own
             .iter()
             .filter(|d| d.name == "ssl" && d.args.first().is_some_and(|a| a == "off"))
         {
-            let end = end_of_trailing_comment(text, d.end);
-            edits.push(Edit {
-                file: d.file,
-                start: d.start,
-                end,
-                text: end_line(format!("# ssl off; {MARK}"), text, end, indent),
-            });
+            edits.push(replace_directive(text, d, "# ssl off;", indent));
         }
     }
     edits
@@ -307,18 +303,8 @@ pub fn install_edits(
         // Taken over from nginx's ACME module (the plan allowed it): the module stops
         // renewing a certificate nobody would serve.
         for d in own.iter().filter(|d| d.name == "acme_certificate") {
-            let end = end_of_trailing_comment(text, d.end);
-            edits.push(Edit {
-                file: d.file,
-                start: d.start,
-                end,
-                text: end_line(
-                    format!("# acme_certificate {}; {MARK}", d.args.join(" ")),
-                    text,
-                    end,
-                    &indent,
-                ),
-            });
+            let line = format!("# acme_certificate {};", d.args.join(" "));
+            edits.push(replace_directive(text, d, &line, &indent));
         }
     }
     let mut new_lines = if spec.slot == 0 {
@@ -350,13 +336,7 @@ pub fn install_edits(
         *done = true;
         // A comment after the directive on its line belongs to it (certbot's
         // "# managed by Certbot"): it goes with the replaced directive.
-        let end = end_of_trailing_comment(text_of(cfg, server), d.end);
-        edits.push(Edit {
-            file: server.file,
-            start: d.start,
-            end,
-            text: end_line(format!("{line} {MARK}"), text_of(cfg, server), end, &indent),
-        });
+        edits.push(replace_directive(text_of(cfg, server), d, line, &indent));
     }
     if !replaced_cert {
         new_lines.push(cert_line);
@@ -530,20 +510,10 @@ pub fn move_path_edits(cfg: &Config, block: &ServerBlock, moves: &[(String, Stri
             let first = d.args.first()?;
             let first = first.to_string();
             let (_, new) = moves.iter().find(|(old, _)| *old == first)?;
-            let end = end_of_trailing_comment(text, d.end);
             let mut args = vec![new.clone()];
             args.extend(d.args.iter().skip(1).map(|a| a.to_string()));
-            Some(Edit {
-                file: server.file,
-                start: d.start,
-                end,
-                text: end_line(
-                    format!("{} {}; {MARK}", d.name, args.join(" ")),
-                    text,
-                    end,
-                    &indent,
-                ),
-            })
+            let line = format!("{} {};", d.name, args.join(" "));
+            Some(replace_directive(text, d, &line, &indent))
         })
         .collect()
 }
