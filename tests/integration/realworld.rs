@@ -162,6 +162,20 @@ fn prefix_of(conf: &Path) -> PathBuf {
         .unwrap()
 }
 
+/// Whether some process's parent is `pid` (read from /proc/*/stat).
+fn has_child(pid: u32) -> bool {
+    fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok())
+            == Some(pid)
+    })
+}
+
 fn nginx_t(nginx_bin: &Path, conf: &Path) -> (bool, String) {
     let out = Command::new(nginx_bin)
         .arg("-p")
@@ -320,9 +334,13 @@ fn run_layout(name: &str, layout: &Layout, nginx_bin: &Path) -> (Vec<String>, bo
         let child = &mut guard.0;
         // nginx listens on the http port, or (layouts without one) on another.
         let start = std::time::Instant::now();
+        // nginx opens its sockets, then writes its pid file, then forks its workers: a worker
+        // (a child of the master) is the sign the pid file acme-nginx reads is there.
+        let master = child.id();
         while ![ports.http, ports.https, ports.other]
             .iter()
             .any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+            || !has_child(master)
         {
             assert!(
                 start.elapsed() < std::time::Duration::from_secs(20)
