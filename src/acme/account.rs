@@ -42,6 +42,8 @@ pub struct NewAccountOptions {
     pub terms_of_service_agreed: bool,
     /// External account binding: key id and base64url HMAC key.
     pub eab: Option<(String, String)>,
+    /// The MAC algorithm of the binding.
+    pub eab_algorithm: jws::EabAlgorithm,
 }
 
 impl std::fmt::Debug for NewAccountOptions {
@@ -93,6 +95,7 @@ impl Account {
                 &key,
                 kid,
                 hmac,
+                opts.eab_algorithm,
                 &new_account_url,
             )?),
             None => None,

@@ -166,4 +166,22 @@ impl Error {
     pub fn is_acme(&self, name: &str) -> bool {
         self.problem().is_some_and(|p| p.is(name))
     }
+
+    /// True when the error says the CA is not working rather than anything about the order:
+    /// no HTTP answer (connection, TLS, request timeout), a deadline passed waiting for it, a
+    /// 5xx status or `serverInternal`, nonces it keeps rejecting, answers it cannot have meant.
+    /// Another CA may issue meanwhile.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Error::Transport { .. }
+            | Error::Timeout { .. }
+            | Error::BadNonce { .. }
+            | Error::Malformed { .. } => true,
+            Error::Status { status, .. } => *status >= 500,
+            Error::Problem {
+                status, problem, ..
+            } => *status >= 500 || problem.is("serverInternal"),
+            _ => false,
+        }
+    }
 }

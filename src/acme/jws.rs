@@ -7,7 +7,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::error::Error;
 use super::key::KeyPair;
@@ -119,12 +119,66 @@ pub fn sign<T: Serialize + ?Sized>(
     })
 }
 
-/// External account binding (RFC 8555 section 7.3.4): an HS256 JWS over the account JWK, keyed
-/// with the MAC key the CA issued (given base64url-encoded, as CAs hand it out).
+/// The MAC algorithm of an external account binding (RFC 8555 section 7.3.4 allows any MAC
+/// algorithm of RFC 7518; CAs hand out HS256 keys, some HS384 or HS512).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EabAlgorithm {
+    /// HMAC with SHA-256.
+    #[default]
+    Hs256,
+    /// HMAC with SHA-384.
+    Hs384,
+    /// HMAC with SHA-512.
+    Hs512,
+}
+
+impl EabAlgorithm {
+    /// The JWS `alg` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EabAlgorithm::Hs256 => "HS256",
+            EabAlgorithm::Hs384 => "HS384",
+            EabAlgorithm::Hs512 => "HS512",
+        }
+    }
+
+    fn mac(self, key: &[u8], data: &[u8]) -> Result<Vec<u8>, Error> {
+        fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], data: &[u8]) -> Result<Vec<u8>, Error> {
+            let mut mac = <M as Mac>::new_from_slice(key)
+                .map_err(|e| Error::Key(format!("EAB HMAC key: {e}")))?;
+            mac.update(data);
+            Ok(mac.finalize().into_bytes().to_vec())
+        }
+        match self {
+            EabAlgorithm::Hs256 => run::<Hmac<Sha256>>(key, data),
+            EabAlgorithm::Hs384 => run::<Hmac<Sha384>>(key, data),
+            EabAlgorithm::Hs512 => run::<Hmac<Sha512>>(key, data),
+        }
+    }
+}
+
+impl std::str::FromStr for EabAlgorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "HS256" => Ok(EabAlgorithm::Hs256),
+            "HS384" => Ok(EabAlgorithm::Hs384),
+            "HS512" => Ok(EabAlgorithm::Hs512),
+            _ => Err(format!(
+                "{s:?} is not an EAB algorithm (HS256, HS384, HS512)"
+            )),
+        }
+    }
+}
+
+/// External account binding (RFC 8555 section 7.3.4): a JWS over the account JWK, MACed
+/// with the key the CA issued (given base64url-encoded, as CAs hand it out).
 pub fn external_account_binding(
     account_key: &KeyPair,
     eab_kid: &str,
     eab_hmac_key_b64: &str,
+    alg: EabAlgorithm,
     new_account_url: &str,
 ) -> Result<Value, Error> {
     let mac_key = decode_b64_lenient(eab_hmac_key_b64)
@@ -133,12 +187,9 @@ pub fn external_account_binding(
         return Err(Error::Key("the EAB HMAC key is empty".into()));
     }
     let protected =
-        b64(json!({ "alg": "HS256", "kid": eab_kid, "url": new_account_url }).to_string());
+        b64(json!({ "alg": alg.as_str(), "kid": eab_kid, "url": new_account_url }).to_string());
     let payload = b64(jwk(account_key).to_string());
-    let mut mac = Hmac::<Sha256>::new_from_slice(&mac_key)
-        .map_err(|e| Error::Key(format!("EAB HMAC key: {e}")))?;
-    mac.update(format!("{protected}.{payload}").as_bytes());
-    let signature = b64(mac.finalize().into_bytes());
+    let signature = b64(alg.mac(&mac_key, format!("{protected}.{payload}").as_bytes())?);
     Ok(json!({ "protected": protected, "payload": payload, "signature": signature }))
 }
 
@@ -269,33 +320,56 @@ mod tests {
         }
     }
 
+    /// Each algorithm names itself in the protected header and MACs `protected.payload` with
+    /// its own hash (checked by an independent MAC of the same input).
     #[test]
-    fn eab_is_hs256_over_the_account_jwk() {
+    fn eab_is_a_mac_over_the_account_jwk_in_each_algorithm() {
         let key = KeyPair::generate(KeyType::P256);
         let mac_key = b"0123456789abcdef0123456789abcdef";
-        let eab =
-            external_account_binding(&key, "kid-1", &b64(mac_key), "https://ca/new-acct").unwrap();
-        let protected: Value =
-            serde_json::from_slice(&decode(eab["protected"].as_str().unwrap())).unwrap();
-        assert_eq!(
-            protected,
-            json!({"alg": "HS256", "kid": "kid-1", "url": "https://ca/new-acct"})
-        );
-        let payload: Value =
-            serde_json::from_slice(&decode(eab["payload"].as_str().unwrap())).unwrap();
-        assert_eq!(payload, jwk(&key));
-        let mut mac = Hmac::<Sha256>::new_from_slice(mac_key).unwrap();
-        mac.update(
-            format!(
+        for (alg, name) in [
+            (EabAlgorithm::Hs256, "HS256"),
+            (EabAlgorithm::Hs384, "HS384"),
+            (EabAlgorithm::Hs512, "HS512"),
+        ] {
+            assert_eq!(name.parse::<EabAlgorithm>().unwrap(), alg);
+            let eab =
+                external_account_binding(&key, "kid-1", &b64(mac_key), alg, "https://ca/new-acct")
+                    .unwrap();
+            let protected: Value =
+                serde_json::from_slice(&decode(eab["protected"].as_str().unwrap())).unwrap();
+            assert_eq!(
+                protected,
+                json!({"alg": name, "kid": "kid-1", "url": "https://ca/new-acct"})
+            );
+            let payload: Value =
+                serde_json::from_slice(&decode(eab["payload"].as_str().unwrap())).unwrap();
+            assert_eq!(payload, jwk(&key));
+            let input = format!(
                 "{}.{}",
                 eab["protected"].as_str().unwrap(),
                 eab["payload"].as_str().unwrap()
-            )
-            .as_bytes(),
-        );
-        mac.verify_slice(&decode(eab["signature"].as_str().unwrap()))
-            .unwrap();
-        assert!(external_account_binding(&key, "k", "%%%", "u").is_err());
+            );
+            let signature = decode(eab["signature"].as_str().unwrap());
+            match alg {
+                EabAlgorithm::Hs256 => {
+                    let mut mac = Hmac::<Sha256>::new_from_slice(mac_key).unwrap();
+                    mac.update(input.as_bytes());
+                    mac.verify_slice(&signature).unwrap();
+                }
+                EabAlgorithm::Hs384 => {
+                    let mut mac = Hmac::<Sha384>::new_from_slice(mac_key).unwrap();
+                    mac.update(input.as_bytes());
+                    mac.verify_slice(&signature).unwrap();
+                }
+                EabAlgorithm::Hs512 => {
+                    let mut mac = Hmac::<Sha512>::new_from_slice(mac_key).unwrap();
+                    mac.update(input.as_bytes());
+                    mac.verify_slice(&signature).unwrap();
+                }
+            }
+        }
+        assert!("HS1".parse::<EabAlgorithm>().is_err());
+        assert!(external_account_binding(&key, "k", "%%%", EabAlgorithm::Hs256, "u").is_err());
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use cert::{
 };
 pub use client::{tls_config, Client, ClientConfig, USER_AGENT};
 pub use error::Error;
-pub use jws::{b64, decode_b64, is_valid_token, key_authorization, thumbprint};
+pub use jws::{b64, decode_b64, is_valid_token, key_authorization, thumbprint, EabAlgorithm};
 pub use key::{KeyPair, KeyType, UnknownKeyType};
 pub use order::{
     split_pem, CertificateChain, OrderHandle, OrderOptions, REPLACES_RETRIES, REPLACES_RETRY_WAIT,

@@ -64,6 +64,22 @@ impl PreflightSolver {
         self
     }
 
+    /// Writes a probe token where nginx serves the name's challenges (journaled like a
+    /// challenge token), for the public-address preflight.
+    pub fn write_probe(&self, probe: &PendingChallenge) -> Result<(), SolverError> {
+        let route = self.route(probe)?;
+        if let Some(store) = &self.store {
+            store.journal_token(&route.dir.join(&probe.token))?;
+        }
+        self.webroot.write_token(probe)?;
+        Ok(())
+    }
+
+    /// Removes a probe token.
+    pub fn remove_probe(&self, probe: &PendingChallenge) -> Result<(), SolverError> {
+        self.webroot.remove_token(probe)
+    }
+
     fn route(&self, ch: &PendingChallenge) -> Result<&ChallengeRoute, SolverError> {
         self.routes
             .get(&ch.identifier.value.to_ascii_lowercase())

@@ -56,6 +56,9 @@ pub struct RegisterArgs {
     /// Deprecated: the HMAC key on the command line, where every local user sees it (`ps`).
     #[arg(long, value_name = "B64", requires = "eab_kid")]
     pub eab_hmac_key: Option<String>,
+    /// The MAC algorithm of the external account binding.
+    #[arg(long, value_name = "ALG", default_value = "HS256", value_parser = ["HS256", "HS384", "HS512"])]
+    pub eab_algorithm: String,
     /// Account key type.
     #[arg(long, default_value = "p384", value_name = "p256|p384")]
     pub key_type: KeyType,
@@ -141,7 +144,10 @@ async fn register(ctx: &Context, args: RegisterArgs) -> CmdResult {
         }
     }
     if meta.external_account_required && args.eab_kid.is_none() {
-        return Err(lifecycle::Error::EabRequired.into());
+        return Err(lifecycle::Error::EabRequired {
+            directory: client.directory_url().to_owned(),
+        }
+        .into());
     }
     if args.eab_hmac_key.is_some() {
         tracing::warn!(
@@ -159,6 +165,7 @@ async fn register(ctx: &Context, args: RegisterArgs) -> CmdResult {
         contact,
         terms_of_service_agreed: args.agree_tos,
         eab,
+        eab_algorithm: args.eab_algorithm.parse().map_err(super::CliError::Usage)?,
     };
     let (account, resource) =
         Account::create(client, KeyPair::generate(args.key_type), &opts).await?;

@@ -14,6 +14,8 @@ use super::{CliError, GlobalArgs};
 pub struct Context {
     /// The directory URL given by `--directory`/`--staging`/environment, if any.
     pub explicit_directory: Option<String>,
+    /// Every `--directory` given, preferred first (the first is `explicit_directory`).
+    pub explicit_directories: Vec<String>,
     /// The directory to use when nothing else names one.
     pub directory_url: String,
     pub ca_file: Option<PathBuf>,
@@ -24,11 +26,11 @@ pub struct Context {
 
 impl Context {
     pub(super) fn from_args(g: &GlobalArgs) -> Result<Self, CliError> {
-        let explicit_directory = match (&g.directory, g.staging) {
-            (_, true) => Some(acme::LETSENCRYPT_STAGING.to_owned()),
-            (Some(url), false) => Some(url.clone()),
-            (None, false) => None,
+        let explicit_directories = match (g.directory.as_slice(), g.staging) {
+            (_, true) => vec![acme::LETSENCRYPT_STAGING.to_owned()],
+            (urls, false) => urls.to_vec(),
         };
+        let explicit_directory = explicit_directories.first().cloned();
         let directory_url = explicit_directory
             .clone()
             .unwrap_or_else(|| acme::LETSENCRYPT_PRODUCTION.to_owned());
@@ -41,8 +43,17 @@ impl Context {
             Some(path) => ClientConfig::with_ca_file(path)?,
             None => ClientConfig::default(),
         };
+        if let Some(bad) = explicit_directories
+            .iter()
+            .find(|d| !(d.starts_with("https://") || d.starts_with("http://")))
+        {
+            return Err(CliError::Usage(format!(
+                "--directory {bad:?} is not an http(s) URL"
+            )));
+        }
         Ok(Self {
             explicit_directory,
+            explicit_directories,
             directory_url,
             ca_file: g.ca_file.clone(),
             client_config,

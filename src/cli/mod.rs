@@ -89,9 +89,10 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// ACME directory URL of the CA [default: Let's Encrypt production].
+    /// ACME directory URL of the CA [default: Let's Encrypt production]. Repeat it for CAs
+    /// tried in order when the first cannot issue a name (down, rate limited, CAA).
     #[arg(long, global = true, env = "ACME_NGINX_DIRECTORY", value_name = "URL")]
-    pub directory: Option<String>,
+    pub directory: Vec<String>,
     /// Use Let's Encrypt's staging directory.
     #[arg(long, global = true, conflicts_with = "directory")]
     pub staging: bool,

@@ -13,8 +13,8 @@ use acme_nginx::challenge::dns::{DnsConfig, ProviderConfig, DEFAULT_PROPAGATION_
 use acme_nginx::hooks::Hooks;
 use acme_nginx::lifecycle::fleet::{FleetConfig, DEFAULT_PREFIX, NODE_STALE_AFTER};
 use acme_nginx::lifecycle::settings::{
-    Challenge, DEFAULT_CONCURRENCY, DEFAULT_HOOKS_DIR, DEFAULT_HTTPS_PORT, DEFAULT_HTTP_PORT,
-    DEFAULT_SNIPPET, DEFAULT_STATE_DIR,
+    Challenge, Eab, NotifyConfig, DEFAULT_CONCURRENCY, DEFAULT_HOOKS_DIR, DEFAULT_HTTPS_PORT,
+    DEFAULT_HTTP_PORT, DEFAULT_NOTIFY_DAYS, DEFAULT_SENDMAIL, DEFAULT_SNIPPET, DEFAULT_STATE_DIR,
 };
 use acme_nginx::lifecycle::Settings;
 use acme_nginx::nginx;
@@ -31,9 +31,20 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/acme-nginx/config.toml";
 #[derive(Debug, Clone, Default, Args, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
-    /// The CA's directory (a file key; the flag is the global --directory).
+    /// The CA's directory, or a list of them, preferred first (a file key; the flag is the
+    /// global --directory, repeated).
     #[arg(skip)]
-    pub directory: Option<String>,
+    pub directory: Option<Directories>,
+    /// The CAA identities (issuer domain names) of CAs whose directory lists none: the file's
+    /// `[caa_identities]` table, `"DIRECTORY-URL" = ["ca.example"]`.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub caa_identities: BTreeMap<String, Vec<String>>,
+    /// External account bindings of other CAs than the preferred one: the file's
+    /// `[eab."DIRECTORY-URL"]` tables (`kid`, `hmac_key_file`, `algorithm`).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eab: BTreeMap<String, CaEab>,
     /// Extra trust anchor for the CA (a file key; the flag is the global --ca-file).
     #[arg(skip)]
     pub ca_file: Option<PathBuf>,
@@ -134,6 +145,14 @@ pub struct Options {
         help_heading = "Account"
     )]
     pub eab_hmac_key: Option<String>,
+    /// The MAC algorithm of the external account binding [default: HS256].
+    #[arg(
+        long,
+        value_name = "ALG",
+        value_parser = ["HS256", "HS384", "HS512"],
+        help_heading = "Account"
+    )]
+    pub eab_algorithm: Option<String>,
 
     /// Certificate key type [default: p256].
     #[arg(
@@ -210,6 +229,131 @@ pub struct Options {
     #[arg(long, value_name = "NAME", help_heading = "Certificates")]
     #[serde(default)]
     pub exclude: Vec<String>,
+
+    /// Before any order, check that each http-01 name's public A and AAAA records lead to
+    /// this nginx (an address of this host, or one that answers a probe token with the name's
+    /// Host header) [default: true; false for hosts whose DNS is not public yet].
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "ACME_NGINX_PUBLIC_PREFLIGHT",
+        help_heading = "Challenges"
+    )]
+    pub public_preflight: Option<bool>,
+    /// The resolver for CAA and address lookups (a file key; the flag is --dns-resolver).
+    #[arg(skip)]
+    pub dns_resolver: Option<String>,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub notify: NotifyOptions,
+}
+
+/// One CA directory or several, preferred first (the file's `directory`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Directories {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Directories {
+    fn list(&self) -> Vec<String> {
+        match self {
+            Directories::One(d) => vec![d.clone()],
+            Directories::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The external account binding of one CA (`[eab."DIRECTORY-URL"]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaEab {
+    pub kid: String,
+    pub hmac_key_file: PathBuf,
+    #[serde(default)]
+    pub algorithm: Option<String>,
+}
+
+/// Notifications: flags `--notify-*`, the file's `[notify]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyOptions {
+    /// A URL that gets a JSON POST when a name fails, is refused, recovers, or the served
+    /// certificate nears its expiry.
+    #[arg(
+        id = "notify_webhook",
+        long = "notify-webhook",
+        value_name = "URL",
+        help_heading = "Notifications"
+    )]
+    pub webhook: Option<String>,
+    /// An address mailed on the same events, through the sendmail program.
+    #[arg(
+        id = "notify_email",
+        long = "notify-email",
+        value_name = "ADDRESS",
+        help_heading = "Notifications"
+    )]
+    pub email: Option<String>,
+    /// The sendmail-compatible program (run with -t) [default: /usr/sbin/sendmail].
+    #[arg(
+        id = "notify_sendmail",
+        long = "notify-sendmail",
+        value_name = "PATH",
+        help_heading = "Notifications"
+    )]
+    pub sendmail: Option<PathBuf>,
+    /// Report the certificate nginx serves for a managed name when it expires within this
+    /// many days [default: 14].
+    #[arg(
+        id = "notify_days",
+        long = "notify-days",
+        value_name = "DAYS",
+        help_heading = "Notifications"
+    )]
+    pub days: Option<u32>,
+}
+
+impl NotifyOptions {
+    fn over(self, file: NotifyOptions) -> NotifyOptions {
+        NotifyOptions {
+            webhook: self.webhook.or(file.webhook),
+            email: self.email.or(file.email),
+            sendmail: self.sendmail.or(file.sendmail),
+            days: self.days.or(file.days),
+        }
+    }
+
+    fn config(&self) -> Result<Option<NotifyConfig>, CliError> {
+        if self.webhook.is_none() && self.email.is_none() {
+            return Ok(None);
+        }
+        if let Some(url) = &self.webhook {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(CliError::Usage(format!(
+                    "--notify-webhook {url:?} is not an http(s) URL"
+                )));
+            }
+        }
+        if let Some(email) = &self.email {
+            if !acme_nginx::lifecycle::notify::is_address(email) {
+                return Err(CliError::Usage(format!(
+                    "--notify-email {email:?} is not an email address"
+                )));
+            }
+        }
+        Ok(Some(NotifyConfig {
+            webhook: self.webhook.clone(),
+            email: self.email.clone(),
+            sendmail: self
+                .sendmail
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SENDMAIL.into()),
+            days: self.days.unwrap_or(DEFAULT_NOTIFY_DAYS),
+        }))
+    }
 }
 
 /// Fleet mode: flags `--etcd`, `--node`, `--fleet-*`, `--etcd-*`; the file's `[fleet]` table.
@@ -647,12 +791,46 @@ impl DnsOptions {
 
 /// The external account binding: the key id, and the HMAC key from its file (read as a
 /// secret) or, deprecated, from the option itself.
-fn eab(o: &Options) -> Result<Option<(String, acme_nginx::secret::Secret)>, CliError> {
-    eab_binding(
+fn eab(o: &Options) -> Result<Option<Eab>, CliError> {
+    let binding = eab_binding(
         o.eab_kid.as_deref(),
         o.eab_hmac_key_file.as_deref(),
         o.eab_hmac_key.as_deref(),
-    )
+    )?;
+    let algorithm = eab_algorithm(o.eab_algorithm.as_deref())?;
+    Ok(binding.map(|(kid, key)| Eab {
+        kid,
+        key,
+        algorithm,
+    }))
+}
+
+fn eab_algorithm(text: Option<&str>) -> Result<acme::EabAlgorithm, CliError> {
+    text.map(str::parse)
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(CliError::Usage)
+}
+
+/// The `[eab."URL"]` tables, each key file read as a secret.
+fn eab_by_directory(o: &Options) -> Result<BTreeMap<String, Eab>, CliError> {
+    o.eab
+        .iter()
+        .map(|(url, e)| {
+            let (kid, key) = eab_binding(Some(&e.kid), Some(&e.hmac_key_file), None)?
+                .ok_or_else(|| CliError::Usage(format!("[eab.{url:?}] has no key")))?;
+            let algorithm = eab_algorithm(e.algorithm.as_deref())
+                .map_err(|e| CliError::Usage(format!("[eab.{url:?}] algorithm: {e}")))?;
+            Ok((
+                url.clone(),
+                Eab {
+                    kid,
+                    key,
+                    algorithm,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// An external account binding from its key id and its HMAC key: from the key file (read as
@@ -698,6 +876,9 @@ macro_rules! or_fields {
             exclude: $b.exclude.into_iter().chain($a.exclude).collect(),
             fleet: $a.fleet.over($b.fleet),
             dns: $a.dns.over($b.dns),
+            notify: $a.notify.over($b.notify),
+            caa_identities: if $a.caa_identities.is_empty() { $b.caa_identities } else { $a.caa_identities },
+            eab: if $a.eab.is_empty() { $b.eab } else { $a.eab },
         }
     };
 }
@@ -709,7 +890,8 @@ impl Options {
             directory, ca_file, config_file, state_dir, nginx_conf, nginx_bin, nginx_prefix,
             nginx_dump, http_port, https_port, challenge_snippet, challenge_dir, email, eab_kid,
             eab_hmac_key, eab_hmac_key_file, key_type, profile, preferred_chain, concurrency, pre_hook, post_hook,
-            deploy_hook, hooks_dir, challenge, http_dav, http_dav_user, http_dav_password_file;
+            deploy_hook, hooks_dir, challenge, http_dav, http_dav_user, http_dav_password_file,
+            eab_algorithm, public_preflight, dns_resolver;
             redirect, agree_tos, reuse_key, take_over, http_route)
     }
 
@@ -748,11 +930,36 @@ impl Options {
         }
         let o = self.clone().over(file);
         let eab = eab(&o)?;
-        let directory = ctx
-            .explicit_directory
-            .clone()
-            .or(o.directory.clone())
-            .unwrap_or_else(|| ctx.directory_url.clone());
+        let mut directories = if ctx.explicit_directories.is_empty() {
+            o.directory
+                .as_ref()
+                .map(Directories::list)
+                .unwrap_or_default()
+        } else {
+            ctx.explicit_directories.clone()
+        };
+        if directories.is_empty() {
+            directories.push(ctx.directory_url.clone());
+        }
+        for d in &directories {
+            if !(d.starts_with("https://") || d.starts_with("http://")) {
+                return Err(CliError::Usage(format!(
+                    "directory {d:?} is not an http(s) URL"
+                )));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        directories.retain(|d| seen.insert(d.clone()));
+        let directory = directories.remove(0);
+        let resolver = match (&o.dns.resolver, &o.dns_resolver) {
+            (Some(_), _) => o.dns.resolver()?,
+            (None, Some(_)) => DnsOptions {
+                resolver: o.dns_resolver.clone(),
+                ..DnsOptions::default()
+            }
+            .resolver()?,
+            (None, None) => None,
+        };
         let client_config = match (&ctx.ca_file, &o.ca_file) {
             (None, Some(path)) => acme::ClientConfig::with_ca_file(path)?,
             _ => ctx.client_config.clone(),
@@ -790,6 +997,21 @@ impl Options {
         });
         Ok(Settings {
             directory,
+            fallback_directories: directories,
+            caa_identities: o
+                .caa_identities
+                .iter()
+                .map(|(url, ids)| {
+                    let ids = ids
+                        .iter()
+                        .map(|i| i.trim_end_matches('.').to_ascii_lowercase())
+                        .collect();
+                    (url.clone(), ids)
+                })
+                .collect(),
+            eab_by_directory: eab_by_directory(&o)?,
+            public_preflight: o.public_preflight.unwrap_or(true),
+            notify: o.notify.config()?,
             client_config,
             nginx: paths(&o),
             email: o.email,
@@ -821,7 +1043,7 @@ impl Options {
             reuse_key: o.reuse_key,
             challenge,
             challenges,
-            resolver: o.dns.resolver()?,
+            resolver,
             dns_zones: o
                 .dns
                 .zones

@@ -51,9 +51,14 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> CmdResult {
 fn print(s: &StatusLine) -> Result<(), CliError> {
     output::line(format!("{}  ({})", s.name, s.names.join(", ")))?;
     output::line(format!(
-        "  serial {}  valid until {}",
+        "  serial {}  valid until {}  from {}",
         s.serial.as_deref().unwrap_or("-"),
-        output::time(s.not_after)
+        output::time(s.not_after),
+        if s.directory.is_empty() {
+            "an unknown CA"
+        } else {
+            &s.directory
+        }
     ))?;
     output::line(format!(
         "  next renewal {} ({})",

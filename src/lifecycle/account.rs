@@ -64,7 +64,8 @@ pub async fn load_or_create(
     save: bool,
     client: acme::Client,
 ) -> Result<Account, Error> {
-    let path = store.account_path(&settings.directory);
+    let directory = client.directory_url().to_owned();
+    let path = store.account_path(&directory);
     let mut agreed_before = None;
     if path.exists() {
         let state = read_state(&path)?;
@@ -89,14 +90,17 @@ pub async fn load_or_create(
     let meta = client.directory().meta.clone();
     if !settings.agree_tos && agreed_before.is_none() {
         return Err(Error::TermsNotAgreed {
-            directory: settings.directory.clone(),
+            directory: directory.clone(),
             tos: meta
                 .terms_of_service
                 .unwrap_or_else(|| "(the CA publishes none)".into()),
         });
     }
-    if meta.external_account_required && settings.eab.is_none() {
-        return Err(Error::EabRequired);
+    let eab = settings.eab_for(&directory);
+    if meta.external_account_required && eab.is_none() {
+        return Err(Error::EabRequired {
+            directory: directory.clone(),
+        });
     }
     let contact = match (&settings.email, agreed_before) {
         (Some(email), _) => contact_urls(std::slice::from_ref(email))?,
@@ -106,12 +110,13 @@ pub async fn load_or_create(
     let opts = NewAccountOptions {
         contact,
         terms_of_service_agreed: true,
-        eab: settings.eab.as_ref().map(|(kid, key)| {
+        eab: eab.map(|e| {
             (
-                kid.clone(),
-                key.expose_line().unwrap_or_default().to_owned(),
+                e.kid.clone(),
+                e.key.expose_line().unwrap_or_default().to_owned(),
             )
         }),
+        eab_algorithm: eab.map(|e| e.algorithm).unwrap_or_default(),
     };
     let (account, _) = Account::create(client, KeyPair::generate(KeyType::P384), &opts).await?;
     if save {

@@ -99,8 +99,9 @@ impl Coordinator {
         match self {
             Coordinator::Solo => account::load_or_create(settings, store, save, client).await,
             Coordinator::Fleet(f) => {
-                let path = store.account_path(&settings.directory);
-                let shared = match f.account(&settings.directory).await? {
+                let directory = client.directory_url().to_owned();
+                let path = store.account_path(&directory);
+                let shared = match f.account(&directory).await? {
                     Some(shared) => shared,
                     None => {
                         let ours =

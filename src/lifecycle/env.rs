@@ -25,35 +25,53 @@ pub struct Env {
     pub store: Store,
     /// Who else orders these lineages: nobody, or the nodes of a fleet.
     pub coordinator: Coordinator,
-    /// The CA client, made (one directory fetch) the first time a stage needs it.
-    ca: OnceCell<acme::Client>,
+    /// The CA clients, preferred first, each made (one directory fetch) the first time a stage
+    /// needs it.
+    cas: Vec<(String, OnceCell<acme::Client>)>,
 }
 
 impl Env {
     /// The collaborators for these settings (no CA request yet).
     pub fn new(settings: Settings, mode: Mode, store: Store, coordinator: Coordinator) -> Env {
+        let cas = settings
+            .directories()
+            .map(|d| (d.to_owned(), OnceCell::new()))
+            .collect();
         Env {
             settings,
             mode,
             store,
             coordinator,
-            ca: OnceCell::new(),
+            cas,
         }
     }
 
-    /// The CA client: the directory is fetched the first time, then kept for the session. A
-    /// failure is not kept (a later stage asks again).
+    /// The preferred CA's client (see [`Env::ca_at`]).
     pub async fn ca(&self) -> Result<&acme::Client, Error> {
-        self.ca
-            .get_or_try_init(|| async {
-                acme::Client::new(&self.settings.directory, &self.settings.client_config)
-                    .await
-                    .map_err(|source| Error::Ca {
-                        directory: self.settings.directory.clone(),
-                        source,
-                    })
-            })
-            .await
+        self.ca_at(&self.settings.directory).await
+    }
+
+    /// The client of one of the settings' CAs: its directory is fetched the first time, then
+    /// kept for the session. A failure is not kept (a later stage asks again).
+    pub async fn ca_at(&self, directory: &str) -> Result<&acme::Client, Error> {
+        let cell = self
+            .cas
+            .iter()
+            .find(|(d, _)| d == directory)
+            .map(|(_, c)| c)
+            .ok_or_else(|| Error::Ca {
+                directory: directory.to_owned(),
+                source: acme::Error::State("not one of the configured CAs".into()),
+            })?;
+        cell.get_or_try_init(|| async {
+            acme::Client::new(directory, &self.settings.client_config)
+                .await
+                .map_err(|source| Error::Ca {
+                    directory: directory.to_owned(),
+                    source,
+                })
+        })
+        .await
     }
 
     /// Reads and scans nginx's configuration.

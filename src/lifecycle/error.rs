@@ -42,8 +42,8 @@ pub enum Error {
     Fleet(#[from] super::fleet::FleetError),
     #[error("no account yet at {directory}: read the terms of service at {tos} and pass --agree-tos (or set agree_tos = true in the config file)")]
     TermsNotAgreed { directory: String, tos: String },
-    #[error("the CA requires external account binding: pass --eab-kid and --eab-hmac-key")]
-    EabRequired,
+    #[error("the CA at {directory} requires external account binding: pass --eab-kid and --eab-hmac-key-file (for another than the preferred CA: an [eab.\"{directory}\"] table)")]
+    EabRequired { directory: String },
     #[error("{0:?} is not an email address")]
     BadEmail(String),
     #[error("the pre-hook failed, nothing was ordered")]
@@ -66,6 +66,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when the error says the CA cannot be used now (its directory does not load, or
+    /// it answers with an outage): another CA may be tried.
+    pub fn is_ca_outage(&self) -> bool {
+        match self {
+            Error::Ca { .. } => true,
+            Error::Acme(e) => e.is_outage(),
+            _ => false,
+        }
+    }
+
     /// An I/O error with what was being done.
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let what = what.into();

@@ -14,6 +14,8 @@
 //! - [`fleet`]: nodes sharing accounts and certificates through etcd;
 //! - [`remove`]: taking certificates out of their blocks again, restoring what was there;
 //! - [`status`] and [`metrics`]: what the state says, for people and for Prometheus;
+//! - [`notify`]: telling someone when names fail, recover, or nginx serves a certificate near
+//!   its expiry;
 //! - [`watch`]: the long-running service loop.
 
 pub mod account;
@@ -25,6 +27,7 @@ pub mod fleet;
 pub mod intent;
 pub mod lineage;
 pub mod metrics;
+pub mod notify;
 pub mod outcome;
 pub mod plan;
 pub mod policy;

@@ -81,6 +81,9 @@ pub struct Failure {
     pub message: String,
     /// The CA's `Retry-After`, when it sent one.
     pub retry_after: Option<Duration>,
+    /// The CA was not working (no answer, 5xx, `serverInternal`, a deadline passed): another
+    /// CA may issue the name.
+    pub outage: bool,
 }
 
 /// Problem types after which a retry needs a change on the operator's side.
@@ -103,34 +106,36 @@ impl Failure {
             kind: FailureKind::Transient,
             message: message.into(),
             retry_after: None,
+            outage: false,
         }
     }
 
     /// A failure from the ACME client, classified by the CA's problem type.
     pub fn from_acme(e: &acme::Error) -> Self {
         let message = chain_text(e);
-        match e {
-            acme::Error::RateLimited { retry_after, .. } => Self {
-                kind: FailureKind::RateLimited,
-                message,
-                retry_after: *retry_after,
-            },
-            acme::Error::AuthorizationFailed { .. } => Self {
-                kind: FailureKind::Refused,
-                message,
-                retry_after: None,
-            },
-            _ if REFUSED_PROBLEMS.iter().any(|p| e.is_acme(p)) => Self {
-                kind: FailureKind::Refused,
-                message,
-                retry_after: None,
-            },
-            _ if e.is_acme("rateLimited") => Self {
-                kind: FailureKind::RateLimited,
-                message,
-                retry_after: None,
-            },
-            _ => Self::transient(message),
+        let (kind, retry_after) = match e {
+            acme::Error::RateLimited { retry_after, .. } => {
+                (FailureKind::RateLimited, *retry_after)
+            }
+            acme::Error::AuthorizationFailed { .. } => (FailureKind::Refused, None),
+            _ if REFUSED_PROBLEMS.iter().any(|p| e.is_acme(p)) => (FailureKind::Refused, None),
+            _ if e.is_acme("rateLimited") => (FailureKind::RateLimited, None),
+            _ => (FailureKind::Transient, None),
+        };
+        Self {
+            kind,
+            message,
+            retry_after,
+            outage: e.is_outage(),
+        }
+    }
+
+    /// A CA that cannot be used at all (its directory does not load, its account cannot be
+    /// made): the next CA is tried.
+    pub fn outage(message: impl Into<String>) -> Self {
+        Self {
+            outage: true,
+            ..Self::transient(message)
         }
     }
 }

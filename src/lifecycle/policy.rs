@@ -552,6 +552,7 @@ mod tests {
             kind: FailureKind::RateLimited,
             message: "slow down".into(),
             retry_after: Some(StdDuration::from_secs(7200)),
+            outage: false,
         };
         s.record_failure(&f, t(0));
         s.record_failure(&f, t(0));

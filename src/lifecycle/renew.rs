@@ -50,6 +50,12 @@ impl Session {
     /// Renews what is due (everything with `force`) among the lineages named, or all of them.
     /// A lineage in failure backoff waits unless it is named.
     pub async fn renew(&self, wanted: &[String], force: bool) -> Result<Vec<Outcome>, Error> {
+        let outcomes = self.renew_lineages(wanted, force).await?;
+        super::stages::record::tell(&self.env, &outcomes).await;
+        Ok(outcomes)
+    }
+
+    async fn renew_lineages(&self, wanted: &[String], force: bool) -> Result<Vec<Outcome>, Error> {
         // The fleet's certificates first: a renewal another node made is installed, not
         // ordered again. Without etcd nothing is ordered (the others may be ordering).
         self.env.coordinator.sync(&self.env.store).await?;

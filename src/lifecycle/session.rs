@@ -126,6 +126,17 @@ impl Session {
         scan: Scan,
         plans: Vec<Plan>,
     ) -> Result<Vec<Outcome>, Error> {
+        let outcomes = self.enroll_plans(cfg, scan, plans).await?;
+        record::tell(&self.env, &outcomes).await;
+        Ok(outcomes)
+    }
+
+    async fn enroll_plans(
+        &self,
+        cfg: Config,
+        scan: Scan,
+        plans: Vec<Plan>,
+    ) -> Result<Vec<Outcome>, Error> {
         let routed = self.env.settings.http_route
             && self.env.mode.edits_nginx()
             && plans.iter().any(|p| p.needs_http_route);

@@ -28,6 +28,11 @@ pub const DEFAULT_HTTP_PORT: u16 = 80;
 pub const DEFAULT_HTTPS_PORT: u16 = 443;
 /// Orders in flight at once.
 pub const DEFAULT_CONCURRENCY: usize = 4;
+/// A notification is sent when the certificate nginx serves for a managed name expires within
+/// this many days.
+pub const DEFAULT_NOTIFY_DAYS: u32 = 14;
+/// The sendmail-compatible program notifications by email go through.
+pub const DEFAULT_SENDMAIL: &str = "/usr/sbin/sendmail";
 
 /// What a run may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,18 +57,46 @@ impl Mode {
     }
 }
 
+/// An external account binding: key id, MAC key, algorithm.
+#[derive(Debug, Clone)]
+pub struct Eab {
+    pub kid: String,
+    pub key: crate::secret::Secret,
+    pub algorithm: acme::EabAlgorithm,
+}
+
+/// Who is told when a name fails or the served certificate nears its expiry (`[notify]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// A URL that gets a JSON POST per event.
+    pub webhook: Option<String>,
+    /// An address mailed through `sendmail`.
+    pub email: Option<String>,
+    /// The sendmail-compatible program (`-t`: recipients from the headers).
+    pub sendmail: PathBuf,
+    /// Days before the served certificate's expiry from which it is reported.
+    pub days: u32,
+}
+
 /// Every setting of a run.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The CA's directory URL.
+    /// The preferred CA's directory URL.
     pub directory: String,
+    /// The CAs tried, in order, when the preferred one cannot issue a name (down, rate limited,
+    /// or not allowed by the name's CAA records).
+    pub fallback_directories: Vec<String>,
+    /// The CAA identities of CAs whose directory lists none (`[caa_identities]`: URL -> domains).
+    pub caa_identities: BTreeMap<String, Vec<String>>,
     pub client_config: acme::ClientConfig,
     pub state_dir: PathBuf,
     pub nginx: nginx::Paths,
     pub email: Option<String>,
     pub agree_tos: bool,
-    /// External account binding: key id and HMAC key.
-    pub eab: Option<(String, crate::secret::Secret)>,
+    /// External account binding at the preferred CA.
+    pub eab: Option<Eab>,
+    /// External account bindings of other CAs, by directory URL (`[eab."URL"]`).
+    pub eab_by_directory: BTreeMap<String, Eab>,
     /// The certificates' key type; None: the type the block serves now, else ECDSA P-256.
     pub key_type: Option<KeyType>,
     pub profile: Option<String>,
@@ -97,8 +130,13 @@ pub struct Settings {
     pub dns_zones: Vec<String>,
     /// The WebDAV server http-01 tokens go to instead of this host's nginx.
     pub dav: Option<DavConfig>,
-    /// The resolver for lookups (DNS solver, WebDAV preflight); the system's when None.
+    /// The resolver for lookups (DNS solver, WebDAV preflight, CAA, the public-address
+    /// preflight); the system's when None.
     pub resolver: Option<Resolver>,
+    /// Before any order, each http-01 name's public A/AAAA addresses must lead to this nginx.
+    pub public_preflight: bool,
+    /// Notifications, when configured.
+    pub notify: Option<NotifyConfig>,
     /// Names never enrolled: globs, case-insensitive.
     pub exclude: Vec<String>,
     /// Fleet mode: the shared store in etcd.
@@ -111,6 +149,8 @@ impl Settings {
         let state_dir = PathBuf::from(DEFAULT_STATE_DIR);
         Self {
             directory: directory.to_owned(),
+            fallback_directories: Vec::new(),
+            caa_identities: BTreeMap::new(),
             client_config: acme::ClientConfig::default(),
             challenge_dir: state_dir.join("challenge"),
             state_dir,
@@ -118,6 +158,7 @@ impl Settings {
             email: None,
             agree_tos: false,
             eab: None,
+            eab_by_directory: BTreeMap::new(),
             key_type: None,
             profile: None,
             preferred_chain: None,
@@ -139,6 +180,8 @@ impl Settings {
             dns_zones: Vec::new(),
             dav: None,
             resolver: None,
+            public_preflight: false,
+            notify: None,
             exclude: Vec::new(),
             fleet: None,
         }
@@ -154,6 +197,24 @@ impl Settings {
             exclude: &self.exclude,
             dns_zones: &self.dns_zones,
         }
+    }
+
+    /// Every CA, preferred first.
+    pub fn directories(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.directory.as_str())
+            .chain(self.fallback_directories.iter().map(String::as_str))
+    }
+
+    /// The external account binding for a CA.
+    pub fn eab_for(&self, directory: &str) -> Option<&Eab> {
+        self.eab_by_directory
+            .get(directory)
+            .or(self.eab.as_ref().filter(|_| directory == self.directory))
+    }
+
+    /// The resolver lookups go to.
+    pub fn resolver(&self) -> Resolver {
+        self.resolver.unwrap_or_else(Resolver::system)
     }
 
     /// A dry run against Let's Encrypt production goes to its staging directory instead.

@@ -16,6 +16,8 @@ pub struct StatusLine {
     pub name: String,
     pub names: Vec<String>,
     pub serial: Option<String>,
+    /// The directory of the CA that issued the certificate (empty when unknown).
+    pub directory: String,
     #[serde(with = "time::serde::rfc3339::option")]
     pub not_after: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -58,6 +60,7 @@ pub fn status(settings: &Settings, wanted: &[String]) -> Result<Vec<StatusLine>,
             name: l.name.clone(),
             names: meta.names.clone(),
             serial: info.as_ref().map(|i| i.serial_hex.clone()),
+            directory: meta.directory.clone(),
             not_after: info.as_ref().map(|i| i.not_after),
             next_renewal: next,
             reason,

@@ -102,7 +102,7 @@ async fn account_register_find_update_rollover_deactivate() {
     let opts = NewAccountOptions {
         contact: vec!["mailto:one@example.org".into()],
         terms_of_service_agreed: true,
-        eab: None,
+        ..Default::default()
     };
     let (mut account, resource) = Account::create(pebble.client().await, key.clone(), &opts)
         .await

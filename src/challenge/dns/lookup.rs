@@ -47,6 +47,26 @@ pub enum LookupError {
     NotAZone { zone: String, why: String },
 }
 
+/// A CAA record (RFC 8659): its critical flag, property tag and value, as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caa {
+    pub critical: bool,
+    pub tag: String,
+    pub value: String,
+}
+
+impl std::fmt::Display for Caa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CAA {} {} {:?}",
+            if self.critical { 128 } else { 0 },
+            self.tag,
+            self.value
+        )
+    }
+}
+
 /// An authoritative server of a zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameServer {
@@ -212,6 +232,38 @@ impl Resolver {
         }
         out.dedup();
         Ok(out)
+    }
+
+    /// The relevant CAA record set of `name` (RFC 8659 section 3): the CAA records the
+    /// resolver returns for the name (through its CNAME chain, which a resolver follows),
+    /// else for its parent, and so on up to the top-level domain. Returns the name the
+    /// records were found at and the records; `None` when no name on the way has any. A
+    /// wildcard name is looked up from its base name.
+    pub async fn caa(&self, name: &Name) -> Result<Option<(Name, Vec<Caa>)>, LookupError> {
+        let mut current = name.clone();
+        if current.is_wildcard() {
+            current = current.base_name();
+        }
+        while current.num_labels() > 0 {
+            let reply = self.ask(&current, RecordType::CAA).await?;
+            let records: Vec<Caa> = reply
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::CAA(c) => Some(Caa {
+                        critical: c.issuer_critical,
+                        tag: c.tag.clone(),
+                        value: String::from_utf8_lossy(&c.value).into_owned(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            if !records.is_empty() {
+                return Ok(Some((current, records)));
+            }
+            current = current.base_name();
+        }
+        Ok(None)
     }
 
     /// The addresses of a host name (A and AAAA), for fetching a token from the name itself.

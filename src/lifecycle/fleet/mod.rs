@@ -175,20 +175,7 @@ pub fn node_address(address: Option<&str>, http_port: u16) -> Result<String, Add
         }
         return Ok(a.to_owned());
     }
-    let interfaces: Vec<(std::net::IpAddr, bool)> = nix::ifaddrs::getifaddrs()
-        .map(|it| {
-            it.filter_map(|i| {
-                let ip = i.address.as_ref().and_then(|a| {
-                    a.as_sockaddr_in()
-                        .map(|v4| std::net::IpAddr::V4(v4.ip()))
-                        .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
-                })?;
-                let up = i.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
-                Some((ip, up))
-            })
-            .collect()
-        })
-        .unwrap_or_default();
+    let interfaces = crate::challenge::public::interface_addresses();
     let ip = primary_address(&interfaces).ok_or(AddressError::NoAddress)?;
     Ok(std::net::SocketAddr::new(ip, http_port).to_string())
 }

@@ -363,7 +363,7 @@ fn store_version(env: &Env, scan: &Scan, f: &Fresh) -> Result<Staged, Error> {
         chain_pem: &f.chain.chain_pem(),
     })?;
     meta.names = f.plan.names.clone();
-    meta.directory = env.settings.directory.clone();
+    meta.directory = f.directory.clone();
     meta.key_type = f.key_type.to_string();
     meta.server_blocks = f
         .plan

@@ -9,12 +9,14 @@
 //!   a killed run left;
 //! - [`rehearse`]: each plan's install edit, with a throwaway pair, through `nginx -t` in a
 //!   private mount namespace, before anything is ordered;
-//! - [`order`]: claims from the coordinator, the solvers, concurrent orders, [`order::Fresh`]
-//!   certificates;
+//! - [`order`]: claims from the coordinator, the solvers, the public-address preflight,
+//!   concurrent orders at the first usable CA ([`ca`]: the CAs' order, CAA, which failures fall
+//!   over), [`order::Fresh`] certificates;
 //! - [`install`]: versions, edits, one change transaction, rollback;
 //! - [`verify`]: the TLS proof that nginx serves a certificate;
 //! - [`record`]: failure memory and deploy hooks.
 
+pub mod ca;
 pub mod install;
 pub mod order;
 pub mod prepare;

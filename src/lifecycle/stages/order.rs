@@ -2,21 +2,23 @@
 //! coordinator, then concurrent orders through the preflight solvers; each certificate comes
 //! back as a [`Fresh`] for the install stage.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures_util::stream::{self, StreamExt};
+use tokio::sync::OnceCell;
 
 use crate::acme::{self, Account, KeyPair, OrderOptions};
 use crate::challenge::dav::{DavError, DavSolver};
-use crate::challenge::dns::lookup::Resolver;
 use crate::challenge::dns::{Dns, DnsError, DnsSolver};
 use crate::challenge::preflight::{check_reachable, ChallengeRoute, PreflightSolver};
+use crate::challenge::public::PublicCheck;
 use crate::challenge::route::{Method, Router};
 use crate::lifecycle::coordinator::Obtained;
 use crate::lifecycle::env::Env;
 use crate::lifecycle::lineage::live_cert;
-use crate::lifecycle::outcome::{chain_text, Failure, Outcome, Status};
+use crate::lifecycle::outcome::{chain_text, Failure, FailureKind, Outcome, Status};
 use crate::lifecycle::plan::{self, Plan};
+use crate::lifecycle::stages::ca;
 use crate::lifecycle::Error;
 use crate::nginx::discovery::{Identity, Scan};
 use crate::nginx::probe::endpoint_for;
@@ -33,6 +35,8 @@ pub struct Fresh {
     pub chain: acme::CertificateChain,
     /// Issued or Renewed.
     pub status: Status,
+    /// The directory of the CA that issued it.
+    pub directory: String,
 }
 
 /// The run's DNS and WebDAV solvers, or why they cannot be used.
@@ -42,6 +46,8 @@ struct Solvers {
     dav: Option<Result<DavSolver, DavError>>,
     /// The other hosts (name, address) that must serve http-01 answers too (a fleet's nodes).
     peers: Vec<(String, String)>,
+    /// The public-address preflight, when on and some name takes http-01 here.
+    public: Option<PublicCheck>,
 }
 
 impl Fresh {
@@ -57,6 +63,65 @@ impl Fresh {
     }
 }
 
+/// The CAs of a run, preferred first: each one's account is made the first time a plan is
+/// ordered there; a CA found not working is not asked again in this run.
+struct Cas<'e> {
+    env: &'e Env,
+    accounts: Vec<(String, OnceCell<Account>)>,
+    /// Directory -> why it is not used for the rest of the run.
+    down: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+impl<'e> Cas<'e> {
+    fn new(env: &'e Env) -> Cas<'e> {
+        Cas {
+            env,
+            accounts: env
+                .settings
+                .directories()
+                .map(|d| (d.to_owned(), OnceCell::new()))
+                .collect(),
+            down: Default::default(),
+        }
+    }
+
+    /// The account at a CA (made, or loaded, the first time). A CA that does not answer is
+    /// marked down.
+    async fn account(&self, directory: &str) -> Result<&Account, Error> {
+        let Some((_, cell)) = self.accounts.iter().find(|(d, _)| d == directory) else {
+            return Err(Error::Ca {
+                directory: directory.to_owned(),
+                source: acme::Error::State("not one of the configured CAs".into()),
+            });
+        };
+        let env = self.env;
+        let r = cell
+            .get_or_try_init(|| async {
+                let client = env.ca_at(directory).await?.clone();
+                env.coordinator
+                    .account(&env.settings, &env.store, env.mode.writes_state(), client)
+                    .await
+            })
+            .await;
+        if let Err(e) = &r {
+            if e.is_ca_outage() {
+                self.mark_down(directory, chain_text(e));
+            }
+        }
+        r
+    }
+
+    fn mark_down(&self, directory: &str, why: String) {
+        if let Ok(mut down) = self.down.lock() {
+            down.entry(directory.to_owned()).or_insert(why);
+        }
+    }
+
+    fn down(&self, directory: &str) -> Option<String> {
+        self.down.lock().ok()?.get(directory).cloned()
+    }
+}
+
 /// Orders the plans' certificates concurrently.
 pub(crate) async fn obtain(
     env: &Env,
@@ -64,27 +129,42 @@ pub(crate) async fn obtain(
     plans: Vec<Plan>,
     outcomes: &mut Vec<Outcome>,
 ) -> Result<Vec<Fresh>, Error> {
-    let client = env.ca().await?.clone();
-    let account = env
-        .coordinator
-        .account(&env.settings, &env.store, env.mode.writes_state(), client)
-        .await?;
+    let cas = Cas::new(env);
+    // The preferred CA's account first: a run that cannot have one (terms not agreed, a
+    // binding missing) stops here, unless the CA is down and another one is configured.
+    if let Err(e) = cas.account(&env.settings.directory).await {
+        if !e.is_ca_outage() || env.settings.fallback_directories.is_empty() {
+            return Err(e);
+        }
+        tracing::warn!(
+            "the preferred CA {} cannot be used now ({}); the next one is tried",
+            env.settings.directory,
+            chain_text(&e)
+        );
+    }
     let identity = scan.worker_identity();
-    let short_lived = account
-        .client()
-        .directory()
-        .meta
-        .profiles
-        .contains_key(plan::IP_PROFILE);
+    let mut ip_capable = Vec::new();
+    for d in env.settings.directories() {
+        if let Ok(client) = env.ca_at(d).await {
+            if client
+                .directory()
+                .meta
+                .profiles
+                .contains_key(plan::IP_PROFILE)
+            {
+                ip_capable.push(d.to_owned());
+            }
+        }
+    }
     let (plans, no_ip): (Vec<Plan>, Vec<Plan>) = plans
         .into_iter()
-        .partition(|p| !p.ip_literal || short_lived);
+        .partition(|p| !p.ip_literal || !ip_capable.is_empty());
     for plan in no_ip {
         let mut o = env.outcome(&plan, Status::Skipped);
         o.reason = Some(format!(
             "an IP address certificate needs the CA's \"{}\" profile, which {} does not offer",
             plan::IP_PROFILE,
-            env.settings.directory
+            env.settings.directories().collect::<Vec<_>>().join(", ")
         ));
         outcomes.push(o);
     }
@@ -113,12 +193,12 @@ pub(crate) async fn obtain(
     let solvers = solvers(env, &plans).await;
     let results: Vec<(Plan, Result<Fresh, Failure>)> = stream::iter(plans)
         .map(|plan| {
-            let account = &account;
+            let cas = &cas;
             let identity = identity.as_ref();
             let solvers = &solvers;
             async move {
                 let r = match env.coordinator.intend(&plan.lineage(), &plan.names).await {
-                    Ok(()) => obtain_one(env, account, scan, &plan, identity, solvers).await,
+                    Ok(()) => obtain_one(env, cas, scan, &plan, identity, solvers).await,
                     Err(e) => Err(e),
                 };
                 (plan, r)
@@ -133,7 +213,7 @@ pub(crate) async fn obtain(
             Ok(f) => {
                 // Published before the lock goes: the fleet never orders it twice.
                 env.coordinator
-                    .publish(&env.store, f.obtained(), &env.settings.directory)
+                    .publish(&env.store, f.obtained(), &f.directory)
                     .await;
                 fresh.push(f)
             }
@@ -154,7 +234,7 @@ pub(crate) async fn obtain(
 /// cannot be read fails the names that need it, not the others).
 async fn solvers(env: &Env, plans: &[Plan]) -> Solvers {
     let needs = |m: Method| plans.iter().any(|p| p.methods.values().any(|x| *x == m));
-    let resolver = env.settings.resolver.unwrap_or_else(Resolver::system);
+    let resolver = env.settings.resolver();
     let dns = match &env.settings.dns {
         Some(config) if needs(Method::Dns) => Some(Dns::new(config).await),
         _ => None,
@@ -166,12 +246,24 @@ async fn solvers(env: &Env, plans: &[Plan]) -> Solvers {
         _ => None,
     };
     let peers = env.coordinator.other_nodes().await;
-    Solvers { dns, dav, peers }
+    let public = (env.settings.public_preflight && needs(Method::Webroot)).then(|| {
+        let peer_ips: Vec<std::net::IpAddr> = peers
+            .iter()
+            .filter_map(|(_, a)| a.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+            .collect();
+        PublicCheck::new(resolver, env.settings.http_port, &peer_ips)
+    });
+    Solvers {
+        dns,
+        dav,
+        peers,
+        public,
+    }
 }
 
 async fn obtain_one(
     env: &Env,
-    account: &Account,
+    cas: &Cas<'_>,
     scan: &Scan,
     plan: &Plan,
     identity: Option<&Identity>,
@@ -184,6 +276,29 @@ async fn obtain_one(
     };
     if plan.uses_webroot() {
         let solver = webroot_solver(env, scan, plan, identity, journal.clone())?;
+        if let Some(public) = &solvers.public {
+            for name in plan
+                .names
+                .iter()
+                .filter(|n| plan.methods.get(*n) == Some(&Method::Webroot))
+                .filter(|n| n.parse::<std::net::IpAddr>().is_err())
+            {
+                let reached = public.check(&solver, name).await.map_err(|e| Failure {
+                    kind: FailureKind::Refused,
+                    ..Failure::transient(chain_text(&e))
+                })?;
+                if !reached.is_empty() {
+                    tracing::info!(
+                        "{name}: its public address(es) {} answer with this nginx's probe token",
+                        reached
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+        }
         router.webroot = Some(env.coordinator.answered_everywhere(solver, &solvers.peers));
     }
     if plan.methods.values().any(|m| *m == Method::Dav) {
@@ -202,41 +317,186 @@ async fn obtain_one(
     }
     let solver = router;
     let key = certificate_key(env, scan, plan);
-    let opts = OrderOptions {
-        profile: if plan.ip_literal {
-            Some(plan::IP_PROFILE.to_owned())
+    let live = live_cert(&env.store.lineage(&plan.lineage()));
+    let issued_by = env
+        .meta(&plan.lineage())
+        .ok()
+        .map(|m| m.directory)
+        .filter(|d| !d.is_empty() && live.is_some());
+    // Why each CA passed over was not used, for the message when none could be.
+    let mut passed: Vec<String> = Vec::new();
+    let mut last: Option<Failure> = None;
+    let mut all_refused = true;
+    for directory in ca::candidates(env.settings.directories(), issued_by.as_deref()) {
+        if let Some(why) = cas.down(&directory) {
+            passed.push(format!("{directory}: not working in this run ({why})"));
+            all_refused = false;
+            continue;
+        }
+        let account = match cas.account(&directory).await {
+            Ok(a) => a,
+            Err(e) => {
+                passed.push(format!("{directory}: {}", chain_text(&e)));
+                all_refused = false;
+                last = Some(if e.is_ca_outage() {
+                    Failure::outage(chain_text(&e))
+                } else {
+                    Failure::transient(chain_text(&e))
+                });
+                continue;
+            }
+        };
+        let meta = &account.client().directory().meta;
+        if plan.ip_literal && !meta.profiles.contains_key(plan::IP_PROFILE) {
+            passed.push(format!(
+                "{directory}: offers no \"{}\" profile for IP addresses",
+                plan::IP_PROFILE
+            ));
+            all_refused = false;
+            continue;
+        }
+        let identities = if meta.caa_identities.is_empty() {
+            env.settings
+                .caa_identities
+                .get(&directory)
+                .cloned()
+                .unwrap_or_default()
         } else {
-            env.settings.profile.clone()
-        },
-        replaces: replaces(env, plan),
-        preferred_chain: env
-            .meta(&plan.lineage())
-            .ok()
-            .and_then(|m| m.preferred_chain)
-            .or(env.settings.preferred_chain.clone()),
-        ..OrderOptions::default()
-    };
-    let (chain, key) = env
-        .coordinator
-        .order(account, &plan.lineage(), &plan.names, key, &solver, &opts)
-        .await?;
-    let renewed = env
-        .store
-        .lineage(&plan.lineage())
-        .live_fullchain()
-        .is_some();
-    Ok(Fresh {
-        plan: plan.clone(),
-        lineage: plan.lineage(),
-        key_type: key.key_type(),
-        key_pem: key.to_pem(),
-        chain,
-        status: if renewed {
-            Status::Renewed
-        } else {
-            Status::Issued
-        },
+            meta.caa_identities
+                .iter()
+                .map(|i| i.trim_end_matches('.').to_ascii_lowercase())
+                .collect()
+        };
+        if let Err(why) = caa_check(env, plan, &identities).await {
+            tracing::warn!("{}: not ordered at {directory}: {why}", plan.lineage());
+            passed.push(format!("{directory}: {why}"));
+            continue;
+        }
+        all_refused = false;
+        if !passed.is_empty() {
+            tracing::warn!(
+                "{}: ordering at {directory}, since {}",
+                plan.lineage(),
+                passed.join("; ")
+            );
+        }
+        let opts = OrderOptions {
+            profile: if plan.ip_literal {
+                Some(plan::IP_PROFILE.to_owned())
+            } else {
+                env.settings.profile.clone()
+            },
+            // ARI's `replaces` names a certificate of this CA: never sent to another.
+            replaces: replaces(env, plan).filter(|_| issued_by.as_deref() == Some(&*directory)),
+            preferred_chain: env
+                .meta(&plan.lineage())
+                .ok()
+                .and_then(|m| m.preferred_chain)
+                .or(env.settings.preferred_chain.clone()),
+            ..OrderOptions::default()
+        };
+        match env
+            .coordinator
+            .order(
+                account,
+                &plan.lineage(),
+                &plan.names,
+                key.clone(),
+                &solver,
+                &opts,
+            )
+            .await
+        {
+            Ok((chain, key)) => {
+                return Ok(Fresh {
+                    plan: plan.clone(),
+                    lineage: plan.lineage(),
+                    key_type: key.key_type(),
+                    key_pem: key.to_pem(),
+                    chain,
+                    status: if live.is_some() {
+                        Status::Renewed
+                    } else {
+                        Status::Issued
+                    },
+                    directory,
+                })
+            }
+            Err(f) => match ca::falls_over(&f) {
+                Some(why) if env.settings.fallback_directories.is_empty() => {
+                    tracing::debug!("{}: {directory}: {why}", plan.lineage());
+                    return Err(f);
+                }
+                Some(why) => {
+                    if f.outage {
+                        cas.mark_down(&directory, f.message.clone());
+                    }
+                    tracing::warn!(
+                        "{}: {directory} cannot issue it now, {why}: {}; the next CA is tried",
+                        plan.lineage(),
+                        f.message
+                    );
+                    passed.push(format!("{directory}: {why}: {}", f.message));
+                    last = Some(f);
+                }
+                None => return Err(f),
+            },
+        }
+    }
+    Err(match last {
+        Some(f) if passed.len() == 1 => f,
+        last => {
+            let mut f = Failure::transient(format!(
+                "no configured CA can issue it now: {}",
+                passed.join("; ")
+            ));
+            if all_refused {
+                f.kind = FailureKind::Refused;
+            } else if let Some(l) = last {
+                f.kind = l.kind;
+                f.retry_after = l.retry_after;
+            }
+            f
+        }
     })
+}
+
+/// Whether the CAA records of every name of the plan let a CA with `identities` issue (not
+/// checked when its identities are unknown: the CA checks itself; a lookup that fails is
+/// logged and left to the CA). `Err` names the name, where the records are, and the records.
+async fn caa_check(env: &Env, plan: &Plan, identities: &[String]) -> Result<(), String> {
+    if identities.is_empty() {
+        return Ok(());
+    }
+    let resolver = env.settings.resolver();
+    for name in plan
+        .names
+        .iter()
+        .filter(|n| n.parse::<std::net::IpAddr>().is_err())
+    {
+        let Ok(dns_name) =
+            hickory_proto::rr::Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
+        else {
+            continue;
+        };
+        match resolver.caa(&dns_name).await {
+            Ok(None) => {}
+            Ok(Some((at, records))) => {
+                if let Err(record) = ca::caa_allows(&records, identities, name.starts_with("*.")) {
+                    return Err(format!(
+                        "the CAA records of {name} (at {}) do not allow it: {record} (its CAA identities: {})",
+                        at.to_ascii().trim_end_matches('.'),
+                        identities.join(", ")
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!(
+                "{name}: its CAA records cannot be looked up at {} ({e}); the CA checks them",
+                resolver.server
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// The http-01 solver through this host's nginx for a plan's names that take it: tokens

@@ -1,14 +1,20 @@
 //! Record: what a session remembers and tells once the work is done: each failure in its
 //! lineage's failure memory (shared with the fleet through the coordinator), and the deploy
-//! hooks of a certificate nginx now serves.
+//! hooks of a certificate nginx now serves, and the notifications of failures, recoveries and
+//! served certificates near their expiry.
+
+use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
+use crate::acme::CertInfo;
 use crate::hooks::{DeployInfo, Stage};
 use crate::lifecycle::env::Env;
+use crate::lifecycle::notify;
 use crate::lifecycle::outcome::{Outcome, Status};
 use crate::lifecycle::plan::Plan;
 use crate::lifecycle::Error;
+use crate::nginx::probe::{endpoint_for, served_certificate, served_rsa_certificate};
 use crate::store;
 
 /// Records each failure in its lineage's failure memory (also for names that have no
@@ -46,6 +52,83 @@ pub(crate) async fn run_deploy_hooks(env: &Env, plan: &Plan) {
     };
     // Failures are logged by the hook runner: the certificate is live either way.
     env.settings.hooks.run(Stage::Deploy, &info.env()).await;
+}
+
+/// Tells whoever `[notify]` names about this run's failures, recoveries and served
+/// certificates near their expiry (see [`crate::lifecycle::notify`]). A dry run tells nobody;
+/// a notifier that fails is logged.
+pub(crate) async fn tell(env: &Env, outcomes: &[Outcome]) {
+    let Some(config) = &env.settings.notify else {
+        return;
+    };
+    if !env.mode.writes_state() {
+        return;
+    }
+    let served = served(env, outcomes).await;
+    let dir = &env.settings.state_dir;
+    let mut memory = notify::Memory::load(dir);
+    let events = notify::events(
+        &mut memory,
+        outcomes,
+        &served,
+        OffsetDateTime::now_utc(),
+        config.days,
+    );
+    if events.is_empty() {
+        return;
+    }
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    notify::send(config, &host, &events).await;
+    if let Err(e) = memory.save(dir) {
+        tracing::warn!(
+            "cannot save {}: notifications may repeat: {e}",
+            dir.join(notify::MEMORY_FILE).display()
+        );
+    }
+}
+
+/// The certificate nginx serves for each outcome's managed name: a TLS handshake with its
+/// SNI on the first HTTPS listener of its blocks, as the configuration reads now.
+async fn served(env: &Env, outcomes: &[Outcome]) -> BTreeMap<String, notify::Served> {
+    let mut out = BTreeMap::new();
+    let Ok((_, scan)) = env.reread() else {
+        return out;
+    };
+    let Ok(plans) = env.plans(&scan, &[]) else {
+        return out;
+    };
+    for plan in plans {
+        let lineage = plan.lineage();
+        if !outcomes.iter().any(|o| o.name == lineage) {
+            continue;
+        }
+        let listeners = plan
+            .blocks
+            .iter()
+            .filter_map(|&i| scan.servers.get(i))
+            .flat_map(|s| s.listen.iter().filter(|l| l.ssl))
+            .filter_map(endpoint_for);
+        for at in listeners {
+            let served = match plan.variant {
+                Some(_) => served_rsa_certificate(at, &plan.probe_name()).await,
+                None => served_certificate(at, &plan.probe_name()).await,
+            };
+            if let Some(info) = served.ok().and_then(|der| CertInfo::from_der(&der).ok()) {
+                out.insert(
+                    lineage,
+                    notify::Served {
+                        serial: info.serial_hex,
+                        not_after: info.not_after,
+                    },
+                );
+                break;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -398,7 +398,7 @@ impl Pebble {
         let opts = acme::NewAccountOptions {
             contact: vec!["mailto:test@example.org".into()],
             terms_of_service_agreed: true,
-            eab: None,
+            ..Default::default()
         };
         acme::Account::create(self.client().await, KeyPair::generate(KeyType::P384), &opts)
             .await
@@ -422,12 +422,15 @@ impl Pebble {
     }
 }
 
-/// The `acme-nginx` binary under test, with no CA settings from the environment.
+/// The `acme-nginx` binary under test, with no CA settings from the environment, and the
+/// public-address preflight off: the test names are in no public DNS (the tests of that
+/// preflight turn it on with `--public-preflight true` and a resolver of their own).
 pub fn acme_nginx_cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_acme-nginx"));
     c.env_remove("ACME_NGINX_DIRECTORY")
         .env_remove("ACME_NGINX_CA_FILE")
-        .env_remove("ACME_NGINX_HTTP_PORT");
+        .env_remove("ACME_NGINX_HTTP_PORT")
+        .env("ACME_NGINX_PUBLIC_PREFLIGHT", "false");
     c
 }
 

@@ -1,0 +1,204 @@
+//! Choosing the CA for a certificate, when several are configured: the order they are tried in
+//! (the one that issued the lineage's certificate first, so `replaces` applies), what a name's
+//! CAA records (RFC 8659) allow, and which failures at one CA let the next one be tried. Pure
+//! decisions, tested in milliseconds; the order stage asks the CAs and DNS.
+
+use super::super::outcome::{Failure, FailureKind};
+use crate::challenge::dns::lookup::Caa;
+
+/// The CAs to try for a lineage: the configured one that issued its current certificate
+/// first, then the others in their configured order.
+pub fn candidates<'a>(
+    configured: impl Iterator<Item = &'a str>,
+    issued_by: Option<&str>,
+) -> Vec<String> {
+    let configured: Vec<&str> = configured.collect();
+    let mut out: Vec<String> = configured
+        .iter()
+        .filter(|d| Some(**d) == issued_by)
+        .map(|d| (*d).to_owned())
+        .collect();
+    out.extend(
+        configured
+            .iter()
+            .filter(|d| Some(**d) != issued_by)
+            .map(|d| (*d).to_owned()),
+    );
+    out
+}
+
+/// Whether a name's relevant CAA record set lets a CA with `identities` issue for it (RFC 8659
+/// section 4): no records, or no `issue` property (for a wildcard: no `issuewild`, else no
+/// `issue`), lets anyone; otherwise one property must name one of the CA's identities. An
+/// unknown property marked critical forbids everyone. `Err` holds the deciding record(s).
+pub fn caa_allows(records: &[Caa], identities: &[String], wildcard: bool) -> Result<(), String> {
+    const KNOWN: &[&str] = &["issue", "issuewild", "iodef", "issuemail", "issuevmc"];
+    if let Some(c) = records
+        .iter()
+        .find(|c| c.critical && !KNOWN.iter().any(|k| c.tag.eq_ignore_ascii_case(k)))
+    {
+        return Err(format!("{c} (an unknown critical property)"));
+    }
+    let tagged = |tag: &str| -> Vec<&Caa> {
+        records
+            .iter()
+            .filter(|c| c.tag.eq_ignore_ascii_case(tag))
+            .collect()
+    };
+    let mut relevant = if wildcard {
+        tagged("issuewild")
+    } else {
+        Vec::new()
+    };
+    if relevant.is_empty() {
+        relevant = tagged("issue");
+    }
+    if relevant.is_empty() {
+        return Ok(());
+    }
+    let allowed = relevant.iter().any(|c| {
+        let domain = c.value.split(';').next().unwrap_or("").trim();
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        !domain.is_empty() && identities.contains(&domain)
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(relevant
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", "))
+    }
+}
+
+/// Why a failure at one CA lets the next CA be tried, or `None` when it would fail there too
+/// (a failed validation, a refused name: trying elsewhere spends another CA's allowance).
+pub fn falls_over(f: &Failure) -> Option<String> {
+    if f.kind == FailureKind::RateLimited {
+        return Some(match f.retry_after {
+            Some(d) => format!("it rate-limits this account (retry after {}s)", d.as_secs()),
+            None => "it rate-limits this account".to_owned(),
+        });
+    }
+    f.outage.then(|| "it is not working".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caa(critical: bool, tag: &str, value: &str) -> Caa {
+        Caa {
+            critical,
+            tag: tag.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn the_issuing_ca_comes_first_then_the_configured_order() {
+        let cas = ["https://a/dir", "https://b/dir", "https://c/dir"];
+        assert_eq!(
+            candidates(cas.into_iter(), Some("https://b/dir")),
+            vec!["https://b/dir", "https://a/dir", "https://c/dir"]
+        );
+        assert_eq!(
+            candidates(cas.into_iter(), Some("https://gone/dir")),
+            cas.to_vec()
+        );
+        assert_eq!(candidates(cas.into_iter(), None), cas.to_vec());
+    }
+
+    /// RFC 8659 section 4 as a table: records, identities, wildcard -> allowed.
+    #[test]
+    fn caa_records_decide_as_rfc_8659_says() {
+        let le = vec!["letsencrypt.org".to_owned()];
+        let cases: &[(&[Caa], bool, bool)] = &[
+            (&[], false, true),
+            (&[caa(false, "iodef", "mailto:x@y.example")], false, true),
+            (&[caa(false, "issue", "letsencrypt.org")], false, true),
+            (&[caa(false, "issue", "LetsEncrypt.org.")], false, true),
+            (
+                &[caa(
+                    false,
+                    "issue",
+                    "letsencrypt.org; validationmethods=http-01",
+                )],
+                false,
+                true,
+            ),
+            (&[caa(false, "issue", "sectigo.com")], false, false),
+            (&[caa(false, "issue", ";")], false, false),
+            (
+                &[
+                    caa(false, "issue", "sectigo.com"),
+                    caa(false, "issue", "letsencrypt.org"),
+                ],
+                false,
+                true,
+            ),
+            // issuewild governs wildcards when present, and nothing else.
+            (
+                &[
+                    caa(false, "issue", "letsencrypt.org"),
+                    caa(false, "issuewild", ";"),
+                ],
+                true,
+                false,
+            ),
+            (
+                &[
+                    caa(false, "issue", "letsencrypt.org"),
+                    caa(false, "issuewild", ";"),
+                ],
+                false,
+                true,
+            ),
+            (
+                &[
+                    caa(false, "issue", "sectigo.com"),
+                    caa(false, "issuewild", "letsencrypt.org"),
+                ],
+                true,
+                true,
+            ),
+            // Without issuewild a wildcard follows issue.
+            (&[caa(false, "issue", "sectigo.com")], true, false),
+            // Unknown critical properties forbid; unknown others do not.
+            (&[caa(true, "tbs", "x")], false, false),
+            (&[caa(false, "tbs", "x")], false, true),
+        ];
+        for (records, wildcard, want) in cases {
+            assert_eq!(
+                caa_allows(records, &le, *wildcard).is_ok(),
+                *want,
+                "{records:?} wildcard={wildcard}"
+            );
+        }
+        let why = caa_allows(&[caa(false, "issue", "sectigo.com")], &le, false).unwrap_err();
+        assert_eq!(why, "CAA 0 issue \"sectigo.com\"");
+    }
+
+    #[test]
+    fn only_outages_and_rate_limits_fall_over() {
+        let mut f = Failure::transient("nginx -t failed");
+        assert_eq!(falls_over(&f), None);
+        f.outage = true;
+        assert!(falls_over(&f).is_some());
+        let refused = Failure {
+            kind: FailureKind::Refused,
+            ..Failure::transient("unauthorized")
+        };
+        assert_eq!(falls_over(&refused), None);
+        let limited = Failure {
+            kind: FailureKind::RateLimited,
+            retry_after: Some(std::time::Duration::from_secs(60)),
+            ..Failure::transient("too many")
+        };
+        assert_eq!(
+            falls_over(&limited).as_deref(),
+            Some("it rate-limits this account (retry after 60s)")
+        );
+    }
+}
