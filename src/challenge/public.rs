@@ -114,7 +114,7 @@ impl PublicCheck {
         addrs.dedup();
         let others: Vec<IpAddr> = addrs
             .into_iter()
-            .filter(|a| !self.covered.contains(a))
+            .filter(|a| !a.is_loopback() && !self.covered.contains(a))
             .collect();
         if others.is_empty() {
             return Ok(others);

@@ -23,5 +23,6 @@ mod proxy;
 mod realworld;
 mod remove;
 mod renew;
+mod resilience;
 mod security;
 mod watch;

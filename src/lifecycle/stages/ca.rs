@@ -27,6 +27,20 @@ pub fn candidates<'a>(
     out
 }
 
+/// A CA's CAA identities: the ones its directory lists (`meta.caaIdentities`), else the
+/// configured ones (`[caa_identities]`), as lowercase domain names without a trailing dot.
+/// Empty: unknown (CAA is then left to the CA).
+pub fn identities(directory_lists: &[String], configured: Option<&Vec<String>>) -> Vec<String> {
+    let from = if directory_lists.is_empty() {
+        configured.map(Vec::as_slice).unwrap_or_default()
+    } else {
+        directory_lists
+    };
+    from.iter()
+        .map(|i| i.trim_end_matches('.').to_ascii_lowercase())
+        .collect()
+}
+
 /// Whether a name's relevant CAA record set lets a CA with `identities` issue for it (RFC 8659
 /// section 4): no records, or no `issue` property (for a wildcard: no `issuewild`, else no
 /// `issue`), lets anyone; otherwise one property must name one of the CA's identities. An
@@ -178,6 +192,61 @@ mod tests {
         }
         let why = caa_allows(&[caa(false, "issue", "sectigo.com")], &le, false).unwrap_err();
         assert_eq!(why, "CAA 0 issue \"sectigo.com\"");
+    }
+
+    #[test]
+    fn identities_come_from_the_directory_else_the_configuration() {
+        let conf = vec!["CA.Internal.example.".to_owned()];
+        assert_eq!(
+            identities(&["LetsEncrypt.org".into()], Some(&conf)),
+            ["letsencrypt.org"]
+        );
+        assert_eq!(identities(&[], Some(&conf)), ["ca.internal.example"]);
+        assert!(identities(&[], None).is_empty());
+    }
+
+    /// What counts as the CA not working, from the client's errors.
+    #[test]
+    fn outages_are_told_from_the_ca_errors() {
+        use crate::acme::Error;
+        let problem = |kind: &str| -> Box<crate::acme::Problem> {
+            Box::new(
+                serde_json::from_value(serde_json::json!({
+                    "type": format!("urn:ietf:params:acme:error:{kind}"),
+                    "detail": "x"
+                }))
+                .unwrap(),
+            )
+        };
+        let outage = |e: Error| Failure::from_acme(&e).outage;
+        assert!(outage(Error::Transport {
+            url: "u".into(),
+            message: "connection refused".into()
+        }));
+        assert!(outage(Error::Status {
+            url: "u".into(),
+            status: 503,
+            body: String::new()
+        }));
+        assert!(outage(Error::Problem {
+            url: "u".into(),
+            status: 500,
+            problem: problem("serverInternal")
+        }));
+        assert!(!outage(Error::Status {
+            url: "u".into(),
+            status: 404,
+            body: String::new()
+        }));
+        assert!(!outage(Error::Problem {
+            url: "u".into(),
+            status: 403,
+            problem: problem("unauthorized")
+        }));
+        assert!(!outage(Error::AuthorizationFailed {
+            identifier: "a.test".into(),
+            problem: problem("connection")
+        }));
     }
 
     #[test]

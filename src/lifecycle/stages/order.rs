@@ -355,18 +355,10 @@ async fn obtain_one(
             all_refused = false;
             continue;
         }
-        let identities = if meta.caa_identities.is_empty() {
-            env.settings
-                .caa_identities
-                .get(&directory)
-                .cloned()
-                .unwrap_or_default()
-        } else {
-            meta.caa_identities
-                .iter()
-                .map(|i| i.trim_end_matches('.').to_ascii_lowercase())
-                .collect()
-        };
+        let identities = ca::identities(
+            &meta.caa_identities,
+            env.settings.caa_identities.get(&directory),
+        );
         if let Err(why) = caa_check(env, plan, &identities).await {
             tracing::warn!("{}: not ordered at {directory}: {why}", plan.lineage());
             passed.push(format!("{directory}: {why}"));

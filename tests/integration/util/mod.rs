@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod etcd;
 pub mod fleet;
+pub mod netns;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -203,6 +204,8 @@ pub struct PebbleOptions {
     /// The DNS server pebble resolves and validates with (a real authoritative server);
     /// pebble-challtestsrv, resolving every name to loopback, when None.
     pub dns_server: Option<std::net::SocketAddr>,
+    /// The CAA identities pebble lists in its directory (pebble.letsencrypt.org when empty).
+    pub caa_identities: Vec<String>,
 }
 
 impl PebbleOptions {
@@ -214,6 +217,7 @@ impl PebbleOptions {
             validity_secs: 90 * 86400,
             alternate_roots: 0,
             dns_server: None,
+            caa_identities: Vec::new(),
         }
     }
 }
@@ -227,6 +231,8 @@ pub struct Pebble {
     pub ca_file: PathBuf,
     pub management: String,
     pub dns_management: String,
+    /// pebble-challtestsrv's DNS server (what `--dns-resolver` takes to see its records).
+    pub dns: std::net::SocketAddr,
     pub dir: TempDir,
     _pebble: ChildGuard,
     _dns: ChildGuard,
@@ -304,6 +310,7 @@ impl Pebble {
   "externalAccountBindingRequired": {eab},
   "externalAccountMACKeys": {{ {eab_keys} }},
   "domainBlocklist": ["blocked-domain.example"],
+  "caaIdentities": {caa},
   "certificateValidityPeriod": {validity},
   "profiles": {{
     "default": {{"description": "The default profile", "validityPeriod": {validity}}},
@@ -316,6 +323,7 @@ impl Pebble {
             tls = free_port(),
             eab = opts.eab,
             validity = opts.validity_secs,
+            caa = serde_json::to_string(&opts.caa_identities).unwrap(),
         );
         let cfg = dir.path().join("pebble.json");
         fs::write(&cfg, config).unwrap();
@@ -345,6 +353,7 @@ impl Pebble {
             ca_file: ca,
             management: format!("https://127.0.0.1:{mgmt}"),
             dns_management: format!("http://127.0.0.1:{dns_mgmt}"),
+            dns: std::net::SocketAddr::from(([127, 0, 0, 1], dns_port)),
             dir,
             _pebble: ChildGuard(child),
             _dns: dns,
@@ -404,6 +413,29 @@ impl Pebble {
             .await
             .unwrap()
             .0
+    }
+
+    /// Posts `body` (JSON) to pebble-challtestsrv's management `path` (`add-a`, `add-caa`, ...).
+    pub fn mock_dns(&self, path: &str, body: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let status = rt.block_on(async {
+            self.http()
+                .post(format!("{}/{path}", self.dns_management))
+                .body(body.to_owned())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(status.is_success(), "challtestsrv {path} {body}: {status}");
+    }
+
+    /// How many orders pebble created (its log says "There are now N orders in the db").
+    pub fn orders(&self) -> usize {
+        self.log().matches("orders in the db").count()
     }
 
     /// The text of pebble's log.
