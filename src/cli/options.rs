@@ -13,8 +13,9 @@ use acme_nginx::challenge::dns::{DnsConfig, ProviderConfig, DEFAULT_PROPAGATION_
 use acme_nginx::hooks::Hooks;
 use acme_nginx::lifecycle::fleet::{FleetConfig, DEFAULT_PREFIX, NODE_STALE_AFTER};
 use acme_nginx::lifecycle::settings::{
-    Challenge, Eab, NotifyConfig, DEFAULT_CONCURRENCY, DEFAULT_HOOKS_DIR, DEFAULT_HTTPS_PORT,
-    DEFAULT_HTTP_PORT, DEFAULT_NOTIFY_DAYS, DEFAULT_SENDMAIL, DEFAULT_SNIPPET, DEFAULT_STATE_DIR,
+    Challenge, Eab, NotifyConfig, ZeroSsl, DEFAULT_CONCURRENCY, DEFAULT_HOOKS_DIR,
+    DEFAULT_HTTPS_PORT, DEFAULT_HTTP_PORT, DEFAULT_NOTIFY_DAYS, DEFAULT_SENDMAIL, DEFAULT_SNIPPET,
+    DEFAULT_STATE_DIR,
 };
 use acme_nginx::lifecycle::Settings;
 use acme_nginx::nginx;
@@ -805,6 +806,16 @@ fn eab(o: &Options) -> Result<Option<Eab>, CliError> {
     }))
 }
 
+/// ZeroSSL's directory and EAB endpoint; test beds stand in for them with
+/// `ACME_NGINX_ZEROSSL_DIRECTORY` and `ACME_NGINX_ZEROSSL_EAB_URL`.
+fn zerossl() -> ZeroSsl {
+    let default = ZeroSsl::default();
+    ZeroSsl {
+        directory: std::env::var("ACME_NGINX_ZEROSSL_DIRECTORY").unwrap_or(default.directory),
+        eab_url: std::env::var("ACME_NGINX_ZEROSSL_EAB_URL").unwrap_or(default.eab_url),
+    }
+}
+
 fn eab_algorithm(text: Option<&str>) -> Result<acme::EabAlgorithm, CliError> {
     text.map(str::parse)
         .transpose()
@@ -1010,6 +1021,7 @@ impl Options {
                 })
                 .collect(),
             eab_by_directory: eab_by_directory(&o)?,
+            zerossl: zerossl(),
             public_preflight: o.public_preflight.unwrap_or(true),
             notify: o.notify.config()?,
             client_config,

@@ -96,7 +96,12 @@ pub async fn load_or_create(
                 .unwrap_or_else(|| "(the CA publishes none)".into()),
         });
     }
-    let eab = settings.eab_for(&directory);
+    let fetched;
+    let mut eab = settings.eab_for(&directory);
+    if meta.external_account_required && eab.is_none() && directory == settings.zerossl.directory {
+        fetched = zerossl_eab(settings, &path).await?;
+        eab = Some(&fetched);
+    }
     if meta.external_account_required && eab.is_none() {
         return Err(Error::EabRequired {
             directory: directory.clone(),
@@ -125,9 +130,116 @@ pub async fn load_or_create(
     Ok(account)
 }
 
+/// Upper bound for the EAB endpoint's answer.
+pub const EAB_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The largest answer read from it.
+const EAB_ANSWER_MAX: usize = 64 * 1024;
+
+/// The EAB credentials ZeroSSL hands out for the account's email: kept next to the account
+/// (`eab.json`, 0600) once fetched, fetched from its endpoint otherwise.
+async fn zerossl_eab(settings: &Settings, account: &Path) -> Result<super::settings::Eab, Error> {
+    let kept = account.with_file_name("eab.json");
+    let parse = |bytes: &[u8]| -> Option<super::settings::Eab> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        Some(super::settings::Eab {
+            kid: v["eab_kid"].as_str()?.to_owned(),
+            key: crate::secret::Secret::new(v["eab_hmac_key"].as_str()?),
+            algorithm: acme::EabAlgorithm::default(),
+        })
+    };
+    if kept.exists() {
+        let secret = crate::secret::read_secret(&kept).map_err(|e| Error::EabFetch {
+            url: kept.display().to_string(),
+            why: e.to_string(),
+        })?;
+        if let Some(eab) = parse(secret.expose()) {
+            return Ok(eab);
+        }
+    }
+    let url = settings.zerossl.eab_url.clone();
+    let fail = |why: String| Error::EabFetch {
+        url: url.clone(),
+        why,
+    };
+    let email = settings.email.as_deref().ok_or_else(|| {
+        fail("ZeroSSL hands out EAB credentials for an email address: pass --email (or give --eab-kid and --eab-hmac-key-file)".into())
+    })?;
+    contact_urls(&[email.to_owned()])?;
+    let client = acme::net::client(&acme::net::Profile::new(EAB_FETCH_TIMEOUT))
+        .map_err(|e| fail(e.to_string()))?;
+    let body: String = format!("email={}", form_encode(email));
+    let resp = client
+        .post(&url)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| fail(super::outcome::chain_text(&e)))?;
+    let status = resp.status();
+    let bytes = acme::net::read_capped(resp, EAB_ANSWER_MAX)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let answer: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+        fail(format!(
+            "answered {status} with something else than JSON: {}",
+            escaped(&String::from_utf8_lossy(&bytes))
+        ))
+    })?;
+    let eab = parse(&bytes).filter(|_| answer["success"].as_bool() == Some(true));
+    let Some(eab) = eab else {
+        return Err(fail(format!(
+            "answered {status} without credentials: {}",
+            escaped(&answer.to_string())
+        )));
+    };
+    let json = serde_json::json!({ "eab_kid": eab.kid, "eab_hmac_key": eab.key.expose_line().unwrap_or_default() });
+    if let Some(dir) = kept.parent() {
+        fsutil::create_dir_all_mode(dir, 0o700)
+            .map_err(Error::io(format!("create {}", dir.display())))?;
+    }
+    fsutil::write_atomic(&kept, json.to_string().as_bytes(), fsutil::PRIVATE_MODE)
+        .map_err(Error::io(format!("write {}", kept.display())))?;
+    tracing::info!(
+        "fetched EAB credentials for {email} from {url} (kept in {})",
+        kept.display()
+    );
+    Ok(eab)
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Text from a remote party, shortened and with control characters escaped.
+fn escaped(text: &str) -> String {
+    text.chars()
+        .take(300)
+        .flat_map(char::escape_default)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_values_are_encoded() {
+        assert_eq!(form_encode("a+b@c.example"), "a%2Bb%40c.example");
+        assert_eq!(form_encode("x y\n"), "x+y%0A");
+    }
 
     #[test]
     fn contact_urls_accept_addresses_and_refuse_others() {

@@ -44,6 +44,8 @@ pub enum Error {
     TermsNotAgreed { directory: String, tos: String },
     #[error("the CA at {directory} requires external account binding: pass --eab-kid and --eab-hmac-key-file (for another than the preferred CA: an [eab.\"{directory}\"] table)")]
     EabRequired { directory: String },
+    #[error("cannot get EAB credentials from {url}: {why}")]
+    EabFetch { url: String, why: String },
     #[error("{0:?} is not an email address")]
     BadEmail(String),
     #[error("the pre-hook failed, nothing was ordered")]

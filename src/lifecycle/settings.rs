@@ -57,6 +57,31 @@ impl Mode {
     }
 }
 
+/// ZeroSSL's ACME directory: it requires external account binding, and hands out credentials
+/// for an email address at [`ZEROSSL_EAB_URL`].
+pub const ZEROSSL_DIRECTORY: &str = "https://acme.zerossl.com/v2/DV90";
+/// ZeroSSL's documented endpoint for EAB credentials by email
+/// (`POST email=ADDRESS` -> `{"success": true, "eab_kid": ..., "eab_hmac_key": ...}`).
+pub const ZEROSSL_EAB_URL: &str = "https://api.zerossl.com/acme/eab-credentials-email";
+
+/// Where a CA that hands out EAB credentials per email (ZeroSSL) is, and its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZeroSsl {
+    /// Its directory URL (another one only for test beds).
+    pub directory: String,
+    /// Its EAB endpoint (another one only for test beds).
+    pub eab_url: String,
+}
+
+impl Default for ZeroSsl {
+    fn default() -> Self {
+        ZeroSsl {
+            directory: ZEROSSL_DIRECTORY.to_owned(),
+            eab_url: ZEROSSL_EAB_URL.to_owned(),
+        }
+    }
+}
+
 /// An external account binding: key id, MAC key, algorithm.
 #[derive(Debug, Clone)]
 pub struct Eab {
@@ -97,6 +122,9 @@ pub struct Settings {
     pub eab: Option<Eab>,
     /// External account bindings of other CAs, by directory URL (`[eab."URL"]`).
     pub eab_by_directory: BTreeMap<String, Eab>,
+    /// ZeroSSL's directory and EAB endpoint: without a binding for it, one is fetched for the
+    /// account's email.
+    pub zerossl: ZeroSsl,
     /// The certificates' key type; None: the type the block serves now, else ECDSA P-256.
     pub key_type: Option<KeyType>,
     pub profile: Option<String>,
@@ -159,6 +187,7 @@ impl Settings {
             agree_tos: false,
             eab: None,
             eab_by_directory: BTreeMap::new(),
+            zerossl: ZeroSsl::default(),
             key_type: None,
             profile: None,
             preferred_chain: None,

@@ -97,41 +97,42 @@ fn read_request(s: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// A webhook receiver: every POST body (JSON), in arrival order; answers 200.
-struct Webhook {
+/// A small HTTP endpoint: records every request body, answers each with 200 and `reply`
+/// (JSON): a webhook receiver, or ZeroSSL's EAB endpoint.
+struct Stub {
     url: String,
-    got: Arc<Mutex<Vec<serde_json::Value>>>,
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Webhook {
-    fn start() -> Webhook {
+impl Stub {
+    fn start(reply: &str) -> Stub {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         listener.set_nonblocking(true).unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (sink, flag) = (got.clone(), stop.clone());
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+            reply.len()
+        );
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut s, _)) => {
                         s.set_nonblocking(false).unwrap();
                         if let Ok(body) = read_request(&mut s) {
-                            if let Ok(v) = serde_json::from_slice(&body) {
-                                sink.lock().unwrap().push(v);
-                            }
+                            sink.lock().unwrap().push(body);
                         }
-                        let _ = s.write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        );
+                        let _ = s.write_all(answer.as_bytes());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
         });
-        Webhook {
+        Stub {
             url,
             got,
             stop,
@@ -139,13 +140,21 @@ impl Webhook {
         }
     }
 
-    /// The events received since the last call.
-    fn take(&self) -> Vec<serde_json::Value> {
+    /// The bodies received since the last call.
+    fn take(&self) -> Vec<Vec<u8>> {
         std::mem::take(&mut *self.got.lock().unwrap())
+    }
+
+    /// The JSON bodies received since the last call.
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.take()
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect()
     }
 }
 
-impl Drop for Webhook {
+impl Drop for Stub {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -439,7 +448,7 @@ fn failures_recoveries_and_expiring_certificates_are_told_once() {
         },
     );
     fs::create_dir_all(bed.nginx.dir.path().join("acme")).unwrap();
-    let hook = Webhook::start();
+    let hook = Stub::start("{}");
     let mailbox = bed.state.path().join("mailbox");
     let sendmail = bed.state.path().join("sendmail");
     fs::write(
@@ -467,7 +476,7 @@ fn failures_recoveries_and_expiring_certificates_are_told_once() {
     );
     let out = bed.cmd("enroll", &[]);
     assert_exit(&out, 1);
-    let events = hook.take();
+    let events = hook.events();
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];
     assert_eq!(
@@ -496,13 +505,13 @@ fn failures_recoveries_and_expiring_certificates_are_told_once() {
     // The same streak: nothing more.
     let out = bed.cmd("enroll", &["note.test"]);
     assert_exit(&out, 1);
-    assert_eq!(hook.take(), Vec::<serde_json::Value>::new());
+    assert_eq!(hook.events(), Vec::<serde_json::Value>::new());
 
     // It recovers; its 10-day certificate is within the 14 days: both told, once.
     bed.pebble.mock_dns("clear-a", r#"{"host": "note.test."}"#);
     let out = bed.cmd("enroll", &["note.test"]);
     assert_exit(&out, 0);
-    let events = hook.take();
+    let events = hook.events();
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e["status"].as_str().unwrap())
@@ -515,7 +524,11 @@ fn failures_recoveries_and_expiring_certificates_are_told_once() {
 
     let out = bed.cmd("renew", &[]);
     assert_exit(&out, 0);
-    assert_eq!(hook.take(), Vec::<serde_json::Value>::new(), "all is well");
+    assert_eq!(
+        hook.events(),
+        Vec::<serde_json::Value>::new(),
+        "all is well"
+    );
 
     // A notifier that fails is logged; the exit code is the names' own.
     bed.pebble.mock_dns(
@@ -540,4 +553,60 @@ fn failures_recoveries_and_expiring_certificates_are_told_once() {
         2,
         "{stderr}"
     );
+}
+
+/// ZeroSSL requires external account binding and hands credentials out by email: without a
+/// binding given, they are fetched from its endpoint (a stand-in here), kept next to the account
+/// (0600), and the account is made with them; without an email the run says what to pass.
+#[test]
+fn zerossl_eab_credentials_are_fetched_for_the_email() {
+    let bed = Bed::start_with(free_port(), &site("zero.test"), |o| PebbleOptions {
+        eab: true,
+        ..o
+    });
+    fs::create_dir_all(bed.nginx.dir.path().join("acme")).unwrap();
+    let (kid, key) = crate::util::EAB_KEYS[0];
+    let endpoint = Stub::start(&format!(
+        r#"{{"success": true, "eab_kid": "{kid}", "eab_hmac_key": "{key}"}}"#
+    ));
+    let enroll = |extra: &[&str]| {
+        crate::util::run(
+            bed.command("enroll", extra)
+                .env("ACME_NGINX_ZEROSSL_DIRECTORY", &bed.pebble.directory)
+                .env("ACME_NGINX_ZEROSSL_EAB_URL", &endpoint.url),
+        )
+    };
+    let out = enroll(&[]);
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pass --email"), "{stderr}");
+    assert!(endpoint.take().is_empty(), "nothing asked without an email");
+
+    let out = enroll(&["--email", "ops+acme@example.org"]);
+    assert_exit(&out, 0);
+    assert_eq!(by_name(&json(&out), "zero.test")["status"], "issued");
+    let asked = endpoint.take();
+    assert_eq!(asked, vec![b"email=ops%2Bacme%40example.org".to_vec()]);
+    let kept: Vec<_> = walk(&bed.state.path().join("accounts"))
+        .into_iter()
+        .filter(|p| p.ends_with("eab.json"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        fs::metadata(&kept[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

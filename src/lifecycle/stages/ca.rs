@@ -86,12 +86,31 @@ pub fn caa_allows(records: &[Caa], identities: &[String], wildcard: bool) -> Res
     }
 }
 
+/// How long before a certificate's expiry a CA's rate limit still lets the renewal wait for
+/// it (rather than go to the next CA).
+pub const RATE_LIMIT_MARGIN: time::Duration = time::Duration::days(2);
+
 /// Why a failure at one CA lets the next CA be tried, or `None` when it would fail there too
-/// (a failed validation, a refused name: trying elsewhere spends another CA's allowance).
-pub fn falls_over(f: &Failure) -> Option<String> {
+/// (a failed validation, a refused name: trying elsewhere spends another CA's allowance). A
+/// rate limit falls over only past the renewal's deadline (the live certificate's expiry, less
+/// [`RATE_LIMIT_MARGIN`]; a name without a certificate has none to wait with): before it, the
+/// CA is still usable and the name waits for it (its `Retry-After` floors the backoff).
+pub fn falls_over(
+    f: &Failure,
+    deadline: Option<time::OffsetDateTime>,
+    now: time::OffsetDateTime,
+) -> Option<String> {
     if f.kind == FailureKind::RateLimited {
-        return Some(match f.retry_after {
-            Some(d) => format!("it rate-limits this account (retry after {}s)", d.as_secs()),
+        let until = f.retry_after.map(|d| now + d);
+        let waits = match (until, deadline) {
+            (Some(until), Some(deadline)) => until < deadline - RATE_LIMIT_MARGIN,
+            _ => false,
+        };
+        return (!waits).then(|| match f.retry_after {
+            Some(d) => format!(
+                "it rate-limits this account (retry after {}s, past the renewal's deadline)",
+                d.as_secs()
+            ),
             None => "it rate-limits this account".to_owned(),
         });
     }
@@ -250,24 +269,35 @@ mod tests {
     }
 
     #[test]
-    fn only_outages_and_rate_limits_fall_over() {
+    fn only_outages_and_rate_limits_past_the_deadline_fall_over() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let day = time::Duration::days(1);
         let mut f = Failure::transient("nginx -t failed");
-        assert_eq!(falls_over(&f), None);
+        assert_eq!(falls_over(&f, None, now), None);
         f.outage = true;
-        assert!(falls_over(&f).is_some());
+        assert!(falls_over(&f, None, now).is_some());
         let refused = Failure {
             kind: FailureKind::Refused,
             ..Failure::transient("unauthorized")
         };
-        assert_eq!(falls_over(&refused), None);
-        let limited = Failure {
+        assert_eq!(falls_over(&refused, None, now), None);
+        let limited = |secs: u64| Failure {
             kind: FailureKind::RateLimited,
-            retry_after: Some(std::time::Duration::from_secs(60)),
+            retry_after: Some(std::time::Duration::from_secs(secs)),
             ..Failure::transient("too many")
         };
+        // A first certificate has no deadline to wait with.
         assert_eq!(
-            falls_over(&limited).as_deref(),
-            Some("it rate-limits this account (retry after 60s)")
+            falls_over(&limited(60), None, now).as_deref(),
+            Some("it rate-limits this account (retry after 60s, past the renewal's deadline)")
         );
+        // A renewal with 20 days left waits an hour for its CA, not 19 days.
+        assert_eq!(falls_over(&limited(3600), Some(now + day * 20), now), None);
+        assert!(falls_over(&limited(19 * 86400), Some(now + day * 20), now).is_some());
+        let unbounded = Failure {
+            retry_after: None,
+            ..limited(0)
+        };
+        assert!(falls_over(&unbounded, Some(now + day * 20), now).is_some());
     }
 }

@@ -414,7 +414,11 @@ async fn obtain_one(
                     directory,
                 })
             }
-            Err(f) => match ca::falls_over(&f) {
+            Err(f) => match ca::falls_over(
+                &f,
+                live.as_ref().map(|c| c.info.not_after),
+                time::OffsetDateTime::now_utc(),
+            ) {
                 Some(why) if env.settings.fallback_directories.is_empty() => {
                     tracing::debug!("{}: {directory}: {why}", plan.lineage());
                     return Err(f);
