@@ -283,10 +283,15 @@ async fn obtain_one(
                 .filter(|n| plan.methods.get(*n) == Some(&Method::Webroot))
                 .filter(|n| n.parse::<std::net::IpAddr>().is_err())
             {
+                let started = std::time::Instant::now();
                 let reached = public.check(&solver, name).await.map_err(|e| Failure {
                     kind: FailureKind::Refused,
                     ..Failure::transient(chain_text(&e))
                 })?;
+                tracing::debug!(
+                    "{name}: public-address preflight passed in {:?}",
+                    started.elapsed()
+                );
                 if !reached.is_empty() {
                     tracing::info!(
                         "{name}: its public address(es) {} answer with this nginx's probe token",
