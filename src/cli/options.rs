@@ -655,11 +655,13 @@ pub struct DnsOptions {
         help_heading = "DNS"
     )]
     pub hook: Option<String>,
-    /// The resolver lookups go to [default: the first nameserver of /etc/resolv.conf].
+    /// The resolver lookups go to: DNS solver, CAA, the public-address preflight [default: the
+    /// first nameserver of /etc/resolv.conf].
     #[arg(
         id = "dns_resolver",
         long = "dns-resolver",
         value_name = "IP[:PORT]",
+        env = "ACME_NGINX_DNS_RESOLVER",
         help_heading = "DNS"
     )]
     pub resolver: Option<String>,

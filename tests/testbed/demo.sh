@@ -81,7 +81,7 @@ enroll=("$bin" enroll --non-interactive --agree-tos --email demo@example.org
         --nginx-conf "$work/nginx/nginx.conf" --nginx-prefix "$work/nginx" --state-dir "$work/state"
         --config-file /dev/null --challenge-snippet "$work/nginx/snippets/acme-challenge.conf"
         --hooks-dir "$work/hooks" --https-port "$https_port" --redirect
-        --public-preflight false)   # the demo's names are in no public DNS
+        --dns-resolver "127.0.0.1:$dns_port")   # CAA and the public-address preflight ask pebble's DNS
 echo "== local pebble at $ACME_NGINX_DIRECTORY, nginx master $(cat "$work/nginx/nginx.pid") on 127.0.0.1:$http_port"
 echo "== acme-nginx scan"
 "$bin" scan --nginx-conf "$work/nginx/nginx.conf" --nginx-prefix "$work/nginx"

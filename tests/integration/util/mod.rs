@@ -444,12 +444,14 @@ impl Pebble {
     }
 
     /// An `acme-nginx` command with `--directory`, `--ca-file` and `--http-port` set for this
-    /// pebble.
+    /// pebble, and its pebble-challtestsrv as the resolver for lookups (CAA before each
+    /// order): the test names are in no other DNS, and the machine's resolver may not answer.
     pub fn cli(&self) -> Command {
         let mut c = acme_nginx_cmd();
         c.env("ACME_NGINX_DIRECTORY", &self.directory)
             .env("ACME_NGINX_CA_FILE", &self.ca_file)
-            .env("ACME_NGINX_HTTP_PORT", self.http_port.to_string());
+            .env("ACME_NGINX_HTTP_PORT", self.http_port.to_string())
+            .env("ACME_NGINX_DNS_RESOLVER", self.dns.to_string());
         c
     }
 }
@@ -462,6 +464,7 @@ pub fn acme_nginx_cmd() -> Command {
     c.env_remove("ACME_NGINX_DIRECTORY")
         .env_remove("ACME_NGINX_CA_FILE")
         .env_remove("ACME_NGINX_HTTP_PORT")
+        .env_remove("ACME_NGINX_DNS_RESOLVER")
         .env("ACME_NGINX_PUBLIC_PREFLIGHT", "false");
     c
 }
