@@ -1,7 +1,7 @@
 //! `acme-nginx scan`: what acme-nginx sees in the nginx configuration.
 
 use acme_nginx::lifecycle::plan::Proving;
-use acme_nginx::nginx::discovery::{Scan, ServerBlock};
+use acme_nginx::nginx::discovery::{Context as Where, Scan, ServerBlock};
 use clap::Args;
 use serde::Serialize;
 
@@ -217,11 +217,19 @@ fn table(
                 } else {
                     s.server_names.join(" ")
                 },
-                s.listen
-                    .iter()
-                    .map(|l| l.raw.clone())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                {
+                    let listen = s
+                        .listen
+                        .iter()
+                        .map(|l| l.raw.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    match (s.context, s.starttls) {
+                        (Where::Http, _) => listen,
+                        (c, Some(p)) => format!("{}: {listen} (starttls {p:?})", c.as_str()),
+                        (c, None) => format!("{}: {listen}", c.as_str()),
+                    }
+                },
                 match (&s.acme_challenge_dir, &s.acme_challenge_reason) {
                     (Some(d), _) => d.display().to_string(),
                     (None, Some(r)) => format!("- ({})", output::one_line(r)),
@@ -243,6 +251,9 @@ fn table(
     ];
     output::table(header, &rows, 60)?;
     for s in &scan.servers {
+        if let Some(advice) = &s.advice {
+            output::line(format!("note: {}: {advice}", s.location()))?;
+        }
         let names = proving.block_names(s);
         let refused = proving.dns_refused(s);
         for (name, why) in &refused {

@@ -413,7 +413,12 @@ pub fn plans(
         let Some(mut plan) = by_primary.remove(&primary) else {
             continue;
         };
-        let ssl = |i: &usize| scan.servers[*i].listen.iter().any(|l| l.ssl);
+        // Blocks that serve TLS now: HTTPS listeners, or a stream/mail server's TLS (direct or
+        // STARTTLS). Only http blocks get new HTTPS listeners.
+        let ssl = |i: &usize| {
+            let s = &scan.servers[*i];
+            s.listen.iter().any(|l| l.ssl) || s.starttls.is_some()
+        };
         // The block nginx answers the first name proven through it with.
         let via_nginx = plan
             .names
@@ -431,13 +436,16 @@ pub fn plans(
             .blocks
             .iter()
             .copied()
-            .filter(|&i| scan.servers[i].listen.iter().any(|l| !l.ssl))
+            .filter(|&i| scan.servers[i].is_http() && scan.servers[i].listen.iter().any(|l| !l.ssl))
             .collect();
-        plan.install_blocks = if with_ssl.is_empty() {
-            own_plain.first().copied().into_iter().collect()
-        } else {
-            with_ssl
-        };
+        let http_ssl = with_ssl.iter().any(|&i| scan.servers[i].is_http());
+        // An http block that serves only plain HTTP gets an HTTPS listener, also when a
+        // stream or mail server shares the certificate.
+        plan.install_blocks = with_ssl;
+        if !http_ssl {
+            plan.install_blocks.extend(own_plain.first().copied());
+            plan.install_blocks.sort_unstable();
+        }
         // A block that serves two certificates (ECDSA and RSA, for older clients) keeps both:
         // a second plan gets an RSA certificate for the second pair.
         let hybrid = plan
@@ -445,12 +453,25 @@ pub fn plans(
             .iter()
             .any(|&i| scan.servers[i].ssl_certificates.len() >= 2);
         if plan.challenge_block.is_none() && plan.uses_webroot() {
-            plan.needs_http_route = true;
-            plan.error = Some(format!(
-                "nginx answers {} on no plain-HTTP port {http_port}, where the CA validates http-01: add `listen {http_port};` to the server block at {}, or run enroll with --http-route to have acme-nginx add a port-{http_port} block for it (challenges answered, the rest redirected to HTTPS)",
-                plan.primary,
-                plan.block_locations.first().cloned().unwrap_or_default()
-            ));
+            // A port-80 block goes after the name's http block: a name only a stream or mail
+            // server holds has none to put it after.
+            plan.needs_http_route = plan.blocks.iter().any(|&i| scan.servers[i].is_http());
+            plan.error = Some(if plan.needs_http_route {
+                format!(
+                    "nginx answers {} on no plain-HTTP port {http_port}, where the CA validates http-01: add `listen {http_port};` to the server block at {}, or run enroll with --http-route to have acme-nginx add a port-{http_port} block for it (challenges answered, the rest redirected to HTTPS)",
+                    plan.primary,
+                    plan.block_locations.first().cloned().unwrap_or_default()
+                )
+            } else {
+                format!(
+                    "{} is a name of the {} server at {} only, and no http server answers it on port {http_port}, where the CA validates http-01: add an http server block (or a default server) listening on port {http_port}, or prove it by dns-01",
+                    plan.primary,
+                    plan.blocks
+                        .first()
+                        .map_or("stream", |&i| scan.servers[i].context.as_str()),
+                    plan.block_locations.first().cloned().unwrap_or_default()
+                )
+            });
         }
         let companion = (hybrid && !plan.ip_literal).then(|| Plan {
             variant: Some(KeyType::Rsa2048),
@@ -518,6 +539,35 @@ mod tests {
         assert!(p
             .iter()
             .all(|p| p.error.as_deref().unwrap().contains("add `listen 8080;`")));
+    }
+
+    /// A name an http block and mail servers share is one certificate installed in all of them
+    /// (the http block gets its HTTPS listener); a name only a stream server has is proven
+    /// through the port's default http server; with no http server on the port it says what
+    /// to add, and offers no --http-route (which needs an http block to follow).
+    #[test]
+    fn stream_and_mail_servers_join_the_plans_of_their_names() {
+        let s = scan_of(
+            "http {\n server { listen 80; server_name mail.example.org; }\n}\n\
+             mail {\n server_name mail.example.org; auth_http 127.0.0.1:9/a;\n \
+             server { listen 587; protocol smtp; starttls on; }\n \
+             server { listen 993 ssl; protocol imap; }\n}\n\
+             stream {\n server { listen 8883 ssl; server_name mqtt.example.org; proxy_pass 127.0.0.1:1883; }\n}",
+        );
+        let p = plans(&s, &[], 80, &Proving::webroot_only()).unwrap();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].primary, "mail.example.org");
+        assert_eq!(p[0].blocks, vec![0, 2, 3]);
+        assert_eq!(p[0].install_blocks, vec![0, 2, 3]);
+        assert_eq!(p[0].challenge_block, Some(0));
+        assert_eq!(p[1].primary, "mqtt.example.org");
+        assert_eq!(p[1].install_blocks, vec![1]);
+        assert_eq!(p[1].challenge_block, Some(0), "port 80's default server");
+        let p = plans(&s, &[], 8080, &Proving::webroot_only()).unwrap();
+        assert!(!p[1].needs_http_route);
+        let why = p[1].error.as_deref().unwrap();
+        assert!(why.contains("of the stream server at"), "{why}");
+        assert!(p[0].needs_http_route);
     }
 
     #[test]

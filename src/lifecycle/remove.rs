@@ -10,7 +10,7 @@ use super::outcome::{chain_text, Failure, Outcome, Status};
 use super::{Error, Session};
 use crate::acme;
 use crate::nginx::edit::{self, Edit};
-use crate::nginx::probe::{endpoint_for, served_certificate};
+use crate::nginx::probe::{served_certificate_on, tls_listeners};
 use crate::nginx::transaction::{self, Change};
 use crate::store::{self, Lineage};
 
@@ -216,16 +216,13 @@ impl Session {
             None => name.clone(),
         };
         for s in &scan.servers {
-            for l in s.listen.iter().filter(|l| l.ssl) {
-                let Some(at) = endpoint_for(l) else {
-                    continue;
-                };
+            for (at, start) in tls_listeners(s) {
                 let addr = at.addr;
                 // An old worker that is shutting down after a reload may still answer for a
                 // moment: only a listener that keeps serving it counts.
                 let deadline = tokio::time::Instant::now() + super::stages::verify::VERIFY_SETTLE;
                 loop {
-                    match served_certificate(at, &sni).await {
+                    match served_certificate_on(at, start, &sni, false).await {
                         Ok(served) if served == leaf => {}
                         _ => break,
                     }

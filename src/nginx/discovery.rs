@@ -1,7 +1,9 @@
 //! Discovery: every `server` block of the `http` context in document order (includes expanded in
 //! place), with its names (and which of them can be enrolled), listeners, certificates and the
-//! directory it serves `/.well-known/acme-challenge/` from; plus the global facts a client needs
-//! (worker user and group, pid file).
+//! directory it serves `/.well-known/acme-challenge/` from; then the TLS servers of the
+//! `stream` and `mail` contexts (their names from `server_name`, or on nginx before 1.25.5 a
+//! stream server's `# acme-nginx: server_name NAME...` comment); plus the global facts a client
+//! needs (worker user and group, pid file).
 
 use std::path::{Path, PathBuf};
 
@@ -164,6 +166,62 @@ impl Listen {
     }
 }
 
+/// The context a server block is in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Context {
+    /// `http { server { ... } }`: answers http-01, gets HTTPS listeners.
+    #[default]
+    Http,
+    /// `stream { server { ... } }`: TLS in front of any TCP service.
+    Stream,
+    /// `mail { server { ... } }`: SMTP, IMAP or POP3 over TLS or with STARTTLS.
+    Mail,
+}
+
+impl Context {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Context::Http => "http",
+            Context::Stream => "stream",
+            Context::Mail => "mail",
+        }
+    }
+}
+
+/// A mail protocol (what a STARTTLS proof speaks before its handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailProtocol {
+    Smtp,
+    Imap,
+    Pop3,
+}
+
+impl MailProtocol {
+    /// The protocol a `protocol` directive names, else the one nginx detects from a listener's
+    /// well-known port.
+    fn of(protocol: Option<&str>, ports: impl Iterator<Item = u16>) -> Option<MailProtocol> {
+        match protocol {
+            Some("smtp") => return Some(MailProtocol::Smtp),
+            Some("imap") => return Some(MailProtocol::Imap),
+            Some("pop3") => return Some(MailProtocol::Pop3),
+            Some(_) => return None,
+            None => {}
+        }
+        ports.into_iter().find_map(|p| match p {
+            25 | 465 | 587 => Some(MailProtocol::Smtp),
+            143 | 993 => Some(MailProtocol::Imap),
+            110 | 995 => Some(MailProtocol::Pop3),
+            _ => None,
+        })
+    }
+}
+
+/// The comment that names a stream server on nginx versions without stream `server_name`
+/// (before 1.25.5): `# acme-nginx: server_name NAME...` inside the server block.
+pub const NAME_MARKER: &str = "# acme-nginx: server_name";
+
 /// A name that will not be enrolled, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Skipped {
@@ -203,9 +261,28 @@ pub struct ServerBlock {
     /// variable `ssl_certificate`): acme-nginx leaves it alone unless told to take it over.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub managed_elsewhere: Option<String>,
+    /// `http`, `stream` or `mail`.
+    pub context: Context,
+    /// A mail server that offers STARTTLS (`starttls on|only`): the protocol its plain
+    /// listeners are proven with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starttls: Option<MailProtocol>,
+    /// What a stream or mail server lacks to be enrolled (no TLS, no names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advice: Option<String>,
 }
 
 impl ServerBlock {
+    /// True for a block of the `http` context.
+    pub fn is_http(&self) -> bool {
+        self.context == Context::Http
+    }
+
+    /// True when a listener of this block speaks TLS, directly or after STARTTLS.
+    pub fn serves_tls(&self) -> bool {
+        self.listen.iter().any(|l| l.ssl) || self.starttls.is_some()
+    }
+
     /// `file:line`, for messages.
     pub fn location(&self) -> String {
         format!("{}:{}", self.file.display(), self.line)
@@ -389,6 +466,22 @@ pub fn scan(cfg: &Config, defaults: &BuildDefaults) -> Scan {
         };
         servers.extend(in_order_on_all_cores(&blocks, one));
     }
+    for (name, context) in [("stream", Context::Stream), ("mail", Context::Mail)] {
+        for top in main.iter().filter(|d| d.name == name && d.block.is_some()) {
+            let children = cfg.expanded(top.children());
+            let settings: Vec<&Directive> = children
+                .iter()
+                .copied()
+                .filter(|d| d.name != "server")
+                .collect();
+            for server in children
+                .iter()
+                .filter(|d| d.name == "server" && d.block.is_some())
+            {
+                servers.push(tls_server_block(cfg, context, &settings, server));
+            }
+        }
+    }
     Scan {
         nginx_conf: cfg.files[cfg.main].path.clone(),
         user,
@@ -397,6 +490,144 @@ pub fn scan(cfg: &Config, defaults: &BuildDefaults) -> Scan {
         servers,
         warnings,
     }
+}
+
+/// A server block of the `stream` or `mail` context: its names (`server_name`, inherited from
+/// `mail {}` for mail; else the [`NAME_MARKER`] comment), listeners, STARTTLS (mail), and its
+/// certificate (its own or the context's). One that speaks no TLS, or has no names, is listed
+/// with what it lacks and enrolls nothing.
+fn tls_server_block(
+    cfg: &Config,
+    context: Context,
+    settings: &[&Directive],
+    server: &Directive,
+) -> ServerBlock {
+    let children = cfg.expanded(server.children());
+    let names_in = |list: &[&Directive]| -> Vec<String> {
+        list.iter()
+            .filter(|d| d.name == "server_name")
+            .flat_map(|d| d.args.iter().map(|a| a.to_string()))
+            .collect()
+    };
+    let mut server_names = names_in(&children);
+    if server_names.is_empty() && context == Context::Mail {
+        server_names = names_in(settings);
+    }
+    if server_names.is_empty() {
+        server_names = name_marker(cfg, server);
+    }
+    let listen: Vec<Listen> = children
+        .iter()
+        .filter(|d| d.name == "listen")
+        .filter_map(|d| {
+            let mut l = Listen::parse(&d.args)?;
+            // No TLS over UDP (nginx has no DTLS).
+            l.ssl &= !d.args.iter().any(|a| a == "udp");
+            Some(l)
+        })
+        .collect();
+    let setting = |name: &str| -> Option<String> {
+        children
+            .iter()
+            .chain(settings)
+            .find(|d| d.name == name)
+            .and_then(|d| d.args.first().map(|a| a.to_string()))
+    };
+    let starttls = match (context, setting("starttls").as_deref()) {
+        (Context::Mail, Some("on" | "only")) => MailProtocol::of(
+            setting("protocol").as_deref(),
+            listen.iter().map(|l| l.port),
+        ),
+        _ => None,
+    };
+    let mut certs = conf_paths(cfg, &children, "ssl_certificate");
+    let mut keys = conf_paths(cfg, &children, "ssl_certificate_key");
+    if certs.is_empty() {
+        certs = conf_paths(cfg, settings, "ssl_certificate");
+    }
+    if keys.is_empty() {
+        keys = conf_paths(cfg, settings, "ssl_certificate_key");
+    }
+    let (mut enrollable, mut skipped) = classify_names(&server_names);
+    let tls = listen.iter().any(|l| l.ssl) || starttls.is_some();
+    let ctx = context.as_str();
+    let advice = if !tls {
+        Some(match context {
+            Context::Mail if setting("starttls").is_some_and(|v| v != "off") => {
+                "a mail server offering STARTTLS whose protocol is not known: add `protocol smtp|imap|pop3;`"
+                    .to_owned()
+            }
+            _ => format!("a {ctx} server without TLS (no `listen ... ssl`): nothing to certify"),
+        })
+    } else if server_names.is_empty() {
+        Some(match context {
+            Context::Stream => format!(
+                "a TLS stream server without names: add `server_name NAME;` (nginx 1.25.5 and later) or a `{NAME_MARKER} NAME` line inside it"
+            ),
+            _ => format!(
+                "a TLS mail server without names: add `server_name NAME;` to it or to mail {{}}, or a `{NAME_MARKER} NAME` line inside it"
+            ),
+        })
+    } else {
+        None
+    };
+    if !tls {
+        skipped.extend(enrollable.drain(..).map(|n| Skipped {
+            name: n,
+            reason: format!("the {ctx} server speaks no TLS"),
+        }));
+    }
+    let ignored = ignore_marker(cfg, server);
+    if let Some(at) = &ignored {
+        let reason = format!("the block is marked `{IGNORE_MARKER}` (at {at})");
+        skipped.extend(enrollable.drain(..).map(|n| Skipped {
+            name: n,
+            reason: reason.clone(),
+        }));
+    }
+    let managed_elsewhere = managed_elsewhere(cfg, &children, &certs);
+    ServerBlock {
+        file: cfg.files[server.file].path.clone(),
+        line: server.line,
+        file_id: server.file,
+        span: (server.start, server.end),
+        server_names,
+        enrollable,
+        skipped,
+        listen,
+        ssl_certificate: certs.first().cloned(),
+        ssl_certificate_key: keys.first().cloned(),
+        ssl_certificates: certs,
+        ssl_certificate_keys: keys,
+        acme_challenge_dir: None,
+        acme_challenge_reason: Some(format!(
+            "a {ctx} server: its names are proven through the http server nginx answers them with on the CA's port, or by dns-01"
+        )),
+        challenge_answered_at_server_level: false,
+        ignored,
+        managed_elsewhere,
+        context,
+        starttls,
+        advice,
+    }
+}
+
+/// The names a `# acme-nginx: server_name NAME...` comment inside `server` gives.
+fn name_marker(cfg: &Config, server: &Directive) -> Vec<String> {
+    let file = &cfg.files[server.file];
+    file.markers
+        .iter()
+        .filter(|m| {
+            (server.start..server.end).contains(&m.offset)
+                && m.words.first().is_some_and(|w| w == "server_name")
+        })
+        .flat_map(|m| {
+            m.words[1..]
+                .iter()
+                .map(|w| w.trim_end_matches(';').to_owned())
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
 }
 
 fn directive_args(list: &[&Directive], name: &str) -> Vec<String> {
@@ -518,6 +749,9 @@ fn server_block(
         challenge_answered_at_server_level: server_level,
         ignored,
         managed_elsewhere,
+        context: Context::Http,
+        starttls: None,
+        advice: None,
     }
 }
 
@@ -564,10 +798,11 @@ pub fn server_for_host(scan: &Scan, host: &str, port: u16) -> Option<usize> {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let on_port: Vec<usize> = (0..scan.servers.len())
         .filter(|&i| {
-            scan.servers[i]
-                .listen
-                .iter()
-                .any(|l| !l.ssl && l.port == port && !l.address.starts_with("unix:"))
+            scan.servers[i].is_http()
+                && scan.servers[i]
+                    .listen
+                    .iter()
+                    .any(|l| !l.ssl && l.port == port && !l.address.starts_with("unix:"))
         })
         .collect();
     let names = |i: usize| {
@@ -645,6 +880,79 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// Stream and mail servers: names from `server_name` (inherited from `mail {}` for mail) or
+    /// the comment, STARTTLS and its protocol (named or from the port), certificates inherited
+    /// from the context, and what a server that cannot be enrolled lacks.
+    #[test]
+    fn stream_and_mail_servers_are_found_with_their_names_and_tls() {
+        let cfg = Config::parse_str(
+            Path::new("/etc/nginx/nginx.conf"),
+            br#"
+http { server { listen 80; server_name web.test; } }
+stream {
+    ssl_certificate /etc/ssl/stream.pem;
+    ssl_certificate_key /etc/ssl/stream.key;
+    server {
+        listen 8443 ssl;
+        # acme-nginx: server_name mqtt.test broker.test
+        proxy_pass 127.0.0.1:1883;
+    }
+    server { listen 9443 ssl; server_name db.test; ssl_certificate /etc/ssl/db.pem; ssl_certificate_key /etc/ssl/db.key; proxy_pass 127.0.0.1:5432; }
+    server { listen 5353 udp; proxy_pass 127.0.0.1:53; }
+    server { listen 7443 ssl; proxy_pass 127.0.0.1:7000; }
+}
+mail {
+    server_name mail.test;
+    auth_http 127.0.0.1:9000/auth;
+    ssl_certificate /etc/ssl/mail.pem;
+    ssl_certificate_key /etc/ssl/mail.key;
+    server { listen 587; protocol smtp; starttls on; }
+    server { listen 143; starttls only; }
+    server { listen 993 ssl; protocol imap; }
+    server { listen 110; protocol pop3; }
+}
+"#,
+        )
+        .unwrap();
+        let scan = scan(&cfg, &BuildDefaults::default());
+        let by_line = |line: u32| scan.servers.iter().find(|x| x.line == line).unwrap();
+        assert_eq!(scan.servers[0].context, Context::Http);
+        let mqtt = by_line(6);
+        assert_eq!(mqtt.context, Context::Stream);
+        assert_eq!(mqtt.enrollable, s(&["mqtt.test", "broker.test"]));
+        assert_eq!(mqtt.ssl_certificate.as_deref(), Some("/etc/ssl/stream.pem"));
+        assert!(mqtt.serves_tls() && mqtt.advice.is_none());
+        let db = by_line(11);
+        assert_eq!(db.enrollable, s(&["db.test"]));
+        assert_eq!(db.ssl_certificate.as_deref(), Some("/etc/ssl/db.pem"));
+        let udp = by_line(12);
+        assert!(!udp.serves_tls());
+        assert!(
+            udp.advice.as_ref().unwrap().contains("without TLS"),
+            "{udp:?}"
+        );
+        let nameless = by_line(13);
+        assert!(nameless.enrollable.is_empty());
+        assert!(
+            nameless.advice.as_ref().unwrap().contains(NAME_MARKER),
+            "{nameless:?}"
+        );
+        let smtp = by_line(20);
+        assert_eq!(smtp.context, Context::Mail);
+        assert_eq!(smtp.enrollable, s(&["mail.test"]));
+        assert_eq!(smtp.starttls, Some(MailProtocol::Smtp));
+        assert_eq!(smtp.ssl_certificate.as_deref(), Some("/etc/ssl/mail.pem"));
+        assert_eq!(by_line(21).starttls, Some(MailProtocol::Imap), "port 143");
+        let imaps = by_line(22);
+        assert_eq!((imaps.starttls, imaps.serves_tls()), (None, true));
+        let pop3 = by_line(23);
+        assert!(!pop3.serves_tls() && pop3.enrollable.is_empty());
+        assert_eq!(pop3.skipped[0].reason, "the mail server speaks no TLS");
+        // The port-80 rule never picks a stream or mail server.
+        assert_eq!(server_for_host(&scan, "mail.test", 587), None);
+        assert_eq!(server_for_host(&scan, "mail.test", 80), Some(0));
     }
 
     #[test]

@@ -293,7 +293,9 @@ pub fn install_edits(
         });
     }
     let mut edits = include_edits;
-    if spec.slot == 0 {
+    // A stream or mail server keeps its listeners: only its certificate lines change.
+    let http = block.is_http();
+    if spec.slot == 0 && http {
         edits.extend(plain_https_listeners_to_ssl(
             text,
             &own,
@@ -307,7 +309,7 @@ pub fn install_edits(
             edits.push(replace_directive(text, d, &line, &indent));
         }
     }
-    let mut new_lines = if spec.slot == 0 {
+    let mut new_lines = if spec.slot == 0 && http {
         https_listens(&block.listen, spec.https_port)
     } else {
         Vec::new()
@@ -345,6 +347,7 @@ pub fn install_edits(
         new_lines.push(key_line);
     }
     if spec.redirect
+        && http
         && spec.slot == 0
         && !expanded
             .iter()

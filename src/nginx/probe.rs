@@ -1,5 +1,7 @@
 //! Asking nginx itself, over loopback, what it serves: a challenge file over plain HTTP with a
-//! name's Host header, and the certificate it presents over TLS for a name's SNI.
+//! name's Host header, and the certificate it presents over TLS for a name's SNI: directly, or
+//! on a mail listener after the protocol's STARTTLS (SMTP `EHLO`/`STARTTLS`, IMAP
+//! `a STARTTLS`, POP3 `STLS`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::discovery::Listen;
+use super::discovery::{Listen, MailProtocol, ServerBlock};
 
 /// Time limit for one loopback probe (HTTP GET or TLS handshake).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,6 +32,8 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{addr} did not start TLS: it said {said:?}")]
+    Starttls { addr: SocketAddr, said: String },
     #[error("{addr} did not answer with HTTP")]
     NotHttp { addr: SocketAddr },
     #[error("no answer from {addr} within {}s", PROBE_TIMEOUT.as_secs())]
@@ -94,6 +98,32 @@ impl std::fmt::Display for Endpoint {
             write!(f, "{}", self.addr)
         }
     }
+}
+
+/// How a listener gets to TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsStart {
+    /// `listen ... ssl`: the handshake first.
+    Direct,
+    /// A mail listener with `starttls on|only`: the protocol's STARTTLS, then the handshake.
+    Starttls(MailProtocol),
+}
+
+/// The TLS listeners of a block reachable over loopback: its `ssl` listeners, and a STARTTLS
+/// mail server's plain ones.
+pub fn tls_listeners(block: &ServerBlock) -> Vec<(Endpoint, TlsStart)> {
+    block
+        .listen
+        .iter()
+        .filter_map(|l| {
+            let start = match (l.ssl, block.starttls) {
+                (true, _) => TlsStart::Direct,
+                (false, Some(p)) => TlsStart::Starttls(p),
+                (false, None) => return None,
+            };
+            Some((endpoint_for(l)?, start))
+        })
+        .collect()
 }
 
 /// The loopback endpoint of a listener, with its PROXY protocol expectation.
@@ -266,7 +296,118 @@ pub async fn served_rsa_certificate(
     served_leaf(at.into(), name, true).await
 }
 
+/// The leaf a TLS listener serves for SNI `name`, reached as `start` says (see
+/// [`tls_listeners`]); `rsa_only` as in [`served_rsa_certificate`].
+pub async fn served_certificate_on(
+    at: Endpoint,
+    start: TlsStart,
+    name: &str,
+    rsa_only: bool,
+) -> Result<Vec<u8>, ProbeError> {
+    match start {
+        TlsStart::Direct => served_leaf(at, name, rsa_only).await,
+        TlsStart::Starttls(p) => served_leaf_after(at, name, rsa_only, Some(p)).await,
+    }
+}
+
+/// Reads one reply line (up to CRLF), byte by byte so nothing of the TLS handshake that
+/// follows is consumed.
+async fn read_line(s: &mut TcpStream, addr: SocketAddr) -> Result<String, ProbeError> {
+    let mut line = Vec::new();
+    loop {
+        let mut b = [0u8; 1];
+        let n = s
+            .read(&mut b)
+            .await
+            .map_err(|source| ProbeError::Io { addr, source })?;
+        if n == 0 || line.len() > 4096 {
+            return Err(ProbeError::Starttls {
+                addr,
+                said: String::from_utf8_lossy(&line).into_owned(),
+            });
+        }
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_owned());
+        }
+        line.push(b[0]);
+    }
+}
+
+/// Speaks a mail protocol up to its STARTTLS: the server's greeting, the command, its yes.
+async fn starttls(s: &mut TcpStream, addr: SocketAddr, p: MailProtocol) -> Result<(), ProbeError> {
+    let refused = |said: String| ProbeError::Starttls { addr, said };
+    // An SMTP reply is lines `CODE-text` ending with `CODE text`.
+    async fn smtp_reply(s: &mut TcpStream, addr: SocketAddr) -> Result<String, ProbeError> {
+        loop {
+            let line = read_line(s, addr).await?;
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return Ok(line);
+            }
+        }
+    }
+    let io = |source| ProbeError::Io { addr, source };
+    match p {
+        MailProtocol::Smtp => {
+            let greeting = smtp_reply(s, addr).await?;
+            if !greeting.starts_with("220") {
+                return Err(refused(greeting));
+            }
+            s.write_all(b"EHLO acme-nginx.invalid\r\n")
+                .await
+                .map_err(io)?;
+            let ehlo = smtp_reply(s, addr).await?;
+            if !ehlo.starts_with("250") {
+                return Err(refused(ehlo));
+            }
+            s.write_all(b"STARTTLS\r\n").await.map_err(io)?;
+            let go = smtp_reply(s, addr).await?;
+            if !go.starts_with("220") {
+                return Err(refused(go));
+            }
+        }
+        MailProtocol::Imap => {
+            let greeting = read_line(s, addr).await?;
+            if !greeting.starts_with("* OK") {
+                return Err(refused(greeting));
+            }
+            s.write_all(b"a STARTTLS\r\n").await.map_err(io)?;
+            loop {
+                let line = read_line(s, addr).await?;
+                if line.starts_with("a OK") {
+                    break;
+                }
+                if line.starts_with("a ") {
+                    return Err(refused(line));
+                }
+            }
+        }
+        MailProtocol::Pop3 => {
+            let greeting = read_line(s, addr).await?;
+            if !greeting.starts_with("+OK") {
+                return Err(refused(greeting));
+            }
+            s.write_all(b"STLS\r\n").await.map_err(io)?;
+            let go = read_line(s, addr).await?;
+            if !go.starts_with("+OK") {
+                return Err(refused(go));
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn served_leaf(at: Endpoint, name: &str, rsa_only: bool) -> Result<Vec<u8>, ProbeError> {
+    served_leaf_after(at, name, rsa_only, None).await
+}
+
+async fn served_leaf_after(
+    at: Endpoint,
+    name: &str,
+    rsa_only: bool,
+    mail: Option<MailProtocol>,
+) -> Result<Vec<u8>, ProbeError> {
     let addr = at.addr;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -287,7 +428,10 @@ async fn served_leaf(at: Endpoint, name: &str, rsa_only: bool) -> Result<Vec<u8>
             message: e.to_string(),
         })?;
     let probe = async {
-        let tcp = connect(at).await?;
+        let mut tcp = connect(at).await?;
+        if let Some(p) = mail {
+            starttls(&mut tcp, addr, p).await?;
+        }
         let tls = connector
             .connect(server_name, tcp)
             .await

@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::util::{assert_exit, bin, by_name, json, leaf, Bed};
+use crate::util::{assert_exit, by_name, json, leaf, Bed};
 
 const ONE: &str = "server {\n    listen 127.0.0.1:{port};\n    server_name one.fail.test;\n    \
     location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n";
@@ -21,28 +21,6 @@ fn versions(bed: &Bed, name: &str) -> Vec<String> {
     v
 }
 
-/// An nginx wrapper that runs `action` (shell) instead of `nginx -t` once the live
-/// configuration carries acme-nginx's edit: only in this host's mount namespace, so the
-/// rehearsal before ordering (a private namespace, where the edit is a bind mount) passes.
-fn nginx_wrapper(bed: &Bed, action: &str) -> std::path::PathBuf {
-    let host_ns = fs::read_link("/proc/self/ns/mnt").unwrap();
-    let wrapper = bed.state.path().join("nginx-wrapper");
-    fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh
-if [ \"$(readlink /proc/self/ns/mnt)\" = '{ns}' ] && grep -q 'managed by acme-nginx' {conf}; then\n  \
-             for a in \"$@\"; do if [ \"$a\" = -t ]; then {action}; fi; done\nfi\nexec {nginx} \"$@\"\n",
-            ns = host_ns.display(),
-            conf = bed.nginx.conf.display(),
-            nginx = bin("nginx").display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-    wrapper
-}
-
 #[test]
 fn a_run_killed_between_edit_and_reload_is_rolled_back_and_completed_without_a_new_order() {
     let bed = Bed::start(ONE);
@@ -50,7 +28,7 @@ fn a_run_killed_between_edit_and_reload_is_rolled_back_and_completed_without_a_n
     let original = fs::read_to_string(&bed.nginx.conf).unwrap();
     // Once the configuration has been edited, acme-nginx (the wrapper's parent) is killed in
     // the middle of `nginx -t`: the edit is on disk, the reload never happens.
-    let wrapper = nginx_wrapper(&bed, "kill -9 $PPID; sleep 5");
+    let wrapper = bed.nginx_wrapper("kill -9 $PPID; sleep 5");
     let killed = bed.cmd("enroll", &["--nginx-bin", wrapper.to_str().unwrap()]);
     assert_eq!(killed.status.code(), None, "killed by a signal");
     assert_ne!(
@@ -96,10 +74,8 @@ fn a_certificate_refused_by_nginx_t_is_kept_and_installed_later_without_a_new_or
     let bed = Bed::start(ONE);
     fs::create_dir_all(bed.nginx.dir.path().join("acme")).unwrap();
     let original = fs::read_to_string(&bed.nginx.conf).unwrap();
-    let wrapper = nginx_wrapper(
-        &bed,
-        "echo 'nginx: [emerg] refused for the test (ssl_dhparam gone)' >&2; exit 1",
-    );
+    let wrapper = bed
+        .nginx_wrapper("echo 'nginx: [emerg] refused for the test (ssl_dhparam gone)' >&2; exit 1");
     let out = bed.cmd("enroll", &["--nginx-bin", wrapper.to_str().unwrap()]);
     assert_exit(&out, 1);
     let report = json(&out);

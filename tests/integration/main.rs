@@ -25,4 +25,5 @@ mod remove;
 mod renew;
 mod resilience;
 mod security;
+mod stream_mail;
 mod watch;

@@ -2,7 +2,8 @@
 # Installs what the tests need on a fresh Debian 12 machine, idempotently:
 #  - Debian 12 packages: nginx, openssl, ca-certificates, curl, lintian, rpm, systemd, bind9
 #    (with its utilities) and pdns-server with the sqlite3 backend for the dns-01 tests,
-#    certbot for the import-certbot test, etcd-server, etcd-client and haproxy for the fleet;
+#    certbot for the import-certbot test, etcd-server, etcd-client and haproxy for the fleet,
+#    libnginx-mod-stream and libnginx-mod-mail for stream and mail servers;
 #  - cargo-deb and cargo-generate-rpm (cargo install), crossplane (pip);
 #  - the parser's differential corpus: nginx configs from Debian packages (apt-get download);
 #  - nginx 1.31 (mainline) with nginx's ACME module, built from ../shared/nginx-src into
@@ -63,6 +64,9 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 # fleet tests: haproxy is the load balancer in front of the nodes.
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# stream and mail servers: Debian's nginx has them as dynamic modules.
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+[ -f /usr/lib/nginx/modules/ngx_mail_module.so ] || missing+=(libnginx-mod-mail)
 fi
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"

@@ -335,14 +335,19 @@ pub(crate) fn edits_at(
     Ok(edits)
 }
 
-/// Records how a staged certificate ended: installed (nothing pending any more), or not
-/// (its version stays pending, to be installed again without a new order).
+/// Records how a staged certificate ended: installed (nothing pending any more, and the
+/// failure streak of an earlier install that nginx refused is over), or not (its version
+/// stays pending, to be installed again without a new order).
 fn settle(env: &Env, s: &Staged, installed: bool) -> Result<(), Error> {
     let mut meta = env.meta(&s.plan.lineage())?;
     let pending = if installed { None } else { s.version };
-    if installed && !s.replaced.is_empty() {
+    let ends_streak = installed && meta.renewal.failures > 0;
+    if (installed && !s.replaced.is_empty()) || ends_streak {
         meta.replaced.extend(s.replaced.iter().cloned());
         meta.pending_version = pending;
+        if ends_streak {
+            meta.renewal.record_success();
+        }
         env.save_meta(&s.plan.lineage(), &meta)?;
     } else if meta.pending_version != pending {
         meta.pending_version = pending;

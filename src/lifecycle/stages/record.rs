@@ -14,7 +14,7 @@ use crate::lifecycle::notify;
 use crate::lifecycle::outcome::{Outcome, Status};
 use crate::lifecycle::plan::Plan;
 use crate::lifecycle::Error;
-use crate::nginx::probe::{endpoint_for, served_certificate, served_rsa_certificate};
+use crate::nginx::probe::{served_certificate_on, tls_listeners};
 use crate::store;
 
 /// Records each failure in its lineage's failure memory (also for names that have no
@@ -109,13 +109,10 @@ async fn served(env: &Env, outcomes: &[Outcome]) -> BTreeMap<String, notify::Ser
             .blocks
             .iter()
             .filter_map(|&i| scan.servers.get(i))
-            .flat_map(|s| s.listen.iter().filter(|l| l.ssl))
-            .filter_map(endpoint_for);
-        for at in listeners {
-            let served = match plan.variant {
-                Some(_) => served_rsa_certificate(at, &plan.probe_name()).await,
-                None => served_certificate(at, &plan.probe_name()).await,
-            };
+            .flat_map(tls_listeners);
+        for (at, start) in listeners {
+            let served =
+                served_certificate_on(at, start, &plan.probe_name(), plan.variant.is_some()).await;
             if let Some(info) = served.ok().and_then(|der| CertInfo::from_der(&der).ok()) {
                 out.insert(
                     lineage,

@@ -1,11 +1,12 @@
-//! Verify: a TLS handshake with SNI on every HTTPS listener of a plan's blocks must return the
-//! expected leaf; only then does a certificate count as installed.
+//! Verify: a TLS handshake with SNI on every TLS listener of a plan's blocks (HTTPS, a stream
+//! server's `ssl` listeners, a mail server's, after STARTTLS where it offers it) must return
+//! the expected leaf; only then does a certificate count as installed.
 
 use crate::lifecycle::env::Env;
 use crate::lifecycle::lineage::live_cert;
 use crate::lifecycle::plan::Plan;
 use crate::nginx::discovery::Scan;
-use crate::nginx::probe::{endpoint_for, served_certificate, served_rsa_certificate, ProbeError};
+use crate::nginx::probe::{served_certificate_on, tls_listeners, ProbeError};
 use crate::store;
 
 /// How long an old certificate may still be served right after a reload (an old worker that is
@@ -52,7 +53,7 @@ pub(crate) enum VerifyError {
         name: String,
         block: String,
     },
-    #[error("no HTTPS listener serves {0} after the reload")]
+    #[error("no TLS listener serves {0} after the reload")]
     NoListener(String),
 }
 
@@ -66,19 +67,14 @@ pub(crate) async fn verify(
     let mut checked = 0;
     let probe_name = plan.probe_name();
     for server in plan.blocks.iter().filter_map(|&i| scan.servers.get(i)) {
-        for l in server.listen.iter().filter(|l| l.ssl) {
-            let Some(at) = endpoint_for(l) else {
-                continue;
-            };
+        for (at, start) in tls_listeners(server) {
             let addr = at.addr;
             // An old worker that has begun shutting down may still hold its listening socket
             // for a moment: another certificate counts only after VERIFY_SETTLE.
             let deadline = tokio::time::Instant::now() + VERIFY_SETTLE;
             loop {
-                let served = match plan.variant {
-                    Some(_) => served_rsa_certificate(at, &probe_name).await?,
-                    None => served_certificate(at, &probe_name).await?,
-                };
+                let served =
+                    served_certificate_on(at, start, &probe_name, plan.variant.is_some()).await?;
                 if served == leaf {
                     break;
                 }

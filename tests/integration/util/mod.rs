@@ -708,6 +708,12 @@ impl Bed {
         Self::start_nginx(&modern_nginx(), free_port(), main, servers, |o| o)
     }
 
+    /// Like [`Bed::start`], on the nginx binary `nginx_bin` with `main` at the top of its
+    /// configuration (`load_module` lines, `stream {}` and `mail {}` blocks).
+    pub fn start_main(nginx_bin: &Path, main: &str, servers: &str) -> Bed {
+        Self::start_nginx(nginx_bin, free_port(), main, servers, |o| o)
+    }
+
     /// Like [`Bed::start_on`], with pebble's options changed by `pebble`.
     pub fn start_with(
         port: u16,
@@ -794,6 +800,32 @@ impl Bed {
 
     pub fn config_file(&self) -> PathBuf {
         self.state.path().join("config.toml")
+    }
+
+    /// An nginx wrapper that runs `action` (shell) instead of `nginx -t` once the live
+    /// configuration carries acme-nginx's edit: only in this host's mount namespace, so the
+    /// rehearsal before ordering (a private namespace, where the edit is a bind mount) passes.
+    pub fn nginx_wrapper(&self, action: &str) -> PathBuf {
+        let host_ns = fs::read_link("/proc/self/ns/mnt").unwrap();
+        let wrapper = self.state.path().join("nginx-wrapper");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh
+if [ \"$(readlink /proc/self/ns/mnt)\" = '{ns}' ] && grep -q 'managed by acme-nginx' {conf}; then\n  \
+                 for a in \"$@\"; do if [ \"$a\" = -t ]; then {action}; fi; done\nfi\nexec {nginx} \"$@\"\n",
+                ns = host_ns.display(),
+                conf = self.nginx.conf.display(),
+                nginx = self.nginx.bin.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        wrapper
     }
 
     /// A lineage directory.
