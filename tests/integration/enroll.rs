@@ -278,10 +278,12 @@ fn hooks_run_in_order_with_variables() {
 #[test]
 fn tokens_belong_to_the_worker_user() {
     // Tokens live only while the order runs: a thread watches the challenge directory and
-    // records the owner and mode of every token it sees.
+    // records the owner and mode of every token it sees. nginx sends challenge answers at 200
+    // bytes a second, so each token lives for more than a second (the preflight's fetch and
+    // the CA's), however loaded the machine: the watcher cannot miss them.
     let bed = Bed::start(
         "server {\n  listen 127.0.0.1:{port};\n  server_name own.enroll.test;\n  \
-         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; limit_rate 200; }\n}\n",
     );
     let acme_dir = bed.nginx.dir.path().join("acme");
     fs::create_dir_all(&acme_dir).unwrap();
