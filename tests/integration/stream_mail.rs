@@ -65,6 +65,8 @@ struct Ports {
     stream: u16,
     smtp: u16,
     imaps: u16,
+    imap: u16,
+    pop3: u16,
 }
 
 fn leaf_on(port: u16, start: TlsStart, name: &str) -> Vec<u8> {
@@ -77,13 +79,15 @@ fn leaf_on(port: u16, start: TlsStart, name: &str) -> Vec<u8> {
         .unwrap()
 }
 
-/// What each listener serves now: the stream server for stream.test, SMTP after STARTTLS and
-/// IMAPS for mail.test.
-fn served(p: &Ports) -> [Vec<u8>; 3] {
+/// What each listener serves now: the stream server for stream.test; for mail.test SMTP,
+/// IMAP and POP3 after their STARTTLS, and IMAPS.
+fn served(p: &Ports) -> [Vec<u8>; 5] {
     [
         leaf_on(p.stream, TlsStart::Direct, "stream.test"),
         leaf_on(p.smtp, TlsStart::Starttls(MailProtocol::Smtp), "mail.test"),
         leaf_on(p.imaps, TlsStart::Direct, "mail.test"),
+        leaf_on(p.imap, TlsStart::Starttls(MailProtocol::Imap), "mail.test"),
+        leaf_on(p.pop3, TlsStart::Starttls(MailProtocol::Pop3), "mail.test"),
     ]
 }
 
@@ -110,6 +114,8 @@ fn stream_and_mail(nginx: &Path, modules: &str, stream_name: &str) {
         stream: free_port(),
         smtp: free_port(),
         imaps: free_port(),
+        imap: free_port(),
+        pop3: free_port(),
     };
     let (echo, auth) = (echo_backend(), auth_stand_in());
     let main = format!(
@@ -118,10 +124,14 @@ fn stream_and_mail(nginx: &Path, modules: &str, stream_name: &str) {
          mail {{\n    server_name mail.test;\n    auth_http 127.0.0.1:{auth}/auth;\n    \
          ssl_certificate {cert};\n    ssl_certificate_key {key};\n    \
          server {{\n        listen 127.0.0.1:{smtp};\n        protocol smtp;\n        starttls on;\n        smtp_auth plain;\n    }}\n    \
-         server {{\n        listen 127.0.0.1:{imaps} ssl;\n        protocol imap;\n    }}\n}}\n",
+         server {{\n        listen 127.0.0.1:{imaps} ssl;\n        protocol imap;\n    }}\n    \
+         server {{\n        listen 127.0.0.1:{imap};\n        protocol imap;\n        starttls only;\n    }}\n    \
+         server {{\n        listen 127.0.0.1:{pop3};\n        protocol pop3;\n        starttls on;\n    }}\n}}\n",
         st = ports.stream,
         smtp = ports.smtp,
         imaps = ports.imaps,
+        imap = ports.imap,
+        pop3 = ports.pop3,
     );
     let http = "server {\n    listen {port};\n    server_name mail.test;\n    \
                 location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n";
@@ -140,8 +150,16 @@ fn stream_and_mail(nginx: &Path, modules: &str, stream_name: &str) {
     assert_eq!(stream["enrollable"], serde_json::json!(["stream.test"]));
     assert_eq!(stream["ssl_certificate"], cert.as_str());
     let mail: Vec<_> = servers.iter().filter(|s| s["context"] == "mail").collect();
-    assert_eq!(mail.len(), 2);
-    assert_eq!(mail[0]["starttls"], "smtp");
+    let starttls: Vec<&serde_json::Value> = mail.iter().map(|s| &s["starttls"]).collect();
+    assert_eq!(
+        starttls,
+        [
+            &"smtp".into(),
+            &serde_json::Value::Null,
+            &"imap".into(),
+            &"pop3".into()
+        ]
+    );
 
     // nginx -t refusing the edit: every file back as it was, the snakeoil still served.
     let wrapper = bed.nginx_wrapper("echo 'emerg: refused by the test' >&2; exit 1");
@@ -159,17 +177,20 @@ fn stream_and_mail(nginx: &Path, modules: &str, stream_name: &str) {
         assert!(status == "installed" || status == "issued", "{report}");
     }
     let live = |name: &str| leaf(&bed.live(name).join("fullchain.pem"));
-    let first = [live("stream.test"), live("mail.test"), live("mail.test")];
+    let both =
+        |stream: Vec<u8>, mail: Vec<u8>| [stream, mail.clone(), mail.clone(), mail.clone(), mail];
+    let first = both(live("stream.test"), live("mail.test"));
     assert!(
         served(&ports) == first,
         "every listener serves the new certificates"
     );
     assert!(through_stream(ports.stream).contains("echo: ping"));
-    // The mail servers inherited the certificate from mail {}: each got its own lines.
+    // The mail servers inherited the certificate from mail {}: each got its own lines (and
+    // the http block its HTTPS listener).
     let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
     assert_eq!(
         conf.matches("mail.test/live/fullchain.pem").count(),
-        3,
+        5,
         "{conf}"
     );
 
@@ -180,7 +201,7 @@ fn stream_and_mail(nginx: &Path, modules: &str, stream_name: &str) {
     for name in ["stream.test", "mail.test"] {
         assert_eq!(by_name(&report, name)["status"], "renewed", "{report}");
     }
-    let renewed = [live("stream.test"), live("mail.test"), live("mail.test")];
+    let renewed = both(live("stream.test"), live("mail.test"));
     assert!(renewed[0] != first[0] && renewed[1] != first[1]);
     assert!(
         served(&ports) == renewed,
