@@ -104,7 +104,7 @@ impl WebrootSolver {
     /// Removes the token file; a missing file is fine.
     pub fn remove_token(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
         let path = self.token_path(ch)?;
-        remove_token_file(&path).map_err(|e| e.into())
+        remove_token_file(&path).map(|_| ()).map_err(|e| e.into())
     }
 }
 
@@ -155,8 +155,8 @@ fn write_token_at(
 
 /// Removes a token file (only a file named like a token) through the safely opened directory
 /// holding it; a missing file or directory is fine. Used by `clear` and by the sweep of a killed
-/// run's journal.
-pub fn remove_token_file(path: &Path) -> Result<(), TokenError> {
+/// run's journal. True when there was a file to remove.
+pub fn remove_token_file(path: &Path) -> Result<bool, TokenError> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -166,12 +166,13 @@ pub fn remove_token_file(path: &Path) -> Result<(), TokenError> {
     let dirfd = match fsutil::open_dir_safely(dir, None) {
         Ok(fd) => fd,
         Err(fsutil::DirError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return Ok(())
+            return Ok(false)
         }
         Err(e) => return Err(e.into()),
     };
     match unlinkat(&dirfd, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::ENOENT) => Ok(false),
         Err(source) => Err(TokenError::Remove {
             path: path.to_path_buf(),
             source,

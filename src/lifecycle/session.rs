@@ -74,7 +74,8 @@ impl Session {
         super::intent::recover(&store)?;
         for token in store.take_journal()? {
             match remove_token_file(&token) {
-                Ok(()) => tracing::info!(
+                Ok(false) => {}
+                Ok(true) => tracing::info!(
                     "removed challenge token {} left by an earlier run",
                     token.display()
                 ),

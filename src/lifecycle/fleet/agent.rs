@@ -38,7 +38,8 @@ pub async fn agent(
         Ok(left) => {
             for path in left {
                 match crate::challenge::webroot::remove_token_file(&path) {
-                    Ok(()) => tracing::info!(
+                    Ok(false) => {}
+                    Ok(true) => tracing::info!(
                         "fleet agent: removed the answer {} an earlier agent left",
                         path.display()
                     ),

@@ -85,9 +85,30 @@ impl<'e> Cas<'e> {
         }
     }
 
+    /// The client of a CA not found down in this run (a directory that does not load marks it
+    /// down: it is not fetched again).
+    async fn client(&self, directory: &str) -> Option<&acme::Client> {
+        if self.down(directory).is_some() {
+            return None;
+        }
+        match self.env.ca_at(directory).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.mark_down(directory, chain_text(&e));
+                None
+            }
+        }
+    }
+
     /// The account at a CA (made, or loaded, the first time). A CA that does not answer is
     /// marked down.
     async fn account(&self, directory: &str) -> Result<&Account, Error> {
+        if let Some(why) = self.down(directory) {
+            return Err(Error::Ca {
+                directory: directory.to_owned(),
+                source: acme::Error::State(format!("not working in this run: {why}")),
+            });
+        }
         let Some((_, cell)) = self.accounts.iter().find(|(d, _)| d == directory) else {
             return Err(Error::Ca {
                 directory: directory.to_owned(),
@@ -144,15 +165,17 @@ pub(crate) async fn obtain(
     }
     let identity = scan.worker_identity();
     let mut ip_capable = Vec::new();
-    for d in env.settings.directories() {
-        if let Ok(client) = env.ca_at(d).await {
-            if client
-                .directory()
-                .meta
-                .profiles
-                .contains_key(plan::IP_PROFILE)
-            {
-                ip_capable.push(d.to_owned());
+    if plans.iter().any(|p| p.ip_literal) {
+        for d in env.settings.directories() {
+            if let Some(client) = cas.client(d).await {
+                if client
+                    .directory()
+                    .meta
+                    .profiles
+                    .contains_key(plan::IP_PROFILE)
+                {
+                    ip_capable.push(d.to_owned());
+                }
             }
         }
     }
