@@ -1,7 +1,11 @@
 //! Choosing the CA for a certificate, when several are configured: the order they are tried in
 //! (the one that issued the lineage's certificate first, so `replaces` applies), what a name's
-//! CAA records (RFC 8659) allow, and which failures at one CA let the next one be tried. Pure
-//! decisions, tested in milliseconds; the order stage asks the CAs and DNS.
+//! CAA records (RFC 8659) allow, which failures at one CA let the next one be tried, and the
+//! loop that goes through them ([`order_at_first_usable`]). The loop asks the world through
+//! [`CaPort`] (the CAs, their accounts, DNS, the order itself): the order stage implements it
+//! for a run, the tests here with fakes, table-driven, in milliseconds.
+
+use time::OffsetDateTime;
 
 use super::super::outcome::{Failure, FailureKind};
 use crate::challenge::dns::lookup::Caa;
@@ -117,9 +121,501 @@ pub fn falls_over(
     f.outage.then(|| "it is not working".to_owned())
 }
 
+/// What a CA's directory tells the loop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaFacts {
+    /// Its CAA identities (see [`identities`]); empty: unknown.
+    pub identities: Vec<String>,
+    /// It offers the short-lived profile IP address certificates need.
+    pub ip_profile: bool,
+}
+
+/// What choosing a CA asks of the world.
+pub(crate) trait CaPort {
+    /// What an order gives back.
+    type Issued;
+    /// Why a CA is not asked again in this run, if it was found not working.
+    fn down(&self, directory: &str) -> Option<String>;
+    /// Remembers that a CA is not working, for the rest of the run.
+    fn mark_down(&self, directory: &str, why: String);
+    /// Opens a CA (its directory, the account there); a failure with `outage` set when it
+    /// does not answer.
+    async fn open(&self, directory: &str) -> Result<CaFacts, Failure>;
+    /// The relevant CAA record set of a name and where it was found (`None`: no records);
+    /// `Err`: the lookup failed, why.
+    async fn caa(&self, name: &str) -> Result<Option<(String, Vec<Caa>)>, String>;
+    /// Orders the certificate at a CA, with ARI's `replaces` when `replaces` (the issuer).
+    async fn order(&self, directory: &str, replaces: bool) -> Result<Self::Issued, Failure>;
+}
+
+/// The certificate a loop orders.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wanted<'a> {
+    pub lineage: &'a str,
+    pub names: &'a [String],
+    pub ip_literal: bool,
+    /// The configured CA that issued the live certificate.
+    pub issued_by: Option<&'a str>,
+    /// The live certificate's expiry (a rate limit before it is waited for).
+    pub deadline: Option<OffsetDateTime>,
+}
+
+/// Orders at the first usable CA of `directories` (preferred first; the issuer of the live
+/// certificate before all): one that is not down, opens, offers what the certificate needs,
+/// is allowed by every name's CAA records, and issues. A failure that would fail elsewhere too
+/// (a refused validation, a rate limit the renewal can wait out) ends the loop. Returns what
+/// was issued and where; a failure says why each CA was passed over.
+pub(crate) async fn order_at_first_usable<P: CaPort>(
+    port: &P,
+    directories: &[&str],
+    w: &Wanted<'_>,
+    now: OffsetDateTime,
+) -> Result<(P::Issued, String), Failure> {
+    let several = directories.len() > 1;
+    // Why each CA passed over was not used, for the message when none could be.
+    let mut passed: Vec<String> = Vec::new();
+    let mut last: Option<Failure> = None;
+    let mut all_refused = true;
+    for directory in candidates(directories.iter().copied(), w.issued_by) {
+        if let Some(why) = port.down(&directory) {
+            passed.push(format!("{directory}: not working in this run ({why})"));
+            all_refused = false;
+            continue;
+        }
+        let facts = match port.open(&directory).await {
+            Ok(f) => f,
+            Err(f) => {
+                if f.outage {
+                    port.mark_down(&directory, f.message.clone());
+                }
+                passed.push(format!("{directory}: {}", f.message));
+                all_refused = false;
+                last = Some(f);
+                continue;
+            }
+        };
+        if w.ip_literal && !facts.ip_profile {
+            passed.push(format!(
+                "{directory}: offers no \"{}\" profile for IP addresses",
+                super::super::plan::IP_PROFILE
+            ));
+            all_refused = false;
+            continue;
+        }
+        if let Err(why) = caa_check(port, w.names, &facts.identities).await {
+            tracing::warn!("{}: not ordered at {directory}: {why}", w.lineage);
+            passed.push(format!("{directory}: {why}"));
+            continue;
+        }
+        all_refused = false;
+        if !passed.is_empty() {
+            tracing::warn!(
+                "{}: ordering at {directory}, since {}",
+                w.lineage,
+                passed.join("; ")
+            );
+        }
+        // ARI's `replaces` names a certificate of this CA: never sent to another.
+        let replaces = w.issued_by == Some(directory.as_str());
+        match port.order(&directory, replaces).await {
+            Ok(issued) => return Ok((issued, directory)),
+            Err(f) => match falls_over(&f, w.deadline, now) {
+                Some(why) if several => {
+                    if f.outage {
+                        port.mark_down(&directory, f.message.clone());
+                    }
+                    tracing::warn!(
+                        "{}: {directory} cannot issue it now, {why}: {}; the next CA is tried",
+                        w.lineage,
+                        f.message
+                    );
+                    passed.push(format!("{directory}: {why}: {}", f.message));
+                    last = Some(f);
+                }
+                _ => return Err(f),
+            },
+        }
+    }
+    Err(match last {
+        Some(f) if passed.len() == 1 => f,
+        last => {
+            let mut f = Failure::transient(format!(
+                "no configured CA can issue it now: {}",
+                passed.join("; ")
+            ));
+            if all_refused {
+                f.kind = FailureKind::Refused;
+            } else if let Some(l) = last {
+                f.kind = l.kind;
+                f.retry_after = l.retry_after;
+            }
+            f
+        }
+    })
+}
+
+/// Whether the CAA records of every name let a CA with `identities` issue (not checked when
+/// its identities are unknown: the CA checks itself; a lookup that fails is logged and left to
+/// the CA). `Err` names the name, where the records are, and the records.
+async fn caa_check<P: CaPort>(
+    port: &P,
+    names: &[String],
+    identities: &[String],
+) -> Result<(), String> {
+    if identities.is_empty() {
+        return Ok(());
+    }
+    for name in names
+        .iter()
+        .filter(|n| n.parse::<std::net::IpAddr>().is_err())
+    {
+        match port.caa(name).await {
+            Ok(None) => {}
+            Ok(Some((at, records))) => {
+                if let Err(record) = caa_allows(&records, identities, name.starts_with("*.")) {
+                    return Err(format!(
+                        "the CAA records of {name} (at {at}) do not allow it: {record} (its CAA identities: {})",
+                        identities.join(", ")
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!(
+                "{name}: its CAA records cannot be looked up ({e}); the CA checks them"
+            ),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    /// What a fake CA does when opened and asked to order.
+    #[derive(Clone)]
+    struct FakeCa {
+        open: Result<CaFacts, Failure>,
+        /// One result per order, in turn (the last repeats).
+        orders: Vec<Result<(), Failure>>,
+    }
+
+    /// CAs and DNS as the loop sees them, recording what it was asked.
+    #[derive(Default)]
+    struct Fake {
+        cas: BTreeMap<String, FakeCa>,
+        caa: BTreeMap<String, Result<Vec<Caa>, String>>,
+        down: RefCell<BTreeMap<String, String>>,
+        asked: RefCell<Vec<String>>,
+    }
+
+    impl CaPort for Fake {
+        type Issued = String;
+
+        fn down(&self, directory: &str) -> Option<String> {
+            self.down.borrow().get(directory).cloned()
+        }
+
+        fn mark_down(&self, directory: &str, why: String) {
+            self.down.borrow_mut().insert(directory.to_owned(), why);
+        }
+
+        async fn open(&self, directory: &str) -> Result<CaFacts, Failure> {
+            self.asked.borrow_mut().push(format!("open {directory}"));
+            self.cas[directory].open.clone()
+        }
+
+        async fn caa(&self, name: &str) -> Result<Option<(String, Vec<Caa>)>, String> {
+            match self.caa.get(name) {
+                None => Ok(None),
+                Some(Ok(r)) => Ok(Some((name.to_owned(), r.clone()))),
+                Some(Err(e)) => Err(e.clone()),
+            }
+        }
+
+        async fn order(&self, directory: &str, replaces: bool) -> Result<String, Failure> {
+            let n = self
+                .asked
+                .borrow()
+                .iter()
+                .filter(|a| a.starts_with(&format!("order {directory}")))
+                .count();
+            self.asked.borrow_mut().push(format!(
+                "order {directory}{}",
+                if replaces { " replaces" } else { "" }
+            ));
+            let orders = &self.cas[directory].orders;
+            orders[n.min(orders.len() - 1)]
+                .clone()
+                .map(|()| format!("cert from {directory}"))
+        }
+    }
+
+    fn ca(open: Result<CaFacts, Failure>, orders: Vec<Result<(), Failure>>) -> FakeCa {
+        FakeCa { open, orders }
+    }
+
+    fn facts(id: &str) -> Result<CaFacts, Failure> {
+        Ok(CaFacts {
+            identities: vec![id.to_owned()],
+            ip_profile: false,
+        })
+    }
+
+    fn outage() -> Failure {
+        Failure::outage("503 Service Unavailable")
+    }
+
+    fn kind(kind: FailureKind, retry: Option<u64>) -> Failure {
+        Failure {
+            kind,
+            retry_after: retry.map(std::time::Duration::from_secs),
+            ..Failure::transient(format!("{kind:?}"))
+        }
+    }
+
+    /// One scenario: the CAs (A preferred, then B), the CAA records, the certificate wanted;
+    /// what the loop asked, in order, and how it ended.
+    struct Case {
+        what: &'static str,
+        a: FakeCa,
+        b: Option<FakeCa>,
+        caa: &'static [(&'static str, &'static [(&'static str, &'static str)])],
+        issued_by: Option<&'static str>,
+        deadline_days: Option<i64>,
+        ip: bool,
+        asked: &'static [&'static str],
+        /// `Ok(directory)`, or `Err((kind, a piece of the message))`.
+        ends: Result<&'static str, (FailureKind, &'static str)>,
+    }
+
+    /// The loop through the CAs, table-driven against fake CAs and DNS: which CA is asked, in
+    /// what order, with `replaces` only at the issuer, and which failures end it.
+    #[tokio::test]
+    async fn the_first_usable_ca_issues() {
+        use FailureKind::*;
+        let ok = || ca(facts("a.example"), vec![Ok(())]);
+        let b_ok = || ca(facts("b.example"), vec![Ok(())]);
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let cases = [
+            Case {
+                what: "the preferred CA issues",
+                a: ok(),
+                b: Some(b_ok()),
+                caa: &[],
+                issued_by: None,
+                deadline_days: None,
+                ip: false,
+                asked: &["open A", "order A"],
+                ends: Ok("A"),
+            },
+            Case {
+                what: "a CA that does not open is passed over and marked down",
+                a: ca(Err(outage()), vec![]),
+                b: Some(b_ok()),
+                caa: &[],
+                issued_by: None,
+                deadline_days: None,
+                ip: false,
+                asked: &["open A", "open B", "order B"],
+                ends: Ok("B"),
+            },
+            Case {
+                what: "an outage during the order falls over",
+                a: ca(facts("a.example"), vec![Err(outage())]),
+                b: Some(b_ok()),
+                caa: &[],
+                issued_by: None,
+                deadline_days: None,
+                ip: false,
+                asked: &["open A", "order A", "open B", "order B"],
+                ends: Ok("B"),
+            },
+            Case {
+                what: "a failed validation is not tried at another CA",
+                a: ca(facts("a.example"), vec![Err(kind(Refused, None))]),
+                b: Some(b_ok()),
+                caa: &[],
+                issued_by: None,
+                deadline_days: None,
+                ip: false,
+                asked: &["open A", "order A"],
+                ends: Err((Refused, "Refused")),
+            },
+            Case {
+                what: "a renewal waits out a rate limit that ends before its deadline",
+                a: ca(facts("a.example"), vec![Err(kind(RateLimited, Some(3600)))]),
+                b: Some(b_ok()),
+                caa: &[],
+                issued_by: Some("A"),
+                deadline_days: Some(20),
+                ip: false,
+                asked: &["open A", "order A replaces"],
+                ends: Err((RateLimited, "RateLimited")),
+            },
+            Case {
+                what: "a first certificate goes elsewhere when rate limited",
+                a: ca(facts("a.example"), vec![Err(kind(RateLimited, Some(3600)))]),
+                b: Some(b_ok()),
+                caa: &[],
+                issued_by: None,
+                deadline_days: None,
+                ip: false,
+                asked: &["open A", "order A", "open B", "order B"],
+                ends: Ok("B"),
+            },
+            Case {
+                what: "a renewal goes to its issuer first, with replaces; elsewhere without",
+                a: ok(),
+                b: Some(ca(facts("b.example"), vec![Err(outage())])),
+                caa: &[],
+                issued_by: Some("B"),
+                deadline_days: Some(20),
+                ip: false,
+                asked: &["open B", "order B replaces", "open A", "order A"],
+                ends: Ok("A"),
+            },
+            Case {
+                what: "CAA passes over a CA it does not name, without an order there",
+                a: ok(),
+                b: Some(b_ok()),
+                caa: &[("x.test", &[("issue", "b.example")])],
+                issued_by: None,
+                deadline_days: None,
+                ip: false,
+                asked: &["open A", "open B", "order B"],
+                ends: Ok("B"),
+            },
+            Case {
+                what: "CAA allowing no CA fails before any order, as refused",
+                a: ok(),
+                b: Some(b_ok()),
+                caa: &[("x.test", &[("issue", ";")])],
+                issued_by: None,
+                deadline_days: None,
+                ip: false,
+                asked: &["open A", "open B"],
+                ends: Err((Refused, "no configured CA can issue it now")),
+            },
+            Case {
+                what: "a CA without the IP profile is passed over for an IP address",
+                a: ok(),
+                b: Some(ca(
+                    Ok(CaFacts {
+                        identities: vec![],
+                        ip_profile: true,
+                    }),
+                    vec![Ok(())],
+                )),
+                caa: &[],
+                issued_by: None,
+                deadline_days: None,
+                ip: true,
+                asked: &["open A", "open B", "order B"],
+                ends: Ok("B"),
+            },
+            Case {
+                what: "one CA: its own failure, not a summary",
+                a: ca(facts("a.example"), vec![Err(outage())]),
+                b: None,
+                caa: &[],
+                issued_by: None,
+                deadline_days: None,
+                ip: false,
+                asked: &["open A", "order A"],
+                ends: Err((Transient, "503 Service Unavailable")),
+            },
+            Case {
+                what: "every CA down: the summary names each",
+                a: ca(Err(outage()), vec![]),
+                b: Some(ca(facts("b.example"), vec![Err(outage())])),
+                caa: &[],
+                issued_by: None,
+                deadline_days: None,
+                ip: false,
+                asked: &["open A", "open B", "order B"],
+                ends: Err((
+                    Transient,
+                    "A: 503 Service Unavailable; B: it is not working",
+                )),
+            },
+        ];
+        for c in cases {
+            let mut fake = Fake::default();
+            fake.cas.insert("A".into(), c.a.clone());
+            let mut dirs = vec!["A"];
+            if let Some(b) = &c.b {
+                fake.cas.insert("B".into(), b.clone());
+                dirs.push("B");
+            }
+            for (name, records) in c.caa {
+                let records = records
+                    .iter()
+                    .map(|(tag, value)| Caa {
+                        critical: false,
+                        tag: (*tag).into(),
+                        value: (*value).into(),
+                    })
+                    .collect();
+                fake.caa.insert((*name).into(), Ok(records));
+            }
+            let names = vec!["x.test".to_owned()];
+            let w = Wanted {
+                lineage: "x.test",
+                names: &names,
+                ip_literal: c.ip,
+                issued_by: c.issued_by,
+                deadline: c.deadline_days.map(|d| now + time::Duration::days(d)),
+            };
+            let got = order_at_first_usable(&fake, &dirs, &w, now).await;
+            assert_eq!(*fake.asked.borrow(), c.asked, "{}", c.what);
+            match (got, c.ends) {
+                (Ok((cert, dir)), Ok(want)) => {
+                    assert_eq!(dir, want, "{}", c.what);
+                    assert_eq!(cert, format!("cert from {want}"), "{}", c.what);
+                }
+                (Err(f), Err((kind, text))) => {
+                    assert_eq!(f.kind, kind, "{}: {}", c.what, f.message);
+                    assert!(f.message.contains(text), "{}: {}", c.what, f.message);
+                }
+                (got, want) => panic!("{}: got {got:?}, want {want:?}", c.what),
+            }
+        }
+    }
+
+    /// A CA found down is not asked again by the next certificate of the run; a CAA lookup
+    /// that fails leaves the check to the CA.
+    #[tokio::test]
+    async fn a_ca_found_down_stays_down_and_a_failed_caa_lookup_orders() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let mut fake = Fake::default();
+        fake.cas.insert("A".into(), ca(Err(outage()), vec![]));
+        fake.cas
+            .insert("B".into(), ca(facts("b.example"), vec![Ok(())]));
+        fake.caa.insert("x.test".into(), Err("SERVFAIL".into()));
+        let names = vec!["x.test".to_owned()];
+        let w = Wanted {
+            lineage: "x.test",
+            names: &names,
+            ip_literal: false,
+            issued_by: None,
+            deadline: None,
+        };
+        for _ in 0..2 {
+            let (_, dir) = order_at_first_usable(&fake, &["A", "B"], &w, now)
+                .await
+                .unwrap();
+            assert_eq!(dir, "B");
+        }
+        let opened_a = fake
+            .asked
+            .borrow()
+            .iter()
+            .filter(|a| *a == "open A")
+            .count();
+        assert_eq!(opened_a, 1, "{:?}", fake.asked.borrow());
+    }
 
     fn caa(critical: bool, tag: &str, value: &str) -> Caa {
         Caa {

@@ -9,6 +9,7 @@ use tokio::sync::OnceCell;
 
 use crate::acme::{self, Account, KeyPair, OrderOptions};
 use crate::challenge::dav::{DavError, DavSolver};
+use crate::challenge::dns::lookup::Caa;
 use crate::challenge::dns::{Dns, DnsError, DnsSolver};
 use crate::challenge::preflight::{check_reachable, ChallengeRoute, PreflightSolver};
 use crate::challenge::public::PublicCheck;
@@ -343,184 +344,135 @@ async fn obtain_one(
             None => return Err(Failure::transient("no DNS solver is configured")),
         }
     }
-    let solver = router;
     let key = certificate_key(env, scan, plan);
     let live = live_cert(&env.store.lineage(&plan.lineage()));
-    let issued_by = env
-        .meta(&plan.lineage())
-        .ok()
-        .map(|m| m.directory)
+    let meta = env.meta(&plan.lineage()).ok();
+    let issued_by = meta
+        .as_ref()
+        .map(|m| m.directory.clone())
         .filter(|d| !d.is_empty() && live.is_some());
-    // Why each CA passed over was not used, for the message when none could be.
-    let mut passed: Vec<String> = Vec::new();
-    let mut last: Option<Failure> = None;
-    let mut all_refused = true;
-    for directory in ca::candidates(env.settings.directories(), issued_by.as_deref()) {
-        if let Some(why) = cas.down(&directory) {
-            passed.push(format!("{directory}: not working in this run ({why})"));
-            all_refused = false;
-            continue;
-        }
-        let account = match cas.account(&directory).await {
-            Ok(a) => a,
-            Err(e) => {
-                passed.push(format!("{directory}: {}", chain_text(&e)));
-                all_refused = false;
-                last = Some(if e.is_ca_outage() {
-                    Failure::outage(chain_text(&e))
-                } else {
-                    Failure::transient(chain_text(&e))
-                });
-                continue;
+    let port = RunCas {
+        env,
+        cas,
+        plan,
+        key: &key,
+        solver: &router,
+        preferred_chain: meta
+            .and_then(|m| m.preferred_chain)
+            .or(env.settings.preferred_chain.clone()),
+    };
+    let directories: Vec<&str> = env.settings.directories().collect();
+    let lineage = plan.lineage();
+    let wanted = ca::Wanted {
+        lineage: &lineage,
+        names: &plan.names,
+        ip_literal: plan.ip_literal,
+        issued_by: issued_by.as_deref(),
+        deadline: live.as_ref().map(|c| c.info.not_after),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let ((chain, key), directory) =
+        ca::order_at_first_usable(&port, &directories, &wanted, now).await?;
+    Ok(Fresh {
+        plan: plan.clone(),
+        lineage,
+        key_type: key.key_type(),
+        key_pem: key.to_pem(),
+        chain,
+        status: if live.is_some() {
+            Status::Renewed
+        } else {
+            Status::Issued
+        },
+        directory,
+    })
+}
+
+/// The CAs of a run as [`ca::order_at_first_usable`] asks them: their accounts (made once),
+/// the resolver for CAA, the coordinator's order with this plan's key and solvers.
+struct RunCas<'r, 'e> {
+    env: &'e Env,
+    cas: &'r Cas<'e>,
+    plan: &'r Plan,
+    key: &'r KeyPair,
+    solver: &'r Router<'r>,
+    preferred_chain: Option<String>,
+}
+
+impl ca::CaPort for RunCas<'_, '_> {
+    type Issued = (acme::CertificateChain, KeyPair);
+
+    fn down(&self, directory: &str) -> Option<String> {
+        self.cas.down(directory)
+    }
+
+    fn mark_down(&self, directory: &str, why: String) {
+        self.cas.mark_down(directory, why);
+    }
+
+    async fn open(&self, directory: &str) -> Result<ca::CaFacts, Failure> {
+        let account = self.cas.account(directory).await.map_err(|e| {
+            if e.is_ca_outage() {
+                Failure::outage(chain_text(&e))
+            } else {
+                Failure::transient(chain_text(&e))
             }
-        };
+        })?;
         let meta = &account.client().directory().meta;
-        if plan.ip_literal && !meta.profiles.contains_key(plan::IP_PROFILE) {
-            passed.push(format!(
-                "{directory}: offers no \"{}\" profile for IP addresses",
-                plan::IP_PROFILE
-            ));
-            all_refused = false;
-            continue;
+        Ok(ca::CaFacts {
+            identities: ca::identities(
+                &meta.caa_identities,
+                self.env.settings.caa_identities.get(directory),
+            ),
+            ip_profile: meta.profiles.contains_key(plan::IP_PROFILE),
+        })
+    }
+
+    async fn caa(&self, name: &str) -> Result<Option<(String, Vec<Caa>)>, String> {
+        let resolver = self.env.settings.resolver();
+        let dns_name =
+            hickory_proto::rr::Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
+                .map_err(|e| e.to_string())?;
+        match resolver.caa(&dns_name).await {
+            Ok(found) => Ok(found
+                .map(|(at, records)| (at.to_ascii().trim_end_matches('.').to_owned(), records))),
+            Err(e) => Err(format!("at {}: {e}", resolver.server)),
         }
-        let identities = ca::identities(
-            &meta.caa_identities,
-            env.settings.caa_identities.get(&directory),
-        );
-        if let Err(why) = caa_check(env, plan, &identities).await {
-            tracing::warn!("{}: not ordered at {directory}: {why}", plan.lineage());
-            passed.push(format!("{directory}: {why}"));
-            continue;
-        }
-        all_refused = false;
-        if !passed.is_empty() {
-            tracing::warn!(
-                "{}: ordering at {directory}, since {}",
-                plan.lineage(),
-                passed.join("; ")
-            );
-        }
+    }
+
+    async fn order(&self, directory: &str, replaces: bool) -> Result<Self::Issued, Failure> {
+        let account = self
+            .cas
+            .account(directory)
+            .await
+            .map_err(|e| Failure::transient(chain_text(&e)))?;
+        let plan = self.plan;
         let opts = OrderOptions {
             profile: if plan.ip_literal {
                 Some(plan::IP_PROFILE.to_owned())
             } else {
-                env.settings.profile.clone()
+                self.env.settings.profile.clone()
             },
-            // ARI's `replaces` names a certificate of this CA: never sent to another.
-            replaces: replaces(env, plan).filter(|_| issued_by.as_deref() == Some(&*directory)),
-            preferred_chain: env
-                .meta(&plan.lineage())
-                .ok()
-                .and_then(|m| m.preferred_chain)
-                .or(env.settings.preferred_chain.clone()),
+            replaces: if replaces {
+                self::replaces(self.env, plan)
+            } else {
+                None
+            },
+            preferred_chain: self.preferred_chain.clone(),
             ..OrderOptions::default()
         };
-        match env
+        self.env
             .coordinator
             .order(
                 account,
                 &plan.lineage(),
                 &plan.names,
-                key.clone(),
-                &solver,
+                self.key.clone(),
+                self.solver,
                 &opts,
             )
             .await
-        {
-            Ok((chain, key)) => {
-                return Ok(Fresh {
-                    plan: plan.clone(),
-                    lineage: plan.lineage(),
-                    key_type: key.key_type(),
-                    key_pem: key.to_pem(),
-                    chain,
-                    status: if live.is_some() {
-                        Status::Renewed
-                    } else {
-                        Status::Issued
-                    },
-                    directory,
-                })
-            }
-            Err(f) => match ca::falls_over(
-                &f,
-                live.as_ref().map(|c| c.info.not_after),
-                time::OffsetDateTime::now_utc(),
-            ) {
-                Some(why) if env.settings.fallback_directories.is_empty() => {
-                    tracing::debug!("{}: {directory}: {why}", plan.lineage());
-                    return Err(f);
-                }
-                Some(why) => {
-                    if f.outage {
-                        cas.mark_down(&directory, f.message.clone());
-                    }
-                    tracing::warn!(
-                        "{}: {directory} cannot issue it now, {why}: {}; the next CA is tried",
-                        plan.lineage(),
-                        f.message
-                    );
-                    passed.push(format!("{directory}: {why}: {}", f.message));
-                    last = Some(f);
-                }
-                None => return Err(f),
-            },
-        }
     }
-    Err(match last {
-        Some(f) if passed.len() == 1 => f,
-        last => {
-            let mut f = Failure::transient(format!(
-                "no configured CA can issue it now: {}",
-                passed.join("; ")
-            ));
-            if all_refused {
-                f.kind = FailureKind::Refused;
-            } else if let Some(l) = last {
-                f.kind = l.kind;
-                f.retry_after = l.retry_after;
-            }
-            f
-        }
-    })
-}
-
-/// Whether the CAA records of every name of the plan let a CA with `identities` issue (not
-/// checked when its identities are unknown: the CA checks itself; a lookup that fails is
-/// logged and left to the CA). `Err` names the name, where the records are, and the records.
-async fn caa_check(env: &Env, plan: &Plan, identities: &[String]) -> Result<(), String> {
-    if identities.is_empty() {
-        return Ok(());
-    }
-    let resolver = env.settings.resolver();
-    for name in plan
-        .names
-        .iter()
-        .filter(|n| n.parse::<std::net::IpAddr>().is_err())
-    {
-        let Ok(dns_name) =
-            hickory_proto::rr::Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
-        else {
-            continue;
-        };
-        match resolver.caa(&dns_name).await {
-            Ok(None) => {}
-            Ok(Some((at, records))) => {
-                if let Err(record) = ca::caa_allows(&records, identities, name.starts_with("*.")) {
-                    return Err(format!(
-                        "the CAA records of {name} (at {}) do not allow it: {record} (its CAA identities: {})",
-                        at.to_ascii().trim_end_matches('.'),
-                        identities.join(", ")
-                    ));
-                }
-            }
-            Err(e) => tracing::warn!(
-                "{name}: its CAA records cannot be looked up at {} ({e}); the CA checks them",
-                resolver.server
-            ),
-        }
-    }
-    Ok(())
 }
 
 /// The http-01 solver through this host's nginx for a plan's names that take it: tokens
