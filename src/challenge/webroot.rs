@@ -123,34 +123,45 @@ pub enum TokenError {
     },
 }
 
-/// Creates `name` in the directory `dirfd` (replacing a leftover or a planted link under that
-/// name without following it), with `owner` and mode 0644 set on its descriptor.
+/// Creates `name` in the directory `dirfd` with `owner` and mode 0644: written as a hidden
+/// temporary file (owner and mode set on its descriptor), then renamed over the name, so the
+/// token never exists under its name with another owner or half written, and a leftover or a
+/// planted link under that name is replaced without being followed.
 fn write_token_at(
     dirfd: &OwnedFd,
     name: &str,
     contents: &[u8],
     owner: Option<(Uid, Gid)>,
 ) -> Result<(), nix::errno::Errno> {
-    match unlinkat(dirfd, name, UnlinkatFlags::NoRemoveDir) {
+    let temp = format!(".{name}.tmp");
+    match unlinkat(dirfd, temp.as_str(), UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
         Err(e) => return Err(e),
     }
     let fd = openat(
         dirfd,
-        name,
+        temp.as_str(),
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(TOKEN_MODE),
     )?;
-    if let Some((uid, gid)) = owner {
-        fchown(&fd, Some(uid), Some(gid))?;
+    let written = (|| {
+        if let Some((uid, gid)) = owner {
+            fchown(&fd, Some(uid), Some(gid))?;
+        }
+        fchmod(&fd, Mode::from_bits_truncate(TOKEN_MODE))?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(contents).map_err(|e| {
+            e.raw_os_error()
+                .map_or(nix::errno::Errno::EIO, nix::errno::Errno::from_raw)
+        })?;
+        nix::fcntl::renameat(dirfd, temp.as_str(), dirfd, name)
+    })();
+    if written.is_err() {
+        if let Err(e) = unlinkat(dirfd, temp.as_str(), UnlinkatFlags::NoRemoveDir) {
+            tracing::warn!("the temporary token file {temp} stays: {e}");
+        }
     }
-    fchmod(&fd, Mode::from_bits_truncate(TOKEN_MODE))?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(contents).map_err(|e| {
-        e.raw_os_error()
-            .map_or(nix::errno::Errno::EIO, nix::errno::Errno::from_raw)
-    })?;
-    Ok(())
+    written
 }
 
 /// Removes a token file (only a file named like a token) through the safely opened directory
