@@ -30,7 +30,7 @@ pub async fn run(ctx: &Context, args: EnrollArgs) -> CmdResult {
         (false, true) => Mode::NoInstall,
         (false, false) => Mode::Live,
     };
-    let run = Session::open(args.options.settings(ctx)?, mode)?;
+    let mut run = Session::open(args.options.settings(ctx)?, mode)?;
     let (cfg, scan) = run.load()?;
     let plans = run.plans(&scan, &args.names)?;
     if plans.is_empty() {
@@ -45,6 +45,24 @@ pub async fn run(ctx: &Context, args: EnrollArgs) -> CmdResult {
     let interactive = !ctx.non_interactive && !ctx.json && std::io::stdin().is_terminal();
     if interactive && !confirm(&plans)? {
         return Err(CliError::Usage("cancelled".into()));
+    }
+    let unrouted: Vec<&Plan> = plans.iter().filter(|p| p.needs_http_route).collect();
+    if interactive && !run.settings().http_route && mode == Mode::Live && !unrouted.is_empty() {
+        output::line(format!(
+            "nginx answers {} only over HTTPS, but the CA validates http-01 on port {}.",
+            unrouted
+                .iter()
+                .map(|p| p.primary.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            run.settings().http_port
+        ))?;
+        if ask(&format!(
+            "Add a marked port-{} server block for each (challenges answered, the rest redirected to HTTPS; tested with nginx -t), as --http-route does? [y/N] ",
+            run.settings().http_port
+        ))? {
+            run.allow_http_routes();
+        }
     }
     let outcomes = run.enroll(cfg, scan, plans).await?;
     report(ctx, &outcomes, mode == Mode::DryRun)?;
@@ -61,8 +79,13 @@ fn confirm(plans: &[Plan]) -> Result<bool, CliError> {
             p.block_locations.join(", ")
         ))?;
     }
+    ask("Proceed? [y/N] ")
+}
+
+/// Asks a yes/no question on the terminal; only an explicit yes is yes.
+fn ask(question: &str) -> Result<bool, CliError> {
     let mut out = std::io::stdout().lock();
-    write!(out, "Proceed? [y/N] ")
+    write!(out, "{question}")
         .and_then(|()| out.flush())
         .map_err(CliError::Output)?;
     let mut line = String::new();

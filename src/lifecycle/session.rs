@@ -89,6 +89,12 @@ impl Session {
         })
     }
 
+    /// Lets this session add the port-80 blocks `--http-route` adds (an operator who said yes
+    /// when asked).
+    pub fn allow_http_routes(&mut self) {
+        self.env.settings.http_route = true;
+    }
+
     /// The settings of this session.
     pub fn settings(&self) -> &Settings {
         &self.env.settings

@@ -1119,13 +1119,24 @@ fn http_route_gives_a_443_only_site_its_port_80_block() {
     let reason = crate::util::by_name(&json(&out), "route.enroll.test")["reason"].to_string();
     assert!(reason.contains("--http-route"), "{reason}");
 
-    let out = bed.cmd("enroll", &["route.enroll.test", "--http-route"]);
+    // At a terminal, enroll offers the route: declined, nothing is added.
+    let original = fs::read_to_string(&bed.nginx.conf).unwrap();
+    let out = bed.interactive("enroll", &["route.enroll.test"], "y\nn\n");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("nginx answers route.enroll.test only over HTTPS")
+            && screen.contains("as --http-route does? [y/N]"),
+        "{screen}"
+    );
+    assert_exit(&out, 1);
+    assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), original);
+    // Accepted: the block is added, the name issued.
+    let out = bed.interactive("enroll", &["route.enroll.test"], "y\ny\n");
+    let screen = String::from_utf8_lossy(&out.stdout);
     assert_exit(&out, 0);
-    assert_eq!(
-        crate::util::by_name(&json(&out), "route.enroll.test")["status"],
-        "issued",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert!(
+        screen.contains("route.enroll.test") && screen.contains("issued"),
+        "{screen}"
     );
     let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
     assert!(

@@ -9,6 +9,7 @@ pub mod netns;
 
 use std::fmt::Write as _;
 use std::fs;
+use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -796,6 +797,43 @@ impl Bed {
         }
         cmd.args(extra);
         cmd
+    }
+
+    /// Runs `acme-nginx SUB` as a person at a terminal would (`--non-interactive` left out):
+    /// in a pseudo-terminal made by util-linux's `script`, with `answers` typed in. Returns
+    /// what the terminal showed (stdout) and the exit code.
+    pub fn interactive(&self, sub: &str, extra: &[&str], answers: &str) -> Output {
+        let cmd = self.command_as(false, sub, extra);
+        let quote =
+            |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+        let line: Vec<String> = std::iter::once(quote(cmd.get_program()))
+            .chain(
+                cmd.get_args()
+                    .filter(|a| *a != "--non-interactive")
+                    .map(quote),
+            )
+            .collect();
+        let mut script = Command::new("script");
+        script.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]);
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => script.env(k, v),
+                None => script.env_remove(k),
+            };
+        }
+        let mut child = script
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answers.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
     }
 
     pub fn config_file(&self) -> PathBuf {
