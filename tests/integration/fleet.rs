@@ -250,26 +250,89 @@ fn records_without_the_fleet_key_are_ignored_and_reported() {
     bed.wait_all_serve(&renewed, Duration::from_secs(30));
 }
 
-/// An agent killed while it serves an answer leaves a file behind; journaled before it was
-/// written, it is removed when the agent starts again.
+/// Agents serve a sealed answer only for the fleet's own account and a name a node set out to
+/// order; an agent killed while it serves one leaves a file behind, journaled before it was
+/// written, removed when the agent starts again.
 #[test]
-fn an_answer_a_killed_agent_left_is_removed_when_it_starts_again() {
+fn agents_serve_only_the_fleets_answers_and_remove_what_a_killed_agent_left() {
+    use acme_nginx::acme::{thumbprint, AccountState, KeyPair, KeyType};
+    use acme_nginx::lifecycle::fleet::{Fleet, FleetConfig};
     let mut bed = FleetBed::start();
     bed.start_agent(1);
     let key = acme_nginx::store::seal::FleetKey::read(&bed.key_file()).unwrap();
-    let token = "leftleftleftleftleftleftleftleftleftleftle1";
-    let etcd_key = format!("/acme-nginx/challenges/{token}");
-    let answer = serde_json::json!({
-        "name": NAME,
-        "token": token,
-        "key_authorization": format!("{token}.{}", "A".repeat(43)),
-    });
+    let fleet = Fleet::open(&FleetConfig {
+        etcd: acme_nginx::store::etcd::EtcdConfig {
+            endpoints: bed.etcd.endpoints(),
+            ..Default::default()
+        },
+        prefix: "/acme-nginx/".into(),
+        node: "n1".into(),
+        key_file: bed.key_file(),
+        address: String::new(),
+        silent_after: acme_nginx::lifecycle::fleet::NODE_STALE_AFTER,
+    })
+    .unwrap();
+    // The fleet's account, as the first orderer publishes it.
+    let account = KeyPair::generate(KeyType::P384);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(fleet.publish_account(&AccountState {
+        directory: bed.pebble.directory.clone(),
+        account_url: format!("{}/acct/1", bed.pebble.directory),
+        private_key_pem: account.to_pem(),
+        contact: Vec::new(),
+    }))
+    .unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    let publish = |token: &str, thumbprint: &str| {
+        let etcd_key = format!("/acme-nginx/challenges/{token}");
+        let answer = serde_json::json!({
+            "name": NAME,
+            "token": token,
+            "key_authorization": format!("{token}.{thumbprint}"),
+        });
+        etcdctl_put(
+            &bed,
+            &etcd_key,
+            &key.seal_record(&etcd_key, now, answer.to_string().as_bytes()),
+        );
+        etcd_key
+    };
+    let ours = thumbprint(&account);
+    // Sealed with the fleet key, but nobody is ordering the name: not served.
+    let early = "earlyearlyearlyearlyearlyearlyearlyearlye1";
+    publish(early, &ours);
+    wait_for(|| {
+        bed.agent_log(1).contains(&format!(
+            "challenges/{early} answers for {NAME}, which no node of the fleet is ordering"
+        ))
+    });
+    // A node sets out to order it (its intent, under the lock).
+    let intent = "/acme-nginx/intents/".to_owned() + NAME;
+    let record = serde_json::json!({"names": [NAME], "node": "n1", "deadline": now + 3600});
     etcdctl_put(
         &bed,
-        &etcd_key,
-        &key.seal_record(&etcd_key, now, answer.to_string().as_bytes()),
+        &intent,
+        &key.seal_record(&intent, now, record.to_string().as_bytes()),
     );
+    // For another account (someone else's certbot through the balancer): not served.
+    let other = "otherotherotherotherotherotherotherothero1";
+    publish(other, &thumbprint(&KeyPair::generate(KeyType::P256)));
+    wait_for(|| {
+        bed.agent_log(1).contains(&format!(
+            "challenges/{other} answers for an account that is not the fleet's"
+        ))
+    });
+    assert!(
+        !bed.agent_log(1).contains("answering"),
+        "{}",
+        bed.agent_log(1)
+    );
+    // The fleet's answer for the name being ordered: served.
+    let token = "leftleftleftleftleftleftleftleftleftleftle1";
+    let etcd_key = publish(token, &ours);
     wait_for(|| {
         bed.agent_log(1)
             .contains(&format!("answering {NAME} from "))

@@ -74,7 +74,7 @@ async fn run_agent(
     let (current, revision) = fleet.etcd.get_prefix(&challenges).await?;
     fleet.register().await?;
     for kv in current {
-        answer(settings, store, fleet, &kv.key, &kv.value, written);
+        answer(settings, store, fleet, &kv.key, &kv.value, written).await;
     }
     // A publish missed while away is installed by the pass this triggers.
     lineages_changed.send(()).ok();
@@ -90,7 +90,7 @@ async fn run_agent(
     while let Some(event) = rx.recv().await {
         match event {
             Event::Put(kv) if kv.key.starts_with(&challenges) => {
-                answer(settings, store, fleet, &kv.key, &kv.value, written);
+                answer(settings, store, fleet, &kv.key, &kv.value, written).await;
             }
             Event::Delete(key) if key.starts_with(&challenges) => {
                 if let Some((_, path)) = written.remove(key.trim_start_matches(&challenges)) {
@@ -121,7 +121,7 @@ async fn run_agent(
 /// Writes one published answer where this node's nginx serves the name's challenges: the
 /// directory of the block nginx picks for the name on the validation port, else the directory
 /// acme-nginx's snippet serves.
-fn answer(
+async fn answer(
     settings: &crate::lifecycle::Settings,
     store: &crate::store::Store,
     fleet: &Fleet,
@@ -146,6 +146,44 @@ fn answer(
             "fleet agent: {key} is not a well-formed http-01 answer for its token; not written"
         );
         return;
+    }
+    // For the fleet's own account, and a name a node set out to order (its intent, recorded
+    // under the lineage's lock before the order): nothing else is served, whoever sealed it.
+    match fleet.account_thumbprints().await {
+        Ok(prints)
+            if prints
+                .iter()
+                .any(|t| rec.key_authorization.ends_with(&format!(".{t}"))) => {}
+        Ok(_) => {
+            tracing::warn!(
+                "fleet agent: {key} answers for an account that is not the fleet's; not written"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(
+                "fleet agent: {key} not written: the fleet's accounts cannot be read: {}",
+                chain_text(&e)
+            );
+            return;
+        }
+    }
+    match fleet.is_ordering(&rec.name).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(
+                "fleet agent: {key} answers for {}, which no node of the fleet is ordering; not written",
+                rec.name
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(
+                "fleet agent: {key} not written: the fleet's intents cannot be read: {}",
+                chain_text(&e)
+            );
+            return;
+        }
     }
     if written.values().filter(|(n, _)| *n == rec.name).count() >= MAX_ANSWERS_PER_NAME {
         tracing::warn!(

@@ -333,6 +333,19 @@ impl Fleet {
         Ok(self.record(&key).await?.map(|(_, a)| a))
     }
 
+    /// The JWK thumbprints of the fleet's accounts (one per CA): a challenge answer's key
+    /// authorization must end with one of them.
+    pub async fn account_thumbprints(&self) -> Result<Vec<String>, FleetError> {
+        let prefix = self.key("accounts/");
+        Ok(self
+            .records::<AccountState>(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(_, _, a)| crate::acme::KeyPair::from_pem(&a.private_key_pem).ok())
+            .map(|k| crate::acme::thumbprint(&k))
+            .collect())
+    }
+
     /// Publishes an account unless another node did first; returns the fleet's account (ours,
     /// or the one that won).
     pub async fn publish_account(&self, state: &AccountState) -> Result<AccountState, FleetError> {

@@ -61,6 +61,17 @@ impl Fleet {
         Ok(out)
     }
 
+    /// Whether a node set out to order a certificate holding `name` (an intent that has not
+    /// expired). Reads only.
+    pub async fn is_ordering(&self, name: &str) -> Result<bool, FleetError> {
+        let prefix = self.key("intents/");
+        Ok(self
+            .records::<IntentRecord>(&prefix)
+            .await?
+            .iter()
+            .any(|(_, _, i)| i.deadline >= now() && i.names.iter().any(|n| n == name)))
+    }
+
     /// Forgets a lineage's intent (done, or failed).
     pub async fn forget_intent(&self, lineage: &str) -> Result<(), FleetError> {
         Ok(self

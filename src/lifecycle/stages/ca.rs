@@ -1,8 +1,8 @@
 //! Choosing the CA for a certificate, when several are configured: the order they are tried in
 //! (the one that issued the lineage's certificate first, so `replaces` applies), what a name's
 //! CAA records (RFC 8659) allow, which failures at one CA let the next one be tried, and the
-//! loop that goes through them ([`order_at_first_usable`]). The loop asks the world through
-//! [`CaPort`] (the CAs, their accounts, DNS, the order itself): the order stage implements it
+//! loop that goes through them (`order_at_first_usable`). The loop asks the world through
+//! `CaPort` (the CAs, their accounts, DNS, the order itself): the order stage implements it
 //! for a run, the tests here with fakes, table-driven, in milliseconds.
 
 use time::OffsetDateTime;
