@@ -178,3 +178,45 @@ fn revoked_certificate_is_renewed_at_once_by_ari() {
     );
     assert_ne!(leaf(&bed.live("b.renew.test").join("fullchain.pem")), old_b);
 }
+
+/// A CA's ARI window that starts later than the default rule's instant is followed (pebble
+/// suggests the last days of a 10-day certificate; the default rule would renew at half its
+/// lifetime): the next renewal is inside the window, before the margin near expiry.
+#[test]
+fn a_later_ari_window_from_the_ca_is_followed() {
+    let bed = Bed::start_with(
+        crate::util::free_port(),
+        "server {\n  listen 127.0.0.1:{port};\n  server_name late.renew.test;\n  \
+         location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n}\n",
+        |o| crate::util::PebbleOptions {
+            validity_secs: 10 * 86400,
+            ..o
+        },
+    );
+    fs::create_dir_all(bed.nginx.dir.path().join("acme")).unwrap();
+    assert_exit(&bed.cmd("enroll", &[]), 0);
+    let out = bed.cmd("renew", &[]);
+    assert_exit(&out, 0);
+    let c = by_name(&json(&out), "late.renew.test");
+    assert_eq!(c["status"], "not-due", "{c}");
+    let reason = c["reason"].as_str().unwrap();
+    let (start, end) = reason
+        .strip_prefix("ARI window ")
+        .and_then(|w| w.split_once(" to "))
+        .unwrap_or_else(|| panic!("{c}"));
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let (start, end) = (parse(start), parse(end));
+    let next = parse(c["next_renewal"].as_str().unwrap());
+    let info =
+        CertInfo::from_der(&leaf(&bed.live("late.renew.test").join("fullchain.pem"))).unwrap();
+    let lifetime = info.not_after - info.not_before;
+    let default_rule = info.not_before + lifetime / 2;
+    assert!(start > default_rule, "the CA's window starts later: {c}");
+    let margin = std::cmp::max(time::Duration::days(1), lifetime / 10);
+    assert!(
+        start <= next && next <= end && next <= info.not_after - margin,
+        "renewal inside the window, before the margin: {c}"
+    );
+}
