@@ -24,6 +24,11 @@ pub const DEBOUNCE: Duration = Duration::from_millis(500);
 /// The longest a burst of file events can postpone reading the configuration (and so the
 /// renewals waiting behind it).
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(5);
+/// How quiet the fleet's publishes must be before the agent's pass installs them: one run
+/// publishes its lineages milliseconds apart; waiting longer only delays convergence.
+pub const FLEET_DEBOUNCE: Duration = Duration::from_millis(50);
+/// The longest a stream of publishes can postpone that pass.
+pub const FLEET_MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 /// The longest sleep between two renewal checks, whatever the schedule says.
 pub const MAX_RENEW_SLEEP: Duration = Duration::from_secs(12 * 3600);
 /// The shortest sleep between renewal checks (a due lineage in backoff must not spin).
@@ -252,8 +257,8 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
             }
             _ = tokio::time::sleep(sleep) => renew_due = true,
             Some(()) = fleet_rx.recv() => {
-                // A burst of publishes is one pass.
-                debounce(&mut fleet_rx, Duration::from_millis(200), Duration::from_secs(2)).await;
+                // A burst of publishes (one run's lineages, milliseconds apart) is one pass.
+                debounce(&mut fleet_rx, FLEET_DEBOUNCE, FLEET_MAX_DEBOUNCE).await;
                 renew_due = true;
             }
             _ = sighup.recv() => match reload() {
