@@ -3,9 +3,11 @@
 //! The folders say the architecture; dependencies point down only:
 //!
 //! - [`lifecycle`]: the domain: from server blocks to live, renewed certificates (plans, runs,
-//!   the renewal policy, installing, status, metrics, the watch loop). It uses everything below.
+//!   the choice of CA, the renewal policy, installing, status, metrics, notifications, the
+//!   watch loop). It uses everything below.
 //! - [`acme`]: an RFC 8555 client with no nginx in it, usable on its own.
-//! - [`challenge`]: answering challenges on this host (the http-01 webroot solver, preflight).
+//! - [`challenge`]: answering challenges (the http-01 webroot solver and its preflights, the
+//!   public-address check, WebDAV, dns-01).
 //! - [`nginx`]: reading, editing, testing, reloading and probing nginx.
 //! - [`store`]: the state directory (lineages, accounts, lock, token journal).
 //! - [`hooks`]: the user's pre/post/deploy hooks.
