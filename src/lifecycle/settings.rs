@@ -247,10 +247,13 @@ impl Settings {
     }
 
     /// A dry run against Let's Encrypt production goes to its staging directory instead.
+    /// The other CAs are left out: a dry run orders only from a staging directory, and an
+    /// order from a fallback would be real.
     pub fn use_staging_for_dry_run(&mut self) {
         if self.directory == acme::LETSENCRYPT_PRODUCTION {
             self.directory = acme::LETSENCRYPT_STAGING.to_owned();
         }
+        self.fallback_directories.clear();
     }
 }
 
@@ -269,6 +272,18 @@ mod tests {
     use super::*;
     use crate::nginx::discovery::{scan, BuildDefaults};
     use crate::nginx::Config;
+
+    /// A dry run never orders from a production CA, fallbacks included.
+    #[test]
+    fn a_dry_run_uses_staging_and_no_fallback() {
+        let mut s = Settings::with_defaults(acme::LETSENCRYPT_PRODUCTION);
+        s.fallback_directories = vec![ZEROSSL_DIRECTORY.to_owned()];
+        s.use_staging_for_dry_run();
+        assert_eq!(
+            s.directories().collect::<Vec<_>>(),
+            [acme::LETSENCRYPT_STAGING]
+        );
+    }
 
     #[test]
     fn shipped_snippet_is_the_one_enroll_writes() {
