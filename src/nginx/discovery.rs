@@ -1060,7 +1060,11 @@ mail {
             ("www-data", "adm")
         );
         assert_eq!(scan.pid_file, PathBuf::from("/run/x.pid"));
-        assert_eq!(scan.servers.len(), 2, "stream servers are not http servers");
+        assert_eq!(scan.servers.len(), 3);
+        // The stream server is listed after the http ones, as what it is, enrolling nothing.
+        let stream = &scan.servers[2];
+        assert_eq!(stream.context, Context::Stream);
+        assert!(!stream.is_http() && stream.enrollable.is_empty());
         let a = &scan.servers[0];
         assert_eq!(a.line, 4);
         assert_eq!(a.enrollable, s(&["a.example.org"]));
