@@ -42,6 +42,10 @@ const NONCE_POOL_SIZE: usize = 32;
 pub struct ClientConfig {
     /// Extra trust anchors (PEM) for the CA's own TLS certificate, added to the system roots.
     pub extra_roots_pem: Option<Vec<u8>>,
+    /// The longest `Retry-After` of a 429 or 503 waited out in place before the request is
+    /// tried again ([`MAX_INLINE_RETRY_WAIT`] when unset). Zero: the error is returned at once
+    /// (a caller with another CA to try).
+    pub max_inline_retry_wait: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -51,6 +55,7 @@ impl ClientConfig {
             .map_err(|e| Error::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
         Ok(Self {
             extra_roots_pem: Some(pem),
+            ..Self::default()
         })
     }
 }
@@ -261,6 +266,7 @@ pub fn tls_config_with_client(
 #[derive(Debug)]
 struct Inner {
     http: reqwest::Client,
+    max_inline_retry_wait: Duration,
     directory_url: String,
     directory: Directory,
     nonces: Mutex<Vec<String>>,
@@ -291,6 +297,9 @@ impl Client {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                max_inline_retry_wait: config
+                    .max_inline_retry_wait
+                    .unwrap_or(MAX_INLINE_RETRY_WAIT),
                 directory_url: directory_url.to_owned(),
                 directory,
                 nonces: Mutex::new(Vec::new()),
@@ -381,7 +390,11 @@ impl Client {
                 });
             }
             if matches!(resp.status, 429 | 503) && rate_retries < MAX_RATE_RETRIES {
-                if let Some(wait) = resp.retry_after().filter(|d| *d <= MAX_INLINE_RETRY_WAIT) {
+                let limit = self.inner.max_inline_retry_wait;
+                if let Some(wait) = resp
+                    .retry_after()
+                    .filter(|d| *d <= limit && !limit.is_zero())
+                {
                     rate_retries += 1;
                     tracing::info!(
                         url,

@@ -32,7 +32,9 @@ pub use cert::{
     create_csr, csr_der, csr_names, key_matches, normalize_names, pem_certificates,
     pem_chain_strict, public_key_type, to_pem, CertInfo, Csr,
 };
-pub use client::{tls_config, Client, ClientConfig, USER_AGENT};
+pub use client::{
+    tls_config, Client, ClientConfig, MAX_INLINE_RETRY_WAIT, MAX_RATE_RETRIES, USER_AGENT,
+};
 pub use error::Error;
 pub use jws::{b64, decode_b64, is_valid_token, key_authorization, thumbprint, EabAlgorithm};
 pub use key::{KeyPair, KeyType, UnknownKeyType};

@@ -32,7 +32,12 @@ pub struct Env {
 
 impl Env {
     /// The collaborators for these settings (no CA request yet).
-    pub fn new(settings: Settings, mode: Mode, store: Store, coordinator: Coordinator) -> Env {
+    pub fn new(mut settings: Settings, mode: Mode, store: Store, coordinator: Coordinator) -> Env {
+        // With another CA to try, a CA that answers "503, retry in 30 s" is passed over at
+        // once rather than waited for.
+        if !settings.fallback_directories.is_empty() {
+            settings.client_config.max_inline_retry_wait = Some(std::time::Duration::ZERO);
+        }
         let cas = settings
             .directories()
             .map(|d| (d.to_owned(), OnceCell::new()))

@@ -188,6 +188,63 @@ async fn rate_limit_carries_retry_after_and_the_problem() {
     }
 }
 
+/// A 503 with a short Retry-After is waited out in place, as long as the settings allow; a
+/// client with another CA to try (`max_inline_retry_wait` zero) gets the outage at once.
+#[tokio::test]
+async fn a_503_is_waited_out_in_place_unless_the_client_says_not_to() {
+    let posts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = posts.clone();
+    let base = serve(move |method, path, base, _| match (method, path) {
+        ("GET", "/dir") => (200, vec![], Some(directory(base))),
+        ("HEAD", "/nonce") => (
+            200,
+            vec![("Replay-Nonce", format!("n{}", rand_suffix()))],
+            Some(String::new()),
+        ),
+        _ => {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (503, vec![("Retry-After", "1".into())], Some(String::new()))
+        }
+    })
+    .await;
+    let create = |config: ClientConfig| {
+        let base = base.clone();
+        async move {
+            let client = acme::Client::new(&format!("{base}/dir"), &config)
+                .await
+                .unwrap();
+            let started = std::time::Instant::now();
+            let err = Account::create(
+                client,
+                KeyPair::generate(KeyType::P256),
+                &NewAccountOptions::default(),
+            )
+            .await
+            .unwrap_err();
+            (err, started.elapsed())
+        }
+    };
+    let (err, took) = create(ClientConfig {
+        max_inline_retry_wait: Some(std::time::Duration::ZERO),
+        ..ClientConfig::default()
+    })
+    .await;
+    assert!(err.is_outage(), "{err}");
+    assert_eq!(posts.swap(0, std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+    let (err, took) = create(ClientConfig::default()).await;
+    assert!(err.is_outage(), "{err}");
+    // The first answer and one retry per second of Retry-After, up to the client's limit.
+    assert_eq!(
+        posts.load(std::sync::atomic::Ordering::Relaxed),
+        1 + acme::MAX_RATE_RETRIES
+    );
+    assert!(
+        took >= std::time::Duration::from_secs(u64::from(acme::MAX_RATE_RETRIES)),
+        "{took:?}"
+    );
+}
+
 #[tokio::test]
 async fn path_token_never_reaches_the_disk() {
     let base = serve(|method, path, base, _| match (method, path) {
