@@ -456,6 +456,12 @@ fn etcd_faults_and_a_killed_orderer() {
     // forced renewal below is its own order (not "published by another node meanwhile").
     assert_exit(&bed.cmd(0, "renew", &[]), 0);
     bed.stop_agent(2);
+    // Node 3 serves no answer at all now: one an earlier attempt published (pebble may hand
+    // the same pending authorization, and so the same token, to the next order) is gone too.
+    let node3 = bed.nodes[2].nginx.dir.path().join("acme");
+    for e in std::fs::read_dir(&node3).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
     // An order an interrupted attempt above left would be completed (its own test covers
     // that); this part wants node 1 stuck in a fresh order's preflight.
     let del = std::process::Command::new(crate::util::bin("etcdctl"))
