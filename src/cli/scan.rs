@@ -41,6 +41,9 @@ struct Servers<'a> {
 struct ServerOut<'a> {
     #[serde(flatten)]
     block: &'a ServerBlock,
+    /// The first certificate and key in effect (the block keeps them once, in its lists).
+    ssl_certificate: Option<&'a str>,
+    ssl_certificate_key: Option<&'a str>,
     /// Each name a certificate would hold and how it would be proven.
     challenges: NameMap,
     /// Each name an exclude pattern leaves out, with the pattern.
@@ -106,6 +109,8 @@ impl Serialize for Servers<'_> {
                 .collect();
             ServerOut {
                 block,
+                ssl_certificate: block.ssl_certificate(),
+                ssl_certificate_key: block.ssl_certificate_key(),
                 challenges: NameMap(challenges),
                 excluded: NameMap(excluded.clone()),
                 dns_refused: NameMap(self.proving.dns_refused(block)),
@@ -236,7 +241,7 @@ fn table(
                     (None, None) => "-".into(),
                 },
                 challenges(s, proving, excluded),
-                s.ssl_certificate.clone().unwrap_or_else(|| "-".into()),
+                s.ssl_certificate().unwrap_or("-").to_owned(),
             ]
         })
         .collect();

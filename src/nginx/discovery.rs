@@ -243,9 +243,6 @@ pub struct ServerBlock {
     pub enrollable: Vec<String>,
     pub skipped: Vec<Skipped>,
     pub listen: Vec<Listen>,
-    /// The first `ssl_certificate` in effect (its own or inherited from `http`).
-    pub ssl_certificate: Option<String>,
-    pub ssl_certificate_key: Option<String>,
     /// Every `ssl_certificate` in effect (several for RSA + ECDSA).
     pub ssl_certificates: Vec<String>,
     pub ssl_certificate_keys: Vec<String>,
@@ -273,6 +270,16 @@ pub struct ServerBlock {
 }
 
 impl ServerBlock {
+    /// The first `ssl_certificate` in effect (its own or inherited from `http`).
+    pub fn ssl_certificate(&self) -> Option<&str> {
+        self.ssl_certificates.first().map(String::as_str)
+    }
+
+    /// The first `ssl_certificate_key` in effect.
+    pub fn ssl_certificate_key(&self) -> Option<&str> {
+        self.ssl_certificate_keys.first().map(String::as_str)
+    }
+
     /// True for a block of the `http` context.
     pub fn is_http(&self) -> bool {
         self.context == Context::Http
@@ -595,8 +602,6 @@ fn tls_server_block(
         enrollable,
         skipped,
         listen,
-        ssl_certificate: certs.first().cloned(),
-        ssl_certificate_key: keys.first().cloned(),
         ssl_certificates: certs,
         ssl_certificate_keys: keys,
         acme_challenge_dir: None,
@@ -740,8 +745,6 @@ fn server_block(
         enrollable,
         skipped,
         listen,
-        ssl_certificate: certs.first().cloned(),
-        ssl_certificate_key: keys.first().cloned(),
         ssl_certificates: certs,
         ssl_certificate_keys: keys,
         acme_challenge_dir: dir,
@@ -922,11 +925,11 @@ mail {
         let mqtt = by_line(6);
         assert_eq!(mqtt.context, Context::Stream);
         assert_eq!(mqtt.enrollable, s(&["mqtt.test", "broker.test"]));
-        assert_eq!(mqtt.ssl_certificate.as_deref(), Some("/etc/ssl/stream.pem"));
+        assert_eq!(mqtt.ssl_certificate(), Some("/etc/ssl/stream.pem"));
         assert!(mqtt.serves_tls() && mqtt.advice.is_none());
         let db = by_line(11);
         assert_eq!(db.enrollable, s(&["db.test"]));
-        assert_eq!(db.ssl_certificate.as_deref(), Some("/etc/ssl/db.pem"));
+        assert_eq!(db.ssl_certificate(), Some("/etc/ssl/db.pem"));
         let udp = by_line(12);
         assert!(!udp.serves_tls());
         assert!(
@@ -943,7 +946,7 @@ mail {
         assert_eq!(smtp.context, Context::Mail);
         assert_eq!(smtp.enrollable, s(&["mail.test"]));
         assert_eq!(smtp.starttls, Some(MailProtocol::Smtp));
-        assert_eq!(smtp.ssl_certificate.as_deref(), Some("/etc/ssl/mail.pem"));
+        assert_eq!(smtp.ssl_certificate(), Some("/etc/ssl/mail.pem"));
         assert_eq!(by_line(21).starttls, Some(MailProtocol::Imap), "port 143");
         let imaps = by_line(22);
         assert_eq!((imaps.starttls, imaps.serves_tls()), (None, true));
@@ -1068,15 +1071,15 @@ mail {
         let a = &scan.servers[0];
         assert_eq!(a.line, 4);
         assert_eq!(a.enrollable, s(&["a.example.org"]));
-        assert_eq!(a.ssl_certificate.as_deref(), Some("/c/http.pem"));
+        assert_eq!(a.ssl_certificate(), Some("/c/http.pem"));
         assert_eq!(
             a.acme_challenge_dir,
             Some(PathBuf::from("/srv/a/.well-known/acme-challenge"))
         );
         assert!(a.listen[1].ipv6 && a.listen[1].ssl);
         let b = &scan.servers[1];
-        assert_eq!(b.ssl_certificate.as_deref(), Some("/c/b.pem"));
-        assert_eq!(b.ssl_certificate_key.as_deref(), Some("/c/http.key"));
+        assert_eq!(b.ssl_certificate(), Some("/c/b.pem"));
+        assert_eq!(b.ssl_certificate_key(), Some("/c/http.key"));
         assert!(b.listen[0].implicit);
         assert!(b.acme_challenge_dir.is_none());
         assert!(b
