@@ -165,7 +165,7 @@ fn import_certbot_takes_over_without_a_new_order() {
     // certbot's account (an RSA key) is ours now.
     let regr: serde_json::Value = serde_json::from_str(
         &fs::read_to_string(
-            walk(&le.join("accounts"))
+            crate::util::walk(&le.join("accounts"))
                 .into_iter()
                 .find(|p| p.ends_with("regr.json"))
                 .unwrap(),
@@ -173,7 +173,7 @@ fn import_certbot_takes_over_without_a_new_order() {
         .unwrap(),
     )
     .unwrap();
-    let account = walk(&bed.state.path().join("accounts"))
+    let account = crate::util::walk(&bed.state.path().join("accounts"))
         .into_iter()
         .find(|p| p.ends_with("account.json"))
         .unwrap();
@@ -224,7 +224,7 @@ fn import_certbot_takes_over_without_a_new_order() {
 
 /// Every file under `dir` with its bytes (links read through), for "left untouched".
 fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut files: Vec<_> = walk(dir)
+    let mut files: Vec<_> = crate::util::walk(dir)
         .into_iter()
         .map(|p| {
             let data = fs::read(&p).unwrap_or_default();
@@ -233,19 +233,6 @@ fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
         .collect();
     files.sort();
     files
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// RS256 (certbot's account keys) byte for byte as OpenSSL signs it, through python's

@@ -259,22 +259,10 @@ fn records_without_the_fleet_key_are_ignored_and_reported() {
 #[test]
 fn agents_serve_only_the_fleets_answers_and_remove_what_a_killed_agent_left() {
     use acme_nginx::acme::{thumbprint, AccountState, KeyPair, KeyType};
-    use acme_nginx::lifecycle::fleet::{Fleet, FleetConfig};
     let mut bed = FleetBed::start();
     bed.start_agent(1);
     let key = acme_nginx::store::seal::FleetKey::read(&bed.key_file()).unwrap();
-    let fleet = Fleet::open(&FleetConfig {
-        etcd: acme_nginx::store::etcd::EtcdConfig {
-            endpoints: bed.etcd.endpoints(),
-            ..Default::default()
-        },
-        prefix: "/acme-nginx/".into(),
-        node: "n1".into(),
-        key_file: bed.key_file(),
-        address: String::new(),
-        silent_after: acme_nginx::lifecycle::fleet::NODE_STALE_AFTER,
-    })
-    .unwrap();
+    let fleet = bed.fleet_as("n1");
     // The fleet's account, as the first orderer publishes it.
     let account = KeyPair::generate(KeyType::P384);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -704,22 +692,10 @@ enum Died {
 #[test]
 fn a_renewal_the_orderer_died_in_is_completed_once_from_every_instant() {
     use acme_nginx::acme::{self, KeyPair, KeyType, OrderOptions};
-    use acme_nginx::lifecycle::fleet::{Fleet, FleetConfig};
     let mut bed = FleetBed::enrolled();
     // Node 1's command died; its nginx and its agent go on answering challenges.
     bed.start_agent(0);
-    let fleet = Fleet::open(&FleetConfig {
-        etcd: acme_nginx::store::etcd::EtcdConfig {
-            endpoints: bed.etcd.endpoints(),
-            ..Default::default()
-        },
-        prefix: "/acme-nginx/".into(),
-        node: "n1".into(),
-        key_file: bed.key_file(),
-        address: String::new(),
-        silent_after: acme_nginx::lifecycle::fleet::NODE_STALE_AFTER,
-    })
-    .unwrap();
+    let fleet = bed.fleet_as("n1");
     let fleet_key = acme_nginx::store::seal::FleetKey::read(&bed.key_file()).unwrap();
     let names = vec![NAME.to_owned()];
     let dirs: Vec<_> = bed

@@ -587,7 +587,7 @@ fn zerossl_eab_credentials_are_fetched_for_the_email() {
     assert_eq!(by_name(&json(&out), "zero.test")["status"], "issued");
     let asked = endpoint.take();
     assert_eq!(asked, vec![b"email=ops%2Bacme%40example.org".to_vec()]);
-    let kept: Vec<_> = walk(&bed.state.path().join("accounts"))
+    let kept: Vec<_> = crate::util::walk(&bed.state.path().join("accounts"))
         .into_iter()
         .filter(|p| p.ends_with("eab.json"))
         .collect();
@@ -596,17 +596,4 @@ fn zerossl_eab_credentials_are_fetched_for_the_email() {
         fs::metadata(&kept[0]).unwrap().permissions().mode() & 0o777,
         0o600
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

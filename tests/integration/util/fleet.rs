@@ -115,6 +115,23 @@ impl FleetBed {
         self.key_dir.path().join("fleet.key")
     }
 
+    /// The fleet's shared store as node `node` opens it (with the fleet key), for a test that
+    /// does what a node does.
+    pub fn fleet_as(&self, node: &str) -> acme_nginx::lifecycle::fleet::Fleet {
+        acme_nginx::lifecycle::fleet::Fleet::open(&acme_nginx::lifecycle::fleet::FleetConfig {
+            etcd: acme_nginx::store::etcd::EtcdConfig {
+                endpoints: self.etcd.endpoints(),
+                ..Default::default()
+            },
+            prefix: "/acme-nginx/".into(),
+            node: node.into(),
+            key_file: self.key_file(),
+            address: String::new(),
+            silent_after: acme_nginx::lifecycle::fleet::NODE_STALE_AFTER,
+        })
+        .unwrap()
+    }
+
     /// `acme-nginx SUB` on node `i` (0-based) with its settings and the fleet's.
     pub fn command(&self, i: usize, sub: &str, extra: &[&str]) -> Command {
         let n = &self.nodes[i];

@@ -470,6 +470,20 @@ pub fn acme_nginx_cmd() -> Command {
     c
 }
 
+/// Every file below `dir` (a missing directory has none).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Runs a command, returning its output (never panics on a failing exit).
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
