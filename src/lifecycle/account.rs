@@ -225,10 +225,7 @@ fn form_encode(value: &str) -> String {
 
 /// Text from a remote party, shortened and with control characters escaped.
 fn escaped(text: &str) -> String {
-    text.chars()
-        .take(300)
-        .flat_map(char::escape_default)
-        .collect()
+    acme::escape_controls(&text.chars().take(300).collect::<String>())
 }
 
 #[cfg(test)]

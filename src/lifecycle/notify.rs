@@ -226,13 +226,6 @@ async fn post(url: &str, host: &str, e: &Event) -> Result<(), NotifyError> {
     Ok(())
 }
 
-/// One line of text as a header value or body line: control characters escaped.
-fn clean(text: &str) -> String {
-    text.chars()
-        .flat_map(char::escape_default)
-        .collect::<String>()
-}
-
 /// The message for an event: headers (To, Subject, Content-Type), a blank line, the body.
 pub fn message(to: &str, host: &str, e: &Event) -> String {
     let what = match e.status {
@@ -243,12 +236,15 @@ pub fn message(to: &str, host: &str, e: &Event) -> String {
     };
     let mut body = format!(
         "To: {to}\nSubject: acme-nginx on {}: {} {what}\nContent-Type: text/plain; charset=utf-8\nAuto-Submitted: auto-generated\n\n",
-        clean(host),
-        clean(&e.name)
+        crate::acme::escape_controls(host),
+        crate::acme::escape_controls(&e.name)
     );
-    body += &format!("names: {}\n", clean(&e.names.join(" ")));
+    body += &format!(
+        "names: {}\n",
+        crate::acme::escape_controls(&e.names.join(" "))
+    );
     if let Some(r) = &e.reason {
-        body += &format!("why: {}\n", clean(r));
+        body += &format!("why: {}\n", crate::acme::escape_controls(r));
     }
     if let Some(t) = e.next_attempt {
         body += &format!("next attempt: {t}\n");
@@ -382,7 +378,7 @@ mod tests {
         };
         let text = message("ops@example.org", "web1", &e);
         assert!(!text.contains("\nBcc:"), "{text}");
-        assert!(text.contains("why: bad\\r\\nthing"), "{text}");
+        assert!(text.contains("why: bad\\u{d}\\u{a}thing"), "{text}");
         assert!(text.starts_with("To: ops@example.org\nSubject: acme-nginx on web1: "));
         assert!(is_address("ops@example.org"));
         for bad in ["ops", "a b@c.d", "a@b", "x@y.example\nBcc: z@w.example"] {
