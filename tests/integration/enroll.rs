@@ -1048,7 +1048,6 @@ fn a_block_that_serves_the_challenge_is_enrolled_with_one_reload() {
 /// and issued as the CA sees it through the balancer, and the TLS proof works the same way.
 #[test]
 fn a_proxy_protocol_listener_is_probed_as_the_balancer_reaches_it() {
-    use std::process::{Command, Stdio};
     let (port, front) = (crate::util::free_port(), crate::util::free_port());
     let bed = Bed::start_with(
         port,
@@ -1070,16 +1069,7 @@ fn a_proxy_protocol_listener_is_probed_as_the_balancer_reaches_it() {
         ),
     )
     .unwrap();
-    let log = dir.path().join("haproxy.log");
-    let mut child = Command::new(crate::util::bin("haproxy"))
-        .args(["-db", "-f"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    crate::util::wait_for_port(front, &mut child, "haproxy", &log);
-    let _balancer = crate::util::ChildGuard(child);
+    let _balancer = crate::util::start_haproxy(&cfg, front);
     // nginx's own port is where acme-nginx finds the block (the balancer has the public one).
     let out = bed.cmd("enroll", &["--http-port", &port.to_string()]);
     assert_exit(&out, 0);

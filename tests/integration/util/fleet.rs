@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::etcd::EtcdCluster;
-use super::{bin, free_port, run, wait_for_port, ChildGuard, Nginx, Pebble, PebbleOptions};
+use super::{free_port, run, ChildGuard, Nginx, Pebble, PebbleOptions};
 
 /// The name the fleet serves.
 pub const NAME: &str = "fleet.test";
@@ -89,16 +89,7 @@ impl FleetBed {
             ),
         )
         .unwrap();
-        let log = key_dir.path().join("haproxy.log");
-        let mut child = Command::new(bin("haproxy"))
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, &mut child, "haproxy", &log);
-        let balancer = ChildGuard(child);
+        let balancer = super::start_haproxy(&cfg, port);
         let mut opts = PebbleOptions::http_port(port);
         opts.nonce_reject = 0;
         let pebble = Pebble::start(opts);

@@ -470,6 +470,21 @@ pub fn acme_nginx_cmd() -> Command {
     c
 }
 
+/// haproxy running the configuration `cfg`, once it listens on `port` (its log beside `cfg`);
+/// stopped when the guard drops.
+pub fn start_haproxy(cfg: &Path, port: u16) -> ChildGuard {
+    let log = cfg.with_file_name("haproxy.log");
+    let mut child = Command::new(bin("haproxy"))
+        .args(["-db", "-f"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child, "haproxy", &log);
+    ChildGuard(child)
+}
+
 /// Every file below `dir` (a missing directory has none).
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
