@@ -133,7 +133,7 @@ fn write_token_at(
     contents: &[u8],
     owner: Option<(Uid, Gid)>,
 ) -> Result<(), nix::errno::Errno> {
-    let temp = format!(".{name}.tmp");
+    let temp = temp_name(name);
     match unlinkat(dirfd, temp.as_str(), UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
         Err(e) => return Err(e),
@@ -181,14 +181,27 @@ pub fn remove_token_file(path: &Path) -> Result<bool, TokenError> {
         }
         Err(e) => return Err(e.into()),
     };
-    match unlinkat(&dirfd, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) => Ok(true),
-        Err(nix::errno::Errno::ENOENT) => Ok(false),
-        Err(source) => Err(TokenError::Remove {
-            path: path.to_path_buf(),
-            source,
-        }),
+    // A run killed while writing leaves the hidden temporary file instead of (or besides) the
+    // token: both go.
+    let mut removed = false;
+    for entry in [temp_name(name), name.to_owned()] {
+        match unlinkat(&dirfd, entry.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => removed = true,
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(source) => {
+                return Err(TokenError::Remove {
+                    path: dir.join(entry),
+                    source,
+                })
+            }
+        }
     }
+    Ok(removed)
+}
+
+/// The hidden name a token is written under before it is renamed into place.
+fn temp_name(token: &str) -> String {
+    format!(".{token}.tmp")
 }
 
 impl ChallengeSolver for WebrootSolver {
@@ -240,6 +253,17 @@ mod tests {
         assert!(!path.exists());
         // Clearing twice is fine.
         solver.clear(&ch).await.unwrap();
+    }
+
+    #[test]
+    fn the_sweep_removes_the_temporary_file_of_a_killed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        // Killed between creating the hidden file and renaming it: only the temporary is there.
+        fs::write(dir.path().join(".tok-1.tmp"), "half").unwrap();
+        assert!(remove_token_file(&dir.path().join("tok-1")).unwrap());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Nothing left: nothing removed.
+        assert!(!remove_token_file(&dir.path().join("tok-1")).unwrap());
     }
 
     #[tokio::test]
