@@ -91,7 +91,10 @@ fn adapt(text: &str, root: &Path, p: &Ports) -> String {
     let mut out = String::with_capacity(text.len() + 256);
     for line in text.split_inclusive('\n') {
         let mut l = line.to_owned();
-        for top in ["etc", "var", "run", "usr", "home", "srv", "opt"] {
+        // `tmp` first: the root itself is under /tmp, and later passes write it.
+        for top in [
+            "tmp", "etc", "var", "run", "usr", "home", "srv", "opt", "data", "www",
+        ] {
             let from = format!("/{top}/");
             let to = format!("{}/{top}/", root.display());
             let mut res = String::new();
