@@ -313,3 +313,205 @@ impl Coordinator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The fleet side of the coordinator against an in-memory etcd: who may order, what is
+    //! taken over after a node's death, what is installed instead of ordered, and what is
+    //! ignored because it was not written with the fleet key. Milliseconds each; the fleet bed
+    //! (three etcd members, three nginx nodes, pebble) tests the same with real parts.
+
+    use super::*;
+    use crate::lifecycle::fleet::{IntentRecord, LineageRecord};
+    use crate::store::etcd_fake::FakeCluster;
+    use crate::store::seal::FleetKey;
+    use std::sync::Arc;
+
+    const LINEAGE: &str = "www.fleet.test";
+
+    fn node(cluster: &Arc<FakeCluster>, name: &str, key: u8) -> Coordinator {
+        let key = FleetKey::from_bytes(&[key; 32]).unwrap_or_else(|| panic!("a 32-byte key"));
+        Coordinator::Fleet(Fleet::fake(cluster.clone(), name, key))
+    }
+
+    fn fleet(c: &Coordinator) -> &Fleet {
+        c.fleet().unwrap_or_else(|| panic!("a fleet node"))
+    }
+
+    fn names() -> Vec<String> {
+        vec![LINEAGE.to_owned()]
+    }
+
+    fn holder(claim: &Claim) -> Option<&str> {
+        match claim {
+            Claim::OrderedBy(n) | Claim::PublishedBy(n) => Some(n),
+            Claim::Mine(_) => None,
+        }
+    }
+
+    fn record(serial: &str, node: &str) -> LineageRecord {
+        LineageRecord {
+            names: names(),
+            directory: "https://ca.test/dir".into(),
+            key_type: "p256".into(),
+            issued_at: 1,
+            serial: serial.into(),
+            cert_pem: String::new(),
+            chain_pem: String::new(),
+            key_sealed: String::new(),
+            node: node.into(),
+        }
+    }
+
+    /// The orderer dies after recording its intent: while its lock lives nobody else orders;
+    /// once its lease runs out the next node's pass sees the unfinished renewal (ordered then
+    /// whatever its own policy says) and gets the lock.
+    #[tokio::test]
+    async fn a_renewal_whose_orderer_died_is_taken_over_when_its_lock_expires() {
+        let cluster = Arc::new(FakeCluster::default());
+        let (alpha, bravo) = (node(&cluster, "alpha", 7), node(&cluster, "bravo", 7));
+        assert!(bravo.unfinished().await.unwrap().is_empty());
+        let Claim::Mine(Some(lock)) = alpha.claim(LINEAGE, None).await.unwrap() else {
+            panic!("alpha is the first to ask")
+        };
+        alpha.intend(LINEAGE, &names()).await.unwrap();
+        let left = vec![(LINEAGE.to_owned(), "alpha".to_owned())];
+        assert_eq!(bravo.unfinished().await.unwrap(), left);
+        let claim = bravo.claim(LINEAGE, None).await.unwrap();
+        assert!(matches!(claim, Claim::OrderedBy(_)), "{claim:?}");
+        assert_eq!(holder(&claim), Some("alpha"));
+        assert!(claim.reason().is_some_and(|r| r.contains("alpha")));
+        // alpha dies: its lease is not renewed and runs out.
+        let lease = lock.lease;
+        lock.abandon();
+        cluster.expire(lease);
+        assert_eq!(bravo.unfinished().await.unwrap(), left);
+        let claim = bravo.claim(LINEAGE, None).await.unwrap();
+        assert!(matches!(claim, Claim::Mine(Some(_))), "{claim:?}");
+        assert!(claim.reason().is_none());
+        // bravo finishes it (publishes, then lets go): nothing is unfinished any more, and
+        // alpha, back, installs what bravo published instead of ordering again.
+        fleet(&bravo)
+            .publish_lineage(LINEAGE, record("0b", "bravo"), "KEY")
+            .await
+            .unwrap();
+        bravo.abandon(LINEAGE).await;
+        bravo.release(vec![claim]).await;
+        assert!(alpha.unfinished().await.unwrap().is_empty());
+        let claim = alpha.claim(LINEAGE, Some("0a")).await.unwrap();
+        assert!(
+            matches!(claim, Claim::PublishedBy(ref n) if n == "bravo"),
+            "{claim:?}"
+        );
+        // A node that already has the published certificate may order its next renewal.
+        let claim = alpha.claim(LINEAGE, Some("0b")).await.unwrap();
+        assert!(matches!(claim, Claim::Mine(Some(_))), "{claim:?}");
+    }
+
+    /// A released lock is free at once; a lock whose holder lives is never taken.
+    #[tokio::test]
+    async fn locks_go_to_one_node_at_a_time() {
+        let cluster = Arc::new(FakeCluster::default());
+        let nodes: Vec<Coordinator> = ["alpha", "bravo", "charlie"]
+            .iter()
+            .map(|n| node(&cluster, n, 7))
+            .collect();
+        let mut claims = Vec::new();
+        for n in &nodes {
+            claims.push(n.claim(LINEAGE, None).await.unwrap());
+        }
+        let mine = claims
+            .iter()
+            .filter(|c| matches!(c, Claim::Mine(_)))
+            .count();
+        assert_eq!(mine, 1, "{claims:?}");
+        assert!(claims[1..].iter().all(|c| holder(c) == Some("alpha")));
+        nodes[0].release(claims).await;
+        let claim = nodes[2].claim(LINEAGE, None).await.unwrap();
+        assert!(matches!(claim, Claim::Mine(Some(_))), "{claim:?}");
+    }
+
+    /// Intents past their deadline, or not written with the fleet key, are never taken over;
+    /// a stale one is removed.
+    #[tokio::test]
+    async fn stale_and_forged_intents_are_not_taken_over() {
+        let cluster = Arc::new(FakeCluster::default());
+        let (bravo, forger) = (node(&cluster, "bravo", 7), node(&cluster, "mallory", 9));
+        let stale = IntentRecord {
+            names: names(),
+            node: "alpha".into(),
+            deadline: 1,
+        };
+        let key = fleet(&bravo).key(&format!("intents/{LINEAGE}"));
+        fleet(&bravo).put_record(&key, 1, &stale).await.unwrap();
+        assert!(bravo.unfinished().await.unwrap().is_empty());
+        assert!(fleet(&bravo).etcd.get(&key).await.unwrap().is_none());
+        // Someone with etcd access but another key: ignored, and left for the operator to see.
+        forger.intend("other.fleet.test", &names()).await.unwrap();
+        assert!(bravo.unfinished().await.unwrap().is_empty());
+        assert!(!fleet(&bravo).is_ordering(LINEAGE).await.unwrap());
+        let forged = fleet(&bravo).key("intents/other.fleet.test");
+        assert!(fleet(&bravo).etcd.get(&forged).await.unwrap().is_some());
+        // Nor does a forged certificate record make a node install instead of order.
+        fleet(&forger)
+            .publish_lineage(LINEAGE, record("66", "mallory"), "KEY")
+            .await
+            .unwrap();
+        let claim = bravo.claim(LINEAGE, Some("0a")).await.unwrap();
+        assert!(matches!(claim, Claim::Mine(Some(_))), "{claim:?}");
+    }
+
+    /// The order a dead orderer recorded is what the next one completes (same URL, same
+    /// certificate key); a record not written with the fleet key is ignored.
+    #[tokio::test]
+    async fn a_recorded_order_is_resumed_with_its_key() {
+        let cluster = Arc::new(FakeCluster::default());
+        let (alpha, bravo, forger) = (
+            node(&cluster, "alpha", 7),
+            node(&cluster, "bravo", 7),
+            node(&cluster, "mallory", 9),
+        );
+        let url = "https://ca.test/order/1";
+        fleet(&alpha)
+            .record_order(LINEAGE, url, &names(), "CERTIFICATE KEY PEM")
+            .await
+            .unwrap();
+        let (rec, pem) = fleet(&bravo).pending_order(LINEAGE).await.unwrap().unwrap();
+        assert_eq!((rec.url.as_str(), rec.node.as_str()), (url, "alpha"));
+        assert_eq!((rec.names, pem.as_str()), (names(), "CERTIFICATE KEY PEM"));
+        // Read with another key, the record counts as absent.
+        assert!(fleet(&forger)
+            .pending_order(LINEAGE)
+            .await
+            .unwrap()
+            .is_none());
+        fleet(&bravo).forget_order(LINEAGE).await.unwrap();
+        assert!(fleet(&alpha)
+            .pending_order(LINEAGE)
+            .await
+            .unwrap()
+            .is_none());
+        // An order record forged by someone with etcd access but not the key (an attacker's
+        // URL) is never resumed: nothing is signed and sent there.
+        fleet(&forger)
+            .record_order(LINEAGE, "http://attacker.test/", &names(), "PEM")
+            .await
+            .unwrap();
+        assert!(fleet(&bravo)
+            .pending_order(LINEAGE)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    /// A solo host claims everything, has nothing unfinished and no one else to ask.
+    #[tokio::test]
+    async fn a_solo_host_orders_alone() {
+        let solo = Coordinator::Solo;
+        let claim = solo.claim(LINEAGE, None).await.unwrap();
+        assert!(matches!(claim, Claim::Mine(None)), "{claim:?}");
+        assert!(solo.unfinished().await.unwrap().is_empty());
+        assert!(solo.other_nodes().await.is_empty());
+        solo.intend(LINEAGE, &names()).await.unwrap();
+    }
+}

@@ -78,6 +78,9 @@ pub struct Etcd {
     http: reqwest::Client,
     user: Option<(String, crate::secret::Secret)>,
     token: Mutex<Option<String>>,
+    /// Unit tests: every call answered by an in-memory cluster instead.
+    #[cfg(test)]
+    fake: Option<std::sync::Arc<super::etcd_fake::FakeCluster>>,
 }
 
 fn b64(data: &[u8]) -> String {
@@ -150,7 +153,21 @@ impl Etcd {
             http,
             user: config.user.clone(),
             token: Mutex::new(None),
+            #[cfg(test)]
+            fake: None,
         })
+    }
+
+    /// A client of an in-memory cluster (unit tests).
+    #[cfg(test)]
+    pub(crate) fn fake(cluster: std::sync::Arc<super::etcd_fake::FakeCluster>) -> Etcd {
+        let mut etcd = Etcd::new(&EtcdConfig {
+            endpoints: vec!["http://fake.invalid".into()],
+            ..EtcdConfig::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        etcd.fake = Some(cluster);
+        etcd
     }
 
     fn token(&self) -> Option<String> {
@@ -180,6 +197,10 @@ impl Etcd {
     }
 
     async fn call_raw(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        #[cfg(test)]
+        if let Some(cluster) = &self.fake {
+            return cluster.call(path, body);
+        }
         let mut last = String::new();
         for endpoint in &self.endpoints {
             let mut req = self

@@ -233,6 +233,22 @@ impl Fleet {
         })
     }
 
+    /// A node of a fleet whose store is an in-memory cluster (unit tests).
+    #[cfg(test)]
+    pub(crate) fn fake(
+        cluster: Arc<crate::store::etcd_fake::FakeCluster>,
+        node: &str,
+        key: FleetKey,
+    ) -> Fleet {
+        Fleet {
+            etcd: Arc::new(Etcd::fake(cluster)),
+            key,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            node: node.to_owned(),
+            address: format!("{node}.test:80"),
+        }
+    }
+
     /// A full key under the prefix.
     pub fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
