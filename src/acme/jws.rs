@@ -157,17 +157,20 @@ impl EabAlgorithm {
     }
 }
 
-impl std::str::FromStr for EabAlgorithm {
-    type Err = String;
+/// A name that is not one of the EAB MAC algorithms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an EAB algorithm (HS256, HS384, HS512)")]
+pub struct UnknownEabAlgorithm(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for EabAlgorithm {
+    type Err = UnknownEabAlgorithm;
+
+    fn from_str(s: &str) -> Result<Self, UnknownEabAlgorithm> {
         match s.to_ascii_uppercase().as_str() {
             "HS256" => Ok(EabAlgorithm::Hs256),
             "HS384" => Ok(EabAlgorithm::Hs384),
             "HS512" => Ok(EabAlgorithm::Hs512),
-            _ => Err(format!(
-                "{s:?} is not an EAB algorithm (HS256, HS384, HS512)"
-            )),
+            _ => Err(UnknownEabAlgorithm(s.to_owned())),
         }
     }
 }

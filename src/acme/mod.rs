@@ -36,7 +36,10 @@ pub use client::{
     tls_config, Client, ClientConfig, MAX_INLINE_RETRY_WAIT, MAX_RATE_RETRIES, USER_AGENT,
 };
 pub use error::Error;
-pub use jws::{b64, decode_b64, is_valid_token, key_authorization, thumbprint, EabAlgorithm};
+pub use jws::{
+    b64, decode_b64, is_valid_token, key_authorization, thumbprint, EabAlgorithm,
+    UnknownEabAlgorithm,
+};
 pub use key::{KeyPair, KeyType, UnknownKeyType};
 pub use order::{
     split_pem, CertificateChain, OrderHandle, OrderOptions, REPLACES_RETRIES, REPLACES_RETRY_WAIT,

@@ -165,7 +165,10 @@ async fn register(ctx: &Context, args: RegisterArgs) -> CmdResult {
         contact,
         terms_of_service_agreed: args.agree_tos,
         eab,
-        eab_algorithm: args.eab_algorithm.parse().map_err(super::CliError::Usage)?,
+        eab_algorithm: args
+            .eab_algorithm
+            .parse()
+            .map_err(|e: acme::UnknownEabAlgorithm| super::CliError::Usage(e.to_string()))?,
     };
     let (account, resource) =
         Account::create(client, KeyPair::generate(args.key_type), &opts).await?;

@@ -822,7 +822,7 @@ fn eab_algorithm(text: Option<&str>) -> Result<acme::EabAlgorithm, CliError> {
     text.map(str::parse)
         .transpose()
         .map(Option::unwrap_or_default)
-        .map_err(CliError::Usage)
+        .map_err(|e: acme::UnknownEabAlgorithm| CliError::Usage(e.to_string()))
 }
 
 /// The `[eab."URL"]` tables, each key file read as a secret.

@@ -323,7 +323,7 @@ mod tests {
 
     use super::*;
     use crate::lifecycle::fleet::{IntentRecord, LineageRecord};
-    use crate::store::etcd_fake::FakeCluster;
+    use crate::store::etcd::fake::FakeCluster;
     use crate::store::seal::FleetKey;
     use std::sync::Arc;
 

@@ -268,25 +268,30 @@ async fn mail(program: &Path, to: &str, host: &str, e: &Event) -> Result<(), Not
     };
     let text = message(to, host, e);
     let program = program.to_path_buf();
-    let run = tokio::task::spawn_blocking(move || -> Result<std::process::ExitStatus, String> {
-        let mut child = std::process::Command::new(&program)
-            .args(["-t", "-i"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|x| format!("cannot run it: {x}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|x| format!("writing the message: {x}"))?;
-        }
-        child.wait().map_err(|x| x.to_string())
-    });
+    let run =
+        tokio::task::spawn_blocking(move || -> Result<std::process::ExitStatus, NotifyError> {
+            let err = |message: String| NotifyError::Sendmail {
+                program: program.clone(),
+                message,
+            };
+            let mut child = std::process::Command::new(&program)
+                .args(["-t", "-i"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|x| err(format!("cannot run it: {x}")))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin
+                    .write_all(text.as_bytes())
+                    .map_err(|x| err(format!("writing the message: {x}")))?;
+            }
+            child.wait().map_err(|x| err(x.to_string()))
+        });
     match tokio::time::timeout(SENDMAIL_TIMEOUT, run).await {
         Ok(Ok(Ok(status))) if status.success() => Ok(()),
         Ok(Ok(Ok(status))) => Err(err(format!("exited with {status}"))),
-        Ok(Ok(Err(m))) => Err(err(m)),
+        Ok(Ok(Err(e))) => Err(e),
         Ok(Err(j)) => Err(err(j.to_string())),
         Err(_) => Err(err(format!("took longer than {SENDMAIL_TIMEOUT:?}"))),
     }

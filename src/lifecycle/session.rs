@@ -257,7 +257,7 @@ impl Session {
             Ok(false) => Ok((cfg, scan, plans)),
             Err(why) => {
                 for p in plans.iter_mut().filter(|p| p.needs_http_route) {
-                    p.error = Some(why.clone());
+                    p.error = Some(why.to_string());
                 }
                 Ok((cfg, scan, plans))
             }

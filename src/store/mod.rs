@@ -5,8 +5,6 @@
 
 mod error;
 pub mod etcd;
-#[cfg(test)]
-pub(crate) mod etcd_fake;
 mod journal;
 mod lineage;
 mod lock;

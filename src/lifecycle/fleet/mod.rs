@@ -236,7 +236,7 @@ impl Fleet {
     /// A node of a fleet whose store is an in-memory cluster (unit tests).
     #[cfg(test)]
     pub(crate) fn fake(
-        cluster: Arc<crate::store::etcd_fake::FakeCluster>,
+        cluster: Arc<crate::store::etcd::fake::FakeCluster>,
         node: &str,
         key: FleetKey,
     ) -> Fleet {

@@ -49,13 +49,13 @@ pub fn identities(directory_lists: &[String], configured: Option<&Vec<String>>) 
 /// section 4): no records, or no `issue` property (for a wildcard: no `issuewild`, else no
 /// `issue`), lets anyone; otherwise one property must name one of the CA's identities. An
 /// unknown property marked critical forbids everyone. `Err` holds the deciding record(s).
-pub fn caa_allows(records: &[Caa], identities: &[String], wildcard: bool) -> Result<(), String> {
+pub fn caa_allows(records: &[Caa], identities: &[String], wildcard: bool) -> Result<(), CaaDenial> {
     const KNOWN: &[&str] = &["issue", "issuewild", "iodef", "issuemail", "issuevmc"];
     if let Some(c) = records
         .iter()
         .find(|c| c.critical && !KNOWN.iter().any(|k| c.tag.eq_ignore_ascii_case(k)))
     {
-        return Err(format!("{c} (an unknown critical property)"));
+        return Err(CaaDenial(format!("{c} (an unknown critical property)")));
     }
     let tagged = |tag: &str| -> Vec<&Caa> {
         records
@@ -82,12 +82,29 @@ pub fn caa_allows(records: &[Caa], identities: &[String], wildcard: bool) -> Res
     if allowed {
         Ok(())
     } else {
-        Err(relevant
-            .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(", "))
+        Err(CaaDenial(
+            relevant
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ))
     }
+}
+
+/// The CAA record(s) that keep a CA from issuing for a name, as they read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CaaDenial(pub String);
+
+/// A name whose CAA records do not let a CA issue: where the records are and which decided.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the CAA records of {name} (at {at}) do not allow it: {denial} (its CAA identities: {})", identities.join(", "))]
+pub struct CaaRefusal {
+    pub name: String,
+    pub at: String,
+    pub denial: CaaDenial,
+    pub identities: Vec<String>,
 }
 
 /// How long before a certificate's expiry a CA's rate limit still lets the renewal wait for
@@ -261,7 +278,7 @@ async fn caa_check<P: CaPort>(
     port: &P,
     names: &[String],
     identities: &[String],
-) -> Result<(), String> {
+) -> Result<(), CaaRefusal> {
     if identities.is_empty() {
         return Ok(());
     }
@@ -272,11 +289,13 @@ async fn caa_check<P: CaPort>(
         match port.caa(name).await {
             Ok(None) => {}
             Ok(Some((at, records))) => {
-                if let Err(record) = caa_allows(&records, identities, name.starts_with("*.")) {
-                    return Err(format!(
-                        "the CAA records of {name} (at {at}) do not allow it: {record} (its CAA identities: {})",
-                        identities.join(", ")
-                    ));
+                if let Err(denial) = caa_allows(&records, identities, name.starts_with("*.")) {
+                    return Err(CaaRefusal {
+                        name: name.clone(),
+                        at: at.to_string(),
+                        denial,
+                        identities: identities.to_vec(),
+                    });
                 }
             }
             Err(e) => tracing::warn!(
@@ -706,7 +725,7 @@ mod tests {
             );
         }
         let why = caa_allows(&[caa(false, "issue", "sectigo.com")], &le, false).unwrap_err();
-        assert_eq!(why, "CAA 0 issue \"sectigo.com\"");
+        assert_eq!(why.to_string(), "CAA 0 issue \"sectigo.com\"");
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub(crate) async fn add_http_routes(
     cfg: &Config,
     scan: &Scan,
     plans: &[Plan],
-) -> Result<Result<bool, String>, Error> {
+) -> Result<Result<bool, RouteRefused>, Error> {
     let port = env.settings.http_port;
     let mut change = Change::default();
     for plan in plans.iter().filter(|p| p.needs_http_route) {
@@ -131,10 +131,11 @@ pub(crate) async fn add_http_routes(
     // there too.
     if env.settings.snippet.symlink_metadata().is_err() {
         if let Some(at) = edit::include_that_would_load(cfg, &env.settings.snippet) {
-            return Ok(Err(format!(
-                "the challenge snippet {} the port-{port} block includes would also be loaded by the include at {at}; set challenge_snippet to a path no include matches",
-                env.settings.snippet.display()
-            )));
+            return Ok(Err(RouteRefused::SnippetLoadedElsewhere {
+                snippet: env.settings.snippet.clone(),
+                port,
+                at,
+            }));
         }
     }
     with_snippet(env, &mut change)?;
@@ -142,12 +143,28 @@ pub(crate) async fn add_http_routes(
     let backups = transaction::new_backup_dir(&env.store.backups_dir());
     match transaction::commit(&ctl, cfg, &change, &backups, true).await {
         Ok(_) => Ok(Ok(true)),
-        Err(e @ ChangeError::Rejected { .. }) if e.restore_failure().is_none() => Ok(Err(format!(
-            "the port-{port} block --http-route adds was refused by nginx -t: {}",
-            e.nginx_message().unwrap_or_default()
-        ))),
+        Err(e @ ChangeError::Rejected { .. }) if e.restore_failure().is_none() => {
+            Ok(Err(RouteRefused::Rejected {
+                port,
+                nginx: e.nginx_message().unwrap_or_default().to_owned(),
+            }))
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Why the port-80 blocks `--http-route` asks for are not added (the names then fail, saying
+/// so, before any order).
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum RouteRefused {
+    #[error("the challenge snippet {} the port-{port} block includes would also be loaded by the include at {at}; set challenge_snippet to a path no include matches", snippet.display())]
+    SnippetLoadedElsewhere {
+        snippet: std::path::PathBuf,
+        port: u16,
+        at: String,
+    },
+    #[error("the port-{port} block --http-route adds was refused by nginx -t: {nginx}")]
+    Rejected { port: u16, nginx: String },
 }
 
 /// Adds the challenge snippet to `change` (created by the transaction where it does not

@@ -6,6 +6,9 @@
 //! call fails within [`ETCD_TIMEOUT`] with a message that says so. Keys and values are bytes
 //! (base64 on the wire, as the gateway wants).
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -80,7 +83,7 @@ pub struct Etcd {
     token: Mutex<Option<String>>,
     /// Unit tests: every call answered by an in-memory cluster instead.
     #[cfg(test)]
-    fake: Option<std::sync::Arc<super::etcd_fake::FakeCluster>>,
+    fake: Option<std::sync::Arc<fake::FakeCluster>>,
 }
 
 fn b64(data: &[u8]) -> String {
@@ -160,7 +163,7 @@ impl Etcd {
 
     /// A client of an in-memory cluster (unit tests).
     #[cfg(test)]
-    pub(crate) fn fake(cluster: std::sync::Arc<super::etcd_fake::FakeCluster>) -> Etcd {
+    pub(crate) fn fake(cluster: std::sync::Arc<fake::FakeCluster>) -> Etcd {
         let mut etcd = Etcd::new(&EtcdConfig {
             endpoints: vec!["http://fake.invalid".into()],
             ..EtcdConfig::default()

@@ -1,4 +1,4 @@
-//! An in-memory etcd for unit tests: the JSON gateway calls [`super::etcd::Etcd`] makes
+//! An in-memory etcd for unit tests: the JSON gateway calls [`super::Etcd`] makes
 //! (range, put, delete, the create-if-absent transaction, leases), answered with etcd's
 //! semantics (one revision counter, create and mod revisions, keys that go with their lease,
 //! a put on an unknown lease refused) so that fleet coordination (locks, intents, order
@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::etcd::EtcdError;
+use super::EtcdError;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -30,7 +30,7 @@ struct State {
     leases: BTreeSet<i64>,
 }
 
-/// One fake cluster; clients made with [`super::etcd::Etcd::fake`] share it.
+/// One fake cluster; clients made with [`super::Etcd::fake`] share it.
 #[derive(Debug, Default)]
 pub struct FakeCluster {
     state: Mutex<State>,
