@@ -8,11 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde_json::{json, Value};
 
-use super::EtcdError;
+use super::{b64, int, unb64 as bytes, EtcdError};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -34,20 +32,6 @@ struct State {
 #[derive(Debug, Default)]
 pub struct FakeCluster {
     state: Mutex<State>,
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    v.as_str()
-        .and_then(|s| STANDARD.decode(s).ok())
-        .unwrap_or_default()
-}
-
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(0),
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        _ => 0,
-    }
 }
 
 fn refused(call: &str, message: &str) -> EtcdError {
@@ -81,8 +65,8 @@ impl State {
     fn kv_json(&self, key: &[u8]) -> Value {
         let e = &self.kvs[key];
         json!({
-            "key": STANDARD.encode(key),
-            "value": STANDARD.encode(&e.value),
+            "key": b64(key),
+            "value": b64(&e.value),
             "create_revision": e.create_revision.to_string(),
             "mod_revision": e.mod_revision.to_string(),
             "lease": e.lease.to_string(),
