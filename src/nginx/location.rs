@@ -262,12 +262,12 @@ pub fn serve(
     let loc_children = loc_lists.last().unwrap_or(&empty);
     let at = |d: &Directive| format!("line {}", d.line);
     if let Some(l) = selected {
-        let here = format!(
-            "location {} {} ({})",
-            modifier_text(&l.modifier),
-            l.pattern,
-            at(l.directive)
-        );
+        let modifier = match modifier_text(&l.modifier) {
+            "" => String::new(),
+            "@" => "@".to_owned(),
+            m => format!("{m} "),
+        };
+        let here = format!("location {modifier}{} ({})", l.pattern, at(l.directive));
         for d in loc_children {
             if HANDLERS.contains(&d.name.as_str()) {
                 return Serving::NoFile(format!("{here} hands requests to {}", d.name));
