@@ -252,7 +252,7 @@ pub struct Options {
 
 /// One CA directory or several, preferred first (the file's `directory`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a directory URL or a list of directory URLs")]
 pub enum Directories {
     One(String),
     Many(Vec<String>),
@@ -334,7 +334,7 @@ impl NotifyOptions {
         if let Some(url) = &self.webhook {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(CliError::Usage(format!(
-                    "--notify-webhook {url:?} is not an http(s) URL"
+                    "the notification webhook {url:?} (--notify-webhook, or webhook in [notify]) is not an http(s) URL"
                 )));
             }
         }

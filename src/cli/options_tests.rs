@@ -19,6 +19,14 @@ fn reads_settings_and_refuses_unknown_keys() {
     let e = Options::load_file(Some(&p)).unwrap_err().to_string();
     assert!(e.contains("unknown field") && e.contains("c.toml"), "{e}");
     assert!(Options::load_file(Some(&dir.path().join("missing.toml"))).is_err());
+    // A value of the wrong shape says what the key takes, where.
+    std::fs::write(&p, "directory = 5\n").unwrap();
+    let e = Options::load_file(Some(&p)).unwrap_err().to_string();
+    assert!(
+        e.contains("a directory URL or a list of directory URLs")
+            && e.contains("line 1, column 13"),
+        "{e}"
+    );
 }
 
 #[test]
