@@ -237,6 +237,10 @@ fn table(
                 },
                 match (&s.acme_challenge_dir, &s.acme_challenge_reason) {
                     (Some(d), _) => d.display().to_string(),
+                    (None, _) if s.acme_challenge_stateless.is_some() => format!(
+                        "stateless (account {})",
+                        s.acme_challenge_stateless.as_deref().unwrap_or_default()
+                    ),
                     (None, Some(r)) => format!("- ({})", output::one_line(r)),
                     (None, None) => "-".into(),
                 },

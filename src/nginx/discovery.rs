@@ -249,6 +249,10 @@ pub struct ServerBlock {
     pub acme_challenge_dir: Option<PathBuf>,
     /// Why there is no challenge directory (null when there is one).
     pub acme_challenge_reason: Option<String>,
+    /// Stateless http-01: the JWK thumbprint the block's challenge location answers every
+    /// token with (`return 200 "$1.THUMBPRINT"`), where there is no directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_challenge_stateless: Option<String>,
     /// True when a server-level `return`/`rewrite` answers the challenge URI before any
     /// location is chosen (an included challenge location could not win).
     pub challenge_answered_at_server_level: bool,
@@ -608,6 +612,7 @@ fn tls_server_block(
         acme_challenge_reason: Some(format!(
             "a {ctx} server: its names are proven through the http server nginx answers them with on the CA's port, or by dns-01"
         )),
+        acme_challenge_stateless: None,
         challenge_answered_at_server_level: false,
         ignored,
         managed_elsewhere,
@@ -720,6 +725,7 @@ fn server_block(
     }
     let uri = format!("/.well-known/acme-challenge/{PROBE_TOKEN}");
     let mut server_level = false;
+    let mut stateless = None;
     let (dir, reason) = match serve(cfg, http_settings, server, &uri, &defaults.prefix) {
         // A directory only when the token names the file (an alias to one fixed file does not).
         Serving::File(p) if p.file_name().is_some_and(|n| n == PROBE_TOKEN) => {
@@ -733,6 +739,10 @@ fn server_block(
         Serving::ServerLevel(reason) => {
             server_level = true;
             (None, Some(reason))
+        }
+        Serving::Stateless { thumbprint, .. } => {
+            stateless = Some(thumbprint);
+            (None, None)
         }
     };
     let managed_elsewhere = managed_elsewhere(cfg, &children, &certs);
@@ -749,6 +759,7 @@ fn server_block(
         ssl_certificate_keys: keys,
         acme_challenge_dir: dir,
         acme_challenge_reason: reason,
+        acme_challenge_stateless: stateless,
         challenge_answered_at_server_level: server_level,
         ignored,
         managed_elsewhere,

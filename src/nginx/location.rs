@@ -186,6 +186,37 @@ pub enum Serving {
     /// No file because a server-level rewrite-phase directive (`return`, `rewrite`) answers
     /// first: no location, not even an inserted one, can serve it.
     ServerLevel(String),
+    /// Stateless http-01: a regex location answers `return 200 "$N.THUMBPRINT"`, its capture
+    /// `N` being the token, so it serves the key authorization of the account with that JWK
+    /// thumbprint for every token without a file (acme.sh's and nginx-acme's stateless mode).
+    Stateless {
+        /// The account's JWK thumbprint (43 base64url characters).
+        thumbprint: String,
+        /// The location, for messages.
+        at: String,
+    },
+}
+
+/// The thumbprint a `return` in location `l` answers challenges with for `uri`, when it is
+/// `return 200 "$N.THUMBPRINT"` and group `N` of the location's regex captures the token.
+fn stateless_answer(l: &Location, ret: &Directive, uri: &str) -> Option<String> {
+    let Modifier::Regex { caseless } = l.modifier else {
+        return None;
+    };
+    let [code, text] = &ret.args[..] else {
+        return None;
+    };
+    let (group, thumbprint) = text.as_str().strip_prefix('$')?.split_once('.')?;
+    let group: usize = group.parse().ok()?;
+    let token = uri.rsplit('/').next()?;
+    let well_formed = thumbprint.len() == 43
+        && thumbprint
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (code == "200"
+        && well_formed
+        && pcre::capture(&l.pattern, caseless, uri, group).ok()?? == token)
+        .then(|| thumbprint.to_owned())
 }
 
 /// Directives that hand the request to something other than the static file module.
@@ -273,6 +304,12 @@ pub fn serve(
                 return Serving::NoFile(format!("{here} hands requests to {}", d.name));
             }
             if d.name == "return" {
+                if let Some(thumbprint) = stateless_answer(l, d, uri) {
+                    return Serving::Stateless {
+                        thumbprint,
+                        at: here,
+                    };
+                }
                 return Serving::NoFile(format!(
                     "{here} answers with \"return {}\"",
                     d.args.join(" ")
@@ -536,6 +573,42 @@ mod tests {
         let body =
             "location /.well-known/acme-challenge/ { alias /a/; } location ~ /\\. { deny all; }";
         assert!(matches!(serve_str(body), Serving::NoFile(r) if r.contains("deny all")));
+    }
+
+    /// acme.sh's documented stateless location, nginx-acme's shape, and ours (nested in a `^~`
+    /// prefix so no regex of the block can take the URI first) answer for the thumbprint; a
+    /// `return` that does not echo the token, or echoes another group, is no answer.
+    #[test]
+    fn stateless_locations_are_recognised() {
+        let thumb = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        let stateless = |body: &str| match serve_str(&body.replace("THUMB", thumb)) {
+            Serving::Stateless { thumbprint, .. } => Some(thumbprint),
+            other => {
+                assert!(matches!(other, Serving::NoFile(_)), "{other:?}");
+                None
+            }
+        };
+        let yes = [
+            r#"location ~ ^/\.well-known/acme-challenge/([-_a-zA-Z0-9]+)$ { default_type text/plain; return 200 "$1.THUMB"; }"#,
+            r#"location ^~ /.well-known/acme-challenge/ { location ~ "^/\.well-known/acme-challenge/([-_A-Za-z0-9]+)$" { return 200 "$1.THUMB"; } return 404; }"#,
+            r#"location ~* ^/\.well-known/(acme)-challenge/(.+)$ { return 200 "$2.THUMB"; }"#,
+        ];
+        for body in yes {
+            assert_eq!(stateless(body).as_deref(), Some(thumb), "{body}");
+        }
+        let no = [
+            // The token is not group 1.
+            r#"location ~* ^/\.well-known/(acme)-challenge/(.+)$ { return 200 "$1.THUMB"; }"#,
+            // Not a thumbprint.
+            r#"location ~ ^/\.well-known/acme-challenge/(.+)$ { return 200 "$1.short"; }"#,
+            // Not 200.
+            r#"location ~ ^/\.well-known/acme-challenge/(.+)$ { return 301 "$1.THUMB"; }"#,
+            // A prefix location has no captures.
+            r#"location /.well-known/acme-challenge/ { return 200 "$1.THUMB"; }"#,
+        ];
+        for body in no {
+            assert_eq!(stateless(body), None, "{body}");
+        }
     }
 
     #[test]

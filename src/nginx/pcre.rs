@@ -24,6 +24,31 @@ thread_local! {
 /// Whether `pattern` (case-insensitively with `caseless`, as `~*`) matches somewhere in
 /// `subject`.
 pub fn is_match(pattern: &str, caseless: bool, subject: &str) -> Result<bool, RegexError> {
+    with_regex(pattern, caseless, |re| re.is_match(subject.as_bytes()))
+}
+
+/// The text numbered group `group` of `pattern` captures in `subject` (nginx's `$1`...), if the
+/// pattern matches and the group took part.
+pub fn capture(
+    pattern: &str,
+    caseless: bool,
+    subject: &str,
+    group: usize,
+) -> Result<Option<String>, RegexError> {
+    with_regex(pattern, caseless, |re| {
+        Ok(re.captures(subject.as_bytes())?.and_then(|c| {
+            c.get(group)
+                .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+        }))
+    })
+}
+
+/// Runs `f` with the compiled (cached) pattern.
+fn with_regex<T>(
+    pattern: &str,
+    caseless: bool,
+    f: impl FnOnce(&pcre2::bytes::Regex) -> Result<T, pcre2::Error>,
+) -> Result<T, RegexError> {
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         let re = cache
@@ -39,7 +64,7 @@ pub fn is_match(pattern: &str, caseless: bool, subject: &str) -> Result<bool, Re
                     })
             });
         match re {
-            Ok(re) => re.is_match(subject.as_bytes()).map_err(|e| RegexError {
+            Ok(re) => f(re).map_err(|e| RegexError {
                 pattern: pattern.to_owned(),
                 message: e.to_string(),
             }),
