@@ -457,6 +457,27 @@ pub struct FleetOptions {
         help_heading = "Fleet"
     )]
     pub silent_after: Option<u64>,
+    /// How every node answers http-01 [default: published]: `published` (the orderer
+    /// publishes each answer, every node's agent writes it as a file) or `stateless` (every
+    /// node's challenge location answers TOKEN.THUMBPRINT of the fleet account: no token is
+    /// distributed or written anywhere).
+    #[arg(
+        id = "fleet_challenge",
+        long = "fleet-challenge",
+        value_name = "published|stateless",
+        help_heading = "Fleet"
+    )]
+    pub challenge: Option<FleetChallenge>,
+}
+
+/// How a fleet answers http-01 (`[fleet] challenge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetChallenge {
+    /// Each answer published in etcd and written as a file by every node's agent.
+    Published,
+    /// Answered by every node's nginx from the account's thumbprint, without files.
+    Stateless,
 }
 
 impl FleetOptions {
@@ -477,6 +498,7 @@ impl FleetOptions {
             etcd_user: self.etcd_user.or(file.etcd_user),
             etcd_password_file: self.etcd_password_file.or(file.etcd_password_file),
             silent_after: self.silent_after.or(file.silent_after),
+            challenge: self.challenge.or(file.challenge),
         }
     }
 
@@ -553,6 +575,7 @@ impl FleetOptions {
             silent_after: self
                 .silent_after
                 .map_or(NODE_STALE_AFTER, std::time::Duration::from_secs),
+            stateless: self.challenge == Some(FleetChallenge::Stateless),
         }))
     }
 }

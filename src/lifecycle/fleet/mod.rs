@@ -66,6 +66,9 @@ pub struct FleetConfig {
     pub address: String,
     /// How long without a report before `status --fleet` marks a node silent.
     pub silent_after: Duration,
+    /// Stateless http-01: every node's challenge location answers `TOKEN.THUMBPRINT` of the
+    /// fleet's account, so no answer is published and no token file written.
+    pub stateless: bool,
 }
 
 /// A failure of the shared store.

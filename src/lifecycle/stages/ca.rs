@@ -92,6 +92,11 @@ pub fn caa_allows(records: &[Caa], identities: &[String], wildcard: bool) -> Res
     }
 }
 
+/// A CAA lookup that could not be made, and why (the CA then checks the records itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CaaLookupFailed(pub String);
+
 /// The CAA record(s) that keep a CA from issuing for a name, as they read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -160,7 +165,7 @@ pub(crate) trait CaPort {
     async fn open(&self, directory: &str) -> Result<CaFacts, Failure>;
     /// The relevant CAA record set of a name and where it was found (`None`: no records);
     /// `Err`: the lookup failed, why.
-    async fn caa(&self, name: &str) -> Result<Option<(String, Vec<Caa>)>, String>;
+    async fn caa(&self, name: &str) -> Result<Option<(String, Vec<Caa>)>, CaaLookupFailed>;
     /// Orders the certificate at a CA, with ARI's `replaces` when `replaces` (the issuer).
     async fn order(&self, directory: &str, replaces: bool) -> Result<Self::Issued, Failure>;
 }
@@ -345,11 +350,11 @@ mod tests {
             self.cas[directory].open.clone()
         }
 
-        async fn caa(&self, name: &str) -> Result<Option<(String, Vec<Caa>)>, String> {
+        async fn caa(&self, name: &str) -> Result<Option<(String, Vec<Caa>)>, CaaLookupFailed> {
             match self.caa.get(name) {
                 None => Ok(None),
                 Some(Ok(r)) => Ok(Some((name.to_owned(), r.clone()))),
-                Some(Err(e)) => Err(e.clone()),
+                Some(Err(e)) => Err(CaaLookupFailed(e.clone())),
             }
         }
 

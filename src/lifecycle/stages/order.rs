@@ -428,15 +428,15 @@ impl ca::CaPort for RunCas<'_, '_> {
         })
     }
 
-    async fn caa(&self, name: &str) -> Result<Option<(String, Vec<Caa>)>, String> {
+    async fn caa(&self, name: &str) -> Result<Option<(String, Vec<Caa>)>, ca::CaaLookupFailed> {
         let resolver = self.env.settings.resolver();
         let dns_name =
             hickory_proto::rr::Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ca::CaaLookupFailed(e.to_string()))?;
         match resolver.caa(&dns_name).await {
             Ok(found) => Ok(found
                 .map(|(at, records)| (at.to_ascii().trim_end_matches('.').to_owned(), records))),
-            Err(e) => Err(format!("at {}: {e}", resolver.server)),
+            Err(e) => Err(ca::CaaLookupFailed(format!("at {}: {e}", resolver.server))),
         }
     }
 

@@ -119,6 +119,7 @@ impl FleetBed {
             key_file: self.key_file(),
             address: String::new(),
             silent_after: acme_nginx::lifecycle::fleet::NODE_STALE_AFTER,
+            stateless: false,
         })
         .unwrap()
     }
