@@ -17,11 +17,20 @@ use crate::store::Store;
 /// Where nginx serves one name's challenges.
 #[derive(Debug, Clone)]
 pub struct ChallengeRoute {
-    pub dir: PathBuf,
+    pub answer: Answer,
     /// A plain-HTTP listener of the server block, reached over loopback.
     pub listener: crate::nginx::probe::Endpoint,
     /// `file:line` of the server block, for messages.
     pub block: String,
+}
+
+/// How nginx answers a name's challenges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// From token files in this directory.
+    Dir(PathBuf),
+    /// Stateless: every token with `TOKEN.THUMBPRINT` of this account (no file).
+    Stateless { thumbprint: String },
 }
 
 /// Webroot solver plus a loopback check through nginx.
@@ -45,7 +54,9 @@ impl PreflightSolver {
     ) -> Self {
         let mut webroot = WebrootSolver::per_name();
         for (name, r) in &routes {
-            webroot = webroot.with_dir_for(name, &r.dir);
+            if let Answer::Dir(dir) = &r.answer {
+                webroot = webroot.with_dir_for(name, dir);
+            }
         }
         if let Some((u, g)) = owner {
             webroot = webroot.with_owner(u, g);
@@ -65,19 +76,29 @@ impl PreflightSolver {
     }
 
     /// Writes a probe token where nginx serves the name's challenges (journaled like a
-    /// challenge token), for the public-address preflight.
-    pub fn write_probe(&self, probe: &PendingChallenge) -> Result<(), SolverError> {
-        let route = self.route(probe)?;
-        if let Some(store) = &self.store {
-            store.journal_token(&route.dir.join(&probe.token))?;
+    /// challenge token), for the public-address preflight; where nginx answers statelessly,
+    /// nothing is written and the probe's expected answer becomes what nginx will say.
+    pub fn write_probe(&self, probe: &mut PendingChallenge) -> Result<(), SolverError> {
+        match &self.route(probe)?.answer {
+            Answer::Stateless { thumbprint } => {
+                probe.key_authorization = format!("{}.{thumbprint}", probe.token);
+            }
+            Answer::Dir(dir) => {
+                if let Some(store) = &self.store {
+                    store.journal_token(&dir.join(&probe.token))?;
+                }
+                self.webroot.write_token(probe)?;
+            }
         }
-        self.webroot.write_token(probe)?;
         Ok(())
     }
 
     /// Removes a probe token.
     pub fn remove_probe(&self, probe: &PendingChallenge) -> Result<(), SolverError> {
-        self.webroot.remove_token(probe)
+        match self.route(probe)?.answer {
+            Answer::Stateless { .. } => Ok(()),
+            Answer::Dir(_) => self.webroot.remove_token(probe),
+        }
     }
 
     fn route(&self, ch: &PendingChallenge) -> Result<&ChallengeRoute, SolverError> {
@@ -94,13 +115,29 @@ impl ChallengeSolver for PreflightSolver {
 
     async fn fulfill(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
         let route = self.route(ch)?;
-        if let Some(fleet) = &self.fleet {
-            fleet.publish(ch).await?;
-        }
-        if let Some(store) = &self.store {
-            store.journal_token(&route.dir.join(&ch.token))?;
-        }
-        self.webroot.write_token(ch)?;
+        let written = match &route.answer {
+            Answer::Stateless { thumbprint } => {
+                // Nothing to write or publish: nginx (every node's) answers from the account.
+                if ch.key_authorization != format!("{}.{thumbprint}", ch.token) {
+                    return Err(format!(
+                        "the stateless challenge location of the server block {} answers for the account with thumbprint {thumbprint}, not for the account this order is placed with; the CA would be answered wrongly",
+                        route.block
+                    )
+                    .into());
+                }
+                "what the stateless challenge location answers".to_owned()
+            }
+            Answer::Dir(dir) => {
+                if let Some(fleet) = &self.fleet {
+                    fleet.publish(ch).await?;
+                }
+                if let Some(store) = &self.store {
+                    store.journal_token(&dir.join(&ch.token))?;
+                }
+                self.webroot.write_token(ch)?;
+                format!("the token written to {}", dir.display())
+            }
+        };
         let path = ch.http_path();
         let answer = http_get(route.listener, &ch.identifier.value, &path)
             .await
@@ -116,12 +153,11 @@ impl ChallengeSolver for PreflightSolver {
             let body = String::from_utf8_lossy(&answer.body);
             let body: String = body.chars().take(80).collect();
             return Err(format!(
-                "nginx does not serve the challenge: http://{}{path} via {} answered {} {:?} instead of the token written to {}; check the server block at {}",
+                "nginx does not serve the challenge: http://{}{path} via {} answered {} {:?} instead of {written}; check the server block at {}",
                 ch.identifier.value,
                 route.listener,
                 answer.status,
                 body.trim(),
-                route.dir.display(),
                 route.block
             )
             .into());
@@ -133,6 +169,13 @@ impl ChallengeSolver for PreflightSolver {
     }
 
     async fn clear(&self, ch: &PendingChallenge) -> Result<(), SolverError> {
+        if let Ok(ChallengeRoute {
+            answer: Answer::Stateless { .. },
+            ..
+        }) = self.route(ch)
+        {
+            return Ok(());
+        }
         if let Some(fleet) = &self.fleet {
             if let Err(e) = fleet.withdraw(ch).await {
                 tracing::warn!(
@@ -197,6 +240,45 @@ pub fn check_reachable(dir: &Path, uid: Uid, gids: &[Gid]) -> Result<(), Unreach
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A stateless route answers only for its account: a challenge of another account fails
+    /// before nginx or the CA is asked, and nothing is written or journaled.
+    #[tokio::test]
+    async fn a_stateless_route_refuses_another_accounts_challenge() {
+        use crate::acme::{ChallengeSolver, Identifier};
+        let thumb = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        let route = ChallengeRoute {
+            answer: Answer::Stateless {
+                thumbprint: thumb.into(),
+            },
+            listener: "127.0.0.1:9"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+            block: "/etc/nginx/sites-enabled/a:1".into(),
+        };
+        let solver =
+            PreflightSolver::new(HashMap::from([("a.test".to_owned(), route)]), None, None);
+        let mut ch = PendingChallenge {
+            identifier: Identifier::from_name("a.test"),
+            wildcard: false,
+            kind: ChallengeType::Http01,
+            token: "tok".into(),
+            key_authorization: "tok.another-account-thumbprint".into(),
+            url: String::new(),
+        };
+        let err = solver.fulfill(&ch).await.unwrap_err().to_string();
+        assert!(
+            err.contains(thumb) && err.contains("not for the account"),
+            "{err}"
+        );
+        solver.clear(&ch).await.unwrap();
+        // The public-address probe expects what nginx will answer, and writes nothing.
+        ch.key_authorization = "random".into();
+        solver.write_probe(&mut ch).unwrap();
+        assert_eq!(ch.key_authorization, format!("tok.{thumb}"));
+        solver.remove_probe(&ch).unwrap();
+    }
 
     #[test]
     fn unreachable_ancestor_is_named() {

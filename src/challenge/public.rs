@@ -119,11 +119,13 @@ impl PublicCheck {
         if others.is_empty() {
             return Ok(others);
         }
-        let probe = probe_challenge(name);
-        solver.write_probe(&probe).map_err(|e| PublicError::Probe {
-            name: name.to_owned(),
-            message: e.to_string(),
-        })?;
+        let mut probe = probe_challenge(name);
+        solver
+            .write_probe(&mut probe)
+            .map_err(|e| PublicError::Probe {
+                name: name.to_owned(),
+                message: e.to_string(),
+            })?;
         let result = self.fetch_all(name, &probe, &others).await;
         if let Err(e) = solver.remove_probe(&probe) {
             tracing::warn!("the probe token for {name} stays: {e}");

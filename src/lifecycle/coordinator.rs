@@ -69,6 +69,11 @@ impl Coordinator {
         })
     }
 
+    /// Whether every node answers http-01 statelessly (`[fleet] challenge = "stateless"`).
+    pub fn stateless(&self) -> bool {
+        matches!(self, Coordinator::Fleet(f) if f.stateless)
+    }
+
     /// The fleet's shared store, for `status --fleet` and the agent.
     pub fn fleet(&self) -> Option<&Fleet> {
         match self {

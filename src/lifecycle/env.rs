@@ -28,6 +28,9 @@ pub struct Env {
     /// The CA clients, preferred first, each made (one directory fetch) the first time a stage
     /// needs it.
     cas: Vec<(String, OnceCell<acme::Client>)>,
+    /// In a stateless fleet: the JWK thumbprint of the fleet's account at the preferred CA,
+    /// read (or the account made) the first time the challenge snippet is written.
+    thumbprint: OnceCell<String>,
 }
 
 impl Env {
@@ -48,7 +51,33 @@ impl Env {
             store,
             coordinator,
             cas,
+            thumbprint: OnceCell::new(),
         }
+    }
+
+    /// The challenge snippet acme-nginx writes: the location serving `challenge_dir`; in a
+    /// stateless fleet, the location answering every token for the fleet's account.
+    pub async fn snippet_contents(&self) -> Result<String, Error> {
+        if !self.coordinator.stateless() {
+            return Ok(super::settings::snippet_text(&self.settings.challenge_dir));
+        }
+        let thumbprint = self
+            .thumbprint
+            .get_or_try_init(|| async {
+                let client = self.ca().await?.clone();
+                let account = self
+                    .coordinator
+                    .account(
+                        &self.settings,
+                        &self.store,
+                        self.mode.writes_state(),
+                        client,
+                    )
+                    .await?;
+                Ok::<_, Error>(acme::thumbprint(account.key()))
+            })
+            .await?;
+        Ok(super::settings::stateless_snippet_text(thumbprint))
     }
 
     /// The preferred CA's client (see [`Env::ca_at`]).

@@ -63,9 +63,12 @@ impl Session {
         prepare::remove_leftover_records(&self.env).await;
         // A part of the configuration that does not parse must not stop the renewal of the
         // blocks that do: it is left out, and lineages only it could place are reported.
-        let (cfg, scan, unreadable) = self.env.settings.nginx.load_lenient()?;
+        let (mut cfg, mut scan, unreadable) = self.env.settings.nginx.load_lenient()?;
         for e in &unreadable {
             tracing::warn!("left out of this renewal: {e}");
+        }
+        if unreadable.is_empty() {
+            prepare::refresh_snippet(&self.env, &mut cfg, &mut scan).await?;
         }
         // The CA is only needed for renewalInfo and orders: when it cannot be reached, the
         // lifetime rule decides, and only a due certificate makes the run fail.

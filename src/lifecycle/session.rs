@@ -157,6 +157,12 @@ impl Session {
         };
         prepare::remove_leftover_records(&self.env).await;
         self.env.coordinator.sync(&self.env.store).await?;
+        // The challenge snippet as the mode and account want it (a fleet made stateless):
+        // the blocks it serves answer differently, so the plans are made again.
+        let (mut cfg, mut scan, mut plans) = (cfg, scan, plans);
+        if prepare::refresh_snippet(&self.env, &mut cfg, &mut scan).await? {
+            plans = self.env.plans(&scan, &named(&plans))?;
+        }
         let unfinished = self.env.coordinator.unfinished().await?;
         let now = OffsetDateTime::now_utc();
         let mut outcomes = Vec::new();
@@ -245,13 +251,8 @@ impl Session {
     ) -> Result<(Config, Scan, Vec<Plan>), Error> {
         match prepare::add_http_routes(&self.env, &cfg, &scan, &plans).await? {
             Ok(true) => {
-                let wanted: Vec<String> = if plans.iter().any(|p| p.named) {
-                    plans.iter().flat_map(|p| p.names.iter().cloned()).collect()
-                } else {
-                    Vec::new()
-                };
                 let (cfg, scan) = self.env.reread()?;
-                let plans = self.env.plans(&scan, &wanted)?;
+                let plans = self.env.plans(&scan, &named(&plans))?;
                 Ok((cfg, scan, plans))
             }
             Ok(false) => Ok((cfg, scan, plans)),
@@ -333,9 +334,10 @@ impl Session {
         let needs_snippet: Vec<usize> = (0..to_order.len())
             .filter(|i| {
                 to_order[*i].uses_webroot()
-                    && to_order[*i]
-                        .challenge_block
-                        .is_some_and(|b| scan.servers[b].acme_challenge_dir.is_none())
+                    && to_order[*i].challenge_block.is_some_and(|b| {
+                        scan.servers[b].acme_challenge_dir.is_none()
+                            && scan.servers[b].acme_challenge_stateless.is_none()
+                    })
             })
             .collect();
         // The blocks that got the snippet in this run, with the plans answered through them.
@@ -406,5 +408,14 @@ impl Session {
         }
         outcomes.extend(install::deploy(&self.env, cfg, scan, fresh, install_only).await?);
         Ok(outcomes)
+    }
+}
+
+/// The names the operator named, to plan them again after a change (none: every block).
+fn named(plans: &[Plan]) -> Vec<String> {
+    if plans.iter().any(|p| p.named) {
+        plans.iter().flat_map(|p| p.names.iter().cloned()).collect()
+    } else {
+        Vec::new()
     }
 }

@@ -267,6 +267,32 @@ pub fn snippet_text(challenge_dir: &Path) -> String {
     )
 }
 
+/// The snippet of a stateless fleet: every token under `/.well-known/acme-challenge/` is
+/// answered with `TOKEN.THUMBPRINT` of the account, without a file. The regex location sits
+/// inside a `^~` prefix location, so no regex location of the block can take the URI first
+/// (as with the directory snippet).
+pub fn stateless_snippet_text(thumbprint: &str) -> String {
+    format!(
+        "# The ACME http-01 challenge location, included by acme-nginx into server blocks that\n\
+         # serve no challenge directory of their own. Stateless: every token is answered with\n\
+         # TOKEN.THUMBPRINT of the account, without a file.\n\
+         location ^~ /.well-known/acme-challenge/ {{\n    default_type text/plain;\n    \
+         location ~ \"^/\\.well-known/acme-challenge/([-_A-Za-z0-9]+)$\" {{\n        \
+         return 200 \"$1.{thumbprint}\";\n    }}\n    return 404;\n}}\n"
+    )
+}
+
+/// Whether `text` is a challenge snippet acme-nginx wrote (for `challenge_dir`, or stateless
+/// for any account): only such a file is rewritten when the mode or the account changes.
+pub fn is_our_snippet(text: &str, challenge_dir: &Path) -> bool {
+    text == snippet_text(challenge_dir)
+        || text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("return 200 \"$1."))
+            .and_then(|rest| rest.strip_suffix("\";"))
+            .is_some_and(|t| text == stateless_snippet_text(t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +333,32 @@ mod tests {
             s.servers[0].acme_challenge_dir.as_deref(),
             Some(Path::new("/var/lib/acme-nginx/challenge"))
         );
+    }
+
+    /// The stateless snippet, included in a block whose regexes would otherwise take dotted
+    /// paths, answers every token for its account; both snippets are recognised as ours.
+    #[test]
+    fn stateless_snippet_answers_for_the_account() {
+        let thumb = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        let text = stateless_snippet_text(thumb);
+        let cfg = Config::parse_str(
+            Path::new("s.conf"),
+            format!(
+                "http {{ server {{ listen 80; server_name a.test; location ~ /\\. {{ deny all; }} {text} }} }}"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let s = scan(&cfg, &BuildDefaults::default());
+        assert_eq!(
+            s.servers[0].acme_challenge_stateless.as_deref(),
+            Some(thumb)
+        );
+        assert_eq!(s.servers[0].acme_challenge_dir, None);
+        let dir = Path::new("/var/lib/acme-nginx/challenge");
+        assert!(is_our_snippet(&text, dir));
+        assert!(is_our_snippet(&snippet_text(dir), dir));
+        assert!(!is_our_snippet(&text.replace("404", "403"), dir));
+        assert!(!is_our_snippet(&snippet_text(Path::new("/elsewhere")), dir));
     }
 }

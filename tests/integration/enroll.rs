@@ -1218,3 +1218,81 @@ fn a_glob_include_carrying_the_certificate_is_split_in_this_block_only() {
     assert_exit(&out, 0);
     assert_eq!(fs::read_to_string(&bed.nginx.conf).unwrap(), original);
 }
+
+/// A block that already answers http-01 statelessly for the host's account (acme.sh's
+/// documented `return 200 "$1.THUMBPRINT"` location) is enrolled without a token file being
+/// written, and nothing is added to it but the certificate.
+#[test]
+fn a_block_answering_statelessly_for_the_account_gets_no_token_file() {
+    let bed = Bed::start(
+        "server {\n  listen 127.0.0.1:{port};\n  server_name stateless.enroll.test;\n  \
+         location / { return 200 \"site\\n\"; }\n}\n",
+    );
+    // The account first: its thumbprint goes into the block.
+    let store = acme_nginx::store::Store {
+        root: bed.state.path().to_path_buf(),
+    };
+    let account = store.account_path(&bed.pebble.directory);
+    fs::create_dir_all(account.parent().unwrap()).unwrap();
+    let out = crate::util::run(
+        bed.pebble
+            .cli()
+            .args(["account", "register", "--agree-tos", "--state"])
+            .arg(&account),
+    );
+    assert_exit(&out, 0);
+    let state: acme_nginx::acme::AccountState =
+        serde_json::from_slice(&fs::read(&account).unwrap()).unwrap();
+    let thumbprint = acme_nginx::acme::thumbprint(
+        &acme_nginx::acme::KeyPair::from_pem(&state.private_key_pem).unwrap(),
+    );
+    let conf = fs::read_to_string(&bed.nginx.conf).unwrap();
+    let stateless = format!(
+        "  location ~ ^/\\.well-known/acme-challenge/([-_a-zA-Z0-9]+)$ {{\n    \
+         default_type text/plain;\n    return 200 \"$1.{thumbprint}\";\n  }}\n"
+    );
+    fs::write(
+        &bed.nginx.conf,
+        conf.replacen("  location / {", &format!("{stateless}  location / {{"), 1),
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bed.nginx.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let scan = json(&bed.cmd("scan", &[]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let probe = "/.well-known/acme-challenge/probe-token";
+    while bed.nginx.get("stateless.enroll.test", probe)
+        != (200, format!("probe-token.{thumbprint}"))
+    {
+        assert!(std::time::Instant::now() < deadline, "nginx did not reload");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        scan["servers"][0]["acme_challenge_stateless"], thumbprint,
+        "{scan}"
+    );
+    let out = bed.cmd("enroll", &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        crate::util::by_name(&json(&out), "stateless.enroll.test")["status"],
+        "issued"
+    );
+    // No challenge directory was made, no token file written; the stateless location stays.
+    let files: Vec<_> = crate::util::walk(bed.nginx.dir.path())
+        .into_iter()
+        .chain(crate::util::walk(bed.state.path()))
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let n = n.trim_start_matches('.').trim_end_matches(".tmp");
+            n.len() == 43 && acme_nginx::acme::is_valid_token(n)
+        })
+        .collect();
+    assert!(files.is_empty(), "{files:?}");
+    assert!(!bed.state.path().join("challenge").exists());
+    assert!(fs::read_to_string(&bed.nginx.conf)
+        .unwrap()
+        .contains(&stateless));
+}

@@ -367,7 +367,6 @@ fn etcdctl_put(bed: &FleetBed, key: &str, value: &[u8]) {
     assert!(child.wait().unwrap().success(), "etcdctl put {key}");
 }
 
-/// Waits (up to 30 s) until `done` holds.
 /// True when etcd holds no key under `prefix`.
 fn idle(bed: &FleetBed, prefix: &str) -> bool {
     std::process::Command::new(crate::util::bin("etcdctl"))
@@ -380,6 +379,7 @@ fn idle(bed: &FleetBed, prefix: &str) -> bool {
         .is_empty()
 }
 
+/// Waits (up to 30 s) until `done` holds.
 fn wait_for(done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -799,4 +799,164 @@ fn a_renewal_the_orderer_died_in_is_completed_once_from_every_instant() {
     let out = bed.cmd(2, "renew", &[]);
     assert_exit(&out, 0);
     assert_eq!(by_name(&json(&out), NAME)["status"], "not-due");
+}
+
+/// Files under `dir` named like an ACME token (RFC 8555's 43 base64url characters of pebble's
+/// tokens), hidden temporary ones included.
+fn token_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    crate::util::walk(dir)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = name.trim_start_matches('.').trim_end_matches(".tmp");
+            name.len() == 43 && acme_nginx::acme::is_valid_token(name)
+        })
+        .collect()
+}
+
+/// A stateless fleet (`--fleet-challenge stateless`): every node's agent includes acme-nginx's
+/// stateless snippet, which answers every token for the fleet's one account; one node orders,
+/// every node serves the certificate, a forced renewal reaches them all, and a renewal whose
+/// orderer was killed is completed by another node; no answer is published in etcd and no
+/// token file is written on any node, ever.
+#[test]
+fn a_stateless_fleet_distributes_no_tokens() {
+    let mut bed = FleetBed::start_stateless();
+    for i in 0..3 {
+        bed.add_site(i);
+    }
+    // Every key the fleet ever writes passes through this watch, an answer published and
+    // withdrawn at once included; counted: answers, and lineage records (which show the watch
+    // works).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((0usize, 0usize)));
+    let watcher = {
+        let seen = seen.clone();
+        let mut child = std::process::Command::new(crate::util::bin("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &bed.etcd.endpoints().join(",")])
+            .args(["watch", "--prefix", "/acme-nginx/"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out)
+                .split(b'\n')
+                .map_while(Result::ok)
+            {
+                let mut seen = seen.lock().unwrap();
+                if line.starts_with(b"/acme-nginx/challenges/") {
+                    seen.0 += 1;
+                } else if line.starts_with(b"/acme-nginx/lineages/") {
+                    seen.1 += 1;
+                }
+            }
+        });
+        crate::util::ChildGuard(child)
+    };
+    for i in 0..3 {
+        bed.start_agent(i);
+    }
+    // The agents' first passes include the snippet; one of them orders.
+    let leaf = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(l) = bed.served(0) {
+                if (1..3).all(|i| bed.served(i).as_deref() == Some(l.as_slice())) {
+                    break l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every node serves a certificate:\n{}\n---\n{}\n---\n{}",
+                bed.agent_log(0),
+                bed.agent_log(1),
+                bed.agent_log(2)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(finalized(&bed), 1, "one certificate for the fleet");
+    // Every node's snippet answers for the fleet's one account.
+    let fleet = bed.fleet_as("n1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let account = rt
+        .block_on(fleet.account(&bed.pebble.directory))
+        .unwrap()
+        .unwrap();
+    let thumbprint = acme_nginx::acme::thumbprint(
+        &acme_nginx::acme::KeyPair::from_pem(&account.private_key_pem).unwrap(),
+    );
+    for n in &bed.nodes {
+        let snippet = n.nginx.dir.path().join("snippets/acme-challenge.conf");
+        let text = std::fs::read_to_string(&snippet).unwrap();
+        assert!(
+            text.contains(&format!("return 200 \"$1.{thumbprint}\";")),
+            "{}: {text}",
+            snippet.display()
+        );
+    }
+
+    // A forced renewal on node 1 (its agent paused for it) reaches every node.
+    bed.stop_agent(0);
+    let out = bed.cmd(0, "renew", &["--force", NAME]);
+    assert_exit(&out, 0);
+    let renewed = bed.live_leaf(0);
+    assert_ne!(renewed, leaf);
+    bed.wait_all_serve(&renewed, Duration::from_secs(30));
+
+    // The orderer dies mid-renewal (killed once its intent is recorded): another node's
+    // pass completes it, with one certificate.
+    let before = finalized(&bed);
+    let intent = format!("/acme-nginx/intents/{NAME}");
+    let mut orderer = bed
+        .command(0, "renew", &["--force", NAME])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(|| !bed.etcd.raw_get(&intent).is_empty());
+    orderer.kill().unwrap();
+    orderer.wait().unwrap();
+    // Node 1 is back (its agent installs what the fleet publishes).
+    bed.start_agent(0);
+    // Its lock goes with its lease; then the next pass anywhere completes the renewal, due or
+    // not.
+    wait_for(|| {
+        bed.etcd
+            .raw_get(&format!("/acme-nginx/locks/{NAME}"))
+            .is_empty()
+    });
+    let out = bed.cmd(1, "renew", &[]);
+    assert_exit(&out, 0);
+    let report = json(&out);
+    assert_eq!(by_name(&report, NAME)["status"], "renewed", "{report}");
+    wait_for(|| {
+        let served: Vec<_> = (0..3).map(|i| bed.served(i)).collect();
+        served[1]
+            .as_deref()
+            .is_some_and(|l| l != renewed.as_slice())
+            && served.iter().all(|s| *s == served[1])
+    });
+    wait_for(|| bed.etcd.raw_get(&intent).is_empty());
+    assert!(
+        finalized(&bed) == before + 1,
+        "{} certificates for one renewal",
+        finalized(&bed) - before
+    );
+
+    // Nothing was ever published for the agents, and no node has a token file.
+    drop(watcher);
+    let (answers, lineages) = *seen.lock().unwrap();
+    assert!(lineages >= 3, "the watch saw {lineages} lineage records");
+    assert_eq!(answers, 0, "answers were published in a stateless fleet");
+    for n in &bed.nodes {
+        for dir in [n.nginx.dir.path(), n.state.path()] {
+            assert!(token_files(dir).is_empty(), "{:?}", token_files(dir));
+        }
+    }
 }

@@ -71,6 +71,7 @@ async fn run_agent(
 ) -> Result<(), FleetError> {
     let challenges = fleet.key("challenges/");
     let lineages = fleet.key("lineages/");
+    let accounts = fleet.key("accounts/");
     let (current, revision) = fleet.etcd.get_prefix(&challenges).await?;
     fleet.register().await?;
     for kv in current {
@@ -104,6 +105,12 @@ async fn run_agent(
                     "fleet agent: {} was published",
                     kv.key.trim_start_matches(&lineages)
                 );
+                lineages_changed.send(()).ok();
+            }
+            // Stateless: the challenge snippet answers for the fleet's account, so a pass
+            // brings it in line when an account is published.
+            Event::Put(kv) if fleet.stateless && kv.key.starts_with(&accounts) => {
+                tracing::info!("fleet agent: an account was published; the challenge snippet is brought in line");
                 lineages_changed.send(()).ok();
             }
             _ => {}

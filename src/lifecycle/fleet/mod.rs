@@ -131,6 +131,8 @@ pub struct Fleet {
     pub prefix: String,
     pub node: String,
     pub address: String,
+    /// http-01 answered statelessly by every node (nothing published).
+    pub stateless: bool,
 }
 
 /// Why a node's address cannot be used.
@@ -233,6 +235,7 @@ impl Fleet {
             prefix,
             node: config.node.clone(),
             address: config.address.clone(),
+            stateless: config.stateless,
         })
     }
 
@@ -249,6 +252,7 @@ impl Fleet {
             prefix: DEFAULT_PREFIX.to_owned(),
             node: node.to_owned(),
             address: format!("{node}.test:80"),
+            stateless: false,
         }
     }
 

@@ -11,7 +11,7 @@ use crate::acme::{self, Account, KeyPair, OrderOptions};
 use crate::challenge::dav::{DavError, DavSolver};
 use crate::challenge::dns::lookup::Caa;
 use crate::challenge::dns::{Dns, DnsError, DnsSolver};
-use crate::challenge::preflight::{check_reachable, ChallengeRoute, PreflightSolver};
+use crate::challenge::preflight::{check_reachable, Answer, ChallengeRoute, PreflightSolver};
 use crate::challenge::public::PublicCheck;
 use crate::challenge::route::{Method, Router};
 use crate::lifecycle::coordinator::Obtained;
@@ -487,17 +487,32 @@ fn webroot_solver(
     let block = &scan.servers[plan
         .challenge_block
         .ok_or_else(|| Failure::transient("no challenge block"))?];
-    let dir = block.acme_challenge_dir.clone().ok_or_else(|| {
-        Failure::transient(format!(
-            "{}: {}",
-            block.location(),
-            block.acme_challenge_reason.clone().unwrap_or_default()
-        ))
-    })?;
-    if let Some((uid, _, groups)) = identity {
-        check_reachable(&dir, *uid, groups)
-            .map_err(|e| Failure::transient(format!("{}: {e}", block.location())))?;
-    }
+    let answer = match (&block.acme_challenge_stateless, &block.acme_challenge_dir) {
+        (Some(thumbprint), _) => Answer::Stateless {
+            thumbprint: thumbprint.clone(),
+        },
+        (None, Some(dir)) if env.coordinator.stateless() => {
+            return Err(Failure::transient(format!(
+                "{}: the fleet answers http-01 statelessly ([fleet] challenge = \"stateless\"), but this block serves challenges from its own directory {}, where no other node would have the token; take that challenge location out (acme-nginx's stateless location then answers) or set challenge = \"published\"",
+                block.location(),
+                dir.display()
+            )))
+        }
+        (None, Some(dir)) => {
+            if let Some((uid, _, groups)) = identity {
+                check_reachable(dir, *uid, groups)
+                    .map_err(|e| Failure::transient(format!("{}: {e}", block.location())))?;
+            }
+            Answer::Dir(dir.clone())
+        }
+        (None, None) => {
+            return Err(Failure::transient(format!(
+                "{}: {}",
+                block.location(),
+                block.acme_challenge_reason.clone().unwrap_or_default()
+            )))
+        }
+    };
     let listener = block
         .listen
         .iter()
@@ -515,7 +530,7 @@ fn webroot_solver(
         .filter(|n| plan.methods.get(*n) == Some(&Method::Webroot))
         .map(|n| {
             let route = ChallengeRoute {
-                dir: dir.clone(),
+                answer: answer.clone(),
                 listener,
                 block: block.location(),
             };

@@ -7,7 +7,7 @@ use crate::challenge::dns::{Dns, TxtRecord};
 use crate::lifecycle::env::Env;
 use crate::lifecycle::outcome::chain_text;
 use crate::lifecycle::plan::Plan;
-use crate::lifecycle::settings::snippet_text;
+use crate::lifecycle::settings::is_our_snippet;
 use crate::lifecycle::Error;
 use crate::nginx::discovery::Scan;
 use crate::nginx::edit;
@@ -138,7 +138,7 @@ pub(crate) async fn add_http_routes(
             }));
         }
     }
-    with_snippet(env, &mut change)?;
+    with_snippet(env, &mut change).await?;
     let ctl = env.settings.nginx.ctl(cfg, scan)?;
     let backups = transaction::new_backup_dir(&env.store.backups_dir());
     match transaction::commit(&ctl, cfg, &change, &backups, true).await {
@@ -169,15 +169,107 @@ pub(crate) enum RouteRefused {
 
 /// Adds the challenge snippet to `change` (created by the transaction where it does not
 /// exist yet) and makes the directory it serves.
-fn with_snippet(env: &Env, change: &mut Change) -> Result<(), Error> {
+async fn with_snippet(env: &Env, change: &mut Change) -> Result<(), Error> {
     change.new_files.push(NewFile {
         path: env.settings.snippet.clone(),
-        contents: snippet_text(&env.settings.challenge_dir).into_bytes(),
+        contents: env.snippet_contents().await?.into_bytes(),
         mode: crate::fsutil::PUBLIC_MODE,
     });
+    if env.coordinator.stateless() {
+        return Ok(());
+    }
     crate::fsutil::create_dir_all_mode(&env.settings.challenge_dir, 0o755).map_err(Error::io(
         format!("create {}", env.settings.challenge_dir.display()),
     ))
+}
+
+/// Brings acme-nginx's own challenge snippet in line with the mode and the account (a fleet
+/// made stateless or published again, another fleet account): one change transaction
+/// (`nginx -t`, reload, re-scan) when nginx loads the file, an atomic write when nothing does
+/// yet. A snippet someone else edited is left as it is, saying so; a refusal is logged and
+/// changes nothing (the names it concerns then fail their preflight, saying why). True when
+/// the configuration was changed and re-read.
+pub(crate) async fn refresh_snippet(
+    env: &Env,
+    cfg: &mut Config,
+    scan: &mut Scan,
+) -> Result<bool, Error> {
+    let path = &env.settings.snippet;
+    if !env.mode.edits_nginx() {
+        return Ok(false);
+    }
+    let loaded = cfg.files.iter().position(|f| f.path == *path);
+    let current = match loaded {
+        Some(i) => String::from_utf8_lossy(&cfg.files[i].text).into_owned(),
+        None => match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            // Not written yet: it is, with the right text, when a block first includes it.
+            Err(_) => return Ok(false),
+        },
+    };
+    let wanted = match env.snippet_contents().await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(
+                "{}: the challenge snippet cannot be brought up to date: {}",
+                path.display(),
+                chain_text(&e)
+            );
+            return Ok(false);
+        }
+    };
+    if current == wanted {
+        return Ok(false);
+    }
+    if !is_our_snippet(&current, &env.settings.challenge_dir) {
+        tracing::warn!(
+            "{} is not a challenge snippet acme-nginx writes (edited by hand?); left as it is",
+            path.display()
+        );
+        return Ok(false);
+    }
+    let Some(file) = loaded else {
+        crate::fsutil::write_atomic(path, wanted.as_bytes(), crate::fsutil::PUBLIC_MODE)
+            .map_err(Error::io(format!("write {}", path.display())))?;
+        return Ok(false);
+    };
+    let change = Change {
+        edits: vec![edit::Edit {
+            file,
+            start: 0,
+            end: cfg.files[file].text.len(),
+            text: wanted,
+        }],
+        ..Change::default()
+    };
+    let ctl = env.settings.nginx.ctl(cfg, scan)?;
+    let backups = transaction::new_backup_dir(&env.store.backups_dir());
+    match transaction::commit(&ctl, cfg, &change, &backups, true).await {
+        Ok(_) => {
+            tracing::info!(
+                "{}: the challenge snippet now {}",
+                path.display(),
+                if env.coordinator.stateless() {
+                    "answers statelessly for the fleet's account"
+                } else {
+                    "serves the challenge directory"
+                }
+            );
+            let (new_cfg, new_scan) = env.reread()?;
+            *cfg = new_cfg;
+            *scan = new_scan;
+            Ok(true)
+        }
+        Err(e @ ChangeError::Rejected { .. }) if e.restore_failure().is_none() => {
+            tracing::warn!(
+                "{}: the challenge snippet was not brought up to date: {}",
+                path.display(),
+                chain_text(&e)
+            );
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `file:line` nginx names after "in" in its refusal, if any.
@@ -255,7 +347,7 @@ pub(crate) async fn add_snippet(
             return Ok(failed);
         }
     }
-    with_snippet(env, &mut change)?;
+    with_snippet(env, &mut change).await?;
     let ctl = env.settings.nginx.ctl(cfg, scan)?;
     let backups = transaction::new_backup_dir(&env.store.backups_dir());
     match transaction::commit(&ctl, cfg, &change, &backups, true).await {
@@ -280,7 +372,9 @@ pub(crate) async fn add_snippet(
     *scan = new_scan;
     for &i in &editing {
         let block = plans[i].challenge_block.and_then(|b| scan.servers.get(b));
-        if block.is_none_or(|b| b.acme_challenge_dir.is_none()) {
+        if block
+            .is_none_or(|b| b.acme_challenge_dir.is_none() && b.acme_challenge_stateless.is_none())
+        {
             failed.push((i, "the challenge snippet was included but the block still serves no challenge directory".into()));
         }
     }

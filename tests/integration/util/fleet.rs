@@ -21,6 +21,11 @@ pub const NAME: &str = "fleet.test";
 const DEFAULT_BLOCK: &str = "server {\n    listen 127.0.0.1:{port} default_server;\n    server_name _;\n    \
     location /.well-known/acme-challenge/ { alias {dir}/acme/; }\n    location / { return 404; }\n}\n";
 
+/// The default server of a stateless fleet: no challenge location of its own.
+const STATELESS_DEFAULT_BLOCK: &str =
+    "server {\n    listen 127.0.0.1:{port} default_server;\n    server_name _;\n    \
+    location / { return 404; }\n}\n";
+
 /// The site's block.
 pub fn site_block(port: u16) -> String {
     block_for(port, NAME)
@@ -31,6 +36,14 @@ pub fn block_for(port: u16, name: &str) -> String {
     format!(
         "server {{\n    listen 127.0.0.1:{port};\n    server_name {name};\n    \
          location /.well-known/acme-challenge/ {{ alias {{dir}}/acme/; }}\n    location / {{ return 200 \"fleet\\n\"; }}\n}}\n"
+    )
+}
+
+/// A block for `name` with no challenge location (acme-nginx includes its snippet).
+fn stateless_block_for(port: u16, name: &str) -> String {
+    format!(
+        "server {{\n    listen 127.0.0.1:{port};\n    server_name {name};\n    \
+         location / {{ return 200 \"fleet\\n\"; }}\n}}\n"
     )
 }
 
@@ -49,11 +62,23 @@ pub struct FleetBed {
     pub nodes: Vec<Node>,
     pub pebble: Pebble,
     pub key_dir: TempDir,
+    /// Every node answers http-01 statelessly (`--fleet-challenge stateless`).
+    pub stateless: bool,
     _balancer: ChildGuard,
 }
 
 impl FleetBed {
     pub fn start() -> FleetBed {
+        FleetBed::start_as(false)
+    }
+
+    /// A fleet whose nodes answer http-01 statelessly: no block has a challenge location of
+    /// its own, and every node's commands and agent say `--fleet-challenge stateless`.
+    pub fn start_stateless() -> FleetBed {
+        FleetBed::start_as(true)
+    }
+
+    fn start_as(stateless: bool) -> FleetBed {
         let etcd = EtcdCluster::start(3);
         let key_dir = tempfile::tempdir().unwrap();
         let key = key_dir.path().join("fleet.key");
@@ -62,8 +87,14 @@ impl FleetBed {
         fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let nodes: Vec<Node> = (1..=3)
             .map(|i| {
-                let nginx = Nginx::start(DEFAULT_BLOCK);
-                fs::create_dir_all(nginx.dir.path().join("acme")).unwrap();
+                let nginx = Nginx::start(if stateless {
+                    STATELESS_DEFAULT_BLOCK
+                } else {
+                    DEFAULT_BLOCK
+                });
+                if !stateless {
+                    fs::create_dir_all(nginx.dir.path().join("acme")).unwrap();
+                }
                 Node {
                     name: format!("n{i}"),
                     nginx,
@@ -98,6 +129,7 @@ impl FleetBed {
             nodes,
             pebble,
             key_dir,
+            stateless,
             _balancer: balancer,
         }
     }
@@ -154,6 +186,9 @@ impl FleetBed {
             .args(["--fleet-address", &format!("127.0.0.1:{}", n.nginx.port)]);
         if sub != "status" {
             cmd.args(["--https-port", &n.https_port.to_string()]);
+        }
+        if self.stateless {
+            cmd.args(["--fleet-challenge", "stateless"]);
         }
         if sub == "enroll" || sub == "watch" {
             cmd.args(["--non-interactive", "--agree-tos"])
@@ -228,7 +263,13 @@ impl FleetBed {
         let conf = fs::read_to_string(&n.nginx.conf).unwrap();
         let block: String = names
             .iter()
-            .map(|name| block_for(n.nginx.port, name))
+            .map(|name| {
+                if self.stateless {
+                    stateless_block_for(n.nginx.port, name)
+                } else {
+                    block_for(n.nginx.port, name)
+                }
+            })
             .collect::<String>()
             .replace("{dir}", &n.nginx.dir.path().display().to_string());
         let at = conf.trim_end().rfind('}').unwrap();
