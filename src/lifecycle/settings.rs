@@ -282,15 +282,17 @@ pub fn stateless_snippet_text(thumbprint: &str) -> String {
     )
 }
 
-/// Whether `text` is a challenge snippet acme-nginx wrote (for `challenge_dir`, or stateless
-/// for any account): only such a file is rewritten when the mode or the account changes.
-pub fn is_our_snippet(text: &str, challenge_dir: &Path) -> bool {
-    text == snippet_text(challenge_dir)
-        || text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("return 200 \"$1."))
-            .and_then(|rest| rest.strip_suffix("\";"))
-            .is_some_and(|t| text == stateless_snippet_text(t))
+/// Whether `text` is a challenge snippet acme-nginx wrote (for any challenge directory, or
+/// stateless for any account), as it wrote it: only such a file is rewritten when the mode,
+/// the directory or the account changes.
+pub fn is_our_snippet(text: &str) -> bool {
+    let arg = |prefix: &str, suffix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix)?.strip_suffix(suffix))
+            .map(str::to_owned)
+    };
+    arg("alias ", "/;").is_some_and(|dir| text == snippet_text(Path::new(&dir)))
+        || arg("return 200 \"$1.", "\";").is_some_and(|t| text == stateless_snippet_text(&t))
 }
 
 #[cfg(test)]
@@ -355,10 +357,14 @@ mod tests {
             Some(thumb)
         );
         assert_eq!(s.servers[0].acme_challenge_dir, None);
-        let dir = Path::new("/var/lib/acme-nginx/challenge");
-        assert!(is_our_snippet(&text, dir));
-        assert!(is_our_snippet(&snippet_text(dir), dir));
-        assert!(!is_our_snippet(&text.replace("404", "403"), dir));
-        assert!(!is_our_snippet(&snippet_text(Path::new("/elsewhere")), dir));
+        assert!(is_our_snippet(&text));
+        assert!(is_our_snippet(&snippet_text(Path::new(
+            "/var/lib/acme-nginx/challenge"
+        ))));
+        assert!(is_our_snippet(&snippet_text(Path::new("/elsewhere/"))));
+        assert!(!is_our_snippet(&text.replace("404", "403")));
+        assert!(!is_our_snippet(
+            &snippet_text(Path::new("/srv/acme")).replace("try_files", "# try_files")
+        ));
     }
 }

@@ -822,9 +822,6 @@ fn token_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn a_stateless_fleet_distributes_no_tokens() {
     let mut bed = FleetBed::start_stateless();
-    for i in 0..3 {
-        bed.add_site(i);
-    }
     // Every key the fleet ever writes passes through this watch, an answer published and
     // withdrawn at once included; counted: answers, and lineage records (which show the watch
     // works).
@@ -855,10 +852,38 @@ fn a_stateless_fleet_distributes_no_tokens() {
         });
         crate::util::ChildGuard(child)
     };
+    // Every node's agent is registered before any node has the site: the orderer's preflight
+    // then knows every node the balancer may send the CA to.
     for i in 0..3 {
         bed.start_agent(i);
     }
-    // The agents' first passes include the snippet; one of them orders.
+    // Nodes 2 and 3 come from published mode: their blocks include acme-nginx's snippet as it
+    // serves the challenge directory (one write each); their first pass rewrites it (nginx -t,
+    // reload). Node 1 gets the site without it.
+    for n in &bed.nodes[1..] {
+        let snippet = n.nginx.dir.path().join("snippets/acme-challenge.conf");
+        std::fs::create_dir_all(snippet.parent().unwrap()).unwrap();
+        std::fs::write(
+            &snippet,
+            acme_nginx::lifecycle::settings::snippet_text(&n.state.path().join("challenge")),
+        )
+        .unwrap();
+        let conf = std::fs::read_to_string(&n.nginx.conf).unwrap();
+        let at = conf.trim_end().rfind('}').unwrap();
+        let block = format!(
+            "server {{\n    listen 127.0.0.1:{};\n    server_name {NAME};\n    include {};\n    \
+             location / {{ return 200 \"fleet\\n\"; }}\n}}\n",
+            n.nginx.port,
+            snippet.display()
+        );
+        std::fs::write(
+            &n.nginx.conf,
+            format!("{}{block}{}", &conf[..at], &conf[at..]),
+        )
+        .unwrap();
+    }
+    bed.add_site(0);
+    // The agents' passes include (or rewrite) the snippet; one of them orders.
     let leaf = {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

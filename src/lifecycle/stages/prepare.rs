@@ -221,7 +221,7 @@ pub(crate) async fn refresh_snippet(
     if current == wanted {
         return Ok(false);
     }
-    if !is_our_snippet(&current, &env.settings.challenge_dir) {
+    if !is_our_snippet(&current) {
         tracing::warn!(
             "{} is not a challenge snippet acme-nginx writes (edited by hand?); left as it is",
             path.display()
