@@ -208,11 +208,7 @@ fn import_certbot_takes_over_without_a_new_order() {
     assert_exit(&renewed, 0);
     let r = by_name(&json(&renewed), NAME);
     assert_eq!(r["status"], "renewed", "{r}");
-    assert!(
-        r["replaces"].is_string(),
-        "{r}\n{}",
-        String::from_utf8_lossy(&renewed.stderr)
-    );
+    crate::util::assert_replaces(&r, &renewed.stderr, &certbot_leaf);
     assert_ne!(bed.served(NAME), certbot_leaf);
 
     // Changed our mind: `remove` gives the block back to certbot, byte for byte.

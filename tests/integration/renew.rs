@@ -49,11 +49,15 @@ fn renew_follows_ari_forces_with_replaces_and_backs_off_a_broken_name() {
     let report = json(&out);
     let a = by_name(&report, "a.renew.test");
     assert_eq!(a["status"], "renewed", "{a}");
-    assert_eq!(
-        a["replaces"],
-        first_id.as_str(),
-        "pebble recorded the order as replacing the old certificate"
-    );
+    if crate::util::pebble_finds_replaces(&first_a) {
+        assert_eq!(
+            a["replaces"],
+            first_id.as_str(),
+            "pebble recorded the order as replacing the old certificate"
+        );
+    } else {
+        crate::util::assert_replaces(&a, &out.stderr, &first_a);
+    }
     let new_a = leaf(&bed.live("a.renew.test").join("fullchain.pem"));
     assert_ne!(new_a, first_a);
     assert_eq!(bed.served("a.renew.test"), new_a);

@@ -936,3 +936,31 @@ if [ \"$(readlink /proc/self/ns/mnt)\" = '{ns}' ] && grep -q 'managed by acme-ng
         rt.block_on(self.pebble.root_file())
     }
 }
+
+/// Whether pebble finds the order of the certificate `leaf_der` from the serial an RFC 9773
+/// CertID carries, so that it accepts `replaces` for it. pebble keys its orders by the serial's
+/// big-endian bytes without the DER sign byte (`SerialNumber.Bytes()`) but looks them up by the
+/// bytes of the CertID, which RFC 9773 defines as the DER content bytes, sign byte included: a
+/// serial whose DER content starts with 0x00 (about 1 in 256 of pebble's 63-bit serials) is not
+/// found, pebble answers serverInternal, and acme-nginx orders without `replaces` (saying so).
+pub fn pebble_finds_replaces(leaf_der: &[u8]) -> bool {
+    !acme_nginx::acme::CertInfo::from_der(leaf_der)
+        .unwrap()
+        .serial_hex
+        .starts_with("00")
+}
+
+/// Asserts what a renewal of `replaced` (the old leaf) reports about `replaces`: the CertID
+/// when pebble can find the certificate by it, else that the refused `replaces` was dropped.
+pub fn assert_replaces(renewed: &serde_json::Value, stderr: &[u8], replaced: &[u8]) {
+    if pebble_finds_replaces(replaced) {
+        assert!(renewed["replaces"].is_string(), "{renewed}");
+    } else {
+        assert!(renewed["replaces"].is_null(), "{renewed}");
+        assert!(
+            String::from_utf8_lossy(stderr).contains("ordering without it"),
+            "{}",
+            String::from_utf8_lossy(stderr)
+        );
+    }
+}
