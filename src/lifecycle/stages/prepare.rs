@@ -186,9 +186,9 @@ async fn with_snippet(env: &Env, change: &mut Change) -> Result<(), Error> {
 /// Brings acme-nginx's own challenge snippet in line with the mode and the account (a fleet
 /// made stateless or published again, another fleet account): one change transaction
 /// (`nginx -t`, reload, re-scan) when nginx loads the file, an atomic write when nothing does
-/// yet. A snippet someone else edited is left as it is, saying so; a refusal is logged and
-/// changes nothing (the names it concerns then fail their preflight, saying why). True when
-/// the configuration was changed and re-read.
+/// yet. A snippet someone else edited is left as it is (saying so in a stateless fleet); a
+/// refusal is logged and changes nothing (the names it concerns then fail their preflight,
+/// saying why). True when the configuration was changed and re-read.
 pub(crate) async fn refresh_snippet(
     env: &Env,
     cfg: &mut Config,
@@ -222,10 +222,14 @@ pub(crate) async fn refresh_snippet(
         return Ok(false);
     }
     if !is_our_snippet(&current) {
-        tracing::warn!(
-            "{} is not a challenge snippet acme-nginx writes (edited by hand?); left as it is",
-            path.display()
-        );
+        // An operator's own snippet is theirs; it matters only when the fleet is stateless
+        // (the other nodes answer for the account, this one may not).
+        if env.coordinator.stateless() {
+            tracing::warn!(
+                "{} is not a challenge snippet acme-nginx writes (edited by hand?); left as it is, so it may not answer statelessly for the fleet's account",
+                path.display()
+            );
+        }
         return Ok(false);
     }
     let Some(file) = loaded else {
