@@ -27,12 +27,21 @@ struct ScanOutput<'a> {
     warnings: &'a [String],
 }
 
+/// The names exclude patterns left out, with the pattern, by block index: only the blocks that
+/// have some (a per-block list would cost every block of a large tree its empty list).
+type Excluded = std::collections::BTreeMap<usize, Vec<(String, String)>>;
+
+/// The names `excluded` holds for block `i` (none for most).
+fn excluded_in(excluded: &Excluded, i: usize) -> &[(String, String)] {
+    excluded.get(&i).map_or(&[], Vec::as_slice)
+}
+
 /// The server blocks with their names' methods and exclusions.
 struct Servers<'a> {
     scan: &'a Scan,
     proving: &'a Proving<'a>,
-    /// Per block (same order), the names an exclude pattern left out, with the pattern.
-    excluded: Vec<Vec<(String, String)>>,
+    /// The names an exclude pattern left out, with the pattern, by block index.
+    excluded: Excluded,
     owners: std::cell::RefCell<Owners>,
 }
 
@@ -96,8 +105,8 @@ impl Serialize for NameMap {
 
 impl Serialize for Servers<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let blocks = self.scan.servers.iter().zip(&self.excluded);
-        s.collect_seq(blocks.map(|(block, excluded)| {
+        let blocks = self.scan.servers.iter().enumerate();
+        s.collect_seq(blocks.map(|(i, block)| {
             let challenges = self
                 .proving
                 .block_names(block)
@@ -112,7 +121,7 @@ impl Serialize for Servers<'_> {
                 ssl_certificate: block.ssl_certificate(),
                 ssl_certificate_key: block.ssl_certificate_key(),
                 challenges: NameMap(challenges),
-                excluded: NameMap(excluded.clone()),
+                excluded: NameMap(excluded_in(&self.excluded, i).to_vec()),
                 dns_refused: NameMap(self.proving.dns_refused(block)),
                 file_owner: self.owners.borrow_mut().of(&block.file),
             }
@@ -129,12 +138,14 @@ pub fn run(ctx: &Context, args: ScanArgs) -> CmdResult {
     std::mem::forget(config);
     // A name an exclude pattern leaves out is not enrollable, whatever the block says (and the
     // table and the JSON say which pattern left it out).
-    let excluded: Vec<Vec<(String, String)>> = scan
+    let excluded: Excluded = scan
         .servers
         .iter()
-        .map(|s| {
+        .enumerate()
+        .filter_map(|(i, s)| {
             let out = proving.excluded_names(s);
-            out.into_iter().map(|(n, p)| (n, p.to_owned())).collect()
+            (!out.is_empty())
+                .then(|| (i, out.into_iter().map(|(n, p)| (n, p.to_owned())).collect()))
         })
         .collect();
     for s in &mut scan.servers {
@@ -193,11 +204,7 @@ fn challenges(s: &ServerBlock, proving: &Proving<'_>, excluded: &[(String, Strin
     }
 }
 
-fn table(
-    scan: &Scan,
-    proving: &Proving<'_>,
-    excluded: &[Vec<(String, String)>],
-) -> Result<(), CliError> {
+fn table(scan: &Scan, proving: &Proving<'_>, excluded: &Excluded) -> Result<(), CliError> {
     output::line(format!(
         "nginx: {}  user: {}:{}  pid file: {}",
         scan.nginx_conf.display(),
@@ -208,8 +215,9 @@ fn table(
     let rows: Vec<[String; 7]> = scan
         .servers
         .iter()
-        .zip(excluded)
-        .map(|(s, excluded)| {
+        .enumerate()
+        .map(|(i, s)| {
+            let excluded = excluded_in(excluded, i);
             [
                 s.enrollable
                     .first()

@@ -252,7 +252,7 @@ pub struct ServerBlock {
     /// Stateless http-01: the JWK thumbprint the block's challenge location answers every
     /// token with (`return 200 "$1.THUMBPRINT"`), where there is no directory.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub acme_challenge_stateless: Option<String>,
+    pub acme_challenge_stateless: Option<Box<str>>,
     /// True when a server-level `return`/`rewrite` answers the challenge URI before any
     /// location is chosen (an included challenge location could not win).
     pub challenge_answered_at_server_level: bool,
@@ -741,7 +741,7 @@ fn server_block(
             (None, Some(reason))
         }
         Serving::Stateless { thumbprint, .. } => {
-            stateless = Some(thumbprint);
+            stateless = Some(thumbprint.into_boxed_str());
             (None, None)
         }
     };

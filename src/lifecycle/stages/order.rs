@@ -489,7 +489,7 @@ fn webroot_solver(
         .ok_or_else(|| Failure::transient("no challenge block"))?];
     let answer = match (&block.acme_challenge_stateless, &block.acme_challenge_dir) {
         (Some(thumbprint), _) => Answer::Stateless {
-            thumbprint: thumbprint.clone(),
+            thumbprint: thumbprint.to_string(),
         },
         (None, Some(dir)) if env.coordinator.stateless() => {
             return Err(Failure::transient(format!(
