@@ -947,8 +947,6 @@ fn a_stateless_fleet_distributes_no_tokens() {
     wait_for(|| !bed.etcd.raw_get(&intent).is_empty());
     orderer.kill().unwrap();
     orderer.wait().unwrap();
-    // Node 1 is back (its agent installs what the fleet publishes).
-    bed.start_agent(0);
     // Its lock goes with its lease; then the next pass anywhere completes the renewal, due or
     // not.
     wait_for(|| {
@@ -960,6 +958,9 @@ fn a_stateless_fleet_distributes_no_tokens() {
     assert_exit(&out, 0);
     let report = json(&out);
     assert_eq!(by_name(&report, NAME)["status"], "renewed", "{report}");
+    // Node 1 is back (only now, so that its own first pass cannot be the one that completes
+    // the renewal): its agent installs what the fleet published.
+    bed.start_agent(0);
     wait_for(|| {
         let served: Vec<_> = (0..3).map(|i| bed.served(i)).collect();
         served[1]
