@@ -180,6 +180,20 @@ impl Etcd {
             .clone()
     }
 
+    /// A gateway request: `body` as JSON to `path` on `endpoint`, with the auth token when
+    /// there is one.
+    fn post(&self, endpoint: &str, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        let req = self
+            .http
+            .post(format!("{endpoint}{path}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
+        match self.token() {
+            Some(t) => req.header("Authorization", t),
+            None => req,
+        }
+    }
+
     /// POSTs `body` to `path` on the first endpoint that answers (authenticated first when a
     /// user is configured).
     async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
@@ -206,15 +220,7 @@ impl Etcd {
         }
         let mut last = String::new();
         for endpoint in &self.endpoints {
-            let mut req = self
-                .http
-                .post(format!("{endpoint}{path}"))
-                .header("Content-Type", "application/json")
-                .timeout(ETCD_TIMEOUT)
-                .body(body.to_string());
-            if let Some(t) = self.token() {
-                req = req.header("Authorization", t);
-            }
+            let req = self.post(endpoint, path, body).timeout(ETCD_TIMEOUT);
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -408,15 +414,7 @@ impl Etcd {
         }});
         let mut last = String::new();
         for endpoint in &self.endpoints {
-            let mut req = self
-                .http
-                .post(format!("{endpoint}/v3/watch"))
-                .header("Content-Type", "application/json")
-                .body(body.to_string());
-            if let Some(t) = self.token() {
-                req = req.header("Authorization", t);
-            }
-            let mut resp = match req.send().await {
+            let mut resp = match self.post(endpoint, "/v3/watch", &body).send().await {
                 Ok(r) if r.status().is_success() => r,
                 Ok(r) => {
                     last = format!("{endpoint}: status {}", r.status());
