@@ -771,13 +771,7 @@ fn a_renewal_the_orderer_died_in_is_completed_once_from_every_instant() {
                         .is_some_and(|r| r.contains("is ordering it"))),
             "{died:?}: {report}"
         );
-        wait_for(|| {
-            let served: Vec<_> = (0..3).map(|i| bed.served(i)).collect();
-            served[0]
-                .as_deref()
-                .is_some_and(|l| l != before_leaf.as_slice())
-                && served.iter().all(|s| *s == served[0])
-        });
+        bed.wait_all_serve_new(Some(&before_leaf), Duration::from_secs(30));
         assert_eq!(
             finalized(&bed),
             before + 1,
@@ -884,24 +878,7 @@ fn a_stateless_fleet_distributes_no_tokens() {
     }
     bed.add_site(0);
     // The agents' passes include (or rewrite) the snippet; one of them orders.
-    let leaf = {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(l) = bed.served(0) {
-                if (1..3).all(|i| bed.served(i).as_deref() == Some(l.as_slice())) {
-                    break l;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not every node serves a certificate:\n{}\n---\n{}\n---\n{}",
-                bed.agent_log(0),
-                bed.agent_log(1),
-                bed.agent_log(2)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let leaf = bed.wait_all_serve_new(None, Duration::from_secs(60));
     assert_eq!(finalized(&bed), 1, "one certificate for the fleet");
     // Every node's snippet answers for the fleet's one account.
     let fleet = bed.fleet_as("n1");
@@ -961,13 +938,7 @@ fn a_stateless_fleet_distributes_no_tokens() {
     // Node 1 is back (only now, so that its own first pass cannot be the one that completes
     // the renewal): its agent installs what the fleet published.
     bed.start_agent(0);
-    wait_for(|| {
-        let served: Vec<_> = (0..3).map(|i| bed.served(i)).collect();
-        served[1]
-            .as_deref()
-            .is_some_and(|l| l != renewed.as_slice())
-            && served.iter().all(|s| *s == served[1])
-    });
+    bed.wait_all_serve_new(Some(&renewed), Duration::from_secs(30));
     wait_for(|| bed.etcd.raw_get(&intent).is_empty());
     assert!(
         finalized(&bed) == before + 1,

@@ -330,6 +330,29 @@ impl FleetBed {
         }
     }
 
+    /// Waits until every node serves one and the same leaf, other than `old` when given;
+    /// returns it.
+    pub fn wait_all_serve_new(&self, old: Option<&[u8]>, within: Duration) -> Vec<u8> {
+        let start = Instant::now();
+        loop {
+            let served: Vec<_> = (0..self.nodes.len()).map(|i| self.served(i)).collect();
+            if let Some(leaf) = &served[0] {
+                if Some(leaf.as_slice()) != old && served.iter().all(|s| *s == served[0]) {
+                    return leaf.clone();
+                }
+            }
+            assert!(
+                start.elapsed() < within,
+                "not every node serves the same new certificate; node 1's commands:\n{}\nagents:\n{}\n---\n{}\n---\n{}",
+                fs::read_to_string(self.nodes[0].state.path().join("commands.log")).unwrap_or_default(),
+                self.agent_log(0),
+                self.agent_log(1),
+                self.agent_log(2)
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Node `i`'s live leaf.
     pub fn live_leaf(&self, i: usize) -> Vec<u8> {
         self.live_leaf_for(i, NAME)
