@@ -209,10 +209,7 @@ fn stateless_answer(l: &Location, ret: &Directive, uri: &str) -> Option<String> 
     let (group, thumbprint) = text.as_str().strip_prefix('$')?.split_once('.')?;
     let group: usize = group.parse().ok()?;
     let token = uri.rsplit('/').next()?;
-    let well_formed = thumbprint.len() == 43
-        && thumbprint
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let well_formed = thumbprint.len() == 43 && crate::acme::is_valid_token(thumbprint);
     (code == "200"
         && well_formed
         && pcre::capture(&l.pattern, caseless, uri, group).ok()?? == token)
