@@ -1281,14 +1281,9 @@ fn a_block_answering_statelessly_for_the_account_gets_no_token_file() {
         "issued"
     );
     // No challenge directory was made, no token file written; the stateless location stays.
-    let files: Vec<_> = crate::util::walk(bed.nginx.dir.path())
+    let files: Vec<_> = crate::util::token_files(bed.nginx.dir.path())
         .into_iter()
-        .chain(crate::util::walk(bed.state.path()))
-        .filter(|p| {
-            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let n = n.trim_start_matches('.').trim_end_matches(".tmp");
-            n.len() == 43 && acme_nginx::acme::is_valid_token(n)
-        })
+        .chain(crate::util::token_files(bed.state.path()))
         .collect();
     assert!(files.is_empty(), "{files:?}");
     assert!(!bed.state.path().join("challenge").exists());

@@ -795,19 +795,6 @@ fn a_renewal_the_orderer_died_in_is_completed_once_from_every_instant() {
     assert_eq!(by_name(&json(&out), NAME)["status"], "not-due");
 }
 
-/// Files under `dir` named like an ACME token (RFC 8555's 43 base64url characters of pebble's
-/// tokens), hidden temporary ones included.
-fn token_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    crate::util::walk(dir)
-        .into_iter()
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let name = name.trim_start_matches('.').trim_end_matches(".tmp");
-            name.len() == 43 && acme_nginx::acme::is_valid_token(name)
-        })
-        .collect()
-}
-
 /// A stateless fleet (`--fleet-challenge stateless`): every node's agent includes acme-nginx's
 /// stateless snippet, which answers every token for the fleet's one account; one node orders,
 /// every node serves the certificate, a forced renewal reaches them all, and a renewal whose
@@ -953,7 +940,11 @@ fn a_stateless_fleet_distributes_no_tokens() {
     assert_eq!(answers, 0, "answers were published in a stateless fleet");
     for n in &bed.nodes {
         for dir in [n.nginx.dir.path(), n.state.path()] {
-            assert!(token_files(dir).is_empty(), "{:?}", token_files(dir));
+            assert!(
+                crate::util::token_files(dir).is_empty(),
+                "{:?}",
+                crate::util::token_files(dir)
+            );
         }
     }
 }

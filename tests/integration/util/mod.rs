@@ -964,3 +964,16 @@ pub fn assert_replaces(renewed: &serde_json::Value, stderr: &[u8], replaced: &[u
         );
     }
 }
+
+/// Files under `dir` named like an ACME token (RFC 8555's 43 base64url characters of pebble's
+/// tokens), hidden temporary ones included.
+pub fn token_files(dir: &Path) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = name.trim_start_matches('.').trim_end_matches(".tmp");
+            name.len() == 43 && acme_nginx::acme::is_valid_token(name)
+        })
+        .collect()
+}
