@@ -30,7 +30,7 @@ pub async fn run(ctx: &Context, args: EnrollArgs) -> CmdResult {
         (false, true) => Mode::NoInstall,
         (false, false) => Mode::Live,
     };
-    let mut run = Session::open(args.options.settings(ctx)?, mode)?;
+    let mut run = Session::open(args.options.settings(ctx)?, mode).await?;
     let (cfg, scan) = run.load()?;
     let plans = run.plans(&scan, &args.names)?;
     if plans.is_empty() {

@@ -31,7 +31,7 @@ pub async fn run(ctx: &Context, args: ImportCertbotArgs) -> CmdResult {
     } else {
         Mode::Live
     };
-    let run = Session::open(args.options.settings(ctx)?, mode)?;
+    let run = Session::open(args.options.settings(ctx)?, mode).await?;
     let outcomes = run.import_certbot(&args.certbot_dir).await?;
     let imported = outcomes
         .iter()

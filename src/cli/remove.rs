@@ -27,7 +27,7 @@ pub struct RemoveArgs {
 }
 
 pub async fn run(ctx: &Context, args: RemoveArgs) -> CmdResult {
-    let run = Session::open(args.options.settings(ctx)?, Mode::Live)?;
+    let run = Session::open(args.options.settings(ctx)?, Mode::Live).await?;
     let outcomes = run
         .remove(
             &args.names,

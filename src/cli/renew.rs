@@ -39,7 +39,7 @@ pub async fn run(ctx: &Context, args: RenewArgs) -> CmdResult {
     let state = Store {
         root: settings.state_dir.clone(),
     };
-    let result = match Session::open(settings, mode) {
+    let result = match Session::open(settings, mode).await {
         Ok(run) => run.renew(&args.names, args.force).await,
         Err(e) => Err(e),
     };

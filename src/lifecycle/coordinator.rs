@@ -45,7 +45,7 @@ impl Claim {
         match self {
             Claim::Mine(_) => None,
             Claim::PublishedBy(node) => Some(format!(
-                "node {node} of the fleet published a certificate for it meanwhile; it is installed at the next pass"
+                "node {node} of the fleet published a certificate for it meanwhile; this node's agent installs it, or else the next pass"
             )),
             Claim::OrderedBy(node) => Some(format!(
                 "node {node} of the fleet is ordering it; it is installed here once published"
@@ -89,6 +89,15 @@ impl Coordinator {
         match self {
             Coordinator::Solo => Ok(()),
             Coordinator::Fleet(f) => fleet::sync(f, store).await,
+        }
+    }
+
+    /// Brings only what other nodes published (certificates, as pending versions) into the
+    /// local store, for an install beside a running pass; returns the lineages stored.
+    pub async fn sync_published(&self, store: &Store) -> Result<Vec<String>, Error> {
+        match self {
+            Coordinator::Solo => Ok(Vec::new()),
+            Coordinator::Fleet(f) => fleet::sync_published(f, store).await,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct Env {
     /// In a stateless fleet: the JWK thumbprint of the fleet's account at the preferred CA,
     /// read (or the account made) the first time the challenge snippet is written.
     thumbprint: OnceCell<String>,
+    /// The install lock while this session holds it (see [`crate::store::InstallLock`]).
+    install: std::sync::Mutex<Option<store::InstallLock>>,
 }
 
 impl Env {
@@ -52,7 +54,52 @@ impl Env {
             coordinator,
             cas,
             thumbprint: OnceCell::new(),
+            install: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Takes the install lock (a session that writes nothing takes none), then completes or
+    /// rolls back what a holder killed while holding it left: a half-done change of nginx's
+    /// files, an install's lineages. Holding it already is fine.
+    pub(crate) async fn hold_install(&self) -> Result<(), Error> {
+        if !self.mode.writes_state() || self.holds_install() {
+            return Ok(());
+        }
+        let lock = self.store.install_lock(store::INSTALL_LOCK_WAIT).await?;
+        recover_installs(&self.store)?;
+        if let Ok(mut held) = self.install.lock() {
+            *held = Some(lock);
+        }
+        Ok(())
+    }
+
+    /// Takes the install lock again once the CA's work is done, waiting as long as it takes:
+    /// what the CA issued (or the failures to remember) must not be dropped because an
+    /// install took long (a deploy hook may run for minutes), or the next run would ask the
+    /// CA again. Every [`store::INSTALL_LOCK_WAIT`] the wait is logged with its holder.
+    pub(crate) async fn hold_install_to_keep(&self, what: &str) -> Result<(), Error> {
+        loop {
+            match self.hold_install().await {
+                Err(Error::Store(store::Error::Locked { path, holder })) => tracing::warn!(
+                    "{what} waits for {} (held by pid {holder}); still waiting",
+                    path.display()
+                ),
+                done => return done,
+            }
+        }
+    }
+
+    /// Lets the install lock go while this session waits on someone else (the CA, a hook), so
+    /// a fleet node's agent can install what another node published meanwhile. What the
+    /// session read of lineages before may be stale when it takes the lock again.
+    pub(crate) fn let_go_install(&self) {
+        if let Ok(mut held) = self.install.lock() {
+            held.take();
+        }
+    }
+
+    fn holds_install(&self) -> bool {
+        self.install.lock().is_ok_and(|held| held.is_some())
     }
 
     /// The challenge snippet acme-nginx writes: the location serving `challenge_dir`; in a
@@ -149,6 +196,16 @@ impl Env {
         Ok(plans)
     }
 
+    /// The plan of the server blocks that use a lineage now (the RSA lineage of a hybrid block
+    /// maps to that block's second plan).
+    pub(crate) fn plan_for_lineage(&self, scan: &Scan, name: &str) -> Option<Plan> {
+        let (primary, rsa) = plan::split_lineage(name);
+        self.plans(scan, &[primary.to_owned()])
+            .ok()?
+            .into_iter()
+            .find(|p| p.primary == primary && p.variant.is_some() == rsa)
+    }
+
     pub(crate) fn meta(&self, name: &str) -> Result<LineageMeta, Error> {
         Ok(self.store.lineage(name).load_meta()?)
     }
@@ -194,6 +251,31 @@ impl Env {
         let (cfg, scan, _) = self.settings.nginx.load_lenient()?;
         Ok((cfg, scan))
     }
+}
+
+/// Completes or rolls back what a holder of the install lock left when it was killed: a change
+/// of nginx's files left half-done is undone first (whatever it was for), then an install's
+/// lineages are pointed back (its intent). Called with the install lock held.
+fn recover_installs(store: &Store) -> Result<(), Error> {
+    let recovered =
+        crate::nginx::transaction::recover(&store.backups_dir()).map_err(Error::io(format!(
+            "undo the nginx change an earlier run left unfinished (journal in {})",
+            store.backups_dir().display()
+        )))?;
+    for f in &recovered.restored {
+        tracing::warn!(
+            "an earlier run was interrupted while changing {}: put back as it was",
+            f.display()
+        );
+    }
+    for f in &recovered.removed {
+        tracing::warn!(
+            "an earlier run was interrupted after creating {}: removed",
+            f.display()
+        );
+    }
+    super::intent::recover(store)?;
+    Ok(())
 }
 
 #[cfg(test)]

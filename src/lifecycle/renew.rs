@@ -6,7 +6,6 @@ use time::OffsetDateTime;
 
 use super::lineage::{live_cert, matches, users, LineageMeta};
 use super::outcome::{Failure, Outcome, Status};
-use super::plan::{self, Plan};
 use super::policy::{Decision, RenewalState};
 use super::session::Session;
 use super::stages::prepare;
@@ -37,20 +36,11 @@ impl Session {
             .collect())
     }
 
-    /// The plan of the server blocks that use a lineage now (the RSA lineage of a hybrid block
-    /// maps to that block's second plan).
-    fn plan_for_lineage(&self, scan: &crate::nginx::discovery::Scan, name: &str) -> Option<Plan> {
-        let (primary, rsa) = plan::split_lineage(name);
-        self.plans(scan, &[primary.to_owned()])
-            .ok()?
-            .into_iter()
-            .find(|p| p.primary == primary && p.variant.is_some() == rsa)
-    }
-
     /// Renews what is due (everything with `force`) among the lineages named, or all of them.
     /// A lineage in failure backoff waits unless it is named.
     pub async fn renew(&self, wanted: &[String], force: bool) -> Result<Vec<Outcome>, Error> {
         let outcomes = self.renew_lineages(wanted, force).await?;
+        self.env.let_go_install();
         super::stages::record::tell(&self.env, &outcomes).await;
         Ok(outcomes)
     }
@@ -93,7 +83,7 @@ impl Session {
         for (l, mut meta) in lineages {
             // Issued before but never installed: install it, no order, whatever the schedule.
             if meta.pending_version.is_some() {
-                let plan = self.plan_for_lineage(&scan, &l.name);
+                let plan = self.env.plan_for_lineage(&scan, &l.name);
                 if let Some(plan) = plan.filter(|p| self.env.pending_install(p, &meta).is_some()) {
                     tracing::info!("installing {}, issued earlier but not installed", l.name);
                     install_only.push(plan);
@@ -166,7 +156,7 @@ impl Session {
         // The names come from the server blocks now: a block whose names changed gets them.
         let mut to_order = Vec::new();
         for (l, reason) in due {
-            match self.plan_for_lineage(&scan, &l.name) {
+            match self.env.plan_for_lineage(&scan, &l.name) {
                 Some(p) => {
                     tracing::info!("renewing {} ({reason})", l.name);
                     to_order.push(p);

@@ -1,5 +1,6 @@
 //! A session: one run of enroll, renew, remove, import-certbot or a watch pass. It takes the
-//! state directory's lock, completes or rolls back what a killed run left, builds the
+//! state directory's run lock and install lock (letting the latter go while it waits on the CA
+//! or a hook), completes or rolls back what a killed run left, builds the
 //! collaborators once ([`Env`]: settings, store, coordinator, CA client) and runs the work as a
 //! sequence of stages, each in its own file under [`super::stages`]:
 //!
@@ -24,11 +25,11 @@ use crate::acme;
 use crate::challenge::webroot::remove_token_file;
 use crate::hooks::Stage;
 use crate::nginx::discovery::Scan;
-use crate::nginx::transaction;
 use crate::nginx::Config;
 use crate::store::{self, StateLock, Store};
 
-/// One run, holding the state directory's lock (not in a dry run).
+/// One run, holding the state directory's run lock (not in a dry run) and, in its [`Env`], the
+/// install lock while it writes.
 #[derive(Debug)]
 pub struct Session {
     pub(super) env: Env,
@@ -36,10 +37,11 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens the state directory, takes its lock and removes challenge tokens an earlier,
-    /// killed run left behind. A dry run creates, locks and writes nothing (it reads what is
-    /// there: the account and the lineages).
-    pub fn open(mut settings: Settings, mode: Mode) -> Result<Session, Error> {
+    /// Opens the state directory, takes its run lock and its install lock (completing or
+    /// rolling back what a killed run left) and removes challenge tokens an earlier, killed run
+    /// left behind. A dry run creates, locks and writes nothing (it reads what is there: the
+    /// account and the lineages).
+    pub async fn open(mut settings: Settings, mode: Mode) -> Result<Session, Error> {
         if mode == Mode::DryRun {
             settings.use_staging_for_dry_run();
             let store = Store {
@@ -52,27 +54,11 @@ impl Session {
             });
         }
         let store = Store::open(&settings.state_dir)?;
-        let lock = store.lock(store::LOCK_WAIT)?;
-        // A change of nginx's files a killed run left half-done is undone first (whatever it
-        // was for), then an install's lineages are pointed back (the intent).
-        let recovered = transaction::recover(&store.backups_dir()).map_err(Error::io(format!(
-            "undo the nginx change an earlier run left unfinished (journal in {})",
-            store.backups_dir().display()
-        )))?;
-        for f in &recovered.restored {
-            tracing::warn!(
-                "an earlier run was interrupted while changing {}: put back as it was",
-                f.display()
-            );
-        }
-        for f in &recovered.removed {
-            tracing::warn!(
-                "an earlier run was interrupted after creating {}: removed",
-                f.display()
-            );
-        }
-        super::intent::recover(&store)?;
-        for token in store.take_journal()? {
+        let lock = store.lock(store::LOCK_WAIT).await?;
+        let coordinator = Coordinator::open(&settings, mode)?;
+        let env = Env::new(settings, mode, store, coordinator);
+        env.hold_install().await?;
+        for token in env.store.take_journal()? {
             match remove_token_file(&token) {
                 Ok(false) => {}
                 Ok(true) => tracing::info!(
@@ -82,9 +68,8 @@ impl Session {
                 Err(e) => tracing::warn!("{}", chain_text(&e)),
             }
         }
-        let coordinator = Coordinator::open(&settings, mode)?;
         Ok(Session {
-            env: Env::new(settings, mode, store, coordinator),
+            env,
             _lock: Some(lock),
         })
     }
@@ -134,6 +119,7 @@ impl Session {
         plans: Vec<Plan>,
     ) -> Result<Vec<Outcome>, Error> {
         let outcomes = self.enroll_plans(cfg, scan, plans).await?;
+        self.env.let_go_install();
         record::tell(&self.env, &outcomes).await;
         Ok(outcomes)
     }
@@ -279,7 +265,11 @@ impl Session {
             .iter()
             .flat_map(|p| p.names.iter().cloned())
             .collect();
+        // What each lineage to order serves now: a certificate installed while the session
+        // waits (on a hook, on the CA) is not ordered again.
+        let seen = order::Seen::now(&self.env, &to_order);
         if !to_order.is_empty() {
+            self.env.let_go_install();
             let mut failures = hooks.run(Stage::Pre, &[]).await;
             if !failures.is_empty() {
                 hooks
@@ -288,9 +278,14 @@ impl Session {
                 return Err(Error::PreHook(failures.remove(0)));
             }
         }
-        let result = self
-            .order_and_deploy(&mut cfg, &mut scan, to_order, install_only)
-            .await;
+        let result = match self.env.hold_install().await {
+            Ok(()) => {
+                self.order_and_deploy(&mut cfg, &mut scan, to_order, install_only, &seen)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        self.env.let_go_install();
         // The post hook learns what was renewed and what failed (everything ordered, when the
         // run itself failed). Its failures are logged by the hook runner; they change no
         // certificate.
@@ -316,6 +311,9 @@ impl Session {
             .run(Stage::Post, &crate::hooks::post_env(&renewed, &failed))
             .await;
         let mut outcomes = result?;
+        self.env
+            .hold_install_to_keep("remembering this run's failures")
+            .await?;
         record::remember(&self.env, &mut outcomes).await?;
         Ok(outcomes)
     }
@@ -326,6 +324,7 @@ impl Session {
         scan: &mut Scan,
         to_order: Vec<Plan>,
         install_only: Vec<Plan>,
+        seen: &order::Seen,
     ) -> Result<Vec<Outcome>, Error> {
         let mut outcomes = Vec::new();
         // Nothing is ordered for a plan whose install edit nginx would refuse.
@@ -380,7 +379,7 @@ impl Session {
         let fresh = if to_order.is_empty() {
             Vec::new()
         } else {
-            order::obtain(&self.env, scan, to_order, &mut outcomes).await?
+            order::obtain(&self.env, scan, to_order, seen, &mut outcomes).await?
         };
         // A block whose every name failed gets back what it was before this run: the snippet
         // it got could shadow a webroot another tool renews through.
@@ -408,6 +407,58 @@ impl Session {
         }
         outcomes.extend(install::deploy(&self.env, cfg, scan, fresh, install_only).await?);
         Ok(outcomes)
+    }
+}
+
+/// What an install of the fleet's publications did, and what it left to a pass.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub outcomes: Vec<Outcome>,
+    /// Lineages stored here that only a pass installs, each with why.
+    pub left: Vec<(String, &'static str)>,
+}
+
+impl Session {
+    /// Installs the certificates other nodes of the fleet published since, beside whatever
+    /// pass runs here: it holds the install lock only (a pass lets it go while it waits on the
+    /// CA or a hook), stores each newer record as [`super::fleet`]'s sync checks it, and
+    /// installs those whose server blocks already use their lineage (a new version, `nginx
+    /// -t`, a reload, the TLS check, deploy hooks). A lineage whose blocks need an edit is left
+    /// to the next pass, which plans its edits against the files as they are.
+    pub async fn install_published(settings: Settings) -> Result<Published, Error> {
+        let store = Store::open(&settings.state_dir)?;
+        let coordinator = Coordinator::open(&settings, Mode::Live)?;
+        let env = Env::new(settings, Mode::Live, store, coordinator);
+        env.hold_install().await?;
+        let mut published = Published::default();
+        let stored = env.coordinator.sync_published(&env.store).await?;
+        if stored.is_empty() {
+            return Ok(published);
+        }
+        let (cfg, scan, _) = env.settings.nginx.load_lenient()?;
+        let mut install_only = Vec::new();
+        for name in stored {
+            let meta = env.meta(&name)?;
+            match env.plan_for_lineage(&scan, &name) {
+                Some(plan)
+                    if env.pending_install(&plan, &meta).is_some()
+                        && verify::points_at_live(&env, &plan, &scan) =>
+                {
+                    install_only.push(plan)
+                }
+                Some(_) => published.left.push((
+                    name,
+                    "its server blocks do not use it yet; the pass that edits them installs it",
+                )),
+                None => tracing::info!(
+                    "fleet: {name} is stored; no server block that could be read here uses it"
+                ),
+            }
+        }
+        published.outcomes = install::deploy(&env, &cfg, &scan, Vec::new(), install_only).await?;
+        env.let_go_install();
+        record::tell(&env, &published.outcomes).await;
+        Ok(published)
     }
 }
 

@@ -2,7 +2,8 @@
 //! the directories holding them and their includes (editors replace files; globs gain files);
 //! after a quiet moment it reads the configuration again, and once `nginx -t` accepts it, enrolls
 //! server blocks whose names have no certificate. It wakes for renewals when the renewal policy
-//! says the next lineage needs attention. SIGTERM and SIGINT end it between jobs (so no token is
+//! says the next lineage needs attention. In a fleet, what another node publishes is installed
+//! at once, beside any pass (the installer). SIGTERM and SIGINT end it between jobs (so no token is
 //! left behind); SIGHUP re-reads its settings.
 
 use std::collections::BTreeSet;
@@ -24,10 +25,11 @@ pub const DEBOUNCE: Duration = Duration::from_millis(500);
 /// The longest a burst of file events can postpone reading the configuration (and so the
 /// renewals waiting behind it).
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(5);
-/// How quiet the fleet's publishes must be before the agent's pass installs them: one run
-/// publishes its lineages milliseconds apart; waiting longer only delays convergence.
+/// How quiet the fleet's publishes must be before the installer installs them (and requests
+/// for a pass before the loop runs one): one run publishes its lineages milliseconds apart;
+/// waiting longer only delays convergence.
 pub const FLEET_DEBOUNCE: Duration = Duration::from_millis(50);
-/// The longest a stream of publishes can postpone that pass.
+/// The longest a stream of publishes can postpone that install.
 pub const FLEET_MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 /// The longest sleep between two renewal checks, whatever the schedule says.
 pub const MAX_RENEW_SLEEP: Duration = Duration::from_secs(12 * 3600);
@@ -172,23 +174,29 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
     let mut watching: BTreeSet<PathBuf> = BTreeSet::new();
     let mut relevant = Relevant::default();
     // In a fleet, the agent answers published challenges and says when another node published
-    // a certificate (a renewal pass then installs it).
+    // a certificate: the installer installs it at once, beside any pass of the loop (a
+    // lineage whose blocks need an edit is left to a pass, which it asks for).
     let (fleet_tx, mut fleet_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let agent = match &settings.fleet {
+    let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
+    let mut tasks = Vec::new();
+    match &settings.fleet {
         Some(config) => {
             let fleet = super::fleet::Fleet::open(config)?;
             tracing::info!("fleet: node {} at {}", fleet.node, fleet.address);
-            Some(tokio::spawn(super::fleet::agent(
+            let (published_tx, published_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let signals = super::fleet::AgentSignals {
+                published: published_tx,
+                pass: fleet_tx.clone(),
+            };
+            tasks.push(tokio::spawn(super::fleet::agent(
                 settings.clone(),
                 fleet,
-                fleet_tx,
-            )))
+                signals,
+            )));
+            tasks.push(tokio::spawn(installer(settings_rx, published_rx, fleet_tx)));
         }
-        None => {
-            drop(fleet_tx);
-            None
-        }
-    };
+        None => drop(fleet_tx),
+    }
     tracing::info!(
         "watching {} for new server blocks",
         settings.nginx.conf().display()
@@ -257,13 +265,14 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
             }
             _ = tokio::time::sleep(sleep) => renew_due = true,
             Some(()) = fleet_rx.recv() => {
-                // A burst of publishes (one run's lineages, milliseconds apart) is one pass.
+                // A burst of requests for a pass is one pass.
                 debounce(&mut fleet_rx, FLEET_DEBOUNCE, FLEET_MAX_DEBOUNCE).await;
                 renew_due = true;
             }
             _ = sighup.recv() => match reload() {
                 Ok(s) => {
                     tracing::info!("SIGHUP: settings read again");
+                    settings_tx.send_replace(s.clone());
                     settings = s;
                     config_changed = true;
                 }
@@ -273,11 +282,44 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
             _ = sigint.recv() => break,
         }
     }
-    if let Some(a) = agent {
-        a.abort();
+    for t in tasks {
+        t.abort();
     }
     tracing::info!("stopping");
     Ok(())
+}
+
+/// Installs what other nodes of the fleet publish as soon as it is published: a burst of
+/// publishes (one run's lineages, milliseconds apart) is one install, run beside whatever pass
+/// the loop is in (see [`Session::install_published`]). What it leaves, and a failure, become
+/// a pass of the loop.
+async fn installer(
+    settings: tokio::sync::watch::Receiver<Settings>,
+    mut published: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pass: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    while published.recv().await.is_some() {
+        debounce(&mut published, FLEET_DEBOUNCE, FLEET_MAX_DEBOUNCE).await;
+        let current = settings.borrow().clone();
+        match Session::install_published(current).await {
+            Ok(done) => {
+                log_outcomes("fleet install", &done.outcomes, Status::UpToDate);
+                for (name, why) in &done.left {
+                    tracing::info!("fleet: {name} waits for a pass: {why}");
+                }
+                if !done.left.is_empty() {
+                    pass.send(()).ok();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "fleet: what another node published is not installed yet: {}; a pass tries again",
+                    super::outcome::chain_text(&e)
+                );
+                pass.send(()).ok();
+            }
+        }
+    }
 }
 
 /// Waits until the events have been quiet for `quiet`, but never longer than `max` in all, so a
@@ -301,7 +343,8 @@ async fn debounce<T>(
 }
 
 async fn renew_pass(settings: &Settings) -> Result<Vec<Outcome>, Error> {
-    Session::open(settings.clone(), Mode::Live)?
+    Session::open(settings.clone(), Mode::Live)
+        .await?
         .renew(&[], false)
         .await
 }
@@ -310,7 +353,7 @@ async fn renew_pass(settings: &Settings) -> Result<Vec<Outcome>, Error> {
 /// enroll pass checks that before it orders anything).
 async fn enroll_if_valid(settings: &Settings) {
     let pass = async {
-        let run = Session::open(settings.clone(), Mode::Live)?;
+        let run = Session::open(settings.clone(), Mode::Live).await?;
         let (cfg, scan) = run.load()?;
         let plans = run.plans(&scan, &[])?;
         // enroll itself refuses to order while nginx -t fails or nginx does not run.

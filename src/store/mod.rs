@@ -1,5 +1,5 @@
-//! The state directory: accounts (one per CA directory URL), certificate lineages, the lock that
-//! keeps two runs apart, and the journal of challenge tokens written (so a run killed mid-order
+//! The state directory: accounts (one per CA directory URL), certificate lineages, the locks
+//! that keep two runs (and two writers) apart, and the journal of challenge tokens written (so a run killed mid-order
 //! is cleaned up by the next one). Everything here is files on disk; what the files mean (the
 //! renewal policy, plans) belongs to [`crate::lifecycle`].
 
@@ -20,7 +20,7 @@ pub use error::Error;
 pub use lineage::{
     lineage_dir_name, Issued, Lineage, CERT, CHAIN, FULLCHAIN, KEEP_VERSIONS, PRIVKEY,
 };
-pub use lock::{StateLock, LOCK_WAIT};
+pub use lock::{InstallLock, StateLock, INSTALL_LOCK_WAIT, LOCK_WAIT};
 
 use crate::fsutil;
 

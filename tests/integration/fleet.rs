@@ -379,6 +379,92 @@ fn idle(bed: &FleetBed, prefix: &str) -> bool {
         .is_empty()
 }
 
+/// A node's agent installs a certificate another node published while a pass of its own is
+/// under way: first a `renew --force` waiting in its pre-hook (another process, holding the run
+/// lock), then the agent's own enroll pass of a new site waiting in its pre-hook (the same
+/// process and thread). The node serves the renewal before that pass goes on, and the renew
+/// pass then does not order it again, so the fleet got exactly one certificate.
+#[test]
+fn an_agent_installs_what_another_node_published_while_its_own_pass_waits() {
+    let mut bed = FleetBed::enrolled();
+    let before = finalized(&bed);
+    let gate = tempfile::tempdir().unwrap();
+    let (started, fifo) = (gate.path().join("started"), gate.path().join("gate"));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // The hook blocks until the test writes to the fifo (60 s at most, if the test fails).
+    let hook = format!(
+        "touch {} && timeout 60 cat {} >/dev/null",
+        started.display(),
+        fifo.display()
+    );
+    let mut pass = crate::util::ChildGuard(
+        bed.command(1, "renew", &["--force", "--pre-hook", &hook])
+            .env("ACME_NGINX_LOG", "acme_nginx=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(gate.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(|| started.exists());
+    // Node 1 renews meanwhile; node 2 serves the renewal while its own pass still waits.
+    let out = bed.cmd(0, "renew", &["--force"]);
+    assert_exit(&out, 0);
+    assert_eq!(by_name(&json(&out), NAME)["status"], "renewed");
+    let renewed = bed.live_leaf(0);
+    let took = bed.wait_all_serve(&renewed, Duration::from_secs(30));
+    assert!(
+        pass.0.try_wait().unwrap().is_none(),
+        "node 2's pass ended before the test let it go on"
+    );
+    eprintln!(
+        "fleet: node 2 served the renewal {took:?} after node 1's renew, beside its own pass"
+    );
+    // Its pass goes on: the lineage it set out to renew has a new certificate, so no order.
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(&mut pass.0.stdout.take().unwrap(), &mut stdout).unwrap();
+    let out = std::process::Output {
+        status: pass.0.wait().unwrap(),
+        stdout,
+        stderr: std::fs::read(gate.path().join("stderr")).unwrap(),
+    };
+    assert_exit(&out, 0);
+    let ours = by_name(&json(&out), NAME).clone();
+    assert_eq!(ours["status"], "skipped", "{ours}");
+    assert!(
+        ours["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("was installed while this run waited")),
+        "{ours}"
+    );
+    assert_eq!(
+        finalized(&bed),
+        before + 1,
+        "exactly one certificate issued"
+    );
+    assert_eq!(bed.served(1), Some(renewed.clone()));
+
+    // The agent's own pass: node 2's watch enrolls a new site and waits in its pre-hook.
+    let (started, fifo) = (gate.path().join("started-2"), gate.path().join("gate-2"));
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let hook = format!(
+        "touch {} && timeout 60 cat {} >/dev/null",
+        started.display(),
+        fifo.display()
+    );
+    bed.stop_agent(1);
+    bed.start_agent_with(1, &["--pre-hook", &hook]);
+    bed.add_sites(1, &["second.fleet.test"]);
+    wait_for(|| started.exists());
+    let out = bed.cmd(0, "renew", &["--force"]);
+    assert_exit(&out, 0);
+    let again = bed.live_leaf(0);
+    assert_ne!(again, renewed);
+    let took = bed.wait_all_serve(&again, Duration::from_secs(30));
+    eprintln!("fleet: node 2 served the next renewal {took:?} after node 1's renew, beside its agent's own pass");
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+}
+
 /// Waits (up to 30 s) until `done` holds.
 fn wait_for(done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -758,17 +844,23 @@ fn a_renewal_the_orderer_died_in_is_completed_once_from_every_instant() {
                 _ => None,
             }
         });
-        // Node 2's pass completes it, unless node 1's agent (its own pass) did first.
+        // Node 2's pass completes it, unless node 1's agent (its own pass) did first: then
+        // node 2 finds it being ordered, published, or already installed by its agent.
         let out = bed.cmd(1, "renew", &[]);
         assert_exit(&out, 0);
         let report = json(&out);
         let ours = by_name(&report, NAME);
+        let by_another = [
+            "is ordering it",
+            "published a certificate for it meanwhile",
+            "was installed while this run waited",
+        ];
         assert!(
             ours["status"] == "renewed"
                 || (ours["status"] == "skipped"
                     && ours["reason"]
                         .as_str()
-                        .is_some_and(|r| r.contains("is ordering it"))),
+                        .is_some_and(|r| by_another.iter().any(|b| r.contains(b)))),
             "{died:?}: {report}"
         );
         bed.wait_all_serve_new(Some(&before_leaf), Duration::from_secs(30));

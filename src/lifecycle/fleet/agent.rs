@@ -16,16 +16,21 @@ pub const MAX_ANSWERS_PER_NAME: usize = 8;
 /// How long the agent waits before watching again after etcd went away.
 pub const AGENT_RETRY: Duration = Duration::from_secs(2);
 
+/// What the agent tells the rest of `watch`.
+#[derive(Debug, Clone)]
+pub struct AgentSignals {
+    /// A node published a certificate: install it now, beside any pass.
+    pub published: tokio::sync::mpsc::UnboundedSender<()>,
+    /// A pass is wanted: after etcd was away (a publish may have been missed), or, in a
+    /// stateless fleet, an account was published (the challenge snippet follows it).
+    pub pass: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
 /// The agent's part of `watch` in a fleet: registers this node, writes every published
 /// http-01 answer into the challenge directory nginx serves the name from here (and removes it
-/// when it is withdrawn), and signals `lineages_changed` when another node publishes a
-/// certificate (the watch loop then installs it). Runs until the process ends; etcd going away
-/// only pauses it.
-pub async fn agent(
-    settings: crate::lifecycle::Settings,
-    fleet: Fleet,
-    lineages_changed: tokio::sync::mpsc::UnboundedSender<()>,
-) {
+/// when it is withdrawn), and signals when another node publishes a certificate. Runs until the
+/// process ends; etcd going away only pauses it.
+pub async fn agent(settings: crate::lifecycle::Settings, fleet: Fleet, signals: AgentSignals) {
     let mut written: HashMap<String, (String, PathBuf)> = HashMap::new();
     // Answers a killed agent left: journaled before they were written, removed now.
     let store = crate::store::Store::open(&settings.state_dir).unwrap_or_else(|e| {
@@ -50,8 +55,7 @@ pub async fn agent(
         Err(e) => tracing::warn!("fleet agent: {}", chain_text(&e)),
     }
     loop {
-        if let Err(e) = run_agent(&settings, &store, &fleet, &lineages_changed, &mut written).await
-        {
+        if let Err(e) = run_agent(&settings, &store, &fleet, &signals, &mut written).await {
             tracing::warn!(
                 "fleet agent: {}; watching again in {} s",
                 chain_text(&e),
@@ -66,7 +70,7 @@ async fn run_agent(
     settings: &crate::lifecycle::Settings,
     store: &crate::store::Store,
     fleet: &Fleet,
-    lineages_changed: &tokio::sync::mpsc::UnboundedSender<()>,
+    signals: &AgentSignals,
     written: &mut HashMap<String, (String, PathBuf)>,
 ) -> Result<(), FleetError> {
     let challenges = fleet.key("challenges/");
@@ -78,7 +82,7 @@ async fn run_agent(
         answer(settings, store, fleet, &kv.key, &kv.value, written).await;
     }
     // A publish missed while away is installed by the pass this triggers.
-    lineages_changed.send(()).ok();
+    signals.pass.send(()).ok();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let watch = {
         let etcd = fleet.etcd.clone();
@@ -105,13 +109,13 @@ async fn run_agent(
                     "fleet agent: {} was published",
                     kv.key.trim_start_matches(&lineages)
                 );
-                lineages_changed.send(()).ok();
+                signals.published.send(()).ok();
             }
             // Stateless: the challenge snippet answers for the fleet's account, so a pass
             // brings it in line when an account is published.
             Event::Put(kv) if fleet.stateless && kv.key.starts_with(&accounts) => {
                 tracing::info!("fleet agent: an account was published; the challenge snippet is brought in line");
-                lineages_changed.send(()).ok();
+                signals.pass.send(()).ok();
             }
             _ => {}
         }

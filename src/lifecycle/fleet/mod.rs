@@ -21,7 +21,7 @@ mod order;
 mod status;
 mod sync;
 
-pub use agent::{agent, AGENT_RETRY};
+pub use agent::{agent, AgentSignals, AGENT_RETRY};
 pub(super) use order::order_once;
 pub use order::{IntentRecord, OrderRecord, INTENT_DEADLINE};
 pub use status::{
@@ -29,7 +29,7 @@ pub use status::{
     NodeServing,
 };
 pub use sync::Obtained;
-pub(super) use sync::{publish_fresh, sync};
+pub(super) use sync::{publish_fresh, sync, sync_published};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -20,41 +20,11 @@ pub(crate) async fn sync(fleet: &Fleet, store: &local::Store) -> Result<(), Erro
     let records = fleet.lineages().await?;
     for (name, version, rec, key_pem) in &records {
         let l = store.lineage(name);
-        let mut meta: LineageMeta = l.load_meta()?;
-        let live = live_cert(&l).map(|c| c.info);
-        if live.as_ref().map(|c| c.serial_hex.as_str()) != Some(rec.serial.as_str()) {
-            match accept_record(rec, *version, key_pem, &meta, live.as_ref()) {
-                Err(RecordRejected::Older) => {}
-                Err(why) => tracing::warn!(
-                    "fleet: the record of {name} (version {version}) is not installed: {}",
-                    chain_text(&why)
-                ),
-                Ok(()) => {
-                    let stored = l.install(&Issued {
-                        key_pem,
-                        cert_pem: &rec.cert_pem,
-                        chain_pem: &rec.chain_pem,
-                    })?;
-                    meta.names = rec.names.clone();
-                    meta.directory = rec.directory.clone();
-                    meta.key_type = rec.key_type.clone();
-                    meta.issued_at = Some(rec.issued_at);
-                    meta.pending_version = Some(stored);
-                    meta.fleet_version = Some(*version);
-                    meta.renewal.record_success();
-                    l.save_meta(&meta)?;
-                    tracing::info!(
-                        "fleet: {name} (serial {}, version {version}, ordered by {}) stored as version {stored}, to install",
-                        rec.serial,
-                        rec.node
-                    );
-                }
-            }
-        }
+        take_record(store, name, *version, rec, key_pem)?;
         if let Some(shared) = fleet.renewal(name).await? {
             let shared = bounded(shared, time::OffsetDateTime::now_utc());
+            let mut meta: LineageMeta = l.load_meta()?;
             if shared.last_error_at > meta.renewal.last_error_at {
-                let mut meta: LineageMeta = l.load_meta()?;
                 meta.renewal.failures = shared.failures;
                 meta.renewal.last_error = shared.last_error;
                 meta.renewal.last_error_at = shared.last_error_at;
@@ -84,6 +54,73 @@ pub(crate) async fn sync(fleet: &Fleet, store: &local::Store) -> Result<(), Erro
         }
     }
     Ok(())
+}
+
+/// Brings to this node what other nodes published since (their lineage records, checked as
+/// [`sync`] checks them), as local versions waiting to be installed; returns the lineages
+/// stored. It leaves the rest of a pass's sync (failure memory, publishing again) to the pass:
+/// it runs beside one, under the install lock only, and never takes a record this node wrote
+/// (the pass that published it installs it).
+pub(crate) async fn sync_published(
+    fleet: &Fleet,
+    store: &local::Store,
+) -> Result<Vec<String>, Error> {
+    let mut stored = Vec::new();
+    for (name, version, rec, key_pem) in fleet.lineages().await? {
+        if rec.node != fleet.node && take_record(store, &name, version, &rec, &key_pem)? {
+            stored.push(name);
+        }
+    }
+    Ok(stored)
+}
+
+/// Stores another node's record of a lineage as a local version waiting to be installed, when
+/// it is newer than what this node has and passes the checks of [`accept_record`]; a record
+/// refused for another reason than its age is reported. Returns true when it was stored.
+fn take_record(
+    store: &local::Store,
+    name: &str,
+    version: u64,
+    rec: &LineageRecord,
+    key_pem: &str,
+) -> Result<bool, Error> {
+    let l = store.lineage(name);
+    let mut meta: LineageMeta = l.load_meta()?;
+    let live = live_cert(&l).map(|c| c.info);
+    if live.as_ref().map(|c| c.serial_hex.as_str()) == Some(rec.serial.as_str()) {
+        return Ok(false);
+    }
+    match accept_record(rec, version, key_pem, &meta, live.as_ref()) {
+        Err(RecordRejected::Older) => Ok(false),
+        Err(why) => {
+            tracing::warn!(
+                "fleet: the record of {name} (version {version}) is not installed: {}",
+                chain_text(&why)
+            );
+            Ok(false)
+        }
+        Ok(()) => {
+            let stored = l.install(&Issued {
+                key_pem,
+                cert_pem: &rec.cert_pem,
+                chain_pem: &rec.chain_pem,
+            })?;
+            meta.names = rec.names.clone();
+            meta.directory = rec.directory.clone();
+            meta.key_type = rec.key_type.clone();
+            meta.issued_at = Some(rec.issued_at);
+            meta.pending_version = Some(stored);
+            meta.fleet_version = Some(version);
+            meta.renewal.record_success();
+            l.save_meta(&meta)?;
+            tracing::info!(
+                "fleet: {name} (serial {}, version {version}, ordered by {}) stored as version {stored}, to install",
+                rec.serial,
+                rec.node
+            );
+            Ok(true)
+        }
+    }
 }
 
 /// Failure memory from the fleet, bounded as the local one is: no failure in the future, and
@@ -260,7 +297,73 @@ fn remember_version(l: &local::Lineage, version: u64) -> Result<(), local::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::etcd::fake::FakeCluster;
+    use crate::store::seal::FleetKey;
+    use std::sync::Arc;
     use time::{Duration, OffsetDateTime};
+
+    /// A record of a self-signed certificate for `name`, as node `node` publishes it.
+    fn signed_record(name: &str, node: &str) -> (LineageRecord, String) {
+        let key = crate::acme::KeyPair::generate(KeyType::P256);
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x51, 7]));
+        let cert = params.self_signed(&key).unwrap();
+        let info = crate::acme::CertInfo::from_der(cert.der()).unwrap();
+        let record = LineageRecord {
+            names: vec![name.to_owned()],
+            directory: "https://ca.test/dir".into(),
+            key_type: "p256".into(),
+            issued_at: 1,
+            serial: info.serial_hex,
+            cert_pem: cert.pem(),
+            chain_pem: String::new(),
+            key_sealed: String::new(),
+            node: node.into(),
+        };
+        (record, key.to_pem())
+    }
+
+    /// The install beside a pass takes what other nodes published, once, and never a record
+    /// this node wrote (the pass that published it installs it).
+    #[tokio::test]
+    async fn an_install_beside_a_pass_takes_only_what_other_nodes_published() {
+        let cluster = Arc::new(FakeCluster::default());
+        let key = || FleetKey::from_bytes(&[7; 32]).unwrap();
+        let alpha = Fleet::fake(cluster.clone(), "alpha", key());
+        let bravo = Fleet::fake(cluster, "bravo", key());
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a_store, b_store) = (
+            local::Store::open(a_dir.path()).unwrap(),
+            local::Store::open(b_dir.path()).unwrap(),
+        );
+        let (record, key_pem) = signed_record("a.test", "alpha");
+        alpha
+            .publish_lineage("a.test", record.clone(), &key_pem)
+            .await
+            .unwrap();
+        assert!(sync_published(&alpha, &a_store).await.unwrap().is_empty());
+        assert_eq!(
+            sync_published(&bravo, &b_store).await.unwrap(),
+            vec!["a.test".to_owned()]
+        );
+        let meta: LineageMeta = b_store.lineage("a.test").load_meta().unwrap();
+        let pending = meta.pending_version.expect("stored to install");
+        let stored =
+            crate::lifecycle::lineage::version_cert(&b_store.lineage("a.test"), pending).unwrap();
+        assert_eq!(stored.info.serial_hex, record.serial);
+        assert!(
+            sync_published(&bravo, &b_store).await.unwrap().is_empty(),
+            "once"
+        );
+        // A record whose key is not the certificate's is not taken.
+        let (forged, _) = signed_record("b.test", "alpha");
+        let (_, other_key) = signed_record("b.test", "alpha");
+        alpha
+            .publish_lineage("b.test", forged, &other_key)
+            .await
+            .unwrap();
+        assert!(sync_published(&bravo, &b_store).await.unwrap().is_empty());
+    }
 
     #[test]
     fn fleet_failure_memory_is_bounded() {

@@ -144,11 +144,44 @@ impl<'e> Cas<'e> {
     }
 }
 
+/// The serial each lineage to order served when the session decided to order it.
+#[derive(Debug, Default)]
+pub(crate) struct Seen(Vec<(String, Option<String>)>);
+
+impl Seen {
+    /// What the plans' lineages serve now.
+    pub(crate) fn now(env: &Env, plans: &[Plan]) -> Seen {
+        Seen(
+            plans
+                .iter()
+                .map(|p| {
+                    let serial =
+                        live_cert(&env.store.lineage(&p.lineage())).map(|c| c.info.serial_hex);
+                    (p.lineage(), serial)
+                })
+                .collect(),
+        )
+    }
+
+    /// Why a lineage is not ordered after all: another certificate went live since the
+    /// decision (a fleet node's agent installed one another node published).
+    pub(crate) fn changed(&self, lineage: &str, live: Option<&str>) -> Option<String> {
+        let (_, then) = self.0.iter().find(|(l, _)| l == lineage)?;
+        (then.as_deref() != live).then(|| {
+            format!(
+                "certificate {} was installed while this run waited (another node of the fleet renewed it); not ordered again",
+                live.unwrap_or("-")
+            )
+        })
+    }
+}
+
 /// Orders the plans' certificates concurrently.
 pub(crate) async fn obtain(
     env: &Env,
     scan: &Scan,
     plans: Vec<Plan>,
+    seen: &Seen,
     outcomes: &mut Vec<Outcome>,
 ) -> Result<Vec<Fresh>, Error> {
     let cas = Cas::new(env);
@@ -197,6 +230,12 @@ pub(crate) async fn obtain(
     let mut mine = Vec::new();
     for plan in plans {
         let local = live_cert(&env.store.lineage(&plan.lineage())).map(|c| c.info.serial_hex);
+        if let Some(why) = seen.changed(&plan.lineage(), local.as_deref()) {
+            let mut o = env.outcome(&plan, Status::Skipped);
+            o.reason = Some(why);
+            outcomes.push(o);
+            continue;
+        }
         let claim = env
             .coordinator
             .claim(&plan.lineage(), local.as_deref())
@@ -214,6 +253,9 @@ pub(crate) async fn obtain(
         }
     }
     let plans = mine;
+    // The CA's work is waited on without the install lock (an agent installs what another
+    // node published meanwhile); the certificates are stored and published under it.
+    env.let_go_install();
     let solvers = solvers(env, &plans).await;
     let results: Vec<(Plan, Result<Fresh, Failure>)> = stream::iter(plans)
         .map(|plan| {
@@ -231,6 +273,8 @@ pub(crate) async fn obtain(
         .buffer_unordered(env.settings.concurrency.max(1))
         .collect()
         .await;
+    env.hold_install_to_keep("storing what the CA issued")
+        .await?;
     let mut fresh = Vec::new();
     for (plan, r) in results {
         match r {
@@ -592,4 +636,29 @@ fn replaces(env: &Env, plan: &Plan) -> Option<String> {
     live_cert(&env.store.lineage(&plan.lineage()))?
         .info
         .ari_cert_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lineage is not ordered when what it serves changed since the decision; one that
+    /// served nothing and still does, or serves the same, is.
+    #[test]
+    fn a_certificate_installed_since_the_decision_stops_the_order() {
+        let seen = Seen(vec![
+            ("a.test".into(), Some("0a".into())),
+            ("new.test".into(), None),
+        ]);
+        assert_eq!(seen.changed("a.test", Some("0a")), None);
+        assert_eq!(seen.changed("new.test", None), None);
+        let why = seen.changed("a.test", Some("0b")).unwrap();
+        assert!(
+            why.contains("0b") && why.contains("not ordered again"),
+            "{why}"
+        );
+        assert!(seen.changed("new.test", Some("0c")).is_some());
+        // A lineage the session did not decide on is not its business.
+        assert_eq!(seen.changed("other.test", Some("0d")), None);
+    }
 }

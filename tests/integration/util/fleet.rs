@@ -216,9 +216,14 @@ impl FleetBed {
 
     /// Starts node `i`'s agent (`acme-nginx watch`) and waits until it registered.
     pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// Starts node `i`'s agent with more options and waits until it registered.
+    pub fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
         let log = self.nodes[i].state.path().join("agent.log");
         let child: Child = self
-            .command(i, "watch", &[])
+            .command(i, "watch", extra)
             .env("ACME_NGINX_LOG", "acme_nginx=info")
             .stdout(Stdio::null())
             .stderr(
