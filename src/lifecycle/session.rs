@@ -376,11 +376,28 @@ impl Session {
             }
             return Ok(outcomes);
         }
-        let fresh = if to_order.is_empty() {
+        let mut fresh = if to_order.is_empty() {
             Vec::new()
         } else {
             order::obtain(&self.env, scan, to_order, seen, &mut outcomes).await?
         };
+        // The install lock was let go while the CA worked: a fleet agent's install may have
+        // edited nginx's files meanwhile, and edits planned against the old text would be
+        // refused. What is left is planned against the files as they are now.
+        let mut install_only = install_only;
+        if self.env.mode.edits_nginx() && cfg.changed_on_disk() {
+            if let Some(now) = self.replanned(scan, &fresh, &install_only, &added)? {
+                tracing::info!(
+                    "nginx's files changed while the CA worked; the install is planned against them as they are now"
+                );
+                (*cfg, *scan) = (now.cfg, now.scan);
+                for (f, plan) in fresh.iter_mut().zip(now.fresh) {
+                    f.plan = plan;
+                }
+                install_only = now.install_only;
+                added = now.added;
+            }
+        }
         // A block whose every name failed gets back what it was before this run: the snippet
         // it got could shadow a webroot another tool renews through.
         let undo: Vec<usize> = added
@@ -410,55 +427,103 @@ impl Session {
     }
 }
 
-/// What an install of the fleet's publications did, and what it left to a pass.
-#[derive(Debug, Default)]
-pub struct Published {
-    pub outcomes: Vec<Outcome>,
-    /// Lineages stored here that only a pass installs, each with why.
-    pub left: Vec<(String, &'static str)>,
+/// The configuration read again after the CA's work, with the session's plans and the blocks
+/// that got the snippet found in it.
+struct Replanned {
+    cfg: Config,
+    scan: Scan,
+    fresh: Vec<Plan>,
+    install_only: Vec<Plan>,
+    added: Vec<(usize, Vec<String>)>,
+}
+
+impl Session {
+    /// Reads the configuration again and finds in it every plan (same lineage, same names) and
+    /// every block that got the snippet (the same block of the same file); `None` when one is
+    /// not there any more (the old plans then stand, and an edit nginx's files no longer
+    /// allow is refused and rolled back, its certificate kept to install).
+    fn replanned(
+        &self,
+        old: &Scan,
+        fresh: &[order::Fresh],
+        install_only: &[Plan],
+        added: &[(usize, Vec<String>)],
+    ) -> Result<Option<Replanned>, Error> {
+        let (cfg, scan) = self.env.reread()?;
+        let again = |p: &Plan| {
+            self.env
+                .plan_for_lineage(&scan, &p.lineage())
+                .filter(|n| super::lineage::same_names(&n.names, &p.names))
+        };
+        let Some(fresh) = fresh.iter().map(|f| again(&f.plan)).collect() else {
+            return Ok(None);
+        };
+        let Some(install_only) = install_only.iter().map(again).collect() else {
+            return Ok(None);
+        };
+        let Some(added) = added
+            .iter()
+            .map(|(b, names)| Some((same_block(old, &scan, *b)?, names.clone())))
+            .collect()
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Replanned {
+            cfg,
+            scan,
+            fresh,
+            install_only,
+            added,
+        }))
+    }
+}
+
+/// Block `b` of `old` in `new`: the block at the same place among its file's blocks (an
+/// install's edits change lines inside blocks, never how many there are).
+fn same_block(old: &Scan, new: &Scan, b: usize) -> Option<usize> {
+    let file = &old.servers.get(b)?.file;
+    let nth = old.servers[..b].iter().filter(|s| s.file == *file).count();
+    new.servers
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.file == *file)
+        .nth(nth)
+        .map(|(i, _)| i)
 }
 
 impl Session {
     /// Installs the certificates other nodes of the fleet published since, beside whatever
     /// pass runs here: it holds the install lock only (a pass lets it go while it waits on the
-    /// CA or a hook), stores each newer record as [`super::fleet`]'s sync checks it, and
-    /// installs those whose server blocks already use their lineage (a new version, `nginx
-    /// -t`, a reload, the TLS check, deploy hooks). A lineage whose blocks need an edit is left
-    /// to the next pass, which plans its edits against the files as they are.
-    pub async fn install_published(settings: Settings) -> Result<Published, Error> {
+    /// CA or a hook, and plans its own install against nginx's files as they are when it takes
+    /// it again), stores each newer record as [`super::fleet`]'s sync checks it, and installs
+    /// it as a pass would (its blocks pointed at the lineage, `nginx -t`, a reload, the TLS
+    /// check, deploy hooks).
+    pub async fn install_published(settings: Settings) -> Result<Vec<Outcome>, Error> {
         let store = Store::open(&settings.state_dir)?;
         let coordinator = Coordinator::open(&settings, Mode::Live)?;
         let env = Env::new(settings, Mode::Live, store, coordinator);
         env.hold_install().await?;
-        let mut published = Published::default();
         let stored = env.coordinator.sync_published(&env.store).await?;
         if stored.is_empty() {
-            return Ok(published);
+            return Ok(Vec::new());
         }
         let (cfg, scan, _) = env.settings.nginx.load_lenient()?;
         let mut install_only = Vec::new();
         for name in stored {
             let meta = env.meta(&name)?;
             match env.plan_for_lineage(&scan, &name) {
-                Some(plan)
-                    if env.pending_install(&plan, &meta).is_some()
-                        && verify::points_at_live(&env, &plan, &scan) =>
-                {
+                Some(plan) if env.pending_install(&plan, &meta).is_some() => {
                     install_only.push(plan)
                 }
-                Some(_) => published.left.push((
-                    name,
-                    "its server blocks do not use it yet; the pass that edits them installs it",
-                )),
-                None => tracing::info!(
-                    "fleet: {name} is stored; no server block that could be read here uses it"
+                _ => tracing::info!(
+                    "fleet: {name} is stored; no server block that could be read here uses it with its names"
                 ),
             }
         }
-        published.outcomes = install::deploy(&env, &cfg, &scan, Vec::new(), install_only).await?;
+        let outcomes = install::deploy(&env, &cfg, &scan, Vec::new(), install_only).await?;
         env.let_go_install();
-        record::tell(&env, &published.outcomes).await;
-        Ok(published)
+        record::tell(&env, &outcomes).await;
+        Ok(outcomes)
     }
 }
 
@@ -468,5 +533,38 @@ fn named(plans: &[Plan]) -> Vec<String> {
         plans.iter().flat_map(|p| p.names.iter().cloned()).collect()
     } else {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nginx::discovery::{scan, BuildDefaults};
+
+    fn scanned(src: &str) -> Scan {
+        let cfg = Config::parse_str(
+            std::path::Path::new("/etc/nginx/nginx.conf"),
+            src.as_bytes(),
+        )
+        .unwrap();
+        scan(&cfg, &BuildDefaults::default())
+    }
+
+    /// A block is found again at its place among its file's blocks after an install edited
+    /// lines inside blocks; a block that is gone is not found.
+    #[test]
+    fn a_block_is_found_again_after_an_install_edited_its_file() {
+        let old = scanned(
+            "http {\n server { listen 80; server_name a.test; }\n server { listen 80; server_name b.test; }\n}\n",
+        );
+        let edited = scanned(
+            "http {\n server { listen 80; server_name a.test;\n  listen 443 ssl; # acme-nginx\n  ssl_certificate /x; # acme-nginx\n }\n server { listen 80; server_name b.test; }\n}\n",
+        );
+        assert_eq!(same_block(&old, &edited, 1), Some(1));
+        assert_eq!(edited.servers[1].server_names, old.servers[1].server_names);
+        assert_eq!(same_block(&old, &edited, 0), Some(0));
+        let fewer = scanned("http {\n server { listen 80; server_name a.test; }\n}\n");
+        assert_eq!(same_block(&old, &fewer, 1), None);
+        assert_eq!(same_block(&old, &fewer, 7), None);
     }
 }

@@ -174,8 +174,7 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
     let mut watching: BTreeSet<PathBuf> = BTreeSet::new();
     let mut relevant = Relevant::default();
     // In a fleet, the agent answers published challenges and says when another node published
-    // a certificate: the installer installs it at once, beside any pass of the loop (a
-    // lineage whose blocks need an edit is left to a pass, which it asks for).
+    // a certificate: the installer installs it at once, beside any pass of the loop.
     let (fleet_tx, mut fleet_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
     let mut tasks = Vec::new();
@@ -291,8 +290,7 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
 
 /// Installs what other nodes of the fleet publish as soon as it is published: a burst of
 /// publishes (one run's lineages, milliseconds apart) is one install, run beside whatever pass
-/// the loop is in (see [`Session::install_published`]). What it leaves, and a failure, become
-/// a pass of the loop.
+/// the loop is in (see [`Session::install_published`]). A failure becomes a pass of the loop.
 async fn installer(
     settings: tokio::sync::watch::Receiver<Settings>,
     mut published: tokio::sync::mpsc::UnboundedReceiver<()>,
@@ -302,15 +300,7 @@ async fn installer(
         debounce(&mut published, FLEET_DEBOUNCE, FLEET_MAX_DEBOUNCE).await;
         let current = settings.borrow().clone();
         match Session::install_published(current).await {
-            Ok(done) => {
-                log_outcomes("fleet install", &done.outcomes, Status::UpToDate);
-                for (name, why) in &done.left {
-                    tracing::info!("fleet: {name} waits for a pass: {why}");
-                }
-                if !done.left.is_empty() {
-                    pass.send(()).ok();
-                }
-            }
+            Ok(outcomes) => log_outcomes("fleet install", &outcomes, Status::UpToDate),
             Err(e) => {
                 tracing::warn!(
                     "fleet: what another node published is not installed yet: {}; a pass tries again",

@@ -171,6 +171,14 @@ struct Loader<'s> {
 }
 
 impl Config {
+    /// True when a file of this configuration no longer holds the text it was read with (or
+    /// cannot be read): edits planned against it would be refused, so it is read again.
+    pub fn changed_on_disk(&self) -> bool {
+        self.files
+            .iter()
+            .any(|f| std::fs::read(&f.path).map_or(true, |now| now != f.text))
+    }
+
     /// Parses `main` and everything it includes, reading through `source`.
     pub fn load(main: &Path, source: &dyn Source) -> Result<Config, ParseError> {
         Self::load_with(main, source, true)
@@ -728,6 +736,20 @@ mod tests {
 
     fn parse_err(s: &str) -> ParseError {
         Config::parse_str(Path::new("t.conf"), s.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn a_file_rewritten_or_gone_since_it_was_read_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nginx.conf");
+        let text = "http { server { listen 80; } }\n";
+        std::fs::write(&path, text).unwrap();
+        let cfg = Config::parse_str(&path, text.as_bytes()).unwrap();
+        assert!(!cfg.changed_on_disk());
+        std::fs::write(&path, "http { server { listen 81; } }\n").unwrap();
+        assert!(cfg.changed_on_disk());
+        std::fs::remove_file(&path).unwrap();
+        assert!(cfg.changed_on_disk());
     }
 
     #[test]

@@ -379,55 +379,101 @@ fn idle(bed: &FleetBed, prefix: &str) -> bool {
         .is_empty()
 }
 
-/// A node's agent installs a certificate another node published while a pass of its own is
-/// under way: first a `renew --force` waiting in its pre-hook (another process, holding the run
-/// lock), then the agent's own enroll pass of a new site waiting in its pre-hook (the same
-/// process and thread). The node serves the renewal before that pass goes on, and the renew
-/// pass then does not order it again, so the fleet got exactly one certificate.
-#[test]
-fn an_agent_installs_what_another_node_published_while_its_own_pass_waits() {
-    let mut bed = FleetBed::enrolled();
-    let before = finalized(&bed);
-    let gate = tempfile::tempdir().unwrap();
-    let (started, fifo) = (gate.path().join("started"), gate.path().join("gate"));
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    // The hook blocks until the test writes to the fifo (60 s at most, if the test fails).
-    let hook = format!(
-        "touch {} && timeout 60 cat {} >/dev/null",
-        started.display(),
-        fifo.display()
-    );
-    let mut pass = crate::util::ChildGuard(
-        bed.command(1, "renew", &["--force", "--pre-hook", &hook])
+/// A pre-hook that waits until the test opens its gate (60 s at most, if the test fails), and
+/// says when it started.
+struct Gate {
+    started: std::path::PathBuf,
+    fifo: std::path::PathBuf,
+}
+
+impl Gate {
+    fn new(dir: &std::path::Path, name: &str) -> Gate {
+        let gate = Gate {
+            started: dir.join(format!("{name}.started")),
+            fifo: dir.join(format!("{name}.gate")),
+        };
+        nix::unistd::mkfifo(&gate.fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        gate
+    }
+
+    fn hook(&self) -> String {
+        format!(
+            "touch {} && timeout 60 cat {} >/dev/null",
+            self.started.display(),
+            self.fifo.display()
+        )
+    }
+
+    fn wait_started(&self) {
+        wait_for(|| self.started.exists());
+    }
+
+    fn open(&self) {
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.fifo)
+                .unwrap(),
+        );
+    }
+}
+
+/// `renew --force` on node `i`, started now, waiting at `gate` in its pre-hook.
+fn renew_at_gate(bed: &FleetBed, i: usize, gate: &Gate) -> crate::util::ChildGuard {
+    let child = crate::util::ChildGuard(
+        bed.command(i, "renew", &["--force", "--pre-hook", &gate.hook()])
             .env("ACME_NGINX_LOG", "acme_nginx=info")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(gate.path().join("stderr")).unwrap())
+            .stderr(std::fs::File::create(gate.fifo.with_extension("stderr")).unwrap())
             .spawn()
             .unwrap(),
     );
-    wait_for(|| started.exists());
-    // Node 1 renews meanwhile; node 2 serves the renewal while its own pass still waits.
+    gate.wait_started();
+    child
+}
+
+/// Lets a run waiting at `gate` go on, and its output once it ended.
+fn finish_at_gate(mut run: crate::util::ChildGuard, gate: &Gate) -> std::process::Output {
+    assert!(
+        run.0.try_wait().unwrap().is_none(),
+        "the run ended before the test let it go on"
+    );
+    gate.open();
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(&mut run.0.stdout.take().unwrap(), &mut stdout).unwrap();
+    std::process::Output {
+        status: run.0.wait().unwrap(),
+        stdout,
+        stderr: std::fs::read(gate.fifo.with_extension("stderr")).unwrap(),
+    }
+}
+
+/// A node's agent installs a certificate another node published while a pass of its own is
+/// under way, and that pass then does what is left with nothing spent twice:
+/// 1. node 2's `renew --force` (another process, holding the run lock) waits in its pre-hook;
+///    node 1 renews: node 2 serves the renewal at once, and its pass then does not order it
+///    again (exactly one certificate);
+/// 2. node 2's agent's own enroll pass waits in its pre-hook (same process, same thread):
+///    node 1's next renewal is served by every node at once, and a new site node 1 enrolls is
+///    installed by node 2's agent (an edit of the file the waiting pass read); the pass then
+///    installs its own site against the file as it is now.
+#[test]
+fn an_agent_installs_what_another_node_published_while_its_own_pass_waits() {
+    let mut bed = FleetBed::enrolled();
+    let gates = tempfile::tempdir().unwrap();
+
+    let before = finalized(&bed);
+    let gate = Gate::new(gates.path(), "renew");
+    let pass = renew_at_gate(&bed, 1, &gate);
     let out = bed.cmd(0, "renew", &["--force"]);
     assert_exit(&out, 0);
     assert_eq!(by_name(&json(&out), NAME)["status"], "renewed");
     let renewed = bed.live_leaf(0);
     let took = bed.wait_all_serve(&renewed, Duration::from_secs(30));
-    assert!(
-        pass.0.try_wait().unwrap().is_none(),
-        "node 2's pass ended before the test let it go on"
-    );
     eprintln!(
         "fleet: node 2 served the renewal {took:?} after node 1's renew, beside its own pass"
     );
-    // Its pass goes on: the lineage it set out to renew has a new certificate, so no order.
-    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
-    let mut stdout = Vec::new();
-    std::io::Read::read_to_end(&mut pass.0.stdout.take().unwrap(), &mut stdout).unwrap();
-    let out = std::process::Output {
-        status: pass.0.wait().unwrap(),
-        stdout,
-        stderr: std::fs::read(gate.path().join("stderr")).unwrap(),
-    };
+    let out = finish_at_gate(pass, &gate);
     assert_exit(&out, 0);
     let ours = by_name(&json(&out), NAME).clone();
     assert_eq!(ours["status"], "skipped", "{ours}");
@@ -444,25 +490,45 @@ fn an_agent_installs_what_another_node_published_while_its_own_pass_waits() {
     );
     assert_eq!(bed.served(1), Some(renewed.clone()));
 
-    // The agent's own pass: node 2's watch enrolls a new site and waits in its pre-hook.
-    let (started, fifo) = (gate.path().join("started-2"), gate.path().join("gate-2"));
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let hook = format!(
-        "touch {} && timeout 60 cat {} >/dev/null",
-        started.display(),
-        fifo.display()
-    );
+    // 2. The agent's own pass: node 2's watch enrolls a site of its own and waits in its
+    // pre-hook. Meanwhile node 1 renews, and enrolls a new site node 2 has too.
+    let gate = Gate::new(gates.path(), "watch");
     bed.stop_agent(1);
-    bed.start_agent_with(1, &["--pre-hook", &hook]);
-    bed.add_sites(1, &["second.fleet.test"]);
-    wait_for(|| started.exists());
-    let out = bed.cmd(0, "renew", &["--force"]);
+    bed.start_agent_with(1, &["--pre-hook", &gate.hook()]);
+    let (own, third) = ("own.fleet.test", "third.fleet.test");
+    bed.add_sites(1, &[own]);
+    gate.wait_started();
+    let out = bed.cmd(0, "renew", &["--force", NAME]);
     assert_exit(&out, 0);
     let again = bed.live_leaf(0);
     assert_ne!(again, renewed);
     let took = bed.wait_all_serve(&again, Duration::from_secs(30));
     eprintln!("fleet: node 2 served the next renewal {took:?} after node 1's renew, beside its agent's own pass");
-    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    // The new site is installed by node 2's agent: an edit of the file its pass read (node
+    // 3 has no block for it and answers its challenge from its default server).
+    bed.add_sites(1, &[third]);
+    bed.add_sites(0, &[third]);
+    let out = bed.cmd(0, "enroll", &[third]);
+    assert_exit(&out, 0);
+    let leaf = bed.live_leaf_for(0, third);
+    wait_for(|| bed.served_for(1, third).as_ref() == Some(&leaf));
+    // The pass goes on (node 1's agent now answers its challenges too) and installs its own
+    // site against the file as it is now.
+    bed.start_agent(0);
+    gate.open();
+    let live = bed.nodes[1]
+        .state
+        .path()
+        .join("certs")
+        .join(own)
+        .join("live/fullchain.pem");
+    wait_for(|| live.exists() && bed.served_for(1, own) == Some(bed.live_leaf_for(1, own)));
+    assert_eq!(bed.served_for(1, third), Some(leaf));
+    // Installed by that pass itself, not left pending for the next one.
+    let said = format!("enroll {own}: ");
+    wait_for(|| bed.agent_log(1).contains(&said));
+    let log = bed.agent_log(1);
+    assert!(log.contains(&format!("{said}issued")), "{log}");
 }
 
 /// Waits (up to 30 s) until `done` holds.
