@@ -27,6 +27,9 @@ pub struct ChallengeRecord {
     pub name: String,
     pub token: String,
     pub key_authorization: String,
+    /// The node that published it: agents serve it only while that node is the one ordering
+    /// the name (its intent, recorded under the lineage's lock).
+    pub node: String,
 }
 
 impl ChallengeRecord {
@@ -54,6 +57,8 @@ pub struct FleetCheck {
     key: FleetKey,
     /// `PREFIX/challenges/`.
     pub key_prefix: String,
+    /// This node's name, in every answer it publishes.
+    pub node: String,
     /// The other nodes: name and `HOST:PORT`.
     pub nodes: Vec<(String, String)>,
     leases: Mutex<HashMap<String, i64>>,
@@ -64,12 +69,14 @@ impl FleetCheck {
         etcd: Arc<Etcd>,
         key: FleetKey,
         key_prefix: String,
+        node: String,
         nodes: Vec<(String, String)>,
     ) -> Self {
         Self {
             etcd,
             key,
             key_prefix,
+            node,
             nodes,
             leases: Mutex::new(HashMap::new()),
         }
@@ -86,6 +93,7 @@ impl FleetCheck {
             name: ch.identifier.value.clone(),
             token: ch.token.clone(),
             key_authorization: ch.key_authorization.clone(),
+            node: self.node.clone(),
         };
         let json = serde_json::to_vec(&record)?;
         let key = format!("{}{}", self.key_prefix, ch.token);
@@ -174,6 +182,7 @@ mod tests {
             name: name.into(),
             token: token.into(),
             key_authorization: ka.into(),
+            node: "n1".into(),
         };
         assert!(rec("a.test", token, &format!("{token}.{thumb}")).is_well_formed());
         assert!(rec("127.0.0.1", token, &format!("{token}.{thumb}")).is_well_formed());

@@ -240,6 +240,7 @@ impl Coordinator {
                 fleet.etcd.clone(),
                 fleet.fleet_key().clone(),
                 fleet.key("challenges/"),
+                fleet.node.clone(),
                 peers.to_vec(),
             )),
         }
@@ -463,7 +464,7 @@ mod tests {
         // Someone with etcd access but another key: ignored, and left for the operator to see.
         forger.intend("other.fleet.test", &names()).await.unwrap();
         assert!(bravo.unfinished().await.unwrap().is_empty());
-        assert!(!fleet(&bravo).is_ordering(LINEAGE).await.unwrap());
+        assert!(fleet(&bravo).orderers_of(LINEAGE).await.unwrap().is_empty());
         let forged = fleet(&bravo).key("intents/other.fleet.test");
         assert!(fleet(&bravo).etcd.get(&forged).await.unwrap().is_some());
         // Nor does a forged certificate record make a node install instead of order.

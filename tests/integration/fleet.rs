@@ -253,9 +253,9 @@ fn records_without_the_fleet_key_are_ignored_and_reported() {
     bed.wait_all_serve(&renewed, Duration::from_secs(30));
 }
 
-/// Agents serve a sealed answer only for the fleet's own account and a name a node set out to
-/// order; an agent killed while it serves one leaves a file behind, journaled before it was
-/// written, removed when the agent starts again.
+/// Agents serve a sealed answer only for the fleet's own account, a name a node set out to order,
+/// published by that node; an agent killed while it serves one leaves a file behind, journaled
+/// before it was written, removed when the agent starts again.
 #[test]
 fn agents_serve_only_the_fleets_answers_and_remove_what_a_killed_agent_left() {
     use acme_nginx::acme::{thumbprint, AccountState, KeyPair, KeyType};
@@ -277,12 +277,13 @@ fn agents_serve_only_the_fleets_answers_and_remove_what_a_killed_agent_left() {
     }))
     .unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
-    let publish = |token: &str, thumbprint: &str| {
+    let publish_as = |node: &str, token: &str, thumbprint: &str| {
         let etcd_key = format!("/acme-nginx/challenges/{token}");
         let answer = serde_json::json!({
             "name": NAME,
             "token": token,
             "key_authorization": format!("{token}.{thumbprint}"),
+            "node": node,
         });
         etcdctl_put(
             &bed,
@@ -291,6 +292,7 @@ fn agents_serve_only_the_fleets_answers_and_remove_what_a_killed_agent_left() {
         );
         etcd_key
     };
+    let publish = |token: &str, thumbprint: &str| publish_as("n1", token, thumbprint);
     let ours = thumbprint(&account);
     // Sealed with the fleet key, but nobody is ordering the name: not served.
     let early = "earlyearlyearlyearlyearlyearlyearlyearlye1";
@@ -314,6 +316,14 @@ fn agents_serve_only_the_fleets_answers_and_remove_what_a_killed_agent_left() {
     wait_for(|| {
         bed.agent_log(1).contains(&format!(
             "challenges/{other} answers for an account that is not the fleet's"
+        ))
+    });
+    // By another node than the one ordering the name (one that lost its lock): not served.
+    let stray = "straystraystraystraystraystraystraystray1";
+    publish_as("n3", stray, &ours);
+    wait_for(|| {
+        bed.agent_log(1).contains(&format!(
+            "challenges/{stray} was published by node n3, but n1 is ordering {NAME}"
         ))
     });
     assert!(

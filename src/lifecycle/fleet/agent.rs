@@ -158,8 +158,9 @@ async fn answer(
         );
         return;
     }
-    // For the fleet's own account, and a name a node set out to order (its intent, recorded
-    // under the lineage's lock before the order): nothing else is served, whoever sealed it.
+    // For the fleet's own account, and a name the publishing node set out to order (its
+    // intent, recorded under the lineage's lock before the order): nothing else is served,
+    // whoever sealed it.
     match fleet.account_thumbprints().await {
         Ok(prints)
             if prints
@@ -179,11 +180,20 @@ async fn answer(
             return;
         }
     }
-    match fleet.is_ordering(&rec.name).await {
-        Ok(true) => {}
-        Ok(false) => {
+    match fleet.orderers_of(&rec.name).await {
+        Ok(nodes) if nodes.contains(&rec.node) => {}
+        Ok(nodes) if nodes.is_empty() => {
             tracing::warn!(
                 "fleet agent: {key} answers for {}, which no node of the fleet is ordering; not written",
+                rec.name
+            );
+            return;
+        }
+        Ok(nodes) => {
+            tracing::warn!(
+                "fleet agent: {key} was published by node {}, but {} is ordering {}; not written",
+                rec.node,
+                nodes.join(", "),
                 rec.name
             );
             return;

@@ -61,15 +61,17 @@ impl Fleet {
         Ok(out)
     }
 
-    /// Whether a node set out to order a certificate holding `name` (an intent that has not
-    /// expired). Reads only.
-    pub async fn is_ordering(&self, name: &str) -> Result<bool, FleetError> {
+    /// The nodes that set out to order a certificate holding `name` (intents that have not
+    /// expired; one, unless a renewal is being taken over). Reads only.
+    pub async fn orderers_of(&self, name: &str) -> Result<Vec<String>, FleetError> {
         let prefix = self.key("intents/");
         Ok(self
             .records::<IntentRecord>(&prefix)
             .await?
-            .iter()
-            .any(|(_, _, i)| i.deadline >= now() && i.names.iter().any(|n| n == name)))
+            .into_iter()
+            .filter(|(_, _, i)| i.deadline >= now() && i.names.iter().any(|n| n == name))
+            .map(|(_, _, i)| i.node)
+            .collect())
     }
 
     /// Forgets a lineage's intent (done, or failed).
