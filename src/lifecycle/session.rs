@@ -278,7 +278,16 @@ impl Session {
                 return Err(Error::PreHook(failures.remove(0)));
             }
         }
-        let result = match self.env.hold_install().await {
+        let (mut to_order, mut install_only) = (to_order, install_only);
+        let result = match self.env.hold_install().await.and_then(|()| {
+            self.follow_changes(
+                &mut cfg,
+                &mut scan,
+                to_order.iter_mut().chain(install_only.iter_mut()),
+                &mut [],
+                "while the pre-hook ran",
+            )
+        }) {
             Ok(()) => {
                 self.order_and_deploy(&mut cfg, &mut scan, to_order, install_only, &seen)
                     .await
@@ -385,19 +394,16 @@ impl Session {
         // edited nginx's files meanwhile, and edits planned against the old text would be
         // refused. What is left is planned against the files as they are now.
         let mut install_only = install_only;
-        if self.env.mode.edits_nginx() && cfg.changed_on_disk() {
-            if let Some(now) = self.replanned(scan, &fresh, &install_only, &added)? {
-                tracing::info!(
-                    "nginx's files changed while the CA worked; the install is planned against them as they are now"
-                );
-                (*cfg, *scan) = (now.cfg, now.scan);
-                for (f, plan) in fresh.iter_mut().zip(now.fresh) {
-                    f.plan = plan;
-                }
-                install_only = now.install_only;
-                added = now.added;
-            }
-        }
+        self.follow_changes(
+            cfg,
+            scan,
+            fresh
+                .iter_mut()
+                .map(|f| &mut f.plan)
+                .chain(install_only.iter_mut()),
+            &mut added,
+            "while the CA worked",
+        )?;
         // A block whose every name failed gets back what it was before this run: the snippet
         // it got could shadow a webroot another tool renews through.
         let undo: Vec<usize> = added
@@ -427,54 +433,55 @@ impl Session {
     }
 }
 
-/// The configuration read again after the CA's work, with the session's plans and the blocks
-/// that got the snippet found in it.
-struct Replanned {
-    cfg: Config,
-    scan: Scan,
-    fresh: Vec<Plan>,
-    install_only: Vec<Plan>,
-    added: Vec<(usize, Vec<String>)>,
-}
-
 impl Session {
-    /// Reads the configuration again and finds in it every plan (same lineage, same names) and
-    /// every block that got the snippet (the same block of the same file); `None` when one is
-    /// not there any more (the old plans then stand, and an edit nginx's files no longer
-    /// allow is refused and rolled back, its certificate kept to install).
-    fn replanned(
+    /// After the install lock was let go: when nginx's files changed meanwhile (a fleet
+    /// agent's install), reads them again and points the plans (same lineage, same names) and
+    /// the blocks that got the snippet (the same block of the same file) at what they are now,
+    /// so the edits still to come are planned against the files as they are. When one of them
+    /// is not there any more the old plans stand (an edit the files no longer allow is then
+    /// refused and rolled back, its certificate kept to install).
+    fn follow_changes<'p>(
         &self,
-        old: &Scan,
-        fresh: &[order::Fresh],
-        install_only: &[Plan],
-        added: &[(usize, Vec<String>)],
-    ) -> Result<Option<Replanned>, Error> {
-        let (cfg, scan) = self.env.reread()?;
-        let again = |p: &Plan| {
-            self.env
-                .plan_for_lineage(&scan, &p.lineage())
-                .filter(|n| super::lineage::same_names(&n.names, &p.names))
-        };
-        let Some(fresh) = fresh.iter().map(|f| again(&f.plan)).collect() else {
-            return Ok(None);
-        };
-        let Some(install_only) = install_only.iter().map(again).collect() else {
-            return Ok(None);
-        };
-        let Some(added) = added
+        cfg: &mut Config,
+        scan: &mut Scan,
+        plans: impl IntoIterator<Item = &'p mut Plan>,
+        added: &mut [(usize, Vec<String>)],
+        meanwhile: &str,
+    ) -> Result<(), Error> {
+        if !self.env.mode.edits_nginx() || !cfg.changed_on_disk() {
+            return Ok(());
+        }
+        let mut plans: Vec<&mut Plan> = plans.into_iter().collect();
+        let (new_cfg, new_scan) = self.env.reread()?;
+        let again: Option<Vec<Plan>> = plans
             .iter()
-            .map(|(b, names)| Some((same_block(old, &scan, *b)?, names.clone())))
-            .collect()
-        else {
-            return Ok(None);
+            .map(|p| {
+                self.env
+                    .plan_for_lineage(&new_scan, &p.lineage())
+                    .filter(|n| super::lineage::same_names(&n.names, &p.names))
+            })
+            .collect();
+        let blocks: Option<Vec<usize>> = added
+            .iter()
+            .map(|(b, _)| same_block(scan, &new_scan, *b))
+            .collect();
+        let (Some(again), Some(blocks)) = (again, blocks) else {
+            tracing::warn!(
+                "nginx's files changed {meanwhile} and a block this run planned for is not there any more; the run goes on as planned"
+            );
+            return Ok(());
         };
-        Ok(Some(Replanned {
-            cfg,
-            scan,
-            fresh,
-            install_only,
-            added,
-        }))
+        tracing::info!(
+            "nginx's files changed {meanwhile}; what is left is planned against them as they are now"
+        );
+        for (p, n) in plans.iter_mut().zip(again) {
+            **p = n;
+        }
+        for ((b, _), n) in added.iter_mut().zip(blocks) {
+            *b = n;
+        }
+        (*cfg, *scan) = (new_cfg, new_scan);
+        Ok(())
     }
 }
 
