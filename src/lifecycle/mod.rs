@@ -5,8 +5,9 @@
 //! - [`settings`]: the resolved settings of a run and its [`Mode`];
 //! - [`plan`]: server blocks grouped into one certificate per primary name;
 //! - [`policy`]: the one renewal policy (ARI window, lifetime rule, backoff), a pure decision;
-//! - [`session`]: one run holding the state lock, its passes (`enroll`, `renew`, `remove`,
-//!   `import-certbot`) as a sequence of [`stages`] sharing one [`env::Env`] (settings, store,
+//! - [`session`]: one run holding the run lock (and the install lock while it writes), its
+//!   passes (`enroll`, `renew`, `remove`, `import-certbot`, a fleet's install of what another
+//!   node published) as a sequence of [`stages`] sharing one [`env::Env`] (settings, store,
 //!   coordinator, the CA client built once);
 //! - [`intent`]: what an install is about to change, so a killed run is rolled back by the next;
 //! - [`certbot`]: taking over certbot's certificates without new orders;

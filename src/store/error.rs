@@ -21,7 +21,7 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// Another run holds the state lock.
+    /// Another run holds one of the state directory's locks.
     #[error("another acme-nginx run (pid {holder}) holds {}; try again when it has finished", path.display())]
     Locked { path: PathBuf, holder: String },
     /// The state directory does not exist (read-only commands do not create it).
