@@ -51,6 +51,10 @@ pub struct LineageMeta {
     /// installed; an older version seen later is a replay and is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_version: Option<u64>,
+    /// In a fleet: the failure memory above is a copy of the fleet's (another node failed), so
+    /// it goes when the fleet's record goes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failure_from_fleet: bool,
 }
 
 /// Lines of a configuration file an install replaced: what was there and what it wrote.

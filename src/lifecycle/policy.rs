@@ -251,6 +251,15 @@ impl RenewalState {
         });
     }
 
+    /// Forgets the failure streak (and the CA's Retry-After), keeping the ARI state.
+    pub fn forget_failures(&mut self) {
+        self.failures = 0;
+        self.last_error = None;
+        self.last_error_at = None;
+        self.last_error_kind = None;
+        self.retry_not_before = None;
+    }
+
     /// Forgets failures and the old certificate's ARI state after a new certificate.
     pub fn record_success(&mut self) {
         *self = RenewalState::default();

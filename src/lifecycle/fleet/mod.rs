@@ -443,6 +443,14 @@ impl Fleet {
         Ok(())
     }
 
+    /// Forgets a lineage's shared failure memory (a certificate was issued: the streak is over).
+    pub async fn forget_renewal(&self, name: &str) -> Result<(), FleetError> {
+        Ok(self
+            .etcd
+            .delete(&self.key(&format!("renewal/{name}")))
+            .await?)
+    }
+
     /// Takes the ordering lock of a lineage, or says which node holds it.
     pub async fn lock(&self, name: &str) -> Result<Acquired, FleetError> {
         Ok(Lock::acquire(

@@ -12,8 +12,9 @@ use crate::store::{self as local, Issued};
 /// Brings the fleet's certificates to this node: every lineage record newer than what this
 /// node has becomes a local version waiting to be installed (checked first: sealed with the
 /// fleet key, a version above any this node saw, the key the certificate's, a certificate not
-/// older than the one served here), the fleet's failure memory (bounded) replaces an older local
-/// one, and a local certificate newer than its record (a publish that failed) is published
+/// older than the one served here), the fleet's failure memory (bounded, and only a streak
+/// newer than this node's certificate) replaces an older local one and goes when the fleet's
+/// record goes, and a local certificate newer than its record (a publish that failed) is published
 /// again.
 pub(crate) async fn sync(fleet: &Fleet, store: &local::Store) -> Result<(), Error> {
     fleet.register().await?;
@@ -21,17 +22,34 @@ pub(crate) async fn sync(fleet: &Fleet, store: &local::Store) -> Result<(), Erro
     for (name, version, rec, key_pem) in &records {
         let l = store.lineage(name);
         take_record(store, name, *version, rec, key_pem)?;
-        if let Some(shared) = fleet.renewal(name).await? {
-            let shared = bounded(shared, time::OffsetDateTime::now_utc());
-            let mut meta: LineageMeta = l.load_meta()?;
-            if shared.last_error_at > meta.renewal.last_error_at {
-                meta.renewal.failures = shared.failures;
-                meta.renewal.last_error = shared.last_error;
-                meta.renewal.last_error_at = shared.last_error_at;
-                meta.renewal.last_error_kind = shared.last_error_kind;
-                meta.renewal.retry_not_before = shared.retry_not_before;
-                l.save_meta(&meta)?;
+        let mut meta: LineageMeta = l.load_meta()?;
+        match fleet.renewal(name).await? {
+            Some(shared) => {
+                let shared = bounded(shared, time::OffsetDateTime::now_utc());
+                // Newer than what this node remembers, and not from before the certificate it
+                // has (that streak is over).
+                if shared.last_error_at > meta.renewal.last_error_at
+                    && shared.last_error_at > meta.issued_at
+                {
+                    meta.renewal.failures = shared.failures;
+                    meta.renewal.last_error = shared.last_error;
+                    meta.renewal.last_error_at = shared.last_error_at;
+                    meta.renewal.last_error_kind = shared.last_error_kind;
+                    meta.renewal.retry_not_before = shared.retry_not_before;
+                    meta.failure_from_fleet = true;
+                    l.save_meta(&meta)?;
+                }
             }
+            // The copy goes with the record: it never outlives it.
+            None if meta.failure_from_fleet => {
+                meta.renewal.forget_failures();
+                meta.failure_from_fleet = false;
+                l.save_meta(&meta)?;
+                tracing::info!(
+                    "fleet: the fleet no longer remembers failures of {name}; neither does this node"
+                );
+            }
+            None => {}
         }
     }
     for l in store.lineages() {
@@ -279,6 +297,15 @@ pub(crate) async fn publish_fresh(
     let version = fleet
         .publish_lineage(obtained.lineage, record, obtained.key_pem)
         .await?;
+    // The streak is over fleet-wide (a record left behind is older than the certificate, and
+    // no node copies it).
+    if let Err(e) = fleet.forget_renewal(obtained.lineage).await {
+        tracing::warn!(
+            "fleet: the failure memory of {} is left in etcd: {}",
+            obtained.lineage,
+            chain_text(&e)
+        );
+    }
     // Published either way; a version not remembered only weakens the replay check here.
     if let Err(e) = remember_version(&store.lineage(obtained.lineage), version) {
         tracing::warn!("fleet: {}", chain_text(&e));
@@ -363,6 +390,54 @@ mod tests {
             .await
             .unwrap();
         assert!(sync_published(&bravo, &b_store).await.unwrap().is_empty());
+    }
+
+    /// Another node's failure memory is copied while the fleet holds it (a streak newer than
+    /// this node's certificate only) and forgotten when the fleet's record goes.
+    #[tokio::test]
+    async fn a_copied_failure_memory_never_outlives_the_fleets_record() {
+        let cluster = Arc::new(FakeCluster::default());
+        let key = || FleetKey::from_bytes(&[7; 32]).unwrap();
+        let alpha = Fleet::fake(cluster.clone(), "alpha", key());
+        let bravo = Fleet::fake(cluster, "bravo", key());
+        let dir = tempfile::tempdir().unwrap();
+        let store = local::Store::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let (mut record, key_pem) = signed_record("a.test", "alpha");
+        record.issued_at = now - 600;
+        alpha
+            .publish_lineage("a.test", record, &key_pem)
+            .await
+            .unwrap();
+        let failed_at = |at: i64| RenewalState {
+            failures: 3,
+            last_error: Some("rateLimited".into()),
+            last_error_at: Some(at),
+            retry_not_before: Some(now + 600),
+            ..RenewalState::default()
+        };
+        let meta = || -> LineageMeta { store.lineage("a.test").load_meta().unwrap() };
+        // A streak from before the certificate: over.
+        alpha
+            .publish_renewal("a.test", &failed_at(now - 3600))
+            .await
+            .unwrap();
+        sync(&bravo, &store).await.unwrap();
+        assert_eq!(meta().renewal.failures, 0);
+        // A streak since: copied.
+        alpha
+            .publish_renewal("a.test", &failed_at(now - 60))
+            .await
+            .unwrap();
+        sync(&bravo, &store).await.unwrap();
+        assert_eq!(meta().renewal.failures, 3);
+        assert!(meta().failure_from_fleet);
+        // Gone from the fleet (a success, or deleted): gone here.
+        alpha.forget_renewal("a.test").await.unwrap();
+        sync(&bravo, &store).await.unwrap();
+        assert_eq!(meta().renewal.failures, 0);
+        assert_eq!(meta().renewal.retry_not_before, None);
+        assert!(!meta().failure_from_fleet);
     }
 
     #[test]

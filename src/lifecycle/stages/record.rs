@@ -31,6 +31,7 @@ pub(crate) async fn remember(env: &Env, outcomes: &mut [Outcome]) -> Result<(), 
                 meta.names = o.names.clone();
             }
             meta.renewal.record_failure(f, now);
+            meta.failure_from_fleet = false;
             env.save_meta(&o.name, &meta)?;
             o.next_renewal = meta.renewal.backoff_until();
             env.coordinator.share_failure(&env.store, &o.name).await;
