@@ -350,14 +350,19 @@ mod tests {
         (record, key.to_pem())
     }
 
+    /// Two nodes of one fleet (one key) on an in-memory etcd.
+    fn two_nodes() -> (Fleet, Fleet) {
+        let cluster = Arc::new(FakeCluster::default());
+        let key = || FleetKey::from_bytes(&[7; 32]).unwrap();
+        let alpha = Fleet::fake(cluster.clone(), "alpha", key());
+        (alpha, Fleet::fake(cluster, "bravo", key()))
+    }
+
     /// The install beside a pass takes what other nodes published, once, and never a record
     /// this node wrote (the pass that published it installs it).
     #[tokio::test]
     async fn an_install_beside_a_pass_takes_only_what_other_nodes_published() {
-        let cluster = Arc::new(FakeCluster::default());
-        let key = || FleetKey::from_bytes(&[7; 32]).unwrap();
-        let alpha = Fleet::fake(cluster.clone(), "alpha", key());
-        let bravo = Fleet::fake(cluster, "bravo", key());
+        let (alpha, bravo) = two_nodes();
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (a_store, b_store) = (
             local::Store::open(a_dir.path()).unwrap(),
@@ -396,10 +401,7 @@ mod tests {
     /// this node's certificate only) and forgotten when the fleet's record goes.
     #[tokio::test]
     async fn a_copied_failure_memory_never_outlives_the_fleets_record() {
-        let cluster = Arc::new(FakeCluster::default());
-        let key = || FleetKey::from_bytes(&[7; 32]).unwrap();
-        let alpha = Fleet::fake(cluster.clone(), "alpha", key());
-        let bravo = Fleet::fake(cluster, "bravo", key());
+        let (alpha, bravo) = two_nodes();
         let dir = tempfile::tempdir().unwrap();
         let store = local::Store::open(dir.path()).unwrap();
         let now = OffsetDateTime::now_utc().unix_timestamp();
