@@ -31,6 +31,9 @@ pub const MAX_DEBOUNCE: Duration = Duration::from_secs(5);
 pub const FLEET_DEBOUNCE: Duration = Duration::from_millis(50);
 /// The longest a stream of publishes can postpone that install.
 pub const FLEET_MAX_DEBOUNCE: Duration = Duration::from_secs(2);
+/// How long stopping waits for an install of what another node published to finish (a
+/// change transaction, a reload, the TLS check, deploy hooks).
+pub const STOP_INSTALL_WAIT: Duration = Duration::from_secs(60);
 /// The longest sleep between two renewal checks, whatever the schedule says.
 pub const MAX_RENEW_SLEEP: Duration = Duration::from_secs(12 * 3600);
 /// The shortest sleep between renewal checks (a due lineage in backoff must not spin).
@@ -177,7 +180,7 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
     // a certificate: the installer installs it at once, beside any pass of the loop.
     let (fleet_tx, mut fleet_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
-    let mut tasks = Vec::new();
+    let (mut agent, mut installing) = (None, None);
     match &settings.fleet {
         Some(config) => {
             let fleet = super::fleet::Fleet::open(config)?;
@@ -187,12 +190,12 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
                 published: published_tx,
                 pass: fleet_tx.clone(),
             };
-            tasks.push(tokio::spawn(super::fleet::agent(
+            agent = Some(tokio::spawn(super::fleet::agent(
                 settings.clone(),
                 fleet,
                 signals,
             )));
-            tasks.push(tokio::spawn(installer(settings_rx, published_rx, fleet_tx)));
+            installing = Some(tokio::spawn(installer(settings_rx, published_rx, fleet_tx)));
         }
         None => drop(fleet_tx),
     }
@@ -281,10 +284,24 @@ pub async fn watch(mut settings: Settings, reload: Reloader) -> Result<(), Error
             _ = sigint.recv() => break,
         }
     }
-    for t in tasks {
-        t.abort();
-    }
     tracing::info!("stopping");
+    // The agent stops at once; an install under way is finished (the agent's end closes the
+    // installer's channel), so stopping leaves nginx as an install leaves it.
+    if let Some(a) = agent {
+        a.abort();
+    }
+    if let Some(mut i) = installing {
+        if tokio::time::timeout(STOP_INSTALL_WAIT, &mut i)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "an install of what another node published did not finish within {} s; stopped (the next run rolls it back)",
+                STOP_INSTALL_WAIT.as_secs()
+            );
+            i.abort();
+        }
+    }
     Ok(())
 }
 
