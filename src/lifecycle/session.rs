@@ -279,7 +279,11 @@ impl Session {
             }
         }
         let (mut to_order, mut install_only) = (to_order, install_only);
+        let waited = !to_order.is_empty();
         let result = match self.env.hold_install().await.and_then(|()| {
+            if !waited {
+                return Ok(());
+            }
             self.follow_changes(
                 &mut cfg,
                 &mut scan,
@@ -385,25 +389,24 @@ impl Session {
             }
             return Ok(outcomes);
         }
-        let mut fresh = if to_order.is_empty() {
-            Vec::new()
-        } else {
-            order::obtain(&self.env, scan, to_order, seen, &mut outcomes).await?
-        };
-        // The install lock was let go while the CA worked: a fleet agent's install may have
-        // edited nginx's files meanwhile, and edits planned against the old text would be
-        // refused. What is left is planned against the files as they are now.
         let mut install_only = install_only;
-        self.follow_changes(
-            cfg,
-            scan,
-            fresh
-                .iter_mut()
-                .map(|f| &mut f.plan)
-                .chain(install_only.iter_mut()),
-            &mut added,
-            "while the CA worked",
-        )?;
+        let mut fresh = Vec::new();
+        if !to_order.is_empty() {
+            fresh = order::obtain(&self.env, scan, to_order, seen, &mut outcomes).await?;
+            // The install lock was let go while the CA worked: a fleet agent's install may
+            // have edited nginx's files meanwhile, and edits planned against the old text
+            // would be refused. What is left is planned against the files as they are now.
+            self.follow_changes(
+                cfg,
+                scan,
+                fresh
+                    .iter_mut()
+                    .map(|f| &mut f.plan)
+                    .chain(install_only.iter_mut()),
+                &mut added,
+                "while the CA worked",
+            )?;
+        }
         // A block whose every name failed gets back what it was before this run: the snippet
         // it got could shadow a webroot another tool renews through.
         let undo: Vec<usize> = added
