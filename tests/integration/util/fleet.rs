@@ -320,35 +320,42 @@ impl FleetBed {
     /// Waits until every node serves `leaf`; how long it took.
     pub fn wait_all_serve(&self, leaf: &[u8], within: Duration) -> Duration {
         let start = Instant::now();
-        loop {
-            if (0..self.nodes.len()).all(|i| self.served(i).as_deref() == Some(leaf)) {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < within,
-                "not every node serves the certificate; node 1's commands:\n{}\nagents:\n{}\n---\n{}",
-                fs::read_to_string(self.nodes[0].state.path().join("commands.log")).unwrap_or_default(),
-                self.agent_log(1),
-                self.agent_log(2)
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        self.wait_served("the certificate", within, |served| {
+            served
+                .iter()
+                .all(|s| s.as_deref() == Some(leaf))
+                .then_some(())
+        });
+        start.elapsed()
     }
 
     /// Waits until every node serves one and the same leaf, other than `old` when given;
     /// returns it.
     pub fn wait_all_serve_new(&self, old: Option<&[u8]>, within: Duration) -> Vec<u8> {
+        self.wait_served("the same new certificate", within, |served| {
+            let leaf = served[0].as_ref()?;
+            (Some(leaf.as_slice()) != old && served.iter().all(|s| *s == served[0]))
+                .then(|| leaf.clone())
+        })
+    }
+
+    /// Asks every node for the leaf it serves until `done` makes something of the answers;
+    /// fails after `within` with node 1's commands and the agents' logs.
+    fn wait_served<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&[Option<Vec<u8>>]) -> Option<T>,
+    ) -> T {
         let start = Instant::now();
         loop {
             let served: Vec<_> = (0..self.nodes.len()).map(|i| self.served(i)).collect();
-            if let Some(leaf) = &served[0] {
-                if Some(leaf.as_slice()) != old && served.iter().all(|s| *s == served[0]) {
-                    return leaf.clone();
-                }
+            if let Some(t) = done(&served) {
+                return t;
             }
             assert!(
                 start.elapsed() < within,
-                "not every node serves the same new certificate; node 1's commands:\n{}\nagents:\n{}\n---\n{}\n---\n{}",
+                "not every node serves {what}; node 1's commands:\n{}\nagents:\n{}\n---\n{}\n---\n{}",
                 fs::read_to_string(self.nodes[0].state.path().join("commands.log")).unwrap_or_default(),
                 self.agent_log(0),
                 self.agent_log(1),
